@@ -1,0 +1,126 @@
+"""The composition root: config -> store -> workers -> SMTP -> HTTP, and a graceful shutdown."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+from typing import Generator
+
+import uvicorn
+
+from mxd import keys
+from mxd.api.app import Context, create_app
+from mxd.config import Config, parse_hostport
+from mxd.db import Database
+from mxd.pipeline import Pipeline
+from mxd.resolver import make_resolver
+from mxd.smtpserver.mx import MxHandler, MxServer
+from mxd.store.directory import Directory
+
+log = logging.getLogger("mxd")
+
+
+class StartupError(Exception):
+    """mxd cannot start; the message is one line that says how to fix it."""
+
+
+def bind_socket(listen: str, what: str, env: str) -> socket.socket:
+    host, port = parse_hostport(listen, env)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        hint = (f"run as root, or grant the capability: setcap cap_net_bind_service=+ep "
+                f"$(readlink -f $(which python3)), or pick another port: {env}={host}:{port + 2500 if port < 1024 else port + 1}")
+        if exc.errno == 98:
+            hint = f"another program uses it (ss -ltnp 'sport = :{port}'); stop it or set {env}=HOST:PORT"
+        raise StartupError(f"cannot listen on {host}:{port} for {what}: {exc.strerror}; {hint}") from None
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
+class _Uvicorn(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:   # the daemon owns the signals
+        yield
+
+
+class Daemon:
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.db: Database | None = None
+        self.mx: MxServer | None = None
+        self.pipeline: Pipeline | None = None
+        self.http: _Uvicorn | None = None
+        self._http_task: asyncio.Task | None = None
+        self._stop = asyncio.Event()
+
+    async def start(self) -> None:
+        cfg = self.cfg
+        os.makedirs(cfg.data_dir, mode=0o700, exist_ok=True)
+        # Bind first, so that a port problem is reported before anything else happens.
+        mx_sock = bind_socket(cfg.mx_listen, "the MX", "MXD_MX_LISTEN") if cfg.mx_listen else None
+        http_sock = bind_socket(cfg.http_listen, "the HTTP API", "MXD_HTTP_LISTEN")
+
+        keys.ensure_self_signed_cert(cfg.tls_cert_path, cfg.tls_key_path, cfg.hostname) \
+            if not cfg.tls_cert else None
+        tls = keys.load_ssl_context(cfg.tls_cert_path, cfg.tls_key_path)
+
+        self.db = Database(cfg.effective_store_url)
+        await asyncio.get_running_loop().run_in_executor(None, self.db.start)
+        directory = Directory()
+        await self.db.read(directory.refresh)
+        resolver = make_resolver(cfg.dns_nameservers, cfg.dns_timeout)
+
+        self.pipeline = Pipeline(cfg, self.db, resolver)
+        self.pipeline.start()
+        if mx_sock is not None:
+            self.mx = MxServer(cfg, MxHandler(cfg, self.db, directory, self.pipeline.notify), tls)
+            await self.mx.start_on(mx_sock)
+        app = create_app(Context(cfg, self.db, directory))
+        self.http = _Uvicorn(uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False,
+                                            timeout_graceful_shutdown=10))
+        self._http_task = asyncio.get_running_loop().create_task(self.http.serve(sockets=[http_sock]))
+        while not self.http.started and not self._http_task.done():
+            await asyncio.sleep(0.01)
+        log.info("mxd started: MX %s, HTTP %s, store %s", cfg.mx_listen or "off", cfg.http_listen,
+                 cfg.effective_store_url.split("@")[-1])
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def wait(self) -> None:
+        await self._stop.wait()
+
+    async def stop(self) -> None:
+        if self.mx:
+            await self.mx.stop(grace=30.0)
+        if self.http and self._http_task:
+            self.http.should_exit = True
+            await self._http_task
+        if self.pipeline:
+            await self.pipeline.stop()
+        if self.db:
+            self.db.close()
+        log.info("mxd stopped")
+
+
+async def serve(cfg: Config) -> None:
+    daemon = Daemon(cfg)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, daemon.request_stop)
+    try:
+        await daemon.start()
+        print(f"mxd: MX on {cfg.mx_listen or 'off'}, HTTP on http://{cfg.http_listen}, data in {cfg.data_dir}",
+              flush=True)
+        await daemon.wait()
+    finally:
+        await daemon.stop()

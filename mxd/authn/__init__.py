@@ -1,0 +1,63 @@
+"""Inbound message authentication: SPF, DKIM and DMARC results and the Authentication-Results field that records them.
+
+`authenticate` runs in a worker thread, asks DNS only through the Resolver it
+is given, and never raises: hostile headers, broken signatures and DNS
+failures all come back as results.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from mxd.authn import dkim, dmarc, results, spf
+from mxd.authn.dkim import DkimResult
+from mxd.authn.dmarc import DmarcResult
+from mxd.authn.spf import SpfResult
+from mxd.resolver import Resolver
+
+__all__ = ["AuthResults", "DkimResult", "DmarcResult", "SpfResult", "authenticate"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class AuthResults:
+    spf: str                    # pass fail softfail neutral none temperror permerror
+    spf_domain: str             # MAIL FROM domain, or HELO when MAIL FROM is null
+    dkim: list[DkimResult]      # one per DKIM-Signature, topmost first
+    dmarc: str                  # pass fail none temperror permerror
+    dmarc_policy: str | None    # none quarantine reject (sp= and pct= applied), None without a usable record
+    from_domain: str            # RFC5322.From domain, "" when there is not exactly one
+    header_value: str           # Authentication-Results body, without the field name
+    spf_detail: SpfResult | None = field(default=None, repr=False)
+    dmarc_detail: DmarcResult | None = field(default=None, repr=False)
+
+
+def authenticate(raw: bytes, *, ip: str, helo: str, mail_from: str, resolver: Resolver,
+                 authserv_id: str) -> AuthResults:
+    """SPF (RFC 7208), DKIM (RFC 6376), DMARC (RFC 7489) and the RFC 8601 field for one received message."""
+    try:
+        spf_result = spf.check(ip, helo, mail_from, resolver)
+    except Exception:  # a bug, not an input: report it and let the caller defer rather than reject
+        log.exception("spf check failed")
+        spf_result = SpfResult("temperror", "", "mailfrom", "", "internal error")
+
+    signed = bool(dmarc.header_fields(raw, b"dkim-signature"))
+    dkim_results = dkim.verify(raw, resolver) if signed else []  # unsigned: skip dkimpy's parse
+
+    try:
+        from_domain, from_error = dmarc.author_domain(raw)
+        passes = [r.domain for r in dkim_results if r.result == "pass"]
+        dmarc_result = dmarc.evaluate(from_domain, spf_result.result, spf_result.domain, passes, resolver,
+                                      from_error=from_error)
+    except Exception:
+        log.exception("dmarc evaluation failed")
+        dmarc_result = DmarcResult("temperror", "", None, "internal error")
+
+    try:
+        value = results.header_value(authserv_id, spf_result, dkim_results, dmarc_result)
+    except Exception:
+        log.exception("building Authentication-Results failed")
+        value = f"{authserv_id}; none"
+    return AuthResults(spf_result.result, spf_result.domain, dkim_results, dmarc_result.result,
+                       dmarc_result.policy, dmarc_result.from_domain, value, spf_result, dmarc_result)

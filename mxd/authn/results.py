@@ -1,0 +1,61 @@
+"""The Authentication-Results field body (RFC 8601), built with authres from the SPF, DKIM and DMARC results."""
+from __future__ import annotations
+
+import re
+
+from authres.core import AuthenticationResult, AuthenticationResultProperty, AuthenticationResultsHeader
+from authres import core_features
+
+from mxd.authn.dkim import DkimResult
+from mxd.authn.dmarc import DmarcResult
+from mxd.authn.spf import SpfResult
+
+_TOKEN = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`{|}~-]+\Z")   # RFC 2045 token, what authres leaves unquoted
+_DOMAIN = re.compile(r"[A-Za-z0-9_.-]+\Z")
+_ADDRESS = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+@[A-Za-z0-9_.-]+\Z")   # dot-atom@domain
+
+
+def _prop(ptype: str, name: str, value: str, pattern: re.Pattern[str] = _TOKEN) -> list[AuthenticationResultProperty]:
+    """One property, or none when a hostile value would not survive as a token (authres does not quote "x@y")."""
+    if value and len(value) <= 255 and pattern.match(value):
+        return [AuthenticationResultProperty(ptype, name, value)]
+    return []
+
+
+def _reason(text: str) -> str | None:
+    # RFC 8601 2.7: reason is a value; keep it printable and free of "@" so authres quotes it.
+    text = re.sub(r"[^\x20-\x7e]|[@\"\\]", "?", text)[:120].strip()
+    return text or None
+
+
+def _spf(spf: SpfResult) -> AuthenticationResult:
+    # RFC 8601 2.7.2: smtp.mailfrom (the address, or its domain when the address is not a plain dot-atom) or smtp.helo
+    if spf.identity == "helo":
+        props = _prop("smtp", "helo", spf.domain, _DOMAIN)
+    else:
+        props = _prop("smtp", "mailfrom", spf.sender, _ADDRESS) or _prop("smtp", "mailfrom", spf.domain, _DOMAIN)
+    reason = _reason(spf.reason) if spf.result in ("temperror", "permerror") else None
+    return AuthenticationResult("spf", result=spf.result, reason=reason, properties=props)
+
+
+def _dkim(sig: DkimResult) -> AuthenticationResult:
+    # RFC 8601 2.7.1 header.d / header.s / header.a, RFC 6008 header.b
+    props = (_prop("header", "d", sig.domain, _DOMAIN) + _prop("header", "s", sig.selector, _DOMAIN)
+             + _prop("header", "a", sig.algorithm) + _prop("header", "b", sig.header_b))
+    reason = _reason(sig.reason) if sig.result != "pass" else None
+    return AuthenticationResult("dkim", result=sig.result, reason=reason, properties=props)
+
+
+def _dmarc(dmarc: DmarcResult) -> AuthenticationResult:
+    props = _prop("header", "from", dmarc.from_domain, _DOMAIN)  # RFC 7489 11.2
+    reason = _reason(dmarc.reason) if dmarc.result in ("temperror", "permerror") else None
+    return AuthenticationResult("dmarc", result=dmarc.result, reason=reason, properties=props)
+
+
+def header_value(authserv_id: str, spf: SpfResult, dkim: list[DkimResult], dmarc: DmarcResult) -> str:
+    """e.g. "mx.example.net; spf=pass smtp.mailfrom=a@x.org; dkim=none; dmarc=pass header.from=x.org"."""
+    results = [_spf(spf)]
+    results += [_dkim(sig) for sig in dkim] or [AuthenticationResult("dkim", result="none")]
+    results.append(_dmarc(dmarc))
+    authserv = authserv_id if _TOKEN.match(authserv_id or "") else "localhost"
+    return AuthenticationResultsHeader(core_features(), authserv_id=authserv, results=results).header_value()

@@ -1,0 +1,132 @@
+"""The `mxd` command: init, serve, and operator helpers."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from mxd import config as config_mod
+from mxd import dnsrecords, keys, tokens
+from mxd.errors import MxdError
+
+
+def _load(args: argparse.Namespace) -> config_mod.Config:
+    return config_mod.load(getattr(args, "config", None))
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from mxd.db import Database
+    from mxd.store import directory
+    from mxd.store.models import Meta
+
+    env = dict(os.environ)
+    if args.data_dir:
+        env["MXD_DATA_DIR"] = args.data_dir
+    if args.hostname:
+        env["MXD_HOSTNAME"] = args.hostname
+    cfg = config_mod.load(args.config, env)
+    data = cfg.data_path
+    data.mkdir(parents=True, exist_ok=True, mode=0o700)
+    config_path = Path(args.config) if args.config else data / "mxd.toml"
+    created_config = False
+    if not config_path.exists():
+        config_path.write_text("# mxd configuration; every key is documented in config/mxd.example.toml\n"
+                               + config_mod.to_toml(cfg))
+        config_path.chmod(0o600)
+        created_config = True
+
+    keys.ensure_self_signed_cert(cfg.tls_cert_path, cfg.tls_key_path, cfg.hostname) if not cfg.tls_cert else None
+    db = Database(cfg.effective_store_url)
+    db.start()
+    try:
+        records: list[dict[str, Any]] = []
+        for name in args.domain or []:
+            domain, _ = db.write_sync(directory.create_domain, name)
+            dkim = keys.generate_dkim_keys(cfg.dkim_dir, domain.name)
+            records += [r.to_json() for r in dnsrecords.required_records(
+                domain.name, cfg.hostname, dkim, ipv4=args.ipv4, ipv6=args.ipv6)]
+
+        def admin() -> str | None:
+            if Meta.get_or_none(Meta.key == "admin_token_id"):
+                return None
+            row, secret = tokens.create("admin", ["admin"])
+            Meta.create(key="admin_token_id", value=row.id)
+            return secret
+        secret = db.write_sync(admin)
+    finally:
+        db.close()
+
+    out = {"admin_token": secret, "config_path": str(config_path), "config_created": created_config,
+           "data_dir": str(data), "hostname": cfg.hostname, "domains": args.domain or [],
+           "dns_records": records}
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return 0
+    print(f"config:    {config_path}{'' if created_config else ' (kept as it was)'}")
+    print(f"data dir:  {data}")
+    print(f"hostname:  {cfg.hostname}")
+    if secret:
+        print(f"\nadmin token (shown once, store it now):\n  {secret}\n")
+    else:
+        print("\nadmin token: created earlier and shown only then; it is not stored in clear anywhere.\n")
+    if records:
+        print("Publish these DNS records:")
+        for rec in records:
+            print("  " + dnsrecords.DnsRecord(rec["name"], rec["type"], rec["value"], rec["purpose"]).zone_line())
+            print(f"      ; {rec['purpose']}")
+    print("\nStart the daemon with: mxd serve" + (f" --config {config_path}" if args.config else ""))
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from mxd.app import StartupError, serve
+
+    cfg = _load(args)
+    logging.basicConfig(level=getattr(logging, cfg.log_level.upper(), logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        asyncio.run(serve(cfg))
+    except StartupError as exc:
+        print(f"mxd: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="mxd", description="A self-hosted mail server in one daemon.")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", help="path of mxd.toml (default: $MXD_CONFIG, else DATA_DIR/mxd.toml)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("init", parents=[common], help="create the data dir, store, keys, certificate and admin token")
+    p.add_argument("--data-dir", help="state directory (default: $MXD_DATA_DIR or /var/lib/mxd)")
+    p.add_argument("--hostname", help="this host's public name (the MX target)")
+    p.add_argument("--domain", action="append", help="a mail domain to serve (repeatable)")
+    p.add_argument("--ipv4", help="the public IPv4 address, for the SPF and A records")
+    p.add_argument("--ipv6", help="the public IPv6 address, for the SPF and AAAA records")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_init)
+
+    p = sub.add_parser("serve", parents=[common], help="run the daemon")
+    p.set_defaults(func=cmd_serve)
+
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except config_mod.ConfigError as exc:
+        print(f"mxd: config: {exc}", file=sys.stderr)
+        return 2
+    except MxdError as exc:
+        print(f"mxd: {exc.code}: {exc.message}\n  fix: {exc.fix}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,249 @@
+"""Configuration: one dataclass, read from a TOML file, then overridden by MXD_* variables.
+
+Every field of `Config` can be set in the TOML file under its own name and by
+the environment variable `MXD_<NAME>` (upper case). Lists are written in the
+environment as comma-separated values. A bad value raises `ConfigError`
+naming the key.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_type_hints
+
+
+class ConfigError(Exception):
+    """A configuration value is missing or malformed; the message names the key."""
+
+
+def default_data_dir() -> str:
+    """Root gets /var/lib/mxd; anyone else gets $XDG_DATA_HOME/mxd (~/.local/share/mxd)."""
+    if os.geteuid() == 0:
+        return "/var/lib/mxd"
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(Path.home(), ".local", "share")
+    return os.path.join(base, "mxd")
+
+
+def _fqdn() -> str:
+    name = socket.getfqdn()
+    return name if "." in name else f"{name}.localdomain"
+
+
+@dataclass
+class Config:
+    # --- where state lives ---
+    data_dir: str = field(default_factory=default_data_dir)
+    """Directory holding the store, DKIM keys, TLS certificate and spool. One volume holds all state."""
+    store_url: str = ""
+    """Peewee database URL. Empty means SQLite at DATA_DIR/mxd.db. PostgreSQL: postgresql://user:pw@host/db."""
+
+    # --- identity ---
+    hostname: str = field(default_factory=_fqdn)
+    """The name this host greets with (EHLO/banner) and writes into Received headers."""
+
+    # --- listeners ---
+    mx_listen: str = "0.0.0.0:25"
+    """host:port of the inbound MX listener. Empty string disables it."""
+    http_listen: str = "127.0.0.1:8025"
+    """host:port of the HTTP API."""
+
+    # --- DNS ---
+    dns_nameservers: list[str] = field(default_factory=list)
+    """Nameservers as host or host:port. Empty means the system resolver (/etc/resolv.conf)."""
+    dns_timeout: float = 5.0
+    """Seconds before a DNS query is given up."""
+
+    # --- TLS ---
+    tls_cert: str = ""
+    """PEM certificate chain for STARTTLS. Empty means DATA_DIR/tls/cert.pem (self-signed, made by `mxd init`)."""
+    tls_key: str = ""
+    """PEM private key for tls_cert. Empty means DATA_DIR/tls/key.pem."""
+
+    # --- inbound limits ---
+    max_message_size: int = 25 * 1024 * 1024
+    """Largest message accepted, in bytes (advertised in EHLO SIZE)."""
+    max_recipients: int = 100
+    """Most RCPT TO accepted in one transaction; more get 452 4.5.3 (RFC 5321 4.5.3.1.8)."""
+    max_errors: int = 10
+    """Failed commands in one session before the connection is closed with 421."""
+    max_connections_per_ip: int = 20
+    """Concurrent SMTP connections accepted from one client IP."""
+    max_connections: int = 500
+    """Concurrent SMTP connections in all."""
+    smtp_timeout: float = 300.0
+    """Seconds of client silence before an SMTP session is closed (RFC 5321 4.5.3.2.7)."""
+    data_line_endings: str = "normalize"
+    """What to do with a bare CR, bare LF or NUL in DATA: "normalize" (to CRLF; NUL removed) or "reject" (550 5.6.0)."""
+
+    # --- threads ---
+    thread_subject_window_days: int = 30
+    """A reply without References joins a thread by subject only within this many days."""
+
+    # --- processing ---
+    auth_checks: bool = True
+    """Run SPF, DKIM and DMARC on inbound mail and record Authentication-Results."""
+
+    # --- logging ---
+    log_level: str = "INFO"
+    """Python logging level name."""
+
+    # ------------------------------------------------------------------
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir)
+
+    @property
+    def effective_store_url(self) -> str:
+        return self.store_url or f"sqlite:///{self.data_path / 'mxd.db'}"
+
+    @property
+    def tls_cert_path(self) -> Path:
+        return Path(self.tls_cert) if self.tls_cert else self.data_path / "tls" / "cert.pem"
+
+    @property
+    def tls_key_path(self) -> Path:
+        return Path(self.tls_key) if self.tls_key else self.data_path / "tls" / "key.pem"
+
+    @property
+    def dkim_dir(self) -> Path:
+        return self.data_path / "dkim"
+
+    def validate(self) -> None:
+        for key in ("mx_listen", "http_listen"):
+            value = getattr(self, key)
+            if value:
+                parse_hostport(value, key)
+        for ns in self.dns_nameservers:
+            parse_hostport(ns, "dns_nameservers", default_port=53)
+        if self.data_line_endings not in ("normalize", "reject"):
+            raise ConfigError('data_line_endings: must be "normalize" or "reject"')
+        for key in ("max_message_size", "max_recipients", "max_errors", "max_connections_per_ip", "max_connections"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key}: must be a positive integer")
+        if not self.hostname:
+            raise ConfigError("hostname: must not be empty")
+
+
+def parse_hostport(value: str, key: str = "listen", default_port: int | None = None) -> tuple[str, int]:
+    """Parse "host:port", "[v6]:port" or (with default_port) a bare host."""
+    value = value.strip()
+    host, port = value, None
+    if value.startswith("["):
+        end = value.find("]")
+        if end < 0:
+            raise ConfigError(f"{key}: bad address {value!r}")
+        host, rest = value[1:end], value[end + 1:]
+        if rest.startswith(":"):
+            port = rest[1:]
+    elif value.count(":") == 1:
+        host, port = value.split(":")
+    if port is None:
+        if default_port is None:
+            raise ConfigError(f"{key}: expected host:port, got {value!r}")
+        return host, default_port
+    try:
+        number = int(port)
+    except ValueError:
+        raise ConfigError(f"{key}: port must be a number in {value!r}") from None
+    if not 0 <= number <= 65535:
+        raise ConfigError(f"{key}: port out of range in {value!r}")
+    return host, number
+
+
+def _coerce(key: str, typ: Any, value: Any) -> Any:
+    origin = getattr(typ, "__origin__", None)
+    try:
+        if typ is bool:
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError(value)
+        if typ is int:
+            if isinstance(value, bool):
+                raise ValueError(value)
+            return int(value)
+        if typ is float:
+            return float(value)
+        if typ is str:
+            if not isinstance(value, (str, int, float)):
+                raise ValueError(value)
+            return str(value)
+        if origin is list:
+            if isinstance(value, str):
+                return [part.strip() for part in value.split(",") if part.strip()]
+            if isinstance(value, list):
+                return [str(v) for v in value]
+            raise ValueError(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key}: cannot read {value!r} as {getattr(typ, '__name__', typ)}") from None
+    return value
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+
+
+def load(path: str | os.PathLike | None = None, env: dict[str, str] | None = None) -> Config:
+    """Read the TOML file (if any), apply MXD_* overrides, validate.
+
+    The file is PATH, else $MXD_CONFIG, else DATA_DIR/mxd.toml when it exists.
+    """
+    env = dict(os.environ if env is None else env)
+    hints = get_type_hints(Config)
+    values: dict[str, Any] = {}
+
+    data_dir = env.get("MXD_DATA_DIR") or default_data_dir()
+    candidate = path or env.get("MXD_CONFIG")
+    if candidate is None and (Path(data_dir) / "mxd.toml").exists():
+        candidate = Path(data_dir) / "mxd.toml"
+    if candidate is not None:
+        try:
+            with open(candidate, "rb") as fh:
+                raw = tomllib.load(fh)
+        except FileNotFoundError:
+            raise ConfigError(f"config: file {candidate} not found") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config: {candidate} is not valid TOML: {exc}") from None
+        for key, value in raw.items():
+            if key not in FIELDS:
+                raise ConfigError(f"{key}: unknown key in {candidate}")
+            values[key] = _coerce(key, hints[key], value)
+
+    for key in FIELDS:
+        name = f"MXD_{key.upper()}"
+        if name in env:
+            values[key] = _coerce(key, hints[key], env[name])
+
+    cfg = Config(**values)
+    cfg.validate()
+    return cfg
+
+
+def to_toml(cfg: Config) -> str:
+    """Render the non-default values of cfg as TOML (used by `mxd init`)."""
+    lines = []
+    defaults = Config()
+    for name in FIELDS:
+        value = getattr(cfg, name)
+        if value == getattr(defaults, name) and name not in ("data_dir", "hostname"):
+            continue
+        lines.append(f"{name} = {_toml_value(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    text = str(value).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{text}"'

@@ -1,0 +1,162 @@
+"""The database handle: SQLite (WAL, synchronous=FULL) or PostgreSQL, one writer thread, reader threads.
+
+All writes go through `Database.write`, which runs callables on one writer
+thread. The writer takes every callable that is waiting, runs each inside its
+own savepoint of one transaction and commits once (group commit): a caller's
+future resolves only after that commit is durable, so "250 after fsync" holds
+while hundreds of messages share one fsync. Reads run on a small thread pool.
+"""
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import queue
+import threading
+from typing import Any, Callable, TypeVar
+
+import peewee
+from playhouse.db_url import connect
+
+log = logging.getLogger("mxd.db")
+T = TypeVar("T")
+
+proxy = peewee.DatabaseProxy()
+"""Models bind to this; `Database` initialises it."""
+
+MAX_BATCH = 512
+
+
+def connect_url(url: str) -> peewee.Database:
+    """Open a peewee database for a URL; SQLite gets the durable pragmas."""
+    if url.startswith("sqlite:"):
+        db = connect(url, pragmas={
+            "journal_mode": "wal",
+            "synchronous": 2,          # FULL: a committed transaction survives power loss in WAL mode
+            "foreign_keys": 1,
+            "busy_timeout": 30000,
+            "cache_size": -32000,
+            "temp_store": "memory",
+        }, check_same_thread=False)
+    else:
+        db = connect(url)
+    return db
+
+
+class _Job:
+    __slots__ = ("fn", "args", "future", "loop")
+
+    def __init__(self, fn: Callable[..., Any], args: tuple, future: Any, loop: asyncio.AbstractEventLoop | None) -> None:
+        self.fn, self.args, self.future, self.loop = fn, args, future, loop
+
+
+class Database:
+    def __init__(self, url: str, readers: int = 4) -> None:
+        self.url = url
+        self.db = connect_url(url)
+        proxy.initialize(self.db)
+        self.is_sqlite = isinstance(self.db, peewee.SqliteDatabase)
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._writer: threading.Thread | None = None
+        self._readers = concurrent.futures.ThreadPoolExecutor(readers, thread_name_prefix="mxd-read")
+        self.commits = 0
+
+    # ---------------------------------------------------------------- lifecycle
+    def start(self) -> None:
+        from mxd.store import migrations  # the schema lives with the models
+        with self.db.connection_context():
+            migrations.migrate(self.db)
+        self._writer = threading.Thread(target=self._write_loop, name="mxd-writer", daemon=True)
+        self._writer.start()
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._jobs.put(None)
+            self._writer.join(timeout=30)
+            self._writer = None
+        self._readers.shutdown(wait=True)
+        if not self.db.is_closed():
+            self.db.close()
+
+    # ---------------------------------------------------------------- API
+    async def write(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run fn(*args) in the writer's transaction; return once it is committed."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._jobs.put(_Job(fn, args, future, loop))
+        return await future
+
+    def write_sync(self, fn: Callable[..., T], *args: Any) -> T:
+        """Blocking twin of `write`, for threads other than the writer."""
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        self._jobs.put(_Job(fn, args, future, None))
+        return future.result()
+
+    async def read(self, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._readers, self._read, fn, args)
+
+    def _read(self, fn: Callable[..., T], args: tuple) -> T:
+        # WAL readers see the last committed state; each pool thread keeps its own connection.
+        self.db.connect(reuse_if_open=True)
+        return fn(*args)
+
+    # ---------------------------------------------------------------- writer
+    def _write_loop(self) -> None:
+        self.db.connect(reuse_if_open=True)
+        stop = False
+        while not stop:
+            job = self._jobs.get()
+            if job is None:
+                break
+            batch = [job]
+            while len(batch) < MAX_BATCH:
+                try:
+                    nxt = self._jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    stop = True
+                    break
+                batch.append(nxt)
+            self._run_batch(batch)
+        self.db.close()
+
+    def _run_batch(self, batch: list[_Job]) -> None:
+        results: list[tuple[bool, Any]] = []
+        try:
+            with self.db.atomic():
+                for job in batch:
+                    try:
+                        with self.db.atomic():          # a savepoint: one job's failure spares the others
+                            results.append((True, job.fn(*job.args)))
+                    except Exception as exc:            # noqa: BLE001 - handed to the caller
+                        results.append((False, exc))
+            self.commits += 1
+        except Exception as exc:                        # the commit itself failed: nobody's write is durable
+            log.exception("commit failed")
+            results = [(False, exc)] * len(batch)
+        for job, (ok, value) in zip(batch, results):
+            _resolve(job, ok, value)
+
+
+def _resolve(job: _Job, ok: bool, value: Any) -> None:
+    fut = job.future
+    if job.loop is None:
+        if ok:
+            fut.set_result(value)
+        else:
+            fut.set_exception(value)
+        return
+
+    def settle() -> None:
+        if fut.cancelled():
+            return
+        if ok:
+            fut.set_result(value)
+        else:
+            fut.set_exception(value)
+    try:
+        job.loop.call_soon_threadsafe(settle)
+    except RuntimeError:  # loop closed during shutdown
+        pass

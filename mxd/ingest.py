@@ -1,0 +1,86 @@
+"""The one way a message comes in: line endings made safe, then the raw bytes and envelope made durable.
+
+Every path (SMTP MX, API injection, local delivery of mxd's own outbound mail)
+calls `ingest`; its return means the transaction is committed to disk. Parsing,
+authentication, threading and indexing happen after, in `mxd.pipeline`.
+"""
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+from email.utils import format_datetime
+from datetime import datetime, timezone
+
+from mxd.db import Database
+from mxd.ids import new_id
+from mxd.store.models import Inbound
+
+_BARE = re.compile(rb"\r\n|\r|\n")
+
+
+@dataclass
+class Recipient:
+    address: str                 # as the client wrote it
+    mailbox_ids: tuple[str, ...]
+    tag: str | None = None
+
+    def to_json(self) -> dict:
+        return {"address": self.address, "mailbox_ids": list(self.mailbox_ids), "tag": self.tag}
+
+
+@dataclass
+class Envelope:
+    mail_from: str
+    rcpts: list[Recipient]
+    data: bytes
+    remote_ip: str = ""
+    helo: str = ""
+    tls: bool = False
+    source: str = "smtp"
+    received: str = ""           # the Received field this hop adds (without the trailing CRLF)
+    received_at: float = field(default_factory=time.time)
+    id: str = field(default_factory=lambda: new_id("inb"))
+
+
+def has_bare_line_endings(data: bytes) -> bool:
+    """True when data holds a CR or LF that is not part of CRLF, or a NUL."""
+    crlf = data.count(b"\r\n")
+    return b"\0" in data or data.count(b"\r") != crlf or data.count(b"\n") != crlf
+
+
+def normalize_line_endings(data: bytes) -> bytes:
+    """Every bare CR and bare LF becomes CRLF and NUL is removed (RFC 5321 2.3.8, 4.1.4).
+
+    What is stored (and later DKIM-verified or signed) is then exactly what any
+    conforming peer would see; no smuggled line ending survives.
+    """
+    if not has_bare_line_endings(data):
+        return data
+    return _BARE.sub(b"\r\n", data.replace(b"\0", b""))
+
+
+def received_header(*, helo: str, remote_ip: str, hostname: str, protocol: str, rcpt: str | None,
+                    queue_id: str, when: float) -> str:
+    """A Received field (RFC 5321 4.4): from, by, with, id, for; date."""
+    stamp = format_datetime(datetime.fromtimestamp(when, timezone.utc))
+    helo = "".join(c for c in helo if 32 < ord(c) < 127)[:200] or "unknown"
+    parts = [f"Received: from {helo} ([{remote_ip}])", f"by {hostname} (mxd) with {protocol} id {queue_id}"]
+    if rcpt:
+        parts.append(f"for <{rcpt}>")
+    return "\r\n\t".join(parts) + f"; {stamp}"
+
+
+def store(env: Envelope) -> str:
+    """Insert one Inbound row; runs inside the writer's transaction."""
+    Inbound.insert(
+        id=env.id, received_at=env.received_at, source=env.source, mail_from=env.mail_from,
+        rcpts=[r.to_json() for r in env.rcpts], remote_ip=env.remote_ip, helo=env.helo[:512], tls=env.tls,
+        data=normalize_line_endings(env.data), trace=(env.received + "\r\n") if env.received else "",
+    ).execute()
+    return env.id
+
+
+async def ingest(db: Database, env: Envelope) -> str:
+    """Make the message durable; returns its inbound id once committed."""
+    return await db.write(store, env)

@@ -1,0 +1,219 @@
+"""DNS behind one interface: the Resolver protocol, a dnspython resolver built from config, and an in-memory one for tests.
+
+Every lookup answers a plain list: NXDOMAIN and NODATA are an empty list, a
+temporary failure (SERVFAIL, timeout, no reachable nameserver) raises
+`DNSError`, which callers map to "temperror" (RFC 7208 2.6.6, RFC 8601 2.7).
+"""
+from __future__ import annotations
+
+import ipaddress
+from typing import Any, Mapping, Protocol
+
+import dns.asyncresolver
+import dns.exception
+import dns.name
+import dns.nameserver
+import dns.rdatatype
+import dns.resolver
+import dns.reversename
+
+
+class DNSError(Exception):
+    """A temporary DNS failure (SERVFAIL, timeout, no nameserver answered)."""
+
+
+class Resolver(Protocol):
+    """Sync methods are called from worker threads, async twins from the event loop."""
+
+    def txt(self, name: str) -> list[str]: ...
+    def mx(self, name: str) -> list[tuple[int, str]]: ...
+    def a(self, name: str) -> list[str]: ...
+    def aaaa(self, name: str) -> list[str]: ...
+    def ptr(self, ip: str) -> list[str]: ...
+    async def atxt(self, name: str) -> list[str]: ...
+    async def amx(self, name: str) -> list[tuple[int, str]]: ...
+    async def aa(self, name: str) -> list[str]: ...
+    async def aaaaa(self, name: str) -> list[str]: ...
+
+
+def _host(name: Any) -> str:
+    """A target name without its trailing dot; the root (null MX, RFC 7505) stays "."."""
+    text = name.to_text(omit_final_dot=True)
+    return text.lower() if text != "." else "."
+
+
+def _convert(rdtype: str, rrset: Any) -> list:
+    if rdtype == "TXT":
+        # RFC 7208 3.3: the character-strings of one TXT RR are concatenated without spaces.
+        return [b"".join(r.strings).decode("latin-1") for r in rrset]
+    if rdtype == "MX":
+        return sorted((r.preference, _host(r.exchange)) for r in rrset)
+    if rdtype == "PTR":
+        return [_host(r.target) for r in rrset]
+    return [r.address for r in rrset]
+
+
+def _reverse(ip: str) -> str | None:
+    try:
+        return dns.reversename.from_address(ip).to_text()
+    except (ValueError, dns.exception.DNSException):
+        return None
+
+
+def split_nameserver(value: str) -> tuple[str, int]:
+    """"host", "host:port", "[v6]" or "[v6]:port"; a bare IPv6 address keeps port 53."""
+    value = value.strip()
+    if value.startswith("["):
+        end = value.index("]")
+        host, rest = value[1:end], value[end + 1:]
+        return host, int(rest[1:]) if rest.startswith(":") else 53
+    if value.count(":") == 1:
+        host, port = value.split(":")
+        return host, int(port)
+    return value, 53
+
+
+class DNSPythonResolver:
+    """dnspython stub resolver with a shared, bounded, TTL-respecting cache.
+
+    dnspython's LRUCache takes a lock on every get/put, so one cache serves the
+    worker threads and the event loop alike; it also keeps negative answers
+    (RFC 2308) for the SOA minimum.
+    """
+
+    def __init__(self, nameservers: list[str], timeout: float = 5.0, cache_size: int = 4096) -> None:
+        cache = dns.resolver.LRUCache(cache_size) if cache_size > 0 else None
+        self._sync = dns.resolver.Resolver(configure=False)
+        self._async = dns.asyncresolver.Resolver(configure=False)
+        servers: list[Any] = [dns.nameserver.Do53Nameserver(*split_nameserver(ns)) for ns in nameservers]
+        if not servers:
+            try:  # empty list = the system resolver (/etc/resolv.conf)
+                servers = list(dns.resolver.Resolver(configure=True).nameservers)
+            except dns.resolver.NoResolverConfiguration:
+                servers = []  # every query then fails with DNSError
+        for r in (self._sync, self._async):
+            r.nameservers = servers
+            r.lifetime = timeout
+            r.timeout = min(timeout, 2.0) if len(servers) > 1 else timeout
+            r.cache = cache
+            r.use_search_by_default = False
+
+    def _query(self, name: str, rdtype: str) -> list:
+        try:
+            answer = self._sync.resolve(name, rdtype, raise_on_no_answer=False, search=False)
+        except Exception as e:
+            return self._failure(name, rdtype, e)
+        return _convert(rdtype, answer.rrset or [])
+
+    async def _aquery(self, name: str, rdtype: str) -> list:
+        try:
+            answer = await self._async.resolve(name, rdtype, raise_on_no_answer=False, search=False)
+        except Exception as e:
+            return self._failure(name, rdtype, e)
+        return _convert(rdtype, answer.rrset or [])
+
+    @staticmethod
+    def _failure(name: str, rdtype: str, e: Exception) -> list:
+        if isinstance(e, (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer)):
+            return []
+        if isinstance(e, (dns.exception.SyntaxError, dns.name.NameTooLong, dns.name.EmptyLabel,
+                          dns.name.LabelTooLong, UnicodeError, ValueError)):
+            return []  # a name that cannot be written in DNS cannot exist
+        raise DNSError(f"{rdtype} {name}: {e.__class__.__name__}: {e}") from e
+
+    def txt(self, name: str) -> list[str]:
+        return self._query(name, "TXT")
+
+    def mx(self, name: str) -> list[tuple[int, str]]:
+        return self._query(name, "MX")
+
+    def a(self, name: str) -> list[str]:
+        return self._query(name, "A")
+
+    def aaaa(self, name: str) -> list[str]:
+        return self._query(name, "AAAA")
+
+    def ptr(self, ip: str) -> list[str]:
+        rev = _reverse(ip)
+        return self._query(rev, "PTR") if rev else []
+
+    async def atxt(self, name: str) -> list[str]:
+        return await self._aquery(name, "TXT")
+
+    async def amx(self, name: str) -> list[tuple[int, str]]:
+        return await self._aquery(name, "MX")
+
+    async def aa(self, name: str) -> list[str]:
+        return await self._aquery(name, "A")
+
+    async def aaaaa(self, name: str) -> list[str]:
+        return await self._aquery(name, "AAAA")
+
+
+def make_resolver(nameservers: list[str], timeout: float = 5.0, cache_size: int = 4096) -> Resolver:
+    """A dnspython resolver asking `nameservers` ("host", "host:port", "[v6]:port"); empty = /etc/resolv.conf."""
+    return DNSPythonResolver(nameservers, timeout, cache_size)
+
+
+class StaticResolver:
+    """In-memory resolver for unit tests, reading the same zone dict as tests.dnsserver.
+
+    {"example.com": {"MX": [(10, "mx.example.com")], "TXT": ["v=spf1 -all"], "A": ["127.0.0.2"]},
+     "broken.example": "SERVFAIL"}. A TXT entry may be a list of strings (one RR,
+    several character-strings); a "CNAME" entry (one target) is followed; PTR
+    records live under the reverse name or under the IP address itself.
+    """
+
+    def __init__(self, zone: Mapping[str, Any] | None = None) -> None:
+        self.zone: dict[str, Any] = {k.lower().rstrip("."): v for k, v in (zone or {}).items()}
+        self.queries: list[tuple[str, str]] = []
+
+    def _lookup(self, name: str, rdtype: str) -> list:
+        name = name.lower().rstrip(".")
+        self.queries.append((name, rdtype))
+        for _ in range(9):  # CNAME chain bound
+            entry = self.zone.get(name)
+            if isinstance(entry, str):
+                raise DNSError(f"{rdtype} {name}: {entry}")
+            if entry is None:
+                return []
+            if rdtype in entry or "CNAME" not in entry:
+                return list(entry.get(rdtype, []))
+            target = entry["CNAME"]
+            name = (target[0] if isinstance(target, (list, tuple)) else target).lower().rstrip(".")
+        raise DNSError(f"{rdtype} {name}: CNAME loop")
+
+    def txt(self, name: str) -> list[str]:
+        out = []
+        for rr in self._lookup(name, "TXT"):
+            parts = rr if isinstance(rr, (list, tuple)) else [rr]
+            out.append("".join(p.decode("latin-1") if isinstance(p, bytes) else p for p in parts))
+        return out
+
+    def mx(self, name: str) -> list[tuple[int, str]]:
+        return sorted((int(p), h.lower().rstrip(".") or ".") for p, h in self._lookup(name, "MX"))
+
+    def a(self, name: str) -> list[str]:
+        return self._lookup(name, "A")
+
+    def aaaa(self, name: str) -> list[str]:
+        return [str(ipaddress.IPv6Address(x)) for x in self._lookup(name, "AAAA")]
+
+    def ptr(self, ip: str) -> list[str]:
+        rev = _reverse(ip)
+        if rev is None:
+            return []
+        found = self._lookup(rev, "PTR") or (self._lookup(ip, "PTR") if ip.lower() in self.zone else [])
+        return [h.lower().rstrip(".") for h in found]
+
+    async def atxt(self, name: str) -> list[str]:
+        return self.txt(name)
+
+    async def amx(self, name: str) -> list[tuple[int, str]]:
+        return self.mx(name)
+
+    async def aa(self, name: str) -> list[str]:
+        return self.a(name)
+
+    async def aaaaa(self, name: str) -> list[str]:
+        return self.aaaa(name)

@@ -1,0 +1,1 @@
+"""SMTP listeners: the inbound MX (and later submission)."""

@@ -1,0 +1,1 @@
+"""The store: directory (domains, mailboxes, aliases, catch-alls), messages, threads, search, tokens."""

@@ -1,0 +1,153 @@
+"""Messages: turning a processed inbound transaction into per-mailbox messages, and reading them back."""
+from __future__ import annotations
+
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+from mxd.ids import new_id
+from mxd.store import search, threads
+from mxd.store.models import Attachment, Event, Inbound, Mailbox, Message, Thread
+from mxd.db import proxy
+
+SNIPPET = 200
+
+
+def _addr_list(addresses: list[Any]) -> list[dict]:
+    return [{"name": a.name, "address": a.address} for a in addresses]
+
+
+def deliver(inbound: Inbound, parsed: Any, auth: Any, trace: str, window_seconds: float) -> list[str]:
+    """Create one message per distinct recipient mailbox; runs in the writer's transaction.
+
+    `parsed` is a mxd.mime.parse.Parsed (or None when parsing itself failed),
+    `auth` an AuthResults or None. Marks the inbound row processed.
+    """
+    if Inbound.select(Inbound.processed).where(Inbound.id == inbound.id).scalar():
+        return []                                   # another worker got here first
+    mailbox_ids: list[tuple[str, dict]] = []
+    for rcpt in inbound.rcpts:
+        for mid in rcpt["mailbox_ids"]:
+            if mid not in [m for m, _ in mailbox_ids]:
+                mailbox_ids.append((mid, rcpt))
+    existing = {m.id for m in Mailbox.select(Mailbox.id).where(Mailbox.id.in_([m for m, _ in mailbox_ids]))} \
+        if mailbox_ids else set()
+    created: list[str] = []
+    size = len(inbound.data)
+    for mailbox_id, rcpt in mailbox_ids:
+        if mailbox_id not in existing:
+            continue                                # the mailbox was deleted after RCPT
+        msg = Message(
+            id=new_id("msg"), mailbox=mailbox_id, inbound=inbound.id, direction="in",
+            received_at=inbound.received_at, envelope_from=inbound.mail_from, envelope_to=rcpt["address"],
+            plus_tag=rcpt.get("tag"), size=size,
+            auth_results=auth.header_value if auth else "", auth=auth_dict(auth) if auth else None,
+        )
+        if parsed is not None:
+            msg.message_id = parsed.message_id
+            msg.in_reply_to = parsed.in_reply_to
+            msg.references = parsed.references
+            msg.subject = parsed.subject
+            msg.from_addr = _addr_list(parsed.from_)
+            msg.to_addr = _addr_list(parsed.to)
+            msg.cc_addr = _addr_list(parsed.cc)
+            msg.reply_to = _addr_list(parsed.reply_to)
+            msg.date = parsed.date.timestamp() if parsed.date else None
+            msg.text = parsed.text
+            msg.html = parsed.html
+            msg.parse_errors = list(parsed.errors)
+        else:
+            msg.parse_errors = ["the message could not be parsed; its raw bytes are kept"]
+        msg.save(force_insert=True)
+        if parsed is not None and parsed.attachments:
+            Attachment.insert_many([{
+                "id": new_id("att"), "message": msg.id, "part_index": a.index, "filename": a.filename,
+                "content_type": a.content_type[:255], "size": a.size, "content_id": (a.content_id or None),
+                "disposition": a.disposition} for a in parsed.attachments]).execute()
+        threads.assign(msg, window_seconds)
+        addresses = " ".join(f"{a['name']} {a['address']}" for a in msg.from_addr + msg.to_addr + msg.cc_addr)
+        search.index(proxy.obj, msg.id, mailbox_id, msg.subject, addresses + " " + inbound.mail_from, msg.text)
+        Event.insert(id=new_id("evt"), type="message.received", mailbox_id=mailbox_id, message_id=msg.id,
+                     data={"thread_id": msg.thread_id}).execute()
+        created.append(msg.id)
+    Inbound.update(processed=True, trace=trace).where(Inbound.id == inbound.id).execute()
+    return created
+
+
+def auth_dict(auth: Any) -> dict:
+    return {
+        "spf": auth.spf, "dmarc": auth.dmarc, "dmarc_policy": auth.dmarc_policy,
+        "dkim": [{"result": d.result, "domain": d.domain, "selector": d.selector} for d in auth.dkim],
+    }
+
+
+# ---------------------------------------------------------------- reading
+def list_messages(mailbox_ids: list[str] | None, limit: int, before: str | None,
+                  thread_id: str | None = None) -> list[Message]:
+    query = Message.select().order_by(Message.id.desc())
+    if mailbox_ids is not None:
+        query = query.where(Message.mailbox.in_(mailbox_ids))
+    if thread_id:
+        query = query.where(Message.thread == thread_id)
+    if before:
+        query = query.where(Message.id < before)
+    return list(query.limit(limit))
+
+
+def get(message_id: str) -> Message | None:
+    return Message.get_or_none(Message.id == message_id)
+
+
+def by_ids(ids: list[str]) -> list[Message]:
+    rows = {m.id: m for m in Message.select().where(Message.id.in_(ids))} if ids else {}
+    return [rows[i] for i in ids if i in rows]
+
+
+def raw(msg: Message) -> bytes:
+    inbound = Inbound.get_or_none(Inbound.id == msg.inbound_id)
+    if inbound is None:
+        return b""
+    return inbound.trace.encode("utf-8", "surrogateescape") + bytes(inbound.data)
+
+
+def _iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def summary(msg: Message, mailbox_address: str) -> dict:
+    text = msg.text or ""
+    return {
+        "id": msg.id, "thread_id": msg.thread_id, "mailbox": mailbox_address, "direction": msg.direction,
+        "message_id": msg.message_id, "subject": msg.subject,
+        "from": msg.from_addr[0] if msg.from_addr else None, "to": msg.to_addr, "cc": msg.cc_addr,
+        "date": _iso(msg.date), "received_at": _iso(msg.received_at),
+        "snippet": " ".join(text[:SNIPPET * 2].split())[:SNIPPET], "size": msg.size,
+        "plus_tag": msg.plus_tag, "has_parse_errors": bool(msg.parse_errors),
+    }
+
+
+def detail(msg: Message, mailbox_address: str, attachments: list[Attachment]) -> dict:
+    out = summary(msg, mailbox_address)
+    out.update({
+        "in_reply_to": msg.in_reply_to, "references": msg.references, "reply_to": msg.reply_to,
+        "envelope": {"mail_from": msg.envelope_from, "rcpt_to": msg.envelope_to},
+        "text": msg.text, "html": msg.html,
+        "attachments": [{"id": a.id, "filename": a.filename, "content_type": a.content_type, "size": a.size,
+                         "content_id": a.content_id, "disposition": a.disposition,
+                         "url": f"/api/messages/{msg.id}/attachments/{a.id}"} for a in attachments],
+        "authentication_results": msg.auth_results, "auth": msg.auth,
+        "parse_errors": msg.parse_errors,
+    })
+    return out
+
+
+def thread_dict(thread: Thread, mailbox_address: str) -> dict:
+    return {"id": thread.id, "mailbox": mailbox_address, "subject": thread.subject,
+            "message_count": thread.message_count, "first_at": _iso(thread.first_at),
+            "last_at": _iso(thread.last_at)}
+
+
+def now() -> float:
+    return time.time()

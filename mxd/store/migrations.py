@@ -1,0 +1,43 @@
+"""Schema migrations, applied in order at start; the applied version is kept in the meta table.
+
+Append a function to STEPS for every schema change (use playhouse.migrate);
+never edit a step that has shipped.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+import peewee as pw
+
+from mxd.store import models, search
+
+log = logging.getLogger("mxd.migrations")
+
+
+def _v1_initial(db: pw.Database) -> None:
+    db.create_tables(models.MODELS, safe=True)
+    search.create_index(db)
+
+
+STEPS: list[Callable[[pw.Database], None]] = [_v1_initial]
+
+
+def current_version(db: pw.Database) -> int:
+    db.create_tables([models.Meta], safe=True)
+    row = models.Meta.get_or_none(models.Meta.key == "schema_version")
+    return int(row.value) if row else 0
+
+
+def migrate(db: pw.Database) -> int:
+    """Bring the schema up to date; returns the version now in force."""
+    version = current_version(db)
+    if version > len(STEPS):
+        raise RuntimeError(f"the store has schema version {version}, newer than this mxd ({len(STEPS)}): upgrade mxd")
+    for number in range(version + 1, len(STEPS) + 1):
+        with db.atomic():
+            STEPS[number - 1](db)
+            models.Meta.insert(key="schema_version", value=str(number)).on_conflict(
+                conflict_target=[models.Meta.key], update={models.Meta.value: str(number)}).execute()
+        log.info("schema migrated to version %d", number)
+    return len(STEPS)

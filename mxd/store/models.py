@@ -1,0 +1,162 @@
+"""Peewee models for every table mxd keeps. Columns are portable to PostgreSQL.
+
+Times are float seconds since the epoch (UTC); JSON is kept in text columns.
+"""
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import peewee as pw
+
+from mxd.db import proxy
+
+
+class JSONField(pw.TextField):
+    def db_value(self, value: Any) -> str | None:
+        return None if value is None else json.dumps(value, separators=(",", ":"))
+
+    def python_value(self, value: str | None) -> Any:
+        return None if value is None else json.loads(value)
+
+
+class BaseModel(pw.Model):
+    class Meta:
+        database = proxy
+        legacy_table_names = False
+
+
+class Domain(BaseModel):
+    id = pw.CharField(primary_key=True, max_length=40)
+    name = pw.CharField(unique=True, max_length=255)          # A-label, lower case
+    created_at = pw.DoubleField(default=time.time)
+    ready = pw.BooleanField(default=False)
+    ready_source = pw.CharField(null=True, max_length=20)     # "operator" | "dns"
+    ready_at = pw.DoubleField(null=True)
+    catchall_mailbox_id = pw.CharField(null=True, max_length=40)
+
+
+class Mailbox(BaseModel):
+    id = pw.CharField(primary_key=True, max_length=40)
+    address = pw.CharField(unique=True, max_length=320)       # lookup key: lower-case local @ A-label
+    domain = pw.ForeignKeyField(Domain, backref="mailboxes", on_delete="CASCADE")
+    display_name = pw.CharField(default="", max_length=200)
+    retention_days = pw.IntegerField(null=True)
+    created_at = pw.DoubleField(default=time.time)
+
+
+class Alias(BaseModel):
+    id = pw.CharField(primary_key=True, max_length=40)
+    address = pw.CharField(index=True, max_length=320)
+    mailbox = pw.ForeignKeyField(Mailbox, backref="aliases", on_delete="CASCADE")
+    created_at = pw.DoubleField(default=time.time)
+
+    class Meta:
+        indexes = ((("address", "mailbox"), True),)
+
+
+class Inbound(BaseModel):
+    """One accepted SMTP transaction (or API injection): the durable raw bytes and envelope."""
+    id = pw.CharField(primary_key=True, max_length=40)
+    received_at = pw.DoubleField(default=time.time)
+    source = pw.CharField(max_length=20, default="smtp")
+    mail_from = pw.CharField(max_length=512, default="")
+    rcpts = JSONField()                     # [{"address": as given, "mailbox_id": ..., "tag": ...}]
+    remote_ip = pw.CharField(max_length=64, default="")
+    helo = pw.CharField(max_length=512, default="")
+    tls = pw.BooleanField(default=False)
+    data = pw.BlobField()
+    trace = pw.TextField(default="")        # Received + Authentication-Results, prepended on output
+    processed = pw.BooleanField(default=False, index=True)
+
+
+class Thread(BaseModel):
+    id = pw.CharField(primary_key=True, max_length=40)
+    mailbox = pw.ForeignKeyField(Mailbox, backref="threads", on_delete="CASCADE")
+    subject = pw.TextField(default="")
+    norm_subject = pw.CharField(max_length=255, default="", index=True)
+    first_at = pw.DoubleField(default=time.time)
+    last_at = pw.DoubleField(default=time.time, index=True)
+    message_count = pw.IntegerField(default=0)
+
+
+class ThreadRef(BaseModel):
+    """Every Message-ID a thread has seen, present or ghost (referenced but not received)."""
+    mailbox = pw.ForeignKeyField(Mailbox, on_delete="CASCADE")
+    msgid = pw.CharField(max_length=998)
+    thread = pw.ForeignKeyField(Thread, backref="refs", on_delete="CASCADE")
+
+    class Meta:
+        indexes = ((("mailbox", "msgid"), True),)
+
+
+class Message(BaseModel):
+    id = pw.CharField(primary_key=True, max_length=40)
+    mailbox = pw.ForeignKeyField(Mailbox, backref="messages", on_delete="CASCADE")
+    inbound = pw.ForeignKeyField(Inbound, backref="messages", on_delete="CASCADE", null=True)
+    thread = pw.ForeignKeyField(Thread, backref="messages", null=True, on_delete="SET NULL")
+    direction = pw.CharField(max_length=8, default="in")
+    received_at = pw.DoubleField(default=time.time)
+    envelope_from = pw.CharField(max_length=512, default="")
+    envelope_to = pw.CharField(max_length=512, default="")
+    plus_tag = pw.CharField(max_length=128, null=True)
+    message_id = pw.CharField(max_length=998, null=True, index=True)
+    in_reply_to = JSONField(default=list)
+    references = JSONField(default=list)
+    subject = pw.TextField(default="")
+    from_addr = JSONField(default=list)
+    to_addr = JSONField(default=list)
+    cc_addr = JSONField(default=list)
+    reply_to = JSONField(default=list)
+    date = pw.DoubleField(null=True)
+    text = pw.TextField(default="")
+    html = pw.TextField(null=True)
+    size = pw.IntegerField(default=0)
+    auth_results = pw.TextField(default="")
+    auth = JSONField(null=True)              # structured spf/dkim/dmarc results
+    parse_errors = JSONField(default=list)
+
+    class Meta:
+        indexes = ((("mailbox", "id"), False),)
+
+
+class Attachment(BaseModel):
+    id = pw.CharField(primary_key=True, max_length=40)
+    message = pw.ForeignKeyField(Message, backref="attachments", on_delete="CASCADE")
+    part_index = pw.IntegerField()
+    filename = pw.TextField(null=True)
+    content_type = pw.CharField(max_length=255)
+    size = pw.IntegerField()
+    content_id = pw.CharField(max_length=998, null=True)
+    disposition = pw.CharField(max_length=20, default="attachment")
+
+
+class Token(BaseModel):
+    id = pw.CharField(primary_key=True, max_length=40)
+    name = pw.CharField(max_length=200)
+    secret_hash = pw.CharField(unique=True, max_length=128)
+    hint = pw.CharField(max_length=20)        # the first characters, for recognising a token in lists
+    scopes = JSONField()
+    mailboxes = JSONField(null=True)          # None: every mailbox
+    created_at = pw.DoubleField(default=time.time)
+    last_used_at = pw.DoubleField(null=True)
+    revoked_at = pw.DoubleField(null=True)
+
+
+class Event(BaseModel):
+    """The outbox: every state change as a durable row, read by webhooks and pollers."""
+    id = pw.CharField(primary_key=True, max_length=40)
+    type = pw.CharField(max_length=64, index=True)
+    created_at = pw.DoubleField(default=time.time)
+    mailbox_id = pw.CharField(max_length=40, null=True, index=True)
+    message_id = pw.CharField(max_length=40, null=True)
+    data = JSONField(default=dict)
+
+
+class Meta(BaseModel):
+    key = pw.CharField(primary_key=True, max_length=64)
+    value = pw.TextField()
+
+
+MODELS = [Domain, Mailbox, Alias, Inbound, Thread, ThreadRef, Message, Attachment, Token, Event, Meta]

@@ -1,0 +1,100 @@
+"""Full-text search over subject, addresses and body text: the one place that knows the index.
+
+SQLite uses an FTS5 table; PostgreSQL a tsvector column with a GIN index. The
+query language is the same for both: words (all must match), "quoted phrases",
+a trailing * for a prefix, and the fields from:, to:, subject:.
+"""
+from __future__ import annotations
+
+import re
+
+import peewee as pw
+
+_TERM = re.compile(r'(?:(from|to|subject):)?(?:"([^"]*)"|(\S+))', re.IGNORECASE)
+_FIELD_COLUMN = {"from": "addresses", "to": "addresses", "subject": "subject"}
+MAX_BODY = 200_000  # characters of body text indexed per message
+
+
+def _is_sqlite(db: pw.Database) -> bool:
+    return isinstance(db, pw.SqliteDatabase)
+
+
+def create_index(db: pw.Database) -> None:
+    if _is_sqlite(db):
+        db.execute_sql(
+            "CREATE VIRTUAL TABLE IF NOT EXISTS message_fts USING fts5("
+            "message_id UNINDEXED, mailbox_id UNINDEXED, subject, addresses, body, "
+            "tokenize='unicode61 remove_diacritics 2')")
+    else:
+        db.execute_sql(
+            "CREATE TABLE IF NOT EXISTS message_search ("
+            "message_id VARCHAR(40) PRIMARY KEY, mailbox_id VARCHAR(40) NOT NULL, doc tsvector NOT NULL)")
+        db.execute_sql("CREATE INDEX IF NOT EXISTS message_search_doc ON message_search USING GIN (doc)")
+
+
+def index(db: pw.Database, message_id: str, mailbox_id: str, subject: str, addresses: str, body: str) -> None:
+    body = body[:MAX_BODY]
+    if _is_sqlite(db):
+        db.execute_sql(
+            "INSERT INTO message_fts(message_id, mailbox_id, subject, addresses, body) VALUES (?, ?, ?, ?, ?)",
+            (message_id, mailbox_id, subject, addresses, body))
+    else:
+        db.execute_sql(
+            "INSERT INTO message_search(message_id, mailbox_id, doc) VALUES (%s, %s, "
+            "setweight(to_tsvector('simple', %s), 'A') || setweight(to_tsvector('simple', %s), 'B') || "
+            "to_tsvector('simple', %s)) ON CONFLICT (message_id) DO NOTHING",
+            (message_id, mailbox_id, subject, addresses, body))
+
+
+def remove(db: pw.Database, message_ids: list[str]) -> None:
+    if not message_ids:
+        return
+    marks = ",".join(["?" if _is_sqlite(db) else "%s"] * len(message_ids))
+    table = "message_fts" if _is_sqlite(db) else "message_search"
+    db.execute_sql(f"DELETE FROM {table} WHERE message_id IN ({marks})", tuple(message_ids))
+
+
+def _fts5_query(q: str) -> str:
+    parts = []
+    for match in _TERM.finditer(q):
+        field, phrase, word = match.group(1), match.group(2), match.group(3)
+        text = phrase if phrase is not None else word
+        prefix = phrase is None and text.endswith("*")
+        text = text.rstrip("*") if prefix else text
+        tokens = re.findall(r"\w+", text)
+        if not tokens:
+            continue
+        term = '"' + " ".join(tokens) + '"' + ("*" if prefix else "")
+        if field:
+            term = f"{_FIELD_COLUMN[field.lower()]} : {term}"
+        parts.append(term)
+    return " AND ".join(parts)
+
+
+def search(db: pw.Database, q: str, mailbox_ids: list[str] | None, limit: int, before: str | None) -> list[str]:
+    """Message ids matching q, newest first, at most limit, older than the cursor id `before`."""
+    if _is_sqlite(db):
+        match = _fts5_query(q)
+        if not match:
+            return []
+        sql = "SELECT message_id FROM message_fts WHERE message_fts MATCH ?"
+        params: list = [match]
+        mark = "?"
+    else:
+        words = [" & ".join(re.findall(r"\w+", m.group(2) or m.group(3) or "")) for m in _TERM.finditer(q)]
+        words = [w for w in words if w]
+        if not words:
+            return []
+        sql = "SELECT message_id FROM message_search WHERE doc @@ to_tsquery('simple', %s)"
+        params = [" & ".join(f"({w})" for w in words)]
+        mark = "%s"
+    if mailbox_ids is not None:
+        if not mailbox_ids:
+            return []
+        sql += f" AND mailbox_id IN ({','.join([mark] * len(mailbox_ids))})"
+        params += mailbox_ids
+    if before:
+        sql += f" AND message_id < {mark}"
+        params.append(before)
+    sql += f" ORDER BY message_id DESC LIMIT {int(limit)}"
+    return [row[0] for row in db.execute_sql(sql, tuple(params)).fetchall()]

@@ -1,0 +1,99 @@
+"""API tokens: created with scopes and an optional mailbox list, shown once, stored as SHA-256 hashes.
+
+Secrets are 256-bit random strings, so a fast hash is enough (no password
+stretching needed) and lookups are by hash. `read` never implies `send`.
+"""
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+from dataclasses import dataclass
+
+from mxd import address as addr
+from mxd.errors import MxdError
+from mxd.ids import new_id
+from mxd.store.models import Token
+
+SCOPES = ("read", "search", "draft", "send", "audit", "admin")
+PREFIX = "mxd_"
+_LAST_USED_EVERY = 60.0   # seconds between last_used_at writes for one token
+
+
+def hash_secret(secret: str) -> str:
+    return hashlib.sha256(secret.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class Principal:
+    token_id: str
+    name: str
+    scopes: frozenset[str]
+    mailboxes: frozenset[str] | None      # address keys; None = every mailbox
+
+    @property
+    def is_admin(self) -> bool:
+        return "admin" in self.scopes
+
+    def has(self, scope: str) -> bool:
+        return self.is_admin or scope in self.scopes
+
+    def sees(self, mailbox_address: str) -> bool:
+        return self.is_admin or self.mailboxes is None or mailbox_address in self.mailboxes
+
+
+def create(name: str, scopes: list[str], mailboxes: list[str] | None = None) -> tuple[Token, str]:
+    """Create a token; returns the row and the secret, which is never stored or shown again."""
+    if not isinstance(name, str) or not name.strip() or len(name) > 200:
+        raise MxdError("bad_request", "name must be a non-empty string of at most 200 characters")
+    if not isinstance(scopes, list) or not scopes or any(s not in SCOPES for s in scopes):
+        raise MxdError("bad_request", f"scopes must be a non-empty list drawn from {', '.join(SCOPES)}")
+    keys = None
+    if mailboxes is not None:
+        if not isinstance(mailboxes, list) or not all(isinstance(m, str) for m in mailboxes):
+            raise MxdError("bad_request", "mailboxes must be a list of addresses")
+        try:
+            keys = sorted({addr.parse(m).key for m in mailboxes})
+        except addr.AddressError as exc:
+            raise MxdError("invalid_address", f"bad mailbox address: {exc}") from None
+    secret = PREFIX + secrets.token_urlsafe(32)
+    row = Token.create(id=new_id("tok"), name=name.strip(), secret_hash=hash_secret(secret),
+                       hint=secret[:10], scopes=sorted(set(scopes)), mailboxes=keys)
+    return row, secret
+
+
+def lookup(secret: str) -> Token | None:
+    """The live token with this secret, or None."""
+    if not secret or len(secret) > 200:
+        return None
+    row = Token.get_or_none(Token.secret_hash == hash_secret(secret))
+    if row is None or row.revoked_at is not None:
+        return None
+    return row
+
+
+def touch(token_id: str, last_used_at: float | None) -> None:
+    now = time.time()
+    if last_used_at is None or now - last_used_at > _LAST_USED_EVERY:
+        Token.update(last_used_at=now).where(Token.id == token_id).execute()
+
+
+def principal(row: Token) -> Principal:
+    return Principal(row.id, row.name, frozenset(row.scopes),
+                     None if row.mailboxes is None else frozenset(row.mailboxes))
+
+
+def list_tokens() -> list[Token]:
+    return list(Token.select().where(Token.revoked_at.is_null()).order_by(Token.created_at))
+
+
+def revoke(token_id: str) -> None:
+    updated = Token.update(revoked_at=time.time()).where(
+        (Token.id == token_id) & Token.revoked_at.is_null()).execute()
+    if not updated:
+        raise MxdError("not_found", f"token {token_id!r} not found")
+
+
+def to_dict(row: Token) -> dict:
+    return {"id": row.id, "name": row.name, "hint": row.hint, "scopes": row.scopes,
+            "mailboxes": row.mailboxes, "created_at": row.created_at, "last_used_at": row.last_used_at}
