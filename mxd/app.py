@@ -11,7 +11,7 @@ from typing import Generator
 
 import uvicorn
 
-from mxd import keys
+from mxd import keys, tokens
 from mxd.api.app import Context, create_app
 from mxd.config import Config, parse_hostport
 from mxd.db import Database
@@ -75,6 +75,9 @@ class Daemon:
 
         self.db = Database(cfg.effective_store_url)
         await asyncio.get_running_loop().run_in_executor(None, self.db.start)
+        secret = await self.db.write(tokens.ensure_admin)
+        if secret:
+            print(f"mxd: first start: admin token (shown once, store it now): {secret}", flush=True)
         directory = Directory()
         await self.db.read(directory.refresh)
         resolver = make_resolver(cfg.dns_nameservers, cfg.dns_timeout)

@@ -22,7 +22,6 @@ def _load(args: argparse.Namespace) -> config_mod.Config:
 def cmd_init(args: argparse.Namespace) -> int:
     from mxd.db import Database
     from mxd.store import directory
-    from mxd.store.models import Meta
 
     env = dict(os.environ)
     if args.data_dir:
@@ -50,14 +49,7 @@ def cmd_init(args: argparse.Namespace) -> int:
             dkim = keys.generate_dkim_keys(cfg.dkim_dir, domain.name)
             records += [r.to_json() for r in dnsrecords.required_records(
                 domain.name, cfg.hostname, dkim, ipv4=args.ipv4, ipv6=args.ipv6)]
-
-        def admin() -> str | None:
-            if Meta.get_or_none(Meta.key == "admin_token_id"):
-                return None
-            row, secret = tokens.create("admin", ["admin"])
-            Meta.create(key="admin_token_id", value=row.id)
-            return secret
-        secret = db.write_sync(admin)
+        secret = db.write_sync(tokens.ensure_admin)
     finally:
         db.close()
 

@@ -1,4 +1,4 @@
-"""DNS behind one interface: the Resolver protocol, a dnspython resolver built from config, and an in-memory one for tests.
+"""DNS behind one interface: the Resolver protocol, a dnspython resolver from config, an in-memory one for tests.
 
 Every lookup answers a plain list: NXDOMAIN and NODATA are an empty list, a
 temporary failure (SERVFAIL, timeout, no reachable nameserver) raises

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from mxd import address as addr
 from mxd.errors import MxdError
 from mxd.ids import new_id
-from mxd.store.models import Token
+from mxd.store.models import Meta, Token
 
 SCOPES = ("read", "search", "draft", "send", "audit", "admin")
 PREFIX = "mxd_"
@@ -97,3 +97,12 @@ def revoke(token_id: str) -> None:
 def to_dict(row: Token) -> dict:
     return {"id": row.id, "name": row.name, "hint": row.hint, "scopes": row.scopes,
             "mailboxes": row.mailboxes, "created_at": row.created_at, "last_used_at": row.last_used_at}
+
+
+def ensure_admin() -> str | None:
+    """Create the operator's admin token once; returns its secret the one time it is made."""
+    if Meta.get_or_none(Meta.key == "admin_token_id"):
+        return None
+    row, secret = create("admin", ["admin"])
+    Meta.create(key="admin_token_id", value=row.id)
+    return secret

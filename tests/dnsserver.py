@@ -115,7 +115,7 @@ class DNSServer:
             return response.to_wire()
         q = query.question[0]
         qtype = dns.rdatatype.to_text(q.rdtype)
-        name = _norm(q.name.to_text())
+        name = _norm(".".join(label.decode("latin-1") for label in q.name.labels))
         self.queries.append((name, qtype, transport))
         with self._lock:
             for _ in range(9):  # follow CNAMEs inside the zone
@@ -130,7 +130,7 @@ class DNSServer:
                     if not any(k.endswith(suffix) for k in self._zone):
                         response.set_rcode(dns.rcode.NXDOMAIN)
                     break
-                owner = dns.name.from_text(name)
+                owner = q.name if not response.answer else dns.name.from_text(name)
                 if qtype not in entry and "CNAME" in entry and qtype != "CNAME":
                     target = entry["CNAME"]
                     target = target[0] if isinstance(target, (list, tuple)) else target

@@ -130,3 +130,16 @@ def test_static_resolver_same_zone_shape() -> None:
     assert r.a("nope.example") == []
     with pytest.raises(DNSError):
         r.a("bad.example")
+
+
+def test_binds_the_resolv_conf_address() -> None:
+    """Tools that only read /etc/resolv.conf (opendkim-testmsg) need a server on 127.0.0.53:53."""
+    try:
+        server = DNSServer({"r.example": {"A": ["192.0.2.53"]}}, host="127.0.0.53", port=53).start()
+    except OSError as e:  # not root, or the port is taken by another test run
+        pytest.skip(f"cannot bind 127.0.0.53:53: {e}")
+    try:
+        assert server.nameserver == "127.0.0.53:53"
+        assert make_resolver(["127.0.0.53"]).a("r.example") == ["192.0.2.53"]
+    finally:
+        server.stop()

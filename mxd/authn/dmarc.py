@@ -1,4 +1,4 @@
-"""DMARC (RFC 7489): the RFC5322.From domain, policy discovery with the organizational-domain fallback, alignment, and the policy to apply.
+"""DMARC (RFC 7489): the RFC5322.From domain, policy discovery, alignment, and the policy to apply.
 
 From handling: no From field, two or more From fields, no usable address, or
 addresses in different domains give "permerror" and no policy (RFC 7489 6.6.1

@@ -1,4 +1,4 @@
-"""SPF (RFC 7208): check_host() for the connecting IP against the MAIL FROM (or HELO) identity, every query through a Resolver.
+"""SPF (RFC 7208): check_host() for the client IP and the MAIL FROM (or HELO) identity, via a Resolver.
 
 An own implementation rather than pyspf: pyspf sends its queries through a
 module-global lookup function, which cannot be pointed at a per-call Resolver

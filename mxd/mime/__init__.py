@@ -1,0 +1,1 @@
+"""MIME: parse raw messages, compose outgoing ones, and thread them."""

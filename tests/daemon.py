@@ -1,0 +1,121 @@
+"""Run a real `mxd` daemon in a subprocess for end-to-end tests."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+class MxdProcess:
+    def __init__(self, data_dir: Path, *, domains: list[str] = ("example.test",), host: str = "127.0.0.1",
+                 env: dict[str, str] | None = None, hostname: str = "mx.example.test") -> None:
+        self.data_dir = Path(data_dir)
+        self.host = host
+        self.mx_port = free_port(host)
+        self.http_port = free_port("127.0.0.1")
+        self.env = dict(os.environ)
+        self.env.update({
+            "MXD_DATA_DIR": str(self.data_dir), "MXD_HOSTNAME": hostname,
+            "MXD_MX_LISTEN": f"{host}:{self.mx_port}", "MXD_HTTP_LISTEN": f"127.0.0.1:{self.http_port}",
+            "MXD_DNS_NAMESERVERS": "127.0.0.1:1", "MXD_DNS_TIMEOUT": "0.5", "MXD_LOG_LEVEL": "WARNING",
+        })
+        self.env.update(env or {})
+        self.domains = list(domains)
+        self.proc: subprocess.Popen | None = None
+        self.admin_token = ""
+        self.init_output: dict[str, Any] = {}
+
+    # ------------------------------------------------------------ lifecycle
+    def init(self) -> dict[str, Any]:
+        args = [sys.executable, "-m", "mxd.cli", "init", "--json"]
+        for d in self.domains:
+            args += ["--domain", d]
+        out = subprocess.run(args, env=self.env, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        self.init_output = json.loads(out.stdout)
+        if self.init_output["admin_token"]:
+            self.admin_token = self.init_output["admin_token"]
+        return self.init_output
+
+    def start(self, timeout: float = 20.0) -> "MxdProcess":
+        self.log = open(self.data_dir / "mxd.log", "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "mxd.cli", "serve"], env=self.env,
+                                     stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"mxd exited: {(self.data_dir / 'mxd.log').read_text()[-3000:]}")
+            try:
+                if httpx.get(self.url("/api/health"), timeout=1).status_code == 200:
+                    with socket.create_connection((self.host, self.mx_port), timeout=1):
+                        return self
+            except (httpx.HTTPError, OSError):
+                pass
+            time.sleep(0.05)
+        raise RuntimeError("mxd did not start in time")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 40.0) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        code = self.proc.returncode
+        self.proc = None
+        self.log.close()
+        return code
+
+    def kill9(self) -> None:
+        self.stop(signal.SIGKILL)
+
+    # ------------------------------------------------------------ API helpers
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.http_port}{path}"
+
+    def api(self, method: str, path: str, token: str | None = None, **kwargs: Any) -> httpx.Response:
+        headers = kwargs.pop("headers", {})
+        headers["Authorization"] = f"Bearer {token or self.admin_token}"
+        return httpx.request(method, self.url(path), headers=headers, timeout=30, **kwargs)
+
+    def messages(self, mailbox: str | None = None, token: str | None = None) -> list[dict]:
+        out: list[dict] = []
+        cursor = None
+        while True:
+            params = {"limit": 500}
+            if mailbox:
+                params["mailbox"] = mailbox
+            if cursor:
+                params["cursor"] = cursor
+            r = self.api("GET", "/api/messages", token, params=params)
+            assert r.status_code == 200, r.text
+            body = r.json()
+            out += body["data"]
+            cursor = body["next_cursor"]
+            if not cursor:
+                return out
+
+    def wait_messages(self, count: int, mailbox: str | None = None, timeout: float = 30.0) -> list[dict]:
+        deadline = time.monotonic() + timeout
+        while True:
+            found = self.messages(mailbox)
+            if len(found) >= count or time.monotonic() > deadline:
+                return found
+            time.sleep(0.1)

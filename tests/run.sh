@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Install what the tests need (Debian packages and Python packages) and run them.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+for pair in postfix:postfix swaks:swaks opendkim-testmsg:opendkim-tools nsd:nsd; do
+    command -v "${pair%%:*}" >/dev/null 2>&1 || [ -x "/usr/sbin/${pair%%:*}" ] || need+=("${pair#*:}")
+done
+if [ ${#need[@]} -gt 0 ]; then
+    export DEBIAN_FRONTEND=noninteractive
+    echo 'postfix postfix/main_mailer_type select No configuration' | debconf-set-selections
+    apt-get update -q
+    apt-get install -y -q --no-install-recommends "${need[@]}"
+fi
+
+python3 -m pip install -q -e '.[test]'
+python3 -m pytest -q -p no:cacheprovider "$@"
