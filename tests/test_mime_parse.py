@@ -100,7 +100,7 @@ def test_calendar_attachment_and_yearless_date() -> None:
     assert p.message_id == "YT3PR01MB10572EFC9F7C81F9446214768CEF72@YT3PR01MB10572.CANPRD01.PROD.OUTLOOK.COM"
     assert p.to == [Address("david@tethera.net", "david@tethera.net")]
     assert p.text == "This meeting will could have been an email\n\n"
-    assert p.attachments == [Attachment(2, None, "text/calendar", 1685, None, "attachment")]
+    assert p.attachments == [Attachment(2, None, "text/calendar", 1685, None, "inline")]
     assert attachment(raw, 2)[1].startswith(b"BEGIN:VCALENDAR\r\nMETHOD:REQUEST\r\n")
     assert p.date is None                                     # "Thu Jan 01 00:00:10 +0000" has no year
     assert p.errors == ["Date: unparseable 'Thu Jan 01 00:00:10 +0000'"]
@@ -391,7 +391,7 @@ def mutated(draw: st.DrawFn) -> bytes:
             raw[pos:pos] = draw(st.sampled_from([b"\r", b"\n", b"\x00", b"\r\n\r\n", b"=?", b"--", b"\xff\xfe",
                                                  b"\n--=-=-=\n", b"\n--=-=-=--\n", b"Content-Type: multipart/mixed\n"]))
         elif op == "boundary":
-            raw = bytearray(bytes(raw).replace(b"=-=-=", draw(st.sampled_from([b"", b"x", b"=-=", b"--", b"=-=-=-=")))))
+            raw = bytearray(bytes(raw).replace(b"=-=-=", draw(st.sampled_from([b"", b"x", b"=-=", b"--", b"=-=-=-="]))))
         elif op == "delete":
             del raw[pos:pos + draw(st.integers(1, 200))]
         else:

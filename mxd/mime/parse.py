@@ -111,13 +111,10 @@ class _Walk:
         self._walk(0, len(raw), 0, "text/plain")   # RFC 2045 5.2 default
 
     def error(self, msg: str) -> None:
-        if msg in self._seen:
+        if msg in self._seen or len(self.errors) > MAX_ERRORS:
             return
         self._seen.add(msg)
-        if len(self.errors) < MAX_ERRORS:
-            self.errors.append(msg)
-        elif len(self.errors) == MAX_ERRORS:
-            self.errors.append("further defects not recorded")
+        self.errors.append(msg if len(self.errors) < MAX_ERRORS else "further defects not recorded")
 
     def _walk(self, start: int, end: int, depth: int, default: str) -> None:
         index = len(self.parts)
@@ -252,6 +249,8 @@ class _Walk:
             pos = part_start = pad.end()
             if close:
                 return spans
+            if len(spans) > MAX_PARTS:        # _walk reports the cap
+                return spans
         if part_start is None:
             return None
         self.error(f"part {index}: multipart has no close delimiter")
@@ -312,8 +311,10 @@ def _text(data: bytes, charset: str | None, where: str, walk: _Walk) -> str:
     if codec is not None:
         try:
             return data.decode(codec[0])
-        except UnicodeDecodeError:
+        except Exception:
             pass
+        if codec[0] == "cp1252" and _ALIASES.get(charset.strip().strip("\"'").lower()) == "cp1252":
+            return data.decode("latin-1")     # a Latin-1 label: bytes cp1252 leaves undefined are C1 controls
     if codec is None or codec[0] != "utf-8":
         try:
             text = data.decode("utf-8")
@@ -324,8 +325,12 @@ def _text(data: bytes, charset: str | None, where: str, walk: _Walk) -> str:
             pass
     if codec is not None:
         walk.error(f"{where}: not valid {charset}; undecodable bytes replaced")
-        return data.decode(codec[0], "replace")
-    walk.error(f"{where}: 8-bit text without a usable charset; read as Latin-1")
+        try:
+            return data.decode(codec[0], "replace")
+        except Exception:
+            pass
+    if not charset:                           # an unknown charset was reported above
+        walk.error(f"{where}: 8-bit text without a charset; read as Latin-1")
     return data.decode("latin-1")
 
 
@@ -334,12 +339,12 @@ def _words(value: str, where: str, walk: _Walk) -> str:
     if "=?" not in value:
         return value
     out: list[str] = []
-    pending: list = []           # [charset, bytes] of adjacent words, joined before decoding
+    pending: list = []           # [charset, bytearray] of adjacent words, joined before decoding
     pos = 0
 
     def flush() -> None:
         if pending:
-            out.append(_text(pending[1], pending[0], where, walk))
+            out.append(_text(bytes(pending[1]), pending[0], where, walk))
             pending.clear()
 
     for m in _ENCODED_WORD.finditer(value):
@@ -358,7 +363,7 @@ def _words(value: str, where: str, walk: _Walk) -> str:
             pending[1] += data
         else:
             flush()
-            pending[:] = [cs, data]
+            pending[:] = [cs, bytearray(data)]
         pos = m.end()
     flush()
     out.append(value[pos:])
@@ -454,7 +459,8 @@ def _addresses(values: list[str], name: str, walk: _Walk) -> list[Address]:
         display = _words(display, name, walk).strip()
         addr = addr.strip()
         local, at, domain = addr.rpartition("@")
-        if addr and not (at and local and domain and not any(c.isspace() or c in "<>" for c in addr)):
+        if addr and not (at and local and domain and "<" not in addr and ">" not in addr
+                         and not any(c.isspace() for c in domain)):
             walk.error(f"{name}: unparseable address {addr!r}")
             display, addr = display or addr, ""
         if display or addr:
@@ -598,9 +604,12 @@ def html_to_text(source: str) -> str:
     """A plain-text rendering of HTML: tags and hidden elements dropped, entities unescaped, blocks on their own lines."""
     kept: list[str] = []
     pos = 0
-    while True:                       # linear scan: comments and hidden elements are cut with find()
-        c = source.find("<!--", pos)
-        h = _HIDDEN.search(source, pos)
+    c, h = source.find("<!--"), _HIDDEN.search(source)
+    while True:                       # one pass: each search result is reused until the scan passes it
+        if 0 <= c < pos:
+            c = source.find("<!--", pos)
+        if h is not None and h.start() < pos:
+            h = _HIDDEN.search(source, pos)
         if c < 0 and h is None:
             kept.append(source[pos:])
             break

@@ -62,8 +62,9 @@ def assign(msg: Message, window_seconds: float) -> Thread:
 
     msg.thread = thread.id
     Message.update(thread=thread.id).where(Message.id == msg.id).execute()
-    # A message that references nothing is a root: its subject names the thread.
-    if not msg.in_reply_to and not msg.references and thread.message_count == 0 or when < thread.first_at:
+    # A message that references nothing is a root: its subject names the thread, unless an earlier root did.
+    is_root = not msg.in_reply_to and not msg.references
+    if thread.message_count == 0 or when < thread.first_at or (is_root and is_reply_subject(thread.subject)):
         thread.subject = msg.subject or ""
         thread.norm_subject = norm
     thread.first_at = min(thread.first_at, when)

@@ -1,0 +1,160 @@
+"""kill -9 under load: every message that got a 250 survives, readable and exactly once.
+
+20 concurrent smtplib sessions each send their own numbered messages (unique X-Seq and
+Subject). Once about 1,000 have been acknowledged, mxd is killed with SIGKILL; each client
+records exactly which sends got a 250 (a send that raised or got no reply counts as not
+acknowledged). mxd is restarted on the same data directory, the clients send the messages
+they had not tried yet, and once the pipeline has drained the store is checked.
+"""
+from __future__ import annotations
+
+import email
+import email.policy
+import smtplib
+import sqlite3
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from tests.daemon import MxdProcess
+
+pytestmark = pytest.mark.slow
+
+THREADS = 20
+PER_THREAD = 110                     # 2,200 messages in all
+KILL_AFTER = 1000
+MAILBOX = "agent@example.test"
+
+
+def _payload(seq: str) -> bytes:
+    return (f"From: Load {seq} <load@remote.test>\r\nTo: {MAILBOX}\r\nSubject: crash {seq}\r\n"
+            f"Message-ID: <{seq}@crash.test>\r\nX-Seq: {seq}\r\nDate: Sat, 21 Nov 2026 10:00:00 +0000\r\n"
+            f"\r\nbody of {seq}\r\n" + "filler line to give the message some size\r\n" * 20).encode()
+
+
+class Load:
+    def __init__(self, mxd: MxdProcess) -> None:
+        self.mxd = mxd
+        self.lock = threading.Lock()
+        self.acked: set[str] = set()          # got 250
+        self.unknown: set[str] = set()        # DATA may have been sent, no 250 seen
+        self.acked_before_kill = 0
+        self.killed = threading.Event()
+        self.restarted = threading.Event()
+        self.reached = threading.Event()      # KILL_AFTER acks seen
+
+    def client(self, t: int) -> None:
+        queue = [f"t{t:02d}-n{n:04d}" for n in range(PER_THREAD)]
+        smtp: smtplib.SMTP | None = None
+        while queue:
+            seq = queue[0]
+            try:
+                if smtp is None:
+                    smtp = smtplib.SMTP("127.0.0.1", self.mxd.mx_port, timeout=15)
+                    smtp.ehlo("load.test")
+                # Pass the port mid-flight: an attempt is "unknown" until its 250 arrives.
+                with self.lock:
+                    self.unknown.add(seq)
+                smtp.sendmail("load@remote.test", [MAILBOX], _payload(seq))
+            except (smtplib.SMTPException, OSError):
+                if smtp is not None:
+                    try:
+                        smtp.close()
+                    except Exception:
+                        pass
+                smtp = None
+                if seq in self.unknown:
+                    queue.pop(0)              # never retried: it may be stored already
+                if not self.killed.is_set():
+                    # Only the kill should break a session; anything else is a failure.
+                    raise
+                assert self.restarted.wait(60)
+                continue
+            queue.pop(0)
+            with self.lock:
+                self.unknown.discard(seq)
+                self.acked.add(seq)
+                if len(self.acked) >= KILL_AFTER:
+                    self.reached.set()
+        if smtp is not None:
+            smtp.quit()
+
+
+def _pending(mxd: MxdProcess) -> tuple[int, int]:
+    db = sqlite3.connect(f"file:{mxd.data_dir / 'mxd.db'}?mode=ro", uri=True, timeout=30)
+    try:
+        total = db.execute("SELECT count(*) FROM inbound").fetchone()[0]
+        todo = db.execute("SELECT count(*) FROM inbound WHERE processed = 0").fetchone()[0]
+        return total, todo
+    finally:
+        db.close()
+
+
+def test_kill9_under_load_loses_nothing_acknowledged(tmp_path):
+    started = time.monotonic()
+    mxd = MxdProcess(tmp_path / "data", env={"MXD_AUTH_CHECKS": "false"})
+    mxd.init()
+    mxd.start()
+    try:
+        assert mxd.api("POST", "/api/mailboxes", json={"address": MAILBOX}).status_code == 201
+        load = Load(mxd)
+        with ThreadPoolExecutor(THREADS) as pool:
+            futures = [pool.submit(load.client, t) for t in range(THREADS)]
+            assert load.reached.wait(40), f"only {len(load.acked)} acknowledged"
+            load.killed.set()
+            mxd.kill9()
+            with load.lock:
+                load.acked_before_kill = len(load.acked)
+            time.sleep(0.5)                    # let every session notice the dead server
+            mxd.start()
+            load.restarted.set()
+            for f in futures:
+                f.result(timeout=60)
+
+        attempted = THREADS * PER_THREAD
+        acked = load.acked
+        assert len(acked) + len(load.unknown) == attempted
+        assert len(acked) >= attempted - THREADS, (len(acked), len(load.unknown))
+
+        # The pipeline drains everything committed, including what was pending at the kill.
+        deadline = time.monotonic() + 60
+        while True:
+            total, todo = _pending(mxd)
+            if todo == 0 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert todo == 0, f"{todo} of {total} inbound rows never processed"
+
+        listed = mxd.messages(MAILBOX)
+        subjects = [m["subject"] for m in listed]
+        seqs = [s.removeprefix("crash ") for s in subjects]
+        dupes = sorted({s for s in seqs if seqs.count(s) > 1}) if len(set(seqs)) != len(seqs) else []
+        assert not dupes, f"duplicated: {dupes[:20]}"
+        assert len(listed) == total, (len(listed), total)
+        missing = sorted(acked - set(seqs))
+        assert not missing, f"{len(missing)} acknowledged messages lost, e.g. {missing[:10]}"
+        stray = set(seqs) - acked - load.unknown
+        assert not stray, f"stored but never sent: {sorted(stray)[:10]}"
+
+        # Every acknowledged message reads back by id and raw, with its own X-Seq.
+        by_seq = {m["subject"].removeprefix("crash "): m["id"] for m in listed}
+        for seq in sorted(acked):
+            mid = by_seq[seq]
+            detail = mxd.api("GET", f"/api/messages/{mid}")
+            assert detail.status_code == 200, detail.text
+            assert detail.json()["subject"] == f"crash {seq}"
+            raw = mxd.api("GET", f"/api/messages/{mid}/raw")
+            assert raw.status_code == 200
+            parsed = email.message_from_bytes(raw.content, policy=email.policy.default)
+            assert parsed["X-Seq"] == seq
+            assert f"body of {seq}" in raw.content.decode()
+
+        stored_unknown = len(load.unknown & set(seqs))
+        print(f"\ncrash test: {load.acked_before_kill} acknowledged before kill -9, "
+              f"{len(load.unknown)} in flight without a reply ({stored_unknown} of them stored anyway), "
+              f"{len(acked)} acknowledged in all of {attempted}; {len(listed)} stored, "
+              f"{time.monotonic() - started:.1f}s")
+    finally:
+        mxd.stop()
