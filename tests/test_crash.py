@@ -103,6 +103,7 @@ def test_kill9_under_load_loses_nothing_acknowledged(tmp_path):
         with ThreadPoolExecutor(THREADS) as pool:
             futures = [pool.submit(load.client, t) for t in range(THREADS)]
             assert load.reached.wait(40), f"only {len(load.acked)} acknowledged"
+            print(f"\nT reached {time.monotonic()-started:.1f}")
             load.killed.set()
             mxd.kill9()
             with load.lock:
@@ -114,6 +115,7 @@ def test_kill9_under_load_loses_nothing_acknowledged(tmp_path):
                 f.result(timeout=60)
 
         attempted = THREADS * PER_THREAD
+        print(f"\nT load done {time.monotonic()-started:.1f}")
         acked = load.acked
         assert len(acked) + len(load.unknown) == attempted
         assert len(acked) >= attempted - THREADS, (len(acked), len(load.unknown))
@@ -127,7 +129,9 @@ def test_kill9_under_load_loses_nothing_acknowledged(tmp_path):
             time.sleep(0.2)
         assert todo == 0, f"{todo} of {total} inbound rows never processed"
 
+        print(f"T drained {time.monotonic()-started:.1f}")
         listed = mxd.messages(MAILBOX)
+        print(f"T listed {time.monotonic()-started:.1f}")
         subjects = [m["subject"] for m in listed]
         seqs = [s.removeprefix("crash ") for s in subjects]
         dupes = sorted({s for s in seqs if seqs.count(s) > 1}) if len(set(seqs)) != len(seqs) else []

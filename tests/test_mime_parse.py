@@ -1,3 +1,4 @@
+"""Tests of mxd.mime.parse on real corpus mail, synthetic header and MIME mess, and fuzzed input."""
 from __future__ import annotations
 
 import time

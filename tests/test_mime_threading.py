@@ -1,3 +1,4 @@
+"""Tests of mxd.mime.threading: subject normalisation, JWZ trees on the notmuch corpora, and id-graph properties."""
 from __future__ import annotations
 
 import re
