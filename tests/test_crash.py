@@ -16,6 +16,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import httpx
 import pytest
 
 from tests.daemon import MxdProcess
@@ -142,18 +143,29 @@ def test_kill9_under_load_loses_nothing_acknowledged(tmp_path):
         stray = set(seqs) - acked - load.unknown
         assert not stray, f"stored but never sent: {sorted(stray)[:10]}"
 
-        # Every acknowledged message reads back by id and raw, with its own X-Seq.
+        # Every acknowledged message reads back by id and raw, with its own X-Seq (one keep-alive client
+        # per worker: httpx.request() would build a new client, and SSL context, per call).
         by_seq = {m["subject"].removeprefix("crash "): m["id"] for m in listed}
-        for seq in sorted(acked):
-            mid = by_seq[seq]
-            detail = mxd.api("GET", f"/api/messages/{mid}")
-            assert detail.status_code == 200, detail.text
-            assert detail.json()["subject"] == f"crash {seq}"
-            raw = mxd.api("GET", f"/api/messages/{mid}/raw")
-            assert raw.status_code == 200
-            parsed = email.message_from_bytes(raw.content, policy=email.policy.default)
-            assert parsed["X-Seq"] == seq
-            assert f"body of {seq}" in raw.content.decode()
+
+        def read_back(seqs: list[str]) -> None:
+            with httpx.Client(base_url=mxd.url(""), timeout=30,
+                              headers={"Authorization": f"Bearer {mxd.admin_token}"}) as http:
+                for seq in seqs:
+                    mid = by_seq[seq]
+                    detail = http.get(f"/api/messages/{mid}")
+                    assert detail.status_code == 200, detail.text
+                    assert detail.json()["subject"] == f"crash {seq}"
+                    raw = http.get(f"/api/messages/{mid}/raw")
+                    assert raw.status_code == 200
+                    parsed = email.message_from_bytes(raw.content, policy=email.policy.default)
+                    assert parsed["X-Seq"] == seq
+                    assert f"body of {seq}" in raw.content.decode()
+
+        ordered = sorted(acked)
+        with ThreadPoolExecutor(4) as pool:
+            for f in [pool.submit(read_back, ordered[i::4]) for i in range(4)]:
+                f.result()
+        print(f"T read {time.monotonic()-started:.1f}")
 
         stored_unknown = len(load.unknown & set(seqs))
         print(f"\ncrash test: {load.acked_before_kill} acknowledged before kill -9, "
