@@ -17,7 +17,10 @@ from mxd.config import Config, parse_hostport
 from mxd.db import Database
 from mxd.pipeline import Pipeline
 from mxd.resolver import make_resolver
+from mxd.delivery.scheduler import Scheduler
+from mxd.sending import Signers
 from mxd.smtpserver.mx import MxHandler, MxServer
+from mxd.smtpserver.submission import SubmissionHandler, SubmissionServer
 from mxd.store.directory import Directory
 
 log = logging.getLogger("mxd")
@@ -58,6 +61,8 @@ class Daemon:
         self.db: Database | None = None
         self.mx: MxServer | None = None
         self.pipeline: Pipeline | None = None
+        self.scheduler: Scheduler | None = None
+        self.submission: SubmissionServer | None = None
         self.http: _Uvicorn | None = None
         self._http_task: asyncio.Task | None = None
         self._stop = asyncio.Event()
@@ -68,6 +73,10 @@ class Daemon:
         # Bind first, so that a port problem is reported before anything else happens.
         mx_sock = bind_socket(cfg.mx_listen, "the MX", "MXD_MX_LISTEN") if cfg.mx_listen else None
         http_sock = bind_socket(cfg.http_listen, "the HTTP API", "MXD_HTTP_LISTEN")
+        sub_sock = bind_socket(cfg.submission_listen, "submission", "MXD_SUBMISSION_LISTEN") \
+            if cfg.submission_listen else None
+        subs_sock = bind_socket(cfg.submissions_listen, "submission over TLS", "MXD_SUBMISSIONS_LISTEN") \
+            if cfg.submissions_listen else None
 
         keys.ensure_self_signed_cert(cfg.tls_cert_path, cfg.tls_key_path, cfg.hostname) \
             if not cfg.tls_cert else None
@@ -84,10 +93,19 @@ class Daemon:
 
         self.pipeline = Pipeline(cfg, self.db, resolver)
         self.pipeline.start()
+        self.scheduler = Scheduler(cfg, self.db, resolver, on_local=self.pipeline.notify)
+        self.scheduler.start()
+        signers = Signers(cfg)
+
+        def queued() -> None:
+            self.scheduler.notify()
+            self.pipeline.notify()
         if mx_sock is not None:
             self.mx = MxServer(cfg, MxHandler(cfg, self.db, directory, self.pipeline.notify), tls)
             await self.mx.start_on(mx_sock)
-        app = create_app(Context(cfg, self.db, directory))
+        self.submission = SubmissionServer(cfg, SubmissionHandler(cfg, self.db, signers, queued), tls)
+        await self.submission.start_on(sub_sock, subs_sock)
+        app = create_app(Context(cfg, self.db, directory, signers, queued))
         self.http = _Uvicorn(uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False,
                                             timeout_graceful_shutdown=10))
         self._http_task = asyncio.get_running_loop().create_task(self.http.serve(sockets=[http_sock]))
@@ -103,11 +121,15 @@ class Daemon:
         await self._stop.wait()
 
     async def stop(self) -> None:
+        if self.submission:
+            await self.submission.stop()
         if self.mx:
             await self.mx.stop(grace=30.0)
         if self.http and self._http_task:
             self.http.should_exit = True
             await self._http_task
+        if self.scheduler:
+            await self.scheduler.stop()
         if self.pipeline:
             await self.pipeline.stop()
         if self.db:
@@ -122,7 +144,8 @@ async def serve(cfg: Config) -> None:
         loop.add_signal_handler(sig, daemon.request_stop)
     try:
         await daemon.start()
-        print(f"mxd: MX on {cfg.mx_listen or 'off'}, HTTP on http://{cfg.http_listen}, data in {cfg.data_dir}",
+        print(f"mxd: MX on {cfg.mx_listen or 'off'}, submission on {cfg.submission_listen or 'off'} and "
+              f"{cfg.submissions_listen or 'off'} (TLS), HTTP on http://{cfg.http_listen}, data in {cfg.data_dir}",
               flush=True)
         await daemon.wait()
     finally:

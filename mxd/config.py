@@ -87,6 +87,48 @@ class Config:
     auth_checks: bool = True
     """Run SPF, DKIM and DMARC on inbound mail and record Authentication-Results."""
 
+    # --- submission (agents and scripts sending mail) ---
+    submission_listen: str = "0.0.0.0:587"
+    """host:port of SMTP submission with STARTTLS required before AUTH (RFC 6409). Empty disables it."""
+    submissions_listen: str = "0.0.0.0:465"
+    """host:port of SMTP submission over implicit TLS (RFC 8314). Empty disables it."""
+
+    # --- outbound ---
+    outbound_enabled: bool = True
+    """When false every send is refused with outbound_disabled (a hard stop)."""
+    outbound_mx_port: int = 25
+    """TCP port of recipients' MX hosts (tests point it elsewhere)."""
+    smart_host: str = ""
+    """host:port of a relay for all outbound mail (for networks that block port 25). Empty: direct to MX."""
+    smart_host_tls: str = "required"
+    """TLS to the smart host: "required" (STARTTLS), "implicit" (port 465 style), "opportunistic" or "none"."""
+    smart_host_username: str = ""
+    """AUTH user name for the smart host (empty: no AUTH)."""
+    smart_host_password: str = ""
+    """AUTH password for the smart host."""
+    retry_schedule: list[str] = field(default_factory=lambda: ["5m", "10m", "30m", "1h", "2h", "4h"])
+    """Delays between delivery attempts after a temporary failure; the last repeats. Jitter of +-10% is added."""
+    queue_lifetime: str = "5d"
+    """How long a message is retried before it fails and bounces (RFC 5321 4.5.4.1: at least 4-5 days)."""
+    delay_warning: str = "4h"
+    """After this long undelivered, the sender gets one delayed-delivery notice. Empty or 0 disables it."""
+    connections_per_domain: int = 4
+    """Concurrent outbound connections to one destination domain."""
+    max_recipients_per_send: int = 50
+    """Recipients allowed on one outgoing message."""
+    daily_send_cap: int = 100
+    """Outgoing recipients per rolling 24 hours for the organisation."""
+    rate_per_mailbox_per_minute: int = 60
+    """Outgoing recipients per sending mailbox per minute."""
+    rate_per_domain_per_minute: int = 60
+    """Outgoing recipients per recipient domain per minute."""
+    rate_per_recipient_per_hour: int = 20
+    """Messages to one recipient per hour."""
+    hold_new_domains: bool = False
+    """Hold (for operator release) the first message to a recipient domain never written to before."""
+    hold_recipient_threshold: int = 0
+    """Hold a message with more recipients than this (0: never)."""
+
     # --- logging ---
     log_level: str = "INFO"
     """Python logging level name."""
@@ -126,6 +168,44 @@ class Config:
                 raise ConfigError(f"{key}: must be a positive integer")
         if not self.hostname:
             raise ConfigError("hostname: must not be empty")
+        for key in ("submission_listen", "submissions_listen", "smart_host"):
+            if getattr(self, key):
+                parse_hostport(getattr(self, key), key)
+        if self.smart_host_tls not in ("required", "implicit", "opportunistic", "none"):
+            raise ConfigError('smart_host_tls: must be "required", "implicit", "opportunistic" or "none"')
+        if not self.retry_schedule:
+            raise ConfigError("retry_schedule: needs at least one delay")
+        for item in self.retry_schedule:
+            parse_duration(item, "retry_schedule")
+        parse_duration(self.queue_lifetime, "queue_lifetime")
+        if self.delay_warning:
+            parse_duration(self.delay_warning, "delay_warning")
+
+    def seconds(self, key: str) -> float:
+        value = getattr(self, key)
+        return parse_duration(value, key) if value else 0.0
+
+    @property
+    def retry_delays(self) -> list[float]:
+        return [parse_duration(v, "retry_schedule") for v in self.retry_schedule]
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(value: str, key: str = "duration") -> float:
+    """'90s', '5m', '2h', '5d', '1w' or a bare number of seconds."""
+    text = str(value).strip().lower()
+    try:
+        if text and text[-1] in _UNITS:
+            number = float(text[:-1]) * _UNITS[text[-1]]
+        else:
+            number = float(text)
+    except ValueError:
+        raise ConfigError(f"{key}: cannot read {value!r} as a duration like 30s, 5m, 2h or 5d") from None
+    if number < 0:
+        raise ConfigError(f"{key}: a duration cannot be negative")
+    return number
 
 
 def parse_hostport(value: str, key: str = "listen", default_port: int | None = None) -> tuple[str, int]:

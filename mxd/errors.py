@@ -22,6 +22,15 @@ CODES: dict[str, Code] = {
     "domain_not_served": Code(422, "550 5.7.1 Relay denied", "Create the domain first: POST /api/domains."),
     "payload_too_large": Code(413, "552 5.3.4 Message too big", "Send a smaller body."),
     "rate_limited": Code(429, "451 4.7.1 Rate limited, try again later", "Wait for Retry-After seconds."),
+    "header_injection": Code(400, "550 5.6.0 CR or LF in a header field refused", "Remove CR and LF characters from header values."),
+    "sender_not_allowed": Code(403, "550 5.7.1 Sender address not allowed for this token", "Send as a mailbox the token was given (mailboxes of POST /api/tokens)."),
+    "domain_not_ready": Code(422, "550 5.7.1 Sender domain not ready for outbound mail", "Publish the DNS records from GET /api/domains/{domain}/dns-plan, or PUT /api/domains/{domain}/readiness {\"ready\": true}."),
+    "outbound_disabled": Code(503, "550 5.7.1 Outbound mail is disabled on this server", "Set outbound_enabled = true (MXD_OUTBOUND_ENABLED) and restart."),
+    "too_many_recipients": Code(422, "550 5.5.3 Too many recipients", "Send to fewer recipients, or raise max_recipients_per_send."),
+    "daily_cap_reached": Code(429, "451 4.7.1 Daily sending cap reached, try again later", "Wait until the rolling 24-hour window frees up, or raise daily_send_cap."),
+    "recipient_suppressed": Code(422, "550 5.7.1 Recipient is on the suppression list", "Remove it with DELETE /api/suppressions/{address} if it is deliverable again."),
+    "unknown_recipient": Code(422, "550 5.1.1 No such local recipient", "Check the address; this domain is served here and has no such mailbox."),
+    "idempotency_conflict": Code(409, "550 5.7.1 Conflict", "Use a new Idempotency-Key for a different request body."),
     "internal": Code(500, "451 4.3.0 Internal error, try again later", "Retry; if it persists, check the mxd log."),
 }
 
@@ -29,7 +38,8 @@ CODES: dict[str, Code] = {
 class MxdError(Exception):
     """An error with a stable code, a message for humans and a fix."""
 
-    def __init__(self, code: str, message: str, fix: str | None = None, status: int | None = None) -> None:
+    def __init__(self, code: str, message: str, fix: str | None = None, status: int | None = None,
+                 retry_after: int | None = None) -> None:
         super().__init__(message)
         spec = CODES.get(code, CODES["internal"])
         self.code = code
@@ -37,6 +47,15 @@ class MxdError(Exception):
         self.fix = fix or spec.fix
         self.status = status or spec.http
         self.smtp = spec.smtp
+        self.retry_after = retry_after
+
+    @property
+    def hard_stop(self) -> bool:
+        """True when retrying the same request cannot succeed (not a rate limit or a server fault)."""
+        return self.status < 500 and self.status != 429
 
     def to_dict(self) -> dict:
-        return {"error": {"code": self.code, "message": self.message, "fix": self.fix}}
+        body = {"code": self.code, "message": self.message, "fix": self.fix, "hard_stop": self.hard_stop}
+        if self.retry_after is not None:
+            body["retry_after"] = self.retry_after
+        return {"error": body}

@@ -24,9 +24,13 @@ class Recipient:
     address: str                 # as the client wrote it
     mailbox_ids: tuple[str, ...]
     tag: str | None = None
+    bounce_entry: str | None = None   # set when the address is a VERP return path of a queue entry
 
     def to_json(self) -> dict:
-        return {"address": self.address, "mailbox_ids": list(self.mailbox_ids), "tag": self.tag}
+        out = {"address": self.address, "mailbox_ids": list(self.mailbox_ids), "tag": self.tag}
+        if self.bounce_entry:
+            out["bounce_entry"] = self.bounce_entry
+        return out
 
 
 @dataclass

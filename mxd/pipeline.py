@@ -16,6 +16,8 @@ from mxd.config import Config
 from mxd.db import Database
 from mxd.mime.parse import parse
 from mxd.resolver import Resolver
+from mxd.delivery.bounces import bounce_received
+from mxd.delivery.dsn import parse_dsn
 from mxd.store import messages
 from mxd.store.models import Inbound
 
@@ -77,7 +79,7 @@ class Pipeline:
         try:
             loop = asyncio.get_running_loop()
             parsed, auth, trace = await loop.run_in_executor(self._pool, self._analyse, row)
-            await self.db.write(messages.deliver, row, parsed, auth, trace, self.window)
+            await self.db.write(self._store, row, parsed, auth, trace)
             self.processed += 1
         except Exception:
             log.exception("processing inbound %s failed; it will be retried", row.id)
@@ -86,6 +88,13 @@ class Pipeline:
             self._inflight.discard(row.id)
             self._sem.release()
             self._wake.set()
+
+    def _store(self, row: Inbound, parsed: Any, auth: Any, trace: str) -> None:
+        """Runs in the writer: the messages, and for a bounce to a VERP address, the queue entry's fate."""
+        messages.deliver(row, parsed, auth, trace, self.window)
+        for rcpt in row.rcpts:
+            if rcpt.get("bounce_entry"):
+                bounce_received(rcpt["bounce_entry"], parse_dsn(bytes(row.data)))
 
     def _analyse(self, row: Inbound) -> tuple[Any, Any, str]:
         data = bytes(row.data)

@@ -27,10 +27,14 @@ class MxdProcess:
         self.host = host
         self.mx_port = free_port(host)
         self.http_port = free_port("127.0.0.1")
+        self.submission_port = free_port("127.0.0.1")
+        self.submissions_port = free_port("127.0.0.1")
         self.env = dict(os.environ)
         self.env.update({
             "MXD_DATA_DIR": str(self.data_dir), "MXD_HOSTNAME": hostname,
             "MXD_MX_LISTEN": f"{host}:{self.mx_port}", "MXD_HTTP_LISTEN": f"127.0.0.1:{self.http_port}",
+            "MXD_SUBMISSION_LISTEN": f"127.0.0.1:{self.submission_port}",
+            "MXD_SUBMISSIONS_LISTEN": f"127.0.0.1:{self.submissions_port}",
             "MXD_DNS_NAMESERVERS": "127.0.0.1:1", "MXD_DNS_TIMEOUT": "0.5", "MXD_LOG_LEVEL": "WARNING",
         })
         self.env.update(env or {})

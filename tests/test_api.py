@@ -48,7 +48,7 @@ def test_health_needs_no_token(server):
 def test_missing_and_bad_tokens_are_401_with_fix(server):
     r = httpx.get(server.url("/api/messages"))
     assert r.status_code == 401
-    assert set(r.json()["error"]) == {"code", "message", "fix"}
+    assert {"code", "message", "fix", "hard_stop"} <= set(r.json()["error"])
     assert r.json()["error"]["code"] == "unauthorized"
     assert server.api("GET", "/api/messages", token="mxd_wrong").status_code == 401
 

@@ -14,6 +14,7 @@ import smtplib
 import sqlite3
 import threading
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -27,6 +28,7 @@ THREADS = 20
 PER_THREAD = 110                     # 2,200 messages in all
 KILL_AFTER = 1000
 MAILBOX = "agent@example.test"
+READERS = 20
 
 
 def _payload(seq: str) -> bytes:
@@ -95,6 +97,7 @@ def _pending(mxd: MxdProcess) -> tuple[int, int]:
 
 def test_kill9_under_load_loses_nothing_acknowledged(tmp_path):
     started = time.monotonic()
+    # SPF/DKIM/DMARC are off: they add DNS waits to the pipeline and nothing to what is tested here.
     mxd = MxdProcess(tmp_path / "data", env={"MXD_AUTH_CHECKS": "false"})
     mxd.init()
     mxd.start()
@@ -104,11 +107,14 @@ def test_kill9_under_load_loses_nothing_acknowledged(tmp_path):
         with ThreadPoolExecutor(THREADS) as pool:
             futures = [pool.submit(load.client, t) for t in range(THREADS)]
             assert load.reached.wait(40), f"only {len(load.acked)} acknowledged"
-            print(f"\nT reached {time.monotonic()-started:.1f}")
             load.killed.set()
             mxd.kill9()
             with load.lock:
                 load.acked_before_kill = len(load.acked)
+            try:                               # how much the restarted pipeline must pick up (informative)
+                _, todo_at_kill = _pending(mxd)
+            except sqlite3.Error as exc:
+                todo_at_kill = f"unknown ({exc})"
             time.sleep(0.5)                    # let every session notice the dead server
             mxd.start()
             load.restarted.set()
@@ -116,7 +122,6 @@ def test_kill9_under_load_loses_nothing_acknowledged(tmp_path):
                 f.result(timeout=60)
 
         attempted = THREADS * PER_THREAD
-        print(f"\nT load done {time.monotonic()-started:.1f}")
         acked = load.acked
         assert len(acked) + len(load.unknown) == attempted
         assert len(acked) >= attempted - THREADS, (len(acked), len(load.unknown))
@@ -130,16 +135,15 @@ def test_kill9_under_load_loses_nothing_acknowledged(tmp_path):
             time.sleep(0.2)
         assert todo == 0, f"{todo} of {total} inbound rows never processed"
 
-        print(f"T drained {time.monotonic()-started:.1f}")
         listed = mxd.messages(MAILBOX)
-        print(f"T listed {time.monotonic()-started:.1f}")
         subjects = [m["subject"] for m in listed]
         seqs = [s.removeprefix("crash ") for s in subjects]
-        dupes = sorted({s for s in seqs if seqs.count(s) > 1}) if len(set(seqs)) != len(seqs) else []
+        dupes = sorted(s for s, n in Counter(seqs).items() if n > 1)
         assert not dupes, f"duplicated: {dupes[:20]}"
         assert len(listed) == total, (len(listed), total)
         missing = sorted(acked - set(seqs))
         assert not missing, f"{len(missing)} acknowledged messages lost, e.g. {missing[:10]}"
+        # Only what was sent can be there; unacknowledged sends may or may not have been committed.
         stray = set(seqs) - acked - load.unknown
         assert not stray, f"stored but never sent: {sorted(stray)[:10]}"
 
@@ -161,16 +165,19 @@ def test_kill9_under_load_loses_nothing_acknowledged(tmp_path):
                     assert parsed["X-Seq"] == seq
                     assert f"body of {seq}" in raw.content.decode()
 
+        # Many clients in parallel: each mxd HTTP response currently costs ~40 ms of Nagle/delayed-ACK
+        # stall on loopback (its listening sockets lack TCP_NODELAY), so reading 2,000+ messages one by
+        # one would take minutes.
         ordered = sorted(acked)
-        with ThreadPoolExecutor(4) as pool:
-            for f in [pool.submit(read_back, ordered[i::4]) for i in range(4)]:
+        with ThreadPoolExecutor(READERS) as pool:
+            for f in [pool.submit(read_back, ordered[i::READERS]) for i in range(READERS)]:
                 f.result()
-        print(f"T read {time.monotonic()-started:.1f}")
 
         stored_unknown = len(load.unknown & set(seqs))
         print(f"\ncrash test: {load.acked_before_kill} acknowledged before kill -9, "
               f"{len(load.unknown)} in flight without a reply ({stored_unknown} of them stored anyway), "
-              f"{len(acked)} acknowledged in all of {attempted}; {len(listed)} stored, "
+              f"{len(acked)} acknowledged in all of {attempted}; {len(listed)} stored; "
+              f"{todo_at_kill} unprocessed inbound rows at the kill; "
               f"{time.monotonic() - started:.1f}s")
     finally:
         mxd.stop()

@@ -10,10 +10,13 @@ from typing import Iterator
 
 import dkim
 import pytest
+from dkim.canonicalization import Relaxed
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mxd import dkimsign
 from mxd.authn.dkim import verify as mxd_verify
-from mxd.dkimsign import NoSigningKey, Signer, sign_message
+from mxd.dkimsign import NoSigningKey, Signer, relaxed_body, sign_message
 from mxd.keys import ED25519, RSA, DkimKey, generate_dkim_keys
 from mxd.resolver import make_resolver
 from tests.dnsserver import DNSServer
@@ -179,6 +182,31 @@ def test_bare_lf_is_normalised_before_signing(signer: Signer, keys: list[DkimKey
     assert sign_message(lf, keys).endswith(MESSAGE)
 
 
+def test_missing_final_crlf_added_as_on_the_wire(signer: Signer, keys: list[DkimKey]) -> None:
+    # aiosmtplib adds the CRLF before "."; a trailing space on that last line is then stripped too
+    unterminated = MESSAGE[:-2] + b"  "
+    assert sign_message(unterminated, keys).endswith(unterminated + b"\r\n")
+    wire = unterminated + b"\r\n"
+    assert dkimpy_results(signer.sign(unterminated, DOMAIN) + wire, keys) == [True, True]
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.sampled_from([b"a", b"b", b" ", b"  ", b"\t", b"\r\n", b"\r", b"\n", b"\x0b", b"\xc3\xa9"]),
+                max_size=40).map(b"".join))
+def test_relaxed_body_equals_dkimpy(body: bytes) -> None:
+    assert relaxed_body(body) == Relaxed.canonicalize_body(body)
+
+
+def test_relaxed_body_equals_dkimpy_on_corpus() -> None:
+    corpus = Path(__file__).resolve().parents[2] / "shared" / "corpus"
+    files = sorted(p for p in corpus.rglob("*") if p.is_file())[:300] if corpus.is_dir() else []
+    if not files:
+        pytest.skip(f"no corpus at {corpus}")
+    for path in files:
+        body = re.sub(rb"\r\n|\r|\n", b"\r\n", path.read_bytes())
+        assert relaxed_body(body) == Relaxed.canonicalize_body(body), path
+
+
 def _tamper_body(m: bytes) -> bytes:
     return m.replace(b"Hi Bob.", b"Hi Bob!")
 
@@ -254,6 +282,14 @@ def test_unknown_domain(signer: Signer) -> None:
 
 def test_domain_case_insensitive(signer: Signer) -> None:
     assert len(signatures(signer.sign(MESSAGE, "Example.TEST."))) == 2
+
+
+def test_idn_domain_signs_with_a_label(tmp_path: Path) -> None:
+    idn_keys = generate_dkim_keys(tmp_path, "bücher.example")
+    message = MESSAGE.replace(b"example.test", "bücher.example".encode())
+    signed = Signer(idn_keys).sign(message, "Bücher.example") + message
+    assert [tag(s, b"d") for s in signatures(signed)] == [b"xn--bcher-kva.example"] * 2
+    assert dkimpy_results(signed, idn_keys) == [True, True]
 
 
 def test_message_without_from_refused(signer: Signer) -> None:

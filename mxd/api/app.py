@@ -15,6 +15,7 @@ from mxd import tokens
 from mxd.config import Config
 from mxd.db import Database
 from mxd.errors import MxdError
+from mxd.sending import Signers
 from mxd.store.directory import Directory
 
 log = logging.getLogger("mxd.api")
@@ -26,6 +27,8 @@ class Context:
     cfg: Config
     db: Database
     directory: Directory
+    signers: Signers
+    queued: Callable[[], None]          # wakes the delivery and local-delivery workers
 
 
 def ctx(request: Request) -> Context:
@@ -33,7 +36,8 @@ def ctx(request: Request) -> Context:
 
 
 def error_response(err: MxdError) -> JSONResponse:
-    return JSONResponse(err.to_dict(), status_code=err.status)
+    headers = {"Retry-After": str(err.retry_after)} if err.retry_after is not None else None
+    return JSONResponse(err.to_dict(), status_code=err.status, headers=headers)
 
 
 async def authenticate(request: Request, scope: str) -> tokens.Principal:
@@ -107,9 +111,9 @@ async def _internal_error(request: Request, exc: Exception) -> Response:
 
 
 def create_app(context: Context) -> Starlette:
-    from mxd.api import litemx
+    from mxd.api import litemx, outbound
 
-    app = Starlette(routes=litemx.routes(), exception_handlers={
+    app = Starlette(routes=litemx.routes() + outbound.routes(), exception_handlers={
         MxdError: _mxd_error, HTTPException: _http_error, Exception: _internal_error})
     app.state.ctx = context
     return app

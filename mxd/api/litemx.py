@@ -5,7 +5,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from mxd import tokens
+import asyncio
+
+from mxd import keys, tokens
+from mxd.api.outbound import delivery_status
 from mxd.api.app import authenticate, ctx, json_body, page, page_params
 from mxd.errors import MxdError
 from mxd.mime.parse import attachment as attachment_bytes
@@ -78,6 +81,8 @@ async def domains_create(request: Request) -> Response:
         raise MxdError("bad_request", "body must hold {\"domain\": \"example.com\"}")
     c = ctx(request)
     domain, created = await c.db.write(directory.create_domain, name)
+    await asyncio.get_running_loop().run_in_executor(None, keys.generate_dkim_keys, c.cfg.dkim_dir, domain.name)
+    c.signers.forget(domain.name)
     await c.db.read(c.directory.refresh)
     return JSONResponse(_domain_dict(domain), status_code=201 if created else 200)
 
@@ -232,7 +237,10 @@ async def message_get(request: Request) -> Response:
 
     def work() -> dict:
         msg, address = _visible_message(principal, request.path_params["id"])
-        return messages.detail(msg, address, list(msg.attachments.order_by(Attachment.part_index)))
+        out = messages.detail(msg, address, list(msg.attachments.order_by(Attachment.part_index)))
+        if msg.direction == "out":
+            out["delivery"] = delivery_status(msg.id)
+        return out
     return JSONResponse(await ctx(request).db.read(work))
 
 

@@ -16,6 +16,7 @@ from typing import Any, Callable
 from aiosmtpd.smtp import SMTP, Envelope as SmtpEnvelope, Session
 
 from mxd import address as addr
+from mxd import outqueue
 from mxd import smtpcodes as codes
 from mxd.config import Config
 from mxd.db import Database
@@ -150,12 +151,18 @@ class MxHandler:
                                           or '"' in address or "[" in address) else codes.BAD_ADDRESS
         if self.directory.stale():
             await self.db.read(self.directory.refresh)
+        # A bounce coming back to a VERP return path reaches the sender's mailbox.
+        target = await self.db.read(outqueue.bounce_target, parsed.local) \
+            if parsed.domain in self.directory.domains and outqueue.entry_from_return_path(parsed.local) else None
         found = self.directory.resolve(parsed)
-        if found.kind == "foreign":
+        if target is not None:
+            rcpts.append(Recipient(address, (target[1],), None, bounce_entry=target[0]))
+        elif found.kind == "foreign":
             return codes.RELAY_DENIED
-        if found.kind == "unknown":
+        elif found.kind == "unknown":
             return codes.UNKNOWN_USER
-        rcpts.append(Recipient(address, found.mailbox_ids, found.tag))
+        else:
+            rcpts.append(Recipient(address, found.mailbox_ids, found.tag))
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
         return codes.RECIPIENT_OK

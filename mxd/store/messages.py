@@ -1,13 +1,13 @@
 """Messages: turning a processed inbound transaction into per-mailbox messages, and reading them back."""
 from __future__ import annotations
 
-import time
 from datetime import datetime, timezone
 from typing import Any
 
 from mxd.ids import new_id
 from mxd.store import search, threads
-from mxd.store.models import Attachment, Event, Inbound, Mailbox, Message, Thread
+from mxd import outbox
+from mxd.store.models import Attachment, Inbound, Mailbox, Message, Thread
 from mxd.db import proxy
 
 SNIPPET = 200
@@ -17,7 +17,8 @@ def _addr_list(addresses: list[Any]) -> list[dict]:
     return [{"name": a.name, "address": a.address} for a in addresses]
 
 
-def deliver(inbound: Inbound, parsed: Any, auth: Any, trace: str, window_seconds: float) -> list[str]:
+def deliver(inbound: Inbound, parsed: Any, auth: Any, trace: str, window_seconds: float,
+            direction: str = "in") -> list[str]:
     """Create one message per distinct recipient mailbox; runs in the writer's transaction.
 
     `parsed` is a mxd.mime.parse.Parsed (or None when parsing itself failed),
@@ -38,7 +39,7 @@ def deliver(inbound: Inbound, parsed: Any, auth: Any, trace: str, window_seconds
         if mailbox_id not in existing:
             continue                                # the mailbox was deleted after RCPT
         msg = Message(
-            id=new_id("msg"), mailbox=mailbox_id, inbound=inbound.id, direction="in",
+            id=new_id("msg"), mailbox=mailbox_id, inbound=inbound.id, direction=direction,
             received_at=inbound.received_at, envelope_from=inbound.mail_from, envelope_to=rcpt["address"],
             plus_tag=rcpt.get("tag"), size=size,
             auth_results=auth.header_value if auth else "", auth=auth_dict(auth) if auth else None,
@@ -67,8 +68,8 @@ def deliver(inbound: Inbound, parsed: Any, auth: Any, trace: str, window_seconds
         threads.assign(msg, window_seconds)
         addresses = " ".join(f"{a['name']} {a['address']}" for a in msg.from_addr + msg.to_addr + msg.cc_addr)
         search.index(proxy.obj, msg.id, mailbox_id, msg.subject, addresses + " " + inbound.mail_from, msg.text)
-        Event.insert(id=new_id("evt"), type="message.received", mailbox_id=mailbox_id, message_id=msg.id,
-                     data={"thread_id": msg.thread_id}).execute()
+        if direction == "in":
+            outbox.emit("message.received", mailbox_id=mailbox_id, message_id=msg.id, thread_id=msg.thread_id)
         created.append(msg.id)
     Inbound.update(processed=True, trace=trace).where(Inbound.id == inbound.id).execute()
     return created
@@ -148,6 +149,3 @@ def thread_dict(thread: Thread, mailbox_address: str) -> dict:
             "message_count": thread.message_count, "first_at": _iso(thread.first_at),
             "last_at": _iso(thread.last_at)}
 
-
-def now() -> float:
-    return time.time()

@@ -57,7 +57,8 @@ class Alias(BaseModel):
 
 
 class Inbound(BaseModel):
-    """One accepted SMTP transaction (or API injection): the durable raw bytes and envelope."""
+    """The raw bytes and envelope of one message as mxd took it in: from the MX, the API,
+    local delivery, or its own outbound path (source "outbound", stored already processed)."""
     id = pw.CharField(primary_key=True, max_length=40)
     received_at = pw.DoubleField(default=time.time)
     source = pw.CharField(max_length=20, default="smtp")
@@ -154,9 +155,57 @@ class Event(BaseModel):
     data = JSONField(default=dict)
 
 
+class QueueEntry(BaseModel):
+    """One recipient of one outgoing message: the unit of delivery, retry and bounce."""
+    id = pw.CharField(primary_key=True, max_length=40)
+    message = pw.ForeignKeyField(Message, backref="queue", on_delete="CASCADE")
+    inbound = pw.ForeignKeyField(Inbound, on_delete="CASCADE")     # the signed bytes
+    mail_from = pw.CharField(max_length=512)                        # the sender as the author wrote it
+    return_path = pw.CharField(max_length=512)                      # VERP: bounces+<entry id>@<sender domain>
+    recipient = pw.CharField(max_length=512)
+    domain = pw.CharField(max_length=255, index=True)
+    status = pw.CharField(max_length=16, index=True)                # queued deferred held sent delivered failed
+    attempts = pw.IntegerField(default=0)
+    created_at = pw.DoubleField(default=time.time, index=True)
+    next_attempt_at = pw.DoubleField(default=time.time, index=True)
+    last_attempt_at = pw.DoubleField(null=True)
+    expires_at = pw.DoubleField()
+    lease_until = pw.DoubleField(default=0)
+    last_reply = pw.TextField(default="")
+    last_host = pw.CharField(max_length=255, default="")
+    delay_notified = pw.BooleanField(default=False)
+    hold_reason = pw.CharField(max_length=200, null=True)
+
+
+class Suppression(BaseModel):
+    address = pw.CharField(primary_key=True, max_length=512)
+    reason = pw.CharField(max_length=64)
+    detail = pw.TextField(default="")
+    created_at = pw.DoubleField(default=time.time)
+
+
+class Idempotency(BaseModel):
+    key = pw.CharField(primary_key=True, max_length=300)        # token id + ":" + client key
+    body_hash = pw.CharField(max_length=64)
+    status = pw.IntegerField()
+    response = JSONField()
+    created_at = pw.DoubleField(default=time.time, index=True)
+
+
+class Draft(BaseModel):
+    id = pw.CharField(primary_key=True, max_length=40)
+    mailbox = pw.ForeignKeyField(Mailbox, backref="drafts", on_delete="CASCADE")
+    thread_id = pw.CharField(max_length=40, null=True)
+    body = JSONField()                                           # the send request as given
+    created_at = pw.DoubleField(default=time.time)
+    updated_at = pw.DoubleField(default=time.time)
+    sent_message_id = pw.CharField(max_length=40, null=True)
+
+
 class Meta(BaseModel):
     key = pw.CharField(primary_key=True, max_length=64)
     value = pw.TextField()
 
 
-MODELS = [Domain, Mailbox, Alias, Inbound, Thread, ThreadRef, Message, Attachment, Token, Event, Meta]
+MODELS = [Domain, Mailbox, Alias, Inbound, Thread, ThreadRef, Message, Attachment, Token, Event, QueueEntry,
+          Suppression, Idempotency, Draft, Meta]

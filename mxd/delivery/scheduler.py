@@ -1,0 +1,180 @@
+"""Delivery workers: lease due queue entries, deliver them per destination with bounded connections,
+and record every outcome (delivered, deferred with backoff, failed with a bounce and suppression)."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+
+from mxd import outqueue
+from mxd.config import Config, parse_hostport
+from mxd.db import Database
+from mxd.delivery import bounces
+from mxd.delivery.mx import NullMX, Target, resolve_targets
+from mxd.resolver import Resolver
+from mxd.smtpclient import Connection, DeliveryError
+from mxd.store.models import Inbound, QueueEntry
+
+log = logging.getLogger("mxd.delivery")
+BATCH = 200
+LEASE = 900.0
+
+
+def _reply(code: int | None, enhanced: str | None, text: str) -> str:
+    return " ".join(str(p) for p in (code, enhanced, text) if p)
+
+
+class Scheduler:
+    def __init__(self, cfg: Config, db: Database, resolver: Resolver, on_local: "callable") -> None:
+        self.cfg, self.db, self.resolver, self.on_local = cfg, db, resolver, on_local
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self._tasks: set[asyncio.Task] = set()
+        self._slots: dict[str, asyncio.Semaphore] = defaultdict(lambda: asyncio.Semaphore(cfg.connections_per_domain))
+        self._inflight: set[str] = set()
+
+    def notify(self) -> None:
+        self._wake.set()
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="mxd-delivery")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _run(self) -> None:
+        while True:
+            self._wake.clear()
+            room = BATCH * 4 - len(self._inflight)
+            entries = await self.db.write(outqueue.lease, min(BATCH, room), None, LEASE) if room > 0 else []
+            entries = [e for e in entries if e.id not in self._inflight]
+            groups: dict[str, list[QueueEntry]] = defaultdict(list)
+            for entry in entries:
+                self._inflight.add(entry.id)
+                groups[entry.domain].append(entry)
+            for domain, group in groups.items():
+                width = max(1, min(self.cfg.connections_per_domain, (len(group) + 19) // 20))
+                for i in range(width):
+                    chunk = group[i::width]
+                    task = asyncio.get_running_loop().create_task(self._deliver(domain, chunk))
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
+            if entries:
+                continue
+            due = await self.db.read(outqueue.next_due)
+            wait = 30.0 if due is None else max(0.05, min(30.0, due - time.time()))
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=wait)
+            except asyncio.TimeoutError:
+                pass
+
+    # ------------------------------------------------------------ one connection's worth
+    async def _deliver(self, domain: str, entries: list[QueueEntry]) -> None:
+        try:
+            async with self._slots[domain]:
+                await self._deliver_locked(domain, entries)
+        except Exception:
+            log.exception("delivery to %s failed unexpectedly", domain)
+            for entry in entries:
+                await self._outcome(entry, False, "451 4.3.0 internal delivery error", "")
+        finally:
+            for entry in entries:
+                self._inflight.discard(entry.id)
+            self._wake.set()
+
+    async def _targets(self, domain: str) -> tuple[list[Target], int]:
+        if self.cfg.smart_host:
+            host, port = parse_hostport(self.cfg.smart_host, "smart_host")
+            return [Target(host, [host], 0)], port
+        return await resolve_targets(domain, self.resolver), self.cfg.outbound_mx_port
+
+    async def _connect(self, targets: list[Target], port: int) -> tuple[Connection | None, DeliveryError | None]:
+        cfg, last = self.cfg, None
+        smart = bool(cfg.smart_host)
+        for target in targets:
+            for ip in target.addresses:
+                try:
+                    conn = await Connection.open(
+                        target.host, port, helo_name=cfg.hostname, ip_for_connect=ip,
+                        tls=cfg.smart_host_tls if smart else "opportunistic", timeout=60,
+                        username=(cfg.smart_host_username or None) if smart else None,
+                        password=(cfg.smart_host_password or None) if smart else None)
+                    return conn, None
+                except DeliveryError as exc:
+                    last = exc
+        return None, last
+
+    async def _deliver_locked(self, domain: str, entries: list[QueueEntry]) -> None:
+        try:
+            targets, port = await self._targets(domain)
+        except NullMX:
+            for entry in entries:     # RFC 7505 3: a null MX means the domain accepts no mail
+                await self._outcome(entry, True, "556 5.1.10 recipient domain has a null MX (RFC 7505)", "")
+            return
+        except DeliveryError as exc:
+            for entry in entries:
+                await self._outcome(entry, exc.permanent, _reply(exc.code, exc.enhanced, exc.text), "")
+            return
+        if not targets:
+            for entry in entries:
+                await self._outcome(entry, False, "451 4.4.4 no address for the destination", "")
+            return
+        conn, error = await self._connect(targets, port)
+        if conn is None:
+            reply = _reply(error.code, error.enhanced, error.text) if error else "451 4.4.1 no host reachable"
+            for entry in entries:
+                await self._outcome(entry, False, reply, error.host or "" if error else "")
+            return
+        data_cache: dict[str, bytes] = {}
+        try:
+            for index, entry in enumerate(entries):
+                data = data_cache.get(entry.inbound_id)
+                if data is None:
+                    data = data_cache[entry.inbound_id] = await self.db.read(
+                        lambda i=entry.inbound_id: bytes(Inbound.get_by_id(i).data))
+                try:
+                    [result] = await conn.send(entry.return_path, [entry.recipient], data)
+                except DeliveryError as exc:
+                    reply = _reply(exc.code, exc.enhanced, exc.text)
+                    await self._outcome(entry, exc.permanent, reply, exc.host or "")
+                    if exc.stage in ("connect", "ehlo", "starttls") or not exc.permanent:
+                        for rest in entries[index + 1:]:        # the connection is gone: try the rest later
+                            await self._outcome(rest, False, reply, exc.host or "")
+                        return
+                    continue
+                reply = _reply(result.code, result.enhanced, result.text)
+                if result.ok:
+                    await self.db.write(outqueue.delivered, entry.id, reply, conn_host(conn))
+                else:
+                    await self._outcome(entry, result.permanent, reply, conn_host(conn))
+        finally:
+            await conn.close()
+
+    async def _outcome(self, entry: QueueEntry, permanent: bool, reply: str, host: str) -> None:
+        """Record a failure: permanent ones fail and bounce; temporary ones back off until the lifetime ends."""
+        if not permanent:
+            updated, expired = await self.db.write(outqueue.deferred, entry.id, reply, host, self.cfg.retry_delays)
+            if not expired:
+                await self._maybe_warn(updated)
+                return
+            reply = f"{reply} (gave up after {self.cfg.queue_lifetime})"
+        await self.db.write(bounces.fail_and_bounce, self.cfg, entry.id, reply, host, "failed")
+        self.on_local()
+
+    async def _maybe_warn(self, entry: QueueEntry) -> None:
+        warn_after = self.cfg.seconds("delay_warning")
+        if warn_after and not entry.delay_notified and time.time() - entry.created_at >= warn_after:
+            await self.db.write(bounces.fail_and_bounce, self.cfg, entry.id, entry.last_reply, entry.last_host,
+                                "delayed")
+            self.on_local()
+
+
+def conn_host(conn: Connection) -> str:
+    return getattr(conn, "host", "") or ""
+

@@ -1,0 +1,21 @@
+"""The outbox: every state change becomes a durable event row, written in the same transaction as the change."""
+from __future__ import annotations
+
+from typing import Any
+
+from mxd.ids import new_id
+from mxd.store.models import Event
+
+TYPES = ("message.received", "message.queued", "message.sent", "message.delivered", "message.deferred",
+         "message.failed", "message.blocked", "message.held", "message.released")
+
+
+def emit(type_: str, *, mailbox_id: str | None = None, message_id: str | None = None, **data: Any) -> str:
+    assert type_ in TYPES, type_
+    event_id = new_id("evt")
+    Event.insert(id=event_id, type=type_, mailbox_id=mailbox_id, message_id=message_id, data=data).execute()
+    return event_id
+
+
+def for_message(message_id: str) -> list[Event]:
+    return list(Event.select().where(Event.message_id == message_id).order_by(Event.id))

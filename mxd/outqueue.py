@@ -1,0 +1,181 @@
+"""The outbound queue: one durable row per recipient; add, lease, record outcomes, hold, release, retry, drop.
+
+Every function runs inside a `Database.write` (or `read`) call. A row is
+leased before delivery (lease_until), so a crash leaves it due again once the
+lease runs out; nothing accepted for delivery is lost.
+"""
+from __future__ import annotations
+
+import random
+import time
+
+from mxd import outbox
+from mxd.errors import MxdError
+from mxd.ids import new_id
+from mxd.store.models import Inbound, Message, QueueEntry
+
+LEASE_SECONDS = 300.0
+ACTIVE = ("queued", "deferred")
+
+
+def return_path(entry_id: str, sender_domain: str) -> str:
+    """VERP: a bounce to this address names its queue entry (message and recipient)."""
+    return f"bounces+{entry_id}@{sender_domain}"
+
+
+def entry_from_return_path(local_part: str) -> str | None:
+    if local_part.lower().startswith("bounces+q_"):
+        return local_part.split("+", 1)[1].lower()
+    return None
+
+
+def bounce_target(local_part: str) -> tuple[str, str] | None:
+    """(entry id, sender mailbox id) for a VERP return path, or None. Runs in a reader."""
+    entry_id = entry_from_return_path(local_part)
+    if not entry_id:
+        return None
+    entry = QueueEntry.get_or_none(QueueEntry.id == entry_id)
+    if entry is None:
+        return None
+    mailbox_id = Message.select(Message.mailbox).where(Message.id == entry.message_id).scalar()
+    return (entry.id, mailbox_id) if mailbox_id else None
+
+
+def add(message: Message, inbound: Inbound, mail_from: str, sender_domain: str, recipients: list[str],
+        lifetime: float, hold_reason: str | None = None) -> list[QueueEntry]:
+    now = time.time()
+    rows = []
+    for rcpt in recipients:
+        entry_id = new_id("q")
+        status = "held" if hold_reason else "queued"
+        rows.append(QueueEntry.create(
+            id=entry_id, message=message.id, inbound=inbound.id, mail_from=mail_from,
+            return_path=return_path(entry_id, sender_domain), recipient=rcpt, domain=rcpt.rsplit("@", 1)[1].lower(),
+            status=status, created_at=now, next_attempt_at=now, expires_at=now + lifetime, hold_reason=hold_reason))
+        outbox.emit("message.held" if hold_reason else "message.queued", mailbox_id=message.mailbox_id,
+                    message_id=message.id, recipient=rcpt, **({"reason": hold_reason} if hold_reason else {}))
+    return rows
+
+
+def lease(limit: int, now: float | None = None, seconds: float = LEASE_SECONDS) -> list[QueueEntry]:
+    """Due entries, oldest first, leased for `seconds` so no other worker takes them."""
+    now = time.time() if now is None else now
+    rows = list(QueueEntry.select().where(QueueEntry.status.in_(ACTIVE) & (QueueEntry.next_attempt_at <= now)
+                                          & (QueueEntry.lease_until < now))
+                .order_by(QueueEntry.next_attempt_at).limit(limit))
+    if rows:
+        QueueEntry.update(lease_until=now + seconds).where(QueueEntry.id.in_([r.id for r in rows])).execute()
+    return rows
+
+
+def next_due() -> float | None:
+    row = (QueueEntry.select(QueueEntry.next_attempt_at, QueueEntry.lease_until)
+           .where(QueueEntry.status.in_(ACTIVE)).order_by(QueueEntry.next_attempt_at).first())
+    return None if row is None else max(row.next_attempt_at, row.lease_until)
+
+
+def _event_args(entry: QueueEntry) -> dict:
+    mailbox_id = Message.select(Message.mailbox).where(Message.id == entry.message_id).scalar()
+    return {"mailbox_id": mailbox_id, "message_id": entry.message_id, "recipient": entry.recipient}
+
+
+def delivered(entry_id: str, reply: str, host: str) -> None:
+    entry = QueueEntry.get_by_id(entry_id)
+    now = time.time()
+    QueueEntry.update(status="delivered", last_reply=reply, last_host=host, last_attempt_at=now,
+                      attempts=QueueEntry.attempts + 1, lease_until=0).where(QueueEntry.id == entry_id).execute()
+    outbox.emit("message.delivered", reply=reply, host=host, **_event_args(entry))
+
+
+def deferred(entry_id: str, reply: str, host: str, delays: list[float]) -> tuple[QueueEntry, bool]:
+    """Schedule the next attempt; returns (entry, expired). An expired entry is left for `failed`."""
+    entry = QueueEntry.get_by_id(entry_id)
+    now = time.time()
+    attempts = entry.attempts + 1
+    delay = delays[min(attempts - 1, len(delays) - 1)] * random.uniform(0.9, 1.1)   # jitter spreads retries
+    expired = now >= entry.expires_at
+    QueueEntry.update(status="deferred", last_reply=reply, last_host=host, last_attempt_at=now, attempts=attempts,
+                      next_attempt_at=now + delay, lease_until=0).where(QueueEntry.id == entry_id).execute()
+    if not expired:
+        outbox.emit("message.deferred", reply=reply, host=host, attempts=attempts, next_attempt_at=now + delay,
+                    **_event_args(entry))
+    entry = QueueEntry.get_by_id(entry_id)
+    return entry, expired
+
+
+def failed(entry_id: str, reply: str, host: str) -> QueueEntry:
+    entry = QueueEntry.get_by_id(entry_id)
+    QueueEntry.update(status="failed", last_reply=reply, last_host=host, last_attempt_at=time.time(),
+                      attempts=QueueEntry.attempts + (0 if entry.status == "failed" else 1), lease_until=0
+                      ).where(QueueEntry.id == entry_id).execute()
+    outbox.emit("message.failed", reply=reply, host=host, **_event_args(entry))
+    return QueueEntry.get_by_id(entry_id)
+
+
+def mark_delay_notified(entry_id: str) -> None:
+    QueueEntry.update(delay_notified=True).where(QueueEntry.id == entry_id).execute()
+
+
+# ---------------------------------------------------------------- operator controls
+def get(entry_id: str) -> QueueEntry:
+    entry = QueueEntry.get_or_none(QueueEntry.id == entry_id)
+    if entry is None:
+        raise MxdError("not_found", f"queue entry {entry_id!r} not found")
+    return entry
+
+
+def retry_now(entry_id: str) -> QueueEntry:
+    entry = get(entry_id)
+    if entry.status not in ACTIVE:
+        raise MxdError("conflict", f"entry is {entry.status}; only queued or deferred entries can be retried",
+                       status=409)
+    QueueEntry.update(next_attempt_at=time.time(), lease_until=0).where(QueueEntry.id == entry_id).execute()
+    return get(entry_id)
+
+
+def hold(entry_id: str, reason: str = "operator") -> QueueEntry:
+    entry = get(entry_id)
+    if entry.status not in ACTIVE:
+        raise MxdError("conflict", f"entry is {entry.status}; only queued or deferred entries can be held", status=409)
+    QueueEntry.update(status="held", hold_reason=reason).where(QueueEntry.id == entry_id).execute()
+    outbox.emit("message.held", reason=reason, **_event_args(entry))
+    return get(entry_id)
+
+
+def release(entry_id: str) -> QueueEntry:
+    entry = get(entry_id)
+    if entry.status != "held":
+        raise MxdError("conflict", f"entry is {entry.status}, not held", status=409)
+    now = time.time()
+    QueueEntry.update(status="queued", hold_reason=None, next_attempt_at=now, lease_until=0,
+                      expires_at=max(entry.expires_at, now + (entry.expires_at - entry.created_at))
+                      ).where(QueueEntry.id == entry_id).execute()
+    outbox.emit("message.released", **_event_args(entry))
+    return get(entry_id)
+
+
+def drop(entry_id: str) -> None:
+    entry = get(entry_id)
+    if entry.status in ("delivered", "failed"):
+        raise MxdError("conflict", f"entry is {entry.status} already", status=409)
+    QueueEntry.update(status="failed", last_reply="deleted by the operator", lease_until=0).where(
+        QueueEntry.id == entry_id).execute()
+    outbox.emit("message.failed", reply="deleted by the operator", host="", **_event_args(entry))
+
+
+def list_entries(status: str | None, limit: int, before: str | None) -> list[QueueEntry]:
+    query = QueueEntry.select().order_by(QueueEntry.id.desc())
+    if status:
+        query = query.where(QueueEntry.status == status)
+    if before:
+        query = query.where(QueueEntry.id < before)
+    return list(query.limit(limit))
+
+
+def to_dict(entry: QueueEntry) -> dict:
+    from mxd.store.messages import _iso
+    return {"id": entry.id, "message_id": entry.message_id, "recipient": entry.recipient, "domain": entry.domain,
+            "status": entry.status, "attempts": entry.attempts, "created_at": _iso(entry.created_at),
+            "next_attempt_at": _iso(entry.next_attempt_at) if entry.status in ACTIVE else None,
+            "last_attempt_at": _iso(entry.last_attempt_at), "expires_at": _iso(entry.expires_at),
+            "last_reply": entry.last_reply, "last_host": entry.last_host, "hold_reason": entry.hold_reason}

@@ -1,0 +1,125 @@
+"""The one send path: preflight, DKIM-sign, store the sent copy, queue remote recipients, ingest local ones.
+
+SMTP submission and the HTTP API (and later MCP and the CLI) hand a finished,
+CRLF-normalised message to `send`; nothing else puts mail on the queue.
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from mxd import keys, outqueue
+from mxd.config import Config
+from mxd.db import Database
+from mxd.dkimsign import Signer
+from mxd.errors import MxdError
+from mxd.ids import new_id
+from mxd.ingest import Envelope, Recipient, normalize_line_endings, received_header, store
+from mxd.mime.parse import parse
+from mxd.policy import preflight
+from mxd.store import messages
+from mxd.store.models import Idempotency, Inbound
+from mxd.tokens import Principal
+
+IDEMPOTENCY_SECONDS = 86400.0
+
+
+@dataclass
+class Outgoing:
+    mail_from: str                 # the envelope sender: an address of a mailbox on this server
+    recipients: list[str]          # envelope recipients (To, Cc and Bcc)
+    data: bytes                    # the message, unsigned
+    source: str                    # "api" | "submission"
+    remote_ip: str = ""
+
+
+class Signers:
+    """DKIM signers per domain, keys loaded once. Keys are made when a domain is created (API or `mxd init`);
+    a domain without keys sends unsigned (and `mxd doctor`/dns-plan say so)."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self._cache: dict[str, Signer] = {}
+        self._lock = threading.Lock()
+
+    def sign(self, data: bytes, domain: str) -> bytes:
+        with self._lock:
+            signer = self._cache.get(domain)
+            if signer is None:
+                active = [k for k in keys.load_dkim_keys(self.cfg.dkim_dir, domain) if k.state == keys.ACTIVE]
+                if not active:
+                    return data
+                signer = self._cache[domain] = Signer(active)
+        return signer.sign(data, domain) + data
+
+    def forget(self, domain: str) -> None:
+        with self._lock:
+            self._cache.pop(domain, None)
+
+
+def _persist(cfg: Config, principal: Principal | None, out: Outgoing, signed: bytes, parsed: Any,
+             idem: tuple[str, str] | None) -> dict:
+    """Runs in the writer: idempotency, preflight, then every row of the send in one transaction."""
+    if idem is not None:
+        row = Idempotency.get_or_none(Idempotency.key == idem[0])
+        if row is not None and row.created_at > time.time() - IDEMPOTENCY_SECONDS:
+            if row.body_hash != idem[1]:
+                raise MxdError("idempotency_conflict", "this Idempotency-Key was used with a different body")
+            return dict(row.response, idempotent_replay=True)
+        if row is not None:
+            row.delete_instance()
+    decision = preflight(cfg, principal, out.mail_from, out.recipients)
+    now = time.time()
+    sent_copy = Inbound.create(id=new_id("inb"), received_at=now,
+                               source="outbound", mail_from=out.mail_from,
+                               rcpts=[{"address": str(decision.sender), "mailbox_ids": [decision.mailbox.id],
+                                       "tag": None}],
+                               remote_ip=out.remote_ip, data=signed, processed=False)
+    [message_id] = messages.deliver(sent_copy, parsed, None, "", cfg.thread_subject_window_days * 86400.0,
+                                    direction="out")
+    message = messages.get(message_id)
+    entries = outqueue.add(message, sent_copy, str(decision.sender), decision.domain.name, decision.remote,
+                           cfg.seconds("queue_lifetime"), decision.hold_reason)
+    for rcpt, found in decision.local:
+        env = Envelope(mail_from=str(decision.sender), rcpts=[Recipient(rcpt, found.mailbox_ids, found.tag)],
+                       data=signed, remote_ip=out.remote_ip, source="local")
+        env.received = received_header(helo=cfg.hostname, remote_ip=out.remote_ip or "127.0.0.1",
+                                       hostname=cfg.hostname, protocol="LOCAL", rcpt=rcpt, queue_id=env.id,
+                                       when=now)
+        store(env)
+    result = {
+        "id": message.id, "thread_id": message.thread_id, "message_id": message.message_id,
+        "status": "held" if decision.hold_reason else "queued", "hold_reason": decision.hold_reason,
+        "recipients": [{"address": e.recipient, "status": e.status, "queue_id": e.id} for e in entries]
+        + [{"address": rcpt, "status": "delivered", "queue_id": None} for rcpt, _ in decision.local],
+    }
+    if idem is not None:
+        Idempotency.create(key=idem[0], body_hash=idem[1], status=202, response=result)
+    return result
+
+
+def body_hash(body: Any) -> str:
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
+
+
+async def send(cfg: Config, db: Database, signers: Signers, principal: Principal | None, out: Outgoing,
+               idempotency_key: str | None = None, idempotency_body: Any = None) -> dict:
+    """Sign and persist one outgoing message; returns once it is durably queued."""
+    data = normalize_line_endings(out.data)
+    domain = out.mail_from.rsplit("@", 1)[-1].lower()
+    loop = asyncio.get_running_loop()
+    try:
+        signed = await loop.run_in_executor(None, signers.sign, data, domain) if domain else data
+    except ValueError as exc:           # no From, or a header that cannot be parsed
+        raise MxdError("bad_request", f"the message cannot be signed: {exc}") from None
+    parsed = parse(signed)
+    idem = None
+    if idempotency_key:
+        owner = principal.token_id if principal else "mxd"
+        idem = (f"{owner}:{idempotency_key[:200]}", body_hash(idempotency_body))
+    return await db.write(_persist, cfg, principal, out, signed, parsed, idem)

@@ -1,0 +1,422 @@
+"""The SMTP client owns one outgoing SMTP session to one host (connect, EHLO, STARTTLS, AUTH, then messages with per-recipient results); it knows nothing of the queue.
+
+Replies become data: every refusal carries its code, enhanced status code (RFC
+3463) and text, and is permanent for 5xx, temporary for 4xx. A session that
+breaks (refused, reset, timed out, malformed reply) raises DeliveryError with
+permanent=False and the stage it broke in; the Connection is then closed.
+"""
+from __future__ import annotations
+
+import asyncio
+import functools
+import ipaddress
+import os
+import re
+import socket
+import ssl
+from dataclasses import dataclass
+from types import TracebackType
+
+import aiosmtplib
+from aiosmtplib.errors import (SMTPAuthenticationError, SMTPConnectResponseError, SMTPException,
+                               SMTPHeloError, SMTPResponseException)
+
+TLS_MODES = ("opportunistic", "required", "none", "implicit")
+STAGES = ("connect", "ehlo", "starttls", "auth", "mail", "rcpt", "data")
+
+_ENHANCED = re.compile(r"([245])\.(\d{1,3})\.(\d{1,3})(?=\s|$)")
+_BROKEN = (SMTPException, OSError, asyncio.TimeoutError, EOFError)   # what a broken session raises
+
+
+@dataclass(eq=False)
+class DeliveryError(Exception):
+    """A session-level failure: nothing more can be sent on this connection."""
+    permanent: bool
+    code: int | None = None
+    enhanced: str | None = None
+    text: str = ""
+    host: str | None = None
+    stage: str = "connect"   # one of STAGES; NoRoute/NullMX in mxd.delivery.mx use "dns"
+
+    def __str__(self) -> str:
+        reply = " ".join(str(x) for x in (self.code, self.enhanced) if x)
+        kind = "permanent" if self.permanent else "temporary"
+        return f"{self.stage} {self.host or '-'}: {reply + ' ' if reply else ''}{self.text} ({kind})"
+
+
+@dataclass
+class RcptResult:
+    recipient: str
+    ok: bool
+    code: int
+    enhanced: str | None
+    text: str
+    permanent: bool          # a refusal that will not change on retry (5xx); False when ok
+
+
+def split_reply(code: int, message: str) -> tuple[str | None, str]:
+    """(enhanced status code, text without it) of a reply; lines of a multi-line reply are joined by spaces.
+
+    The enhanced code counts only when its class matches the reply's first digit
+    (RFC 3463 2, RFC 2034 4).
+    """
+    enhanced: str | None = None
+    texts = []
+    for line in message.split("\n"):
+        line = line.strip()
+        m = _ENHANCED.match(line)
+        if m and str(code)[:1] == m.group(1):
+            enhanced = enhanced or m.group(0)
+            line = line[m.end():].strip()
+        if line:
+            texts.append(line)
+    return enhanced, " ".join(texts)
+
+
+@functools.lru_cache(maxsize=2)
+def _tls_context(verify: bool) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    if not verify:
+        # RFC 7435 opportunistic security: encrypt without authenticating the server
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def _is_ip(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
+
+
+async def _tcp(ip: str, port: int, timeout: float) -> socket.socket:
+    sock = socket.socket(socket.AF_INET6 if ":" in ip else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    try:
+        await asyncio.wait_for(asyncio.get_running_loop().sock_connect(sock, (ip, port)), timeout)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _describe(exc: BaseException) -> str:
+    """A short reason for a broken connection: "Connection refused", "timed out", ..."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, socket.gaierror):
+            return f"cannot resolve host name: {cause.strerror}"
+        if isinstance(cause, OSError) and cause.errno and cause.errno > 0:
+            return os.strerror(cause.errno)
+        if isinstance(cause, TimeoutError):
+            return "timed out"
+        cause = cause.__cause__
+    return f"{type(exc).__name__}: {exc}".rstrip(": ")
+
+
+class _TLSFailed(Exception):
+    """STARTTLS was answered 220 but no working TLS session came of it."""
+
+
+class Connection:
+    """One SMTP session to one host that carries several messages, one at a time."""
+
+    def __init__(self, host: str, port: int, *, helo_name: str, ip_for_connect: str | None, tls: str,
+                 tls_verify: bool, timeout: float, data_timeout: float, username: str | None,
+                 password: str | None, tls_context: ssl.SSLContext | None) -> None:
+        self.host, self.port, self.helo_name = host, port, helo_name
+        self.ip = ip_for_connect
+        self.tls_mode, self.tls_verify = tls, tls_verify
+        self.timeout, self.data_timeout = timeout, data_timeout
+        self._username, self._password = username, password
+        self._ctx = tls_context or _tls_context(tls_verify)
+        self._smtp: aiosmtplib.SMTP | None = None
+        self._tls = False
+        self._dirty = False                 # a transaction was begun and not completed: RSET first
+        self._lock = asyncio.Lock()
+        self.server_banner = ""
+        self.last_reply = ""
+        self.tls_fallback = False           # STARTTLS failed and the session was redone in plaintext
+        self.messages_sent = 0
+
+    @classmethod
+    async def open(cls, host: str, port: int, *, helo_name: str, ip_for_connect: str | None = None,
+                   tls: str = "opportunistic", tls_verify: bool = False, timeout: float = 60,
+                   username: str | None = None, password: str | None = None,
+                   data_timeout: float = 600, tls_context: ssl.SSLContext | None = None) -> "Connection":
+        """Connect to host (at ip_for_connect when given, else host), greet, secure and authenticate.
+
+        tls: "opportunistic" uses STARTTLS when offered and, if the handshake fails,
+        reconnects once without TLS (Postfix smtp_tls_security_level=may);
+        "required" fails instead; "none" never uses TLS; "implicit" is TLS from the
+        first byte (RFC 8314, port 465). `host` is the TLS server name; certificates
+        are checked only with tls_verify (or a tls_context that checks them).
+        data_timeout bounds the wait for the reply to the end of data
+        (RFC 5321 4.5.3.2.6 suggests 10 minutes), timeout every other step.
+        """
+        if tls not in TLS_MODES:
+            raise ValueError(f"tls must be one of {TLS_MODES}")
+        conn = cls(host, port, helo_name=helo_name, ip_for_connect=ip_for_connect, tls=tls,
+                   tls_verify=tls_verify, timeout=timeout, data_timeout=data_timeout,
+                   username=username, password=password, tls_context=tls_context)
+        try:
+            await conn._start(starttls=tls in ("opportunistic", "required"))
+        except _TLSFailed as exc:
+            conn._drop()
+            if tls == "required":
+                raise DeliveryError(False, None, None, f"TLS handshake failed: {exc}", host, "starttls") from None
+            conn.tls_fallback = True
+            await conn._start(starttls=False)
+        return conn
+
+    # --- session set-up ---
+    async def _start(self, *, starttls: bool) -> None:
+        addr = self.ip or self.host
+        implicit = self.tls_mode == "implicit"
+        try:
+            kwargs = dict(local_hostname=self.helo_name, timeout=self.timeout, start_tls=False,
+                          use_tls=implicit, tls_context=self._ctx if implicit else None)
+            if _is_ip(addr):   # our own socket, so that `host` stays the TLS server name
+                smtp = aiosmtplib.SMTP(hostname=self.host, sock=await _tcp(addr, self.port, self.timeout), **kwargs)
+            else:
+                smtp = aiosmtplib.SMTP(hostname=addr, port=self.port, **kwargs)
+            banner = await smtp.connect()
+        except SMTPConnectResponseError as exc:
+            # a 5xx greeting is skipped like an unreachable host (Postfix smtp_skip_5xx_greeting=yes)
+            enhanced, text = split_reply(exc.code, exc.message)
+            self.server_banner = self.last_reply = f"{exc.code} {exc.message}"
+            raise DeliveryError(False, exc.code, enhanced, text, self.host, "connect") from None
+        except _BROKEN as exc:
+            raise DeliveryError(False, None, None, f"{addr} port {self.port}: {_describe(exc)}",
+                                self.host, "connect") from None
+        self._smtp = smtp
+        self._tls = implicit
+        self.server_banner = self.last_reply = f"{banner.code} {banner.message}"
+        try:
+            await self._greet()
+            if starttls and smtp.supports_extension("starttls"):
+                await self._starttls()
+            elif self.tls_mode == "required":
+                raise DeliveryError(False, None, None, "STARTTLS not offered", self.host, "starttls")
+            if self._username is not None:
+                await self._auth()
+        except BaseException:
+            self._drop()
+            raise
+
+    async def _greet(self) -> None:
+        smtp = self._smtp
+        assert smtp is not None
+        try:
+            self._note(await smtp.ehlo())
+        except SMTPHeloError as exc:
+            self._note_exc(exc)
+            if exc.code < 500 or not smtp.is_connected:
+                raise self._refused(exc, "ehlo") from None
+            try:   # RFC 5321 4.1.1.1: a server that does not know EHLO still knows HELO
+                self._note(await smtp.helo())
+            except SMTPResponseException as exc2:
+                raise self._refused(exc2, "ehlo") from None
+            except _BROKEN as exc2:
+                raise self._lost(exc2, "ehlo") from None
+        except _BROKEN as exc:
+            raise self._lost(exc, "ehlo") from None
+
+    async def _starttls(self) -> None:
+        smtp = self._smtp
+        assert smtp is not None
+        try:
+            self._note(await smtp.starttls(server_hostname=self.host, tls_context=self._ctx, timeout=self.timeout))
+        except SMTPResponseException as exc:
+            self._note_exc(exc)
+            if exc.code < 200:
+                raise _TLSFailed(exc.message) from None
+            # RFC 3207 4: after a refused STARTTLS (454) the client decides; opportunistic goes on in plaintext
+            if self.tls_mode == "required":
+                raise self._refused(exc, "starttls", permanent=False) from None
+            return
+        except (ssl.SSLError, *_BROKEN) as exc:
+            raise _TLSFailed(f"{type(exc).__name__}: {exc}") from None
+        self._tls = True
+        try:
+            self._note(await smtp.ehlo())   # RFC 3207 4.2: forget what was learnt before TLS, greet again
+        except (ssl.SSLError, *_BROKEN) as exc:
+            # a server that fails the session right after the handshake (e.g. a refused client certificate)
+            raise _TLSFailed(f"after handshake: {type(exc).__name__}: {exc}") from None
+
+    async def _auth(self) -> None:
+        smtp = self._smtp
+        assert smtp is not None
+        if not self._tls and self.tls_mode != "none":
+            raise DeliveryError(False, None, None, "not sending credentials without TLS", self.host, "auth")
+        try:
+            self._note(await smtp.login(self._username or "", self._password or ""))
+        except SMTPAuthenticationError as exc:
+            # a refused login defers rather than bounces (Postfix smtp_sasl_auth_soft_bounce=yes)
+            self._note_exc(exc)
+            raise self._refused(exc, "auth", permanent=False) from None
+        except SMTPResponseException as exc:
+            self._note_exc(exc)
+            raise self._refused(exc, "auth", permanent=False) from None
+        except _BROKEN as exc:
+            raise DeliveryError(False, None, None, f"{type(exc).__name__}: {exc}", self.host, "auth") from None
+
+    # --- state ---
+    @property
+    def tls_active(self) -> bool:
+        return self._tls and self._smtp is not None and self._smtp.is_connected
+
+    @property
+    def extensions(self) -> dict[str, str]:
+        """ESMTP keywords (lower case) and their parameters from the last EHLO reply."""
+        return dict(self._smtp.esmtp_extensions) if self._smtp is not None else {}
+
+    @property
+    def is_open(self) -> bool:
+        return self._smtp is not None and self._smtp.is_connected
+
+    def _note(self, resp: aiosmtplib.SMTPResponse) -> None:
+        self.last_reply = f"{resp.code} {resp.message}".replace("\n", " / ")
+
+    def _note_exc(self, exc: SMTPResponseException) -> None:
+        self.last_reply = f"{exc.code} {exc.message}".replace("\n", " / ")
+
+    def _refused(self, exc: SMTPResponseException, stage: str, permanent: bool | None = None) -> DeliveryError:
+        if exc.code < 200:                  # aiosmtplib's -1: the reply could not be read
+            return self._lost(exc, stage)
+        enhanced, text = split_reply(exc.code, exc.message)
+        if permanent is None:
+            permanent = 500 <= exc.code < 600
+        return DeliveryError(permanent, exc.code, enhanced, text, self.host, stage)
+
+    def _lost(self, exc: BaseException, stage: str) -> DeliveryError:
+        self._drop()
+        return DeliveryError(False, None, None, _describe(exc), self.host, stage)
+
+    def _drop(self) -> None:
+        if self._smtp is not None:
+            self._smtp.close()
+        self._smtp = None
+        self._tls = False
+
+    # --- messages ---
+    async def send(self, mail_from: str, recipients: list[str], message: bytes) -> list[RcptResult]:
+        """Send one message; one result per recipient, in order.
+
+        A refused MAIL FROM or DATA is every (accepted) recipient's result; an
+        empty mail_from sends the null reverse-path <> (bounces). Raises
+        DeliveryError when the session breaks (nothing can be said per recipient).
+        """
+        async with self._lock:
+            smtp = self._smtp
+            if smtp is None or not smtp.is_connected:
+                raise DeliveryError(False, None, None, "connection is closed", self.host, "mail")
+            if self._dirty:
+                try:   # RFC 5321 4.1.1.5: abort the unfinished transaction before the next one
+                    self._note(await smtp.rset())
+                except SMTPResponseException as exc:
+                    self._note_exc(exc)
+                    raise self._lost(exc, "mail") from None
+                except _BROKEN as exc:
+                    raise self._lost(exc, "mail") from None
+                self._dirty = False
+
+            options: list[str] = []
+            head = re.split(rb"\r?\n\r?\n", message, maxsplit=1)[0]
+            ascii_envelope = mail_from.isascii() and all(r.isascii() for r in recipients)
+            if not ascii_envelope or not head.isascii():
+                if not smtp.supports_extension("smtputf8"):
+                    # RFC 6531 3.2: without SMTPUTF8 at the server the message must not be sent
+                    if not ascii_envelope:
+                        return self._all(recipients, 553, "5.6.7", "non-ASCII address and the server does not offer SMTPUTF8")
+                    return self._all(recipients, 554, "5.6.9", "UTF-8 header fields and the server does not offer SMTPUTF8")
+                options.append("SMTPUTF8")                       # RFC 6531 3.4
+            if not message.isascii() and smtp.supports_extension("8bitmime"):
+                options.append("BODY=8BITMIME")                  # RFC 6152 2
+            if smtp.supports_extension("size"):
+                limit = smtp.esmtp_extensions.get("size", "").strip()
+                if limit.isdigit() and 0 < int(limit) < len(message):
+                    # RFC 1870 6: do not send what the server said it will not take
+                    return self._all(recipients, 552, "5.3.4", f"message size {len(message)} exceeds the server's limit {limit}")
+                options.append(f"SIZE={len(message)}")          # RFC 1870 3
+            encoding = "utf-8" if "SMTPUTF8" in options else "ascii"
+
+            self._dirty = True
+            try:
+                self._note(await smtp.mail(mail_from, options=options, encoding=encoding))
+            except SMTPResponseException as exc:
+                return self._refused_all(exc, recipients, "mail")
+            except _BROKEN as exc:
+                raise self._lost(exc, "mail") from None
+
+            results: list[RcptResult] = []
+            accepted: list[int] = []
+            for i, rcpt in enumerate(recipients):
+                try:
+                    resp = await smtp.rcpt(rcpt, encoding=encoding)
+                except SMTPResponseException as exc:
+                    if exc.code == 421:      # the whole transaction is gone, accepted recipients too
+                        return self._refused_all(exc, recipients, "rcpt")
+                    if exc.code < 200:
+                        raise self._lost(exc, "rcpt") from None
+                    self._note_exc(exc)
+                    results.append(self._result(rcpt, exc.code, exc.message))
+                    continue
+                except _BROKEN as exc:
+                    raise self._lost(exc, "rcpt") from None
+                self._note(resp)
+                results.append(self._result(rcpt, resp.code, resp.message))
+                accepted.append(i)
+            if not accepted:
+                return results   # RFC 5321 3.3: no DATA without an accepted recipient; RSET comes next time
+
+            try:
+                resp = await smtp.data(message, timeout=self.data_timeout)
+            except SMTPResponseException as exc:
+                failed = self._refused_all(exc, [recipients[i] for i in accepted], "data")
+                for i, res in zip(accepted, failed):
+                    results[i] = res
+                return results
+            except _BROKEN as exc:
+                raise self._lost(exc, "data") from None
+            self._note(resp)
+            self._dirty = False
+            self.messages_sent += 1
+            for i in accepted:
+                results[i] = self._result(recipients[i], resp.code, resp.message)
+            return results
+
+    def _result(self, rcpt: str, code: int, message: str) -> RcptResult:
+        enhanced, text = split_reply(code, message)
+        ok = 200 <= code < 300
+        return RcptResult(rcpt, ok, code, enhanced, text, permanent=not ok and 500 <= code < 600)
+
+    def _refused_all(self, exc: SMTPResponseException, recipients: list[str], stage: str) -> list[RcptResult]:
+        if exc.code < 200:
+            raise self._lost(exc, stage)
+        self._note_exc(exc)
+        if exc.code == 421:
+            self._drop()     # RFC 5321 3.8: 421 means the server is closing the channel
+        return [self._result(r, exc.code, exc.message) for r in recipients]
+
+    def _all(self, recipients: list[str], code: int, enhanced: str, text: str) -> list[RcptResult]:
+        return [RcptResult(r, False, code, enhanced, text, permanent=code >= 500) for r in recipients]
+
+    async def close(self) -> None:
+        """QUIT (RFC 5321 4.1.1.10) and close; never raises."""
+        smtp = self._smtp
+        if smtp is not None and smtp.is_connected:
+            try:
+                await smtp.quit(timeout=min(self.timeout, 10))
+            except (*_BROKEN, ssl.SSLError):
+                pass
+        self._drop()
+
+    async def __aenter__(self) -> "Connection":
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.close()

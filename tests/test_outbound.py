@@ -1,0 +1,302 @@
+"""Sending end to end: mxd on 127.0.0.1 delivers to a second mxd on 127.0.0.2 through a real DNS server.
+
+Covers the HTTP send path, replies that stay in the thread, idempotency, SMTP
+submission on 587 and 465 with its security rules, and the receiver's
+Authentication-Results (both DKIM signatures, SPF, DMARC).
+"""
+from __future__ import annotations
+
+import base64
+import smtplib
+import ssl
+import time
+
+import httpx
+import pytest
+
+from tests.daemon import MxdProcess, free_port
+from tests.dnsserver import DNSServer
+
+
+def _wait(fn, timeout: float = 30.0, every: float = 0.1):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = fn()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(every)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    base = tmp_path_factory.mktemp("out")
+    mx_port = free_port("127.0.0.2")
+    dns = DNSServer({
+        "example.test": {"MX": [(10, "mx.example.test")], "TXT": ["v=spf1 ip4:127.0.0.0/8 -all"]},
+        "mx.example.test": {"A": ["127.0.0.1"]},
+        "_dmarc.example.test": {"TXT": ["v=DMARC1; p=reject; adkim=s; aspf=s"]},
+        "peer.test": {"MX": [(10, "mx.peer.test")]},
+        "mx.peer.test": {"A": ["127.0.0.2"]},
+    })
+    dns.start()
+    common = {"MXD_DNS_NAMESERVERS": dns.nameserver, "MXD_DNS_TIMEOUT": "2", "MXD_OUTBOUND_MX_PORT": str(mx_port)}
+    sender = MxdProcess(base / "a", domains=["example.test"], env=common)
+    sender.mx_port = mx_port                                  # both MXes on one port, different addresses
+    sender.env["MXD_MX_LISTEN"] = f"127.0.0.1:{mx_port}"
+    out = sender.init()
+    for rec in out["dns_records"]:
+        if rec["type"] == "TXT" and "._domainkey." in rec["name"]:
+            dns.set(rec["name"], "TXT", [rec["value"]])
+    receiver = MxdProcess(base / "b", domains=["peer.test"], host="127.0.0.2", hostname="mx.peer.test",
+                          env=dict(common))
+    receiver.mx_port = mx_port
+    receiver.env["MXD_MX_LISTEN"] = f"127.0.0.2:{mx_port}"
+    receiver.init()
+    sender.start()
+    receiver.start()
+    for address in ("agent@example.test", "other@example.test"):
+        assert sender.api("POST", "/api/mailboxes", json={"address": address}).status_code == 201
+    assert receiver.api("POST", "/api/mailboxes", json={"address": "bob@peer.test"}).status_code == 201
+    yield sender, receiver, dns
+    sender.stop()
+    receiver.stop()
+    dns.stop()
+
+
+def _ready(sender: MxdProcess, ready: bool = True) -> None:
+    assert sender.api("PUT", "/api/domains/example.test/readiness", json={"ready": ready}).status_code == 200
+
+
+def _token(server: MxdProcess, scopes: list[str], mailboxes: list[str] | None = None) -> str:
+    body = {"name": "agent", "scopes": scopes}
+    if mailboxes is not None:
+        body["mailboxes"] = mailboxes
+    r = server.api("POST", "/api/tokens", json=body)
+    assert r.status_code == 201, r.text
+    return r.json()["token"]
+
+
+def _received(receiver: MxdProcess, subject: str, count: int = 1) -> list[dict]:
+    def find():
+        found = [m for m in receiver.messages("bob@peer.test") if m["subject"] == subject]
+        return found if len(found) >= count else None
+    return _wait(find) or []
+
+
+def test_domain_not_ready_is_a_hard_stop(world):
+    sender, _, _ = world
+    _ready(sender, False)
+    r = sender.api("POST", "/api/send", json={"from": "agent@example.test", "to": "bob@peer.test",
+                                              "subject": "x", "text": "x"})
+    assert r.status_code == 422
+    err = r.json()["error"]
+    assert err["code"] == "domain_not_ready" and err["hard_stop"] is True and "readiness" in err["fix"]
+    _ready(sender)
+
+
+def test_send_reaches_the_other_mxd_signed_and_aligned(world):
+    sender, receiver, _ = world
+    _ready(sender)
+    r = sender.api("POST", "/api/send", json={
+        "from": "agent@example.test", "to": ["Bob <bob@peer.test>"], "subject": "hello peer",
+        "text": "plain body", "html": "<p>html body</p>",
+        "attachments": [{"filename": "a.txt", "content_type": "text/plain",
+                         "content": base64.b64encode(b"attached bytes").decode()}]})
+    assert r.status_code == 202, r.text
+    sent = r.json()
+    assert sent["id"].startswith("msg_") and sent["status"] == "queued"
+    [got] = _received(receiver, "hello peer")
+    detail = receiver.api("GET", f"/api/messages/{got['id']}").json()
+    assert [d["result"] for d in detail["auth"]["dkim"]] == ["pass", "pass"]
+    assert {d["domain"] for d in detail["auth"]["dkim"]} == {"example.test"}
+    assert detail["auth"]["spf"] == "pass" and detail["auth"]["dmarc"] == "pass"
+    assert "header.a=rsa-sha256" in detail["authentication_results"]
+    assert "header.a=ed25519-sha256" in detail["authentication_results"]
+    assert detail["text"].strip() == "plain body" and "html body" in detail["html"]
+    assert [a["filename"] for a in detail["attachments"]] == ["a.txt"]
+    assert detail["envelope"]["mail_from"].startswith("bounces+q_")
+    mine = _wait(lambda: (lambda d: d if d["delivery"][0]["status"] == "delivered" else None)(
+        sender.api("GET", f"/api/messages/{sent['id']}").json()))
+    assert mine["direction"] == "out"
+    assert mine["delivery"][0]["last_reply"].startswith("250 2.0.0 OK queued as inb_")
+
+
+def test_reply_stays_in_the_thread_on_both_sides(world):
+    sender, receiver, _ = world
+    first = sender.api("POST", "/api/send", json={"from": "agent@example.test", "to": "bob@peer.test",
+                                                  "subject": "thread me", "text": "one"}).json()
+    [got] = _received(receiver, "thread me")
+    token = _token(receiver, ["read", "send"], ["bob@peer.test"])
+    assert receiver.api("PUT", "/api/domains/peer.test/readiness", json={"ready": True}).status_code == 200
+    r = receiver.api("POST", f"/api/messages/{got['id']}/reply", token=token, json={"text": "two"})
+    assert r.status_code == 202, r.text
+
+    def replied():
+        return [m for m in sender.messages("agent@example.test") if m["subject"] == "Re: thread me"]
+    # peer.test publishes no keys in the test zone, so its signatures do not verify; delivery still works.
+    [reply] = _wait(replied)
+    assert reply["thread_id"] == first["thread_id"]
+    parent = sender.api("GET", f"/api/messages/{reply['id']}").json()
+    assert parent["in_reply_to"] == [first["message_id"]]
+
+
+def test_idempotency_key_replays_and_conflicts(world):
+    sender, receiver, _ = world
+    body = {"from": "agent@example.test", "to": "bob@peer.test", "subject": "once only", "text": "x"}
+    headers = {"Idempotency-Key": "key-123"}
+    a = sender.api("POST", "/api/send", json=body, headers=dict(headers))
+    b = sender.api("POST", "/api/send", json=body, headers=dict(headers))
+    assert a.status_code == 202 and b.status_code == 200
+    assert a.json()["id"] == b.json()["id"] and b.json()["idempotent_replay"] is True
+    c = sender.api("POST", "/api/send", json=dict(body, text="different"), headers=dict(headers))
+    assert c.status_code == 409 and c.json()["error"]["code"] == "idempotency_conflict"
+    time.sleep(1.0)
+    assert len(_received(receiver, "once only")) == 1
+
+
+@pytest.mark.parametrize("field, value", [
+    ("subject", "hi\r\nBcc: victim@peer.test"),
+    ("from_name", "Agent\nX-Evil: 1"),
+    ("headers", {"X-Tag": "a\r\nBcc: victim@peer.test"}),
+    ("headers", {"X-Tag\r\nBcc": "v"}),
+    ("to", ["bob@peer.test\r\nRCPT TO:<victim@peer.test>"]),
+])
+def test_header_injection_through_the_api_is_refused(world, field, value):
+    sender, _, _ = world
+    body = {"from": "agent@example.test", "to": "bob@peer.test", "subject": "s", "text": "t", field: value}
+    r = sender.api("POST", "/api/send", json=body)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["code"] in ("header_injection", "invalid_address")
+
+
+def test_send_scope_and_mailbox_are_enforced(world):
+    sender, _, _ = world
+    read_only = _token(sender, ["read", "search", "draft"], ["agent@example.test"])
+    r = sender.api("POST", "/api/send", token=read_only, json={"from": "agent@example.test", "to": "bob@peer.test",
+                                                               "subject": "s", "text": "t"})
+    assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden"
+    agent = _token(sender, ["send"], ["agent@example.test"])
+    r = sender.api("POST", "/api/send", token=agent, json={"from": "other@example.test", "to": "bob@peer.test",
+                                                           "subject": "s", "text": "t"})
+    assert r.status_code == 403 and r.json()["error"]["code"] == "sender_not_allowed"
+
+
+def test_suppressed_recipient_is_refused(world):
+    sender, _, _ = world
+    assert sender.api("POST", "/api/suppressions", json={"address": "gone@peer.test"}).status_code == 201
+    r = sender.api("POST", "/api/send", json={"from": "agent@example.test", "to": "gone@peer.test",
+                                              "subject": "s", "text": "t"})
+    assert r.status_code == 422 and r.json()["error"]["code"] == "recipient_suppressed"
+    assert sender.api("DELETE", "/api/suppressions/gone@peer.test").status_code == 204
+
+
+def test_local_recipient_is_delivered_without_smtp(world):
+    sender, _, _ = world
+    r = sender.api("POST", "/api/send", json={"from": "agent@example.test", "to": "other@example.test",
+                                              "subject": "inside", "text": "local"})
+    assert r.status_code == 202
+    assert r.json()["recipients"] == [{"address": "other@example.test", "status": "delivered", "queue_id": None}]
+    got = _wait(lambda: [m for m in sender.messages("other@example.test") if m["subject"] == "inside"])
+    assert got and got[0]["from"]["address"] == "agent@example.test"
+
+
+def test_drafts_create_get_send(world):
+    sender, receiver, _ = world
+    token = _token(sender, ["draft", "send", "read"], ["agent@example.test"])
+    r = sender.api("POST", "/api/drafts", token=token, json={"from": "agent@example.test", "to": "bob@peer.test",
+                                                             "subject": "drafted", "text": "later"})
+    assert r.status_code == 201, r.text
+    draft = r.json()
+    assert draft["id"].startswith("drf_")
+    assert sender.api("GET", f"/api/drafts/{draft['id']}", token=token).json()["subject"] == "drafted"
+    listed = sender.api("GET", "/api/drafts", token=token).json()["data"]
+    assert draft["id"] in [d["id"] for d in listed]
+    r = sender.api("POST", f"/api/drafts/{draft['id']}/send", token=token)
+    assert r.status_code == 202, r.text
+    assert sender.api("POST", f"/api/drafts/{draft['id']}/send", token=token).status_code == 409
+    assert len(_received(receiver, "drafted")) == 1
+
+
+# ---------------------------------------------------------------- SMTP submission
+def _submission_message(subject: str, sender: str = "agent@example.test") -> bytes:
+    return (f"From: {sender}\r\nTo: bob@peer.test\r\nSubject: {subject}\r\n\r\nsubmitted body\r\n").encode()
+
+
+def test_submission_587_requires_starttls_before_auth(world):
+    sender, _, _ = world
+    with smtplib.SMTP("127.0.0.1", sender.submission_port, timeout=10) as s:
+        s.ehlo("agent.test")
+        assert "auth" not in s.esmtp_features
+        code, _ = s.docmd("AUTH", "PLAIN " + base64.b64encode(b"\0agent@example.test\0x").decode())
+        assert code == 530
+        code, _ = s.docmd("MAIL", "FROM:<agent@example.test>")
+        assert code == 530
+
+
+def _tls() -> ssl.SSLContext:
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def test_submission_587_sends_with_a_send_token(world):
+    sender, receiver, _ = world
+    token = _token(sender, ["send"], ["agent@example.test"])
+    with smtplib.SMTP("127.0.0.1", sender.submission_port, timeout=10) as s:
+        s.starttls(context=_tls())
+        s.login("agent@example.test", token)
+        s.sendmail("agent@example.test", ["bob@peer.test"], _submission_message("via 587"))
+    [got] = _received(receiver, "via 587")
+    detail = receiver.api("GET", f"/api/messages/{got['id']}").json()
+    assert [d["result"] for d in detail["auth"]["dkim"]] == ["pass", "pass"]
+
+
+def test_submission_465_implicit_tls(world):
+    sender, receiver, _ = world
+    token = _token(sender, ["send"], ["agent@example.test"])
+    with smtplib.SMTP_SSL("127.0.0.1", sender.submissions_port, timeout=10, context=_tls()) as s:
+        s.login("agent@example.test", token)
+        s.sendmail("agent@example.test", ["bob@peer.test"], _submission_message("via 465"))
+    assert len(_received(receiver, "via 465")) == 1
+
+
+@pytest.mark.parametrize("case", ["wrong_token", "read_only", "other_mailbox"])
+def test_submission_refuses_bad_credentials(world, case):
+    sender, _, _ = world
+    good = _token(sender, ["send"], ["agent@example.test"])
+    read_only = _token(sender, ["read"], ["agent@example.test"])
+    with smtplib.SMTP("127.0.0.1", sender.submission_port, timeout=10) as s:
+        s.starttls(context=_tls())
+        if case == "wrong_token":
+            with pytest.raises(smtplib.SMTPAuthenticationError) as err:
+                s.login("agent@example.test", "mxd_not_a_token")
+            assert err.value.smtp_code == 535
+        elif case == "read_only":
+            with pytest.raises(smtplib.SMTPAuthenticationError):
+                s.login("agent@example.test", read_only)
+        else:
+            with pytest.raises(smtplib.SMTPAuthenticationError):
+                s.login("other@example.test", good)
+
+
+def test_submission_refuses_sending_as_another_mailbox(world):
+    sender, _, _ = world
+    token = _token(sender, ["send"], ["agent@example.test"])
+    with smtplib.SMTP("127.0.0.1", sender.submission_port, timeout=10) as s:
+        s.starttls(context=_tls())
+        s.login("agent@example.test", token)
+        code, msg = s.docmd("MAIL", "FROM:<other@example.test>")
+        assert code == 550 and b"5.7.1" in msg
+        s.rset()
+        with pytest.raises(smtplib.SMTPDataError) as err:
+            s.sendmail("agent@example.test", ["bob@peer.test"],
+                       _submission_message("forged from", sender="other@example.test"))
+        assert err.value.smtp_code == 550
+
+
+def test_queue_api_lists_entries(world):
+    sender, _, _ = world
+    body = sender.api("GET", "/api/queue", params={"limit": 5}).json()
+    assert body["data"] and {"id", "recipient", "status", "attempts", "last_reply"} <= set(body["data"][0])
+    assert httpx.get(sender.url("/api/queue")).status_code == 401
