@@ -334,7 +334,9 @@ class Connection:
                     return self._all(recipients, 554, "5.6.9", "UTF-8 header fields and the server does not offer SMTPUTF8")
                 options.append("SMTPUTF8")                       # RFC 6531 3.4
             if not message.isascii() and smtp.supports_extension("8bitmime"):
-                options.append("BODY=8BITMIME")                  # RFC 6152 2
+                # RFC 6152 2; without 8BITMIME an 8-bit body still goes as is (no downgrade that
+                # would break DKIM), as most MTAs do; compose() writes 7-bit bodies anyway
+                options.append("BODY=8BITMIME")
             if smtp.supports_extension("size"):
                 limit = smtp.esmtp_extensions.get("size", "").strip()
                 if limit.isdigit() and 0 < int(limit) < len(message):

@@ -36,7 +36,6 @@ _PARAM = rf"{_TOKEN}=(?:{_TOKEN}|\"[ !#-\[\]-~]*\")"
 _CONTENT_TYPE = re.compile(rf"({_TOKEN})/({_TOKEN})((?:\s*;\s*{_PARAM})*)\s*;?\s*")
 _WS_TOKENS = re.compile(r"[ \t]*[^ \t]+|[ \t]+")
 _Q_SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789!*+-/")  # RFC 2047 5(3)
-_HIGH = bytes(range(128, 256))
 _LOW = bytes(range(128))
 
 
