@@ -160,3 +160,30 @@ def _resolve(job: _Job, ok: bool, value: Any) -> None:
         job.loop.call_soon_threadsafe(settle)
     except RuntimeError:  # loop closed during shutdown
         pass
+
+
+_PG_SQL: dict[str, str] = {}
+
+
+def _sql(sql: str) -> str:
+    if isinstance(proxy.obj, peewee.SqliteDatabase):
+        return sql
+    converted = _PG_SQL.get(sql)
+    if converted is None:
+        converted = _PG_SQL[sql] = sql.replace("?", "%s")
+    return converted
+
+
+def executemany(sql: str, rows: list) -> None:
+    if rows:
+        cursor = proxy.obj.cursor()
+        cursor.executemany(_sql(sql), rows)
+
+
+def execute(sql: str, params: tuple | list = ()) -> Any:
+    """Run hand-written SQL on the bound database (hot paths skip the query builder).
+
+    Write it with `?` placeholders and double-quoted identifiers; it is turned
+    into `%s` placeholders for PostgreSQL once and cached.
+    """
+    return proxy.obj.execute_sql(_sql(sql), params)

@@ -1,7 +1,11 @@
 """The outbox: every state change becomes a durable event row, written in the same transaction as the change."""
 from __future__ import annotations
 
+import json
+import time
 from typing import Any
+
+from mxd.db import execute
 
 from mxd.ids import new_id
 from mxd.store.models import Event
@@ -13,7 +17,9 @@ TYPES = ("message.received", "message.queued", "message.sent", "message.delivere
 def emit(type_: str, *, mailbox_id: str | None = None, message_id: str | None = None, **data: Any) -> str:
     assert type_ in TYPES, type_
     event_id = new_id("evt")
-    Event.insert(id=event_id, type=type_, mailbox_id=mailbox_id, message_id=message_id, data=data).execute()
+    execute('INSERT INTO "event" ("id", "type", "created_at", "mailbox_id", "message_id", "data") '
+            'VALUES (?, ?, ?, ?, ?, ?)',
+            (event_id, type_, time.time(), mailbox_id, message_id, json.dumps(data, separators=(",", ":"))))
     return event_id
 
 

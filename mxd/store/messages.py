@@ -1,6 +1,7 @@
 """Messages: turning a processed inbound transaction into per-mailbox messages, and reading them back."""
 from __future__ import annotations
 
+import json
 from datetime import datetime, timezone
 from typing import Any
 
@@ -8,7 +9,7 @@ from mxd.ids import new_id
 from mxd.store import search, threads
 from mxd import outbox
 from mxd.store.models import Attachment, Inbound, Mailbox, Message, Thread
-from mxd.db import proxy
+from mxd.db import execute, proxy
 
 SNIPPET = 200
 
@@ -17,61 +18,77 @@ def _addr_list(addresses: list[Any]) -> list[dict]:
     return [{"name": a.name, "address": a.address} for a in addresses]
 
 
+_COLUMNS = ("id", "mailbox_id", "inbound_id", "thread_id", "direction", "received_at", "envelope_from", "envelope_to",
+            "plus_tag", "message_id", "in_reply_to", "references", "subject", "from_addr", "to_addr", "cc_addr",
+            "reply_to", "date", "text", "html", "size", "auth_results", "auth", "parse_errors")
+_INSERT = ('INSERT INTO "message" (' + ", ".join(f'"{c}"' for c in _COLUMNS) + ") VALUES ("
+           + ", ".join("?" * len(_COLUMNS)) + ")")
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
 def deliver(inbound: Inbound, parsed: Any, auth: Any, trace: str, window_seconds: float,
             direction: str = "in") -> list[str]:
     """Create one message per distinct recipient mailbox; runs in the writer's transaction.
 
     `parsed` is a mxd.mime.parse.Parsed (or None when parsing itself failed),
-    `auth` an AuthResults or None. Marks the inbound row processed.
+    `auth` an AuthResults or None. Marks the inbound row processed. Hand-written
+    SQL: this runs for every message that arrives.
     """
-    if Inbound.select(Inbound.processed).where(Inbound.id == inbound.id).scalar():
+    row = execute('SELECT "processed" FROM "inbound" WHERE "id" = ?', (inbound.id,)).fetchone()
+    if row is None or row[0]:
         return []                                   # another worker got here first
-    mailbox_ids: list[tuple[str, dict]] = []
+    targets: dict[str, dict] = {}
     for rcpt in inbound.rcpts:
         for mid in rcpt["mailbox_ids"]:
-            if mid not in [m for m, _ in mailbox_ids]:
-                mailbox_ids.append((mid, rcpt))
-    existing = {m.id for m in Mailbox.select(Mailbox.id).where(Mailbox.id.in_([m for m, _ in mailbox_ids]))} \
-        if mailbox_ids else set()
+            targets.setdefault(mid, rcpt)
+    if targets:
+        existing = {r[0] for r in execute('SELECT "id" FROM "mailbox" WHERE "id" IN ('
+                                          + ",".join("?" * len(targets)) + ")", tuple(targets)).fetchall()}
+    else:
+        existing = set()
+    if parsed is not None:
+        fields = {
+            "message_id": parsed.message_id, "in_reply_to": parsed.in_reply_to, "references": parsed.references,
+            "subject": parsed.subject, "from_addr": _addr_list(parsed.from_), "to_addr": _addr_list(parsed.to),
+            "cc_addr": _addr_list(parsed.cc), "reply_to": _addr_list(parsed.reply_to),
+            "date": parsed.date.timestamp() if parsed.date else None, "text": parsed.text, "html": parsed.html,
+            "parse_errors": list(parsed.errors)}
+    else:
+        fields = {"message_id": None, "in_reply_to": [], "references": [], "subject": "", "from_addr": [],
+                  "to_addr": [], "cc_addr": [], "reply_to": [], "date": None, "text": "", "html": None,
+                  "parse_errors": ["the message could not be parsed; its raw bytes are kept"]}
+    when = fields["date"] if fields["date"] is not None else inbound.received_at
+    addresses = " ".join(f"{a['name']} {a['address']}" for a in
+                         fields["from_addr"] + fields["to_addr"] + fields["cc_addr"]) + " " + inbound.mail_from
     created: list[str] = []
-    size = len(inbound.data)
-    for mailbox_id, rcpt in mailbox_ids:
+    for mailbox_id, rcpt in targets.items():
         if mailbox_id not in existing:
             continue                                # the mailbox was deleted after RCPT
-        msg = Message(
-            id=new_id("msg"), mailbox=mailbox_id, inbound=inbound.id, direction=direction,
-            received_at=inbound.received_at, envelope_from=inbound.mail_from, envelope_to=rcpt["address"],
-            plus_tag=rcpt.get("tag"), size=size,
-            auth_results=auth.header_value if auth else "", auth=auth_dict(auth) if auth else None,
-        )
-        if parsed is not None:
-            msg.message_id = parsed.message_id
-            msg.in_reply_to = parsed.in_reply_to
-            msg.references = parsed.references
-            msg.subject = parsed.subject
-            msg.from_addr = _addr_list(parsed.from_)
-            msg.to_addr = _addr_list(parsed.to)
-            msg.cc_addr = _addr_list(parsed.cc)
-            msg.reply_to = _addr_list(parsed.reply_to)
-            msg.date = parsed.date.timestamp() if parsed.date else None
-            msg.text = parsed.text
-            msg.html = parsed.html
-            msg.parse_errors = list(parsed.errors)
-        else:
-            msg.parse_errors = ["the message could not be parsed; its raw bytes are kept"]
-        msg.save(force_insert=True)
+        msg_id = new_id("msg")
+        thread_id = threads.assign(mailbox_id, fields["message_id"], fields["in_reply_to"], fields["references"],
+                                   fields["subject"], when, window_seconds)
+        values = {
+            "id": msg_id, "mailbox_id": mailbox_id, "inbound_id": inbound.id, "thread_id": thread_id,
+            "direction": direction, "received_at": inbound.received_at, "envelope_from": inbound.mail_from,
+            "envelope_to": rcpt["address"], "plus_tag": rcpt.get("tag"), "size": len(inbound.data),
+            "auth_results": auth.header_value if auth else "", "auth": _json(auth_dict(auth)) if auth else None,
+            **fields}
+        for key in ("in_reply_to", "references", "from_addr", "to_addr", "cc_addr", "reply_to", "parse_errors"):
+            values[key] = _json(values[key])
+        execute(_INSERT, tuple(values[c] for c in _COLUMNS))
         if parsed is not None and parsed.attachments:
             Attachment.insert_many([{
-                "id": new_id("att"), "message": msg.id, "part_index": a.index, "filename": a.filename,
+                "id": new_id("att"), "message": msg_id, "part_index": a.index, "filename": a.filename,
                 "content_type": a.content_type[:255], "size": a.size, "content_id": (a.content_id or None),
                 "disposition": a.disposition} for a in parsed.attachments]).execute()
-        threads.assign(msg, window_seconds)
-        addresses = " ".join(f"{a['name']} {a['address']}" for a in msg.from_addr + msg.to_addr + msg.cc_addr)
-        search.index(proxy.obj, msg.id, mailbox_id, msg.subject, addresses + " " + inbound.mail_from, msg.text)
+        search.index(proxy.obj, msg_id, mailbox_id, fields["subject"], addresses, fields["text"])
         if direction == "in":
-            outbox.emit("message.received", mailbox_id=mailbox_id, message_id=msg.id, thread_id=msg.thread_id)
-        created.append(msg.id)
-    Inbound.update(processed=True, trace=trace).where(Inbound.id == inbound.id).execute()
+            outbox.emit("message.received", mailbox_id=mailbox_id, message_id=msg_id, thread_id=thread_id)
+        created.append(msg_id)
+    execute('UPDATE "inbound" SET "processed" = ?, "trace" = ? WHERE "id" = ?', (True, trace, inbound.id))
     return created
 
 

@@ -9,6 +9,7 @@ within the same mailbox and a bounded window.
 """
 from __future__ import annotations
 
+from mxd.db import execute, executemany
 from mxd.ids import new_id
 from mxd.mime.threading import is_reply_subject, normalize_subject
 from mxd.store.models import Message, Thread, ThreadRef
@@ -24,54 +25,54 @@ def message_ids(message_id: str | None, in_reply_to: list[str], references: list
     return ids
 
 
-def assign(msg: Message, window_seconds: float) -> Thread:
-    """Put msg (saved, with parsed fields) into a thread; runs in the writer's transaction."""
-    mailbox_id = msg.mailbox_id
-    ids = message_ids(msg.message_id, msg.in_reply_to or [], msg.references or [])
-    known = {}
-    if ids:
-        known = {r.msgid: r.thread_id for r in
-                 ThreadRef.select(ThreadRef.msgid, ThreadRef.thread).where(
-                     (ThreadRef.mailbox == mailbox_id) & ThreadRef.msgid.in_(ids))}
-    norm = normalize_subject(msg.subject or "")[:255]
-    when = msg.date if msg.date is not None else msg.received_at
+def assign(mailbox_id: str, message_id: str | None, in_reply_to: list[str], references: list[str], subject: str,
+           when: float, window_seconds: float) -> str:
+    """The thread id for a new message (inserted right after); runs in the writer's transaction.
 
+    Hand-written SQL: this runs for every message that arrives.
+    """
+    ids = message_ids(message_id, in_reply_to, references)
+    known: dict[str, str] = {}
+    if ids:
+        rows = execute('SELECT "msgid", "thread_id" FROM "thread_ref" WHERE "mailbox_id" = ? AND "msgid" IN ('
+                       + ",".join("?" * len(ids)) + ")", (mailbox_id, *ids)).fetchall()
+        known = {msgid: thread for msgid, thread in rows}
+    norm = normalize_subject(subject)[:255]
     thread_ids = set(known.values())
-    if not thread_ids and not msg.in_reply_to and not msg.references and norm and is_reply_subject(msg.subject or ""):
-        match = (Thread.select().where((Thread.mailbox == mailbox_id) & (Thread.norm_subject == norm)
-                                       & (Thread.last_at >= when - window_seconds))
-                 .order_by(Thread.last_at.desc()).first())
-        if match:
-            thread_ids = {match.id}
+    if not thread_ids and not in_reply_to and not references and norm and is_reply_subject(subject):
+        row = execute('SELECT "id" FROM "thread" WHERE "mailbox_id" = ? AND "norm_subject" = ? AND "last_at" >= ? '
+                      'ORDER BY "last_at" DESC LIMIT 1', (mailbox_id, norm, when - window_seconds)).fetchone()
+        if row:
+            thread_ids = {row[0]}
 
     if not thread_ids:
-        thread = Thread.create(id=new_id("thr"), mailbox=mailbox_id, subject=msg.subject or "",
-                               norm_subject=norm, first_at=when, last_at=when, message_count=0)
+        thread_id = new_id("thr")
+        execute('INSERT INTO "thread" ("id", "mailbox_id", "subject", "norm_subject", "first_at", "last_at", '
+                '"message_count") VALUES (?, ?, ?, ?, ?, ?, 1)', (thread_id, mailbox_id, subject, norm, when, when))
     else:
-        threads = sorted(Thread.select().where(Thread.id.in_(list(thread_ids))), key=lambda t: (t.first_at, t.id))
-        thread = threads[0]
-        for other in threads[1:]:
-            _merge(other, thread)
-
+        if len(thread_ids) > 1:
+            threads = sorted(Thread.select().where(Thread.id.in_(list(thread_ids))), key=lambda t: (t.first_at, t.id))
+            for other in threads[1:]:
+                _merge(other, threads[0])
+            thread_id = threads[0].id
+        else:
+            thread_id = next(iter(thread_ids))
+        cur_subject, first_at = execute('SELECT "subject", "first_at" FROM "thread" WHERE "id" = ?',
+                                        (thread_id,)).fetchone()
+        # A message that references nothing is a root: its subject names the thread, unless an earlier root did.
+        is_root = not in_reply_to and not references
+        if when < first_at or (is_root and is_reply_subject(cur_subject)):
+            cur_subject, norm_subject = subject, norm
+        else:
+            norm_subject = normalize_subject(cur_subject)[:255]
+        execute('UPDATE "thread" SET "subject" = ?, "norm_subject" = ?, "first_at" = ?, '
+                '"last_at" = CASE WHEN "last_at" > ? THEN "last_at" ELSE ? END, '
+                '"message_count" = "message_count" + 1 WHERE "id" = ?',
+                (cur_subject, norm_subject, min(first_at, when), when, when, thread_id))
     missing = [i for i in ids if i not in known]
-    if missing:
-        ThreadRef.insert_many([{"mailbox": mailbox_id, "msgid": i, "thread": thread.id} for i in missing]).execute()
-    if len(thread_ids) > 1 or any(known[i] != thread.id for i in known):
-        ThreadRef.update(thread=thread.id).where(
-            (ThreadRef.mailbox == mailbox_id) & ThreadRef.msgid.in_(ids)).execute()
-
-    msg.thread = thread.id
-    Message.update(thread=thread.id).where(Message.id == msg.id).execute()
-    # A message that references nothing is a root: its subject names the thread, unless an earlier root did.
-    is_root = not msg.in_reply_to and not msg.references
-    if thread.message_count == 0 or when < thread.first_at or (is_root and is_reply_subject(thread.subject)):
-        thread.subject = msg.subject or ""
-        thread.norm_subject = norm
-    thread.first_at = min(thread.first_at, when)
-    thread.last_at = max(thread.last_at, when)
-    thread.message_count += 1
-    thread.save()
-    return thread
+    executemany('INSERT INTO "thread_ref" ("mailbox_id", "msgid", "thread_id") VALUES (?, ?, ?)',
+                [(mailbox_id, i, thread_id) for i in missing])
+    return thread_id
 
 
 def _merge(src: Thread, dst: Thread) -> None:
@@ -82,6 +83,7 @@ def _merge(src: Thread, dst: Thread) -> None:
         dst.first_at, dst.subject, dst.norm_subject = src.first_at, src.subject, src.norm_subject
     dst.last_at = max(dst.last_at, src.last_at)
     Thread.delete().where(Thread.id == src.id).execute()
+    dst.save()
 
 
 def list_threads(mailbox_ids: list[str] | None, limit: int, before: str | None) -> list[Thread]:
