@@ -356,3 +356,21 @@ def test_sigterm_finishes_open_transaction(tmp_path):
         assert [m["subject"] for m in proc.wait_messages(1, "agent@example.test")] == ["during shutdown"]
     finally:
         proc.stop()
+
+
+def test_dot_stuffing_and_pipelined_commands_after_data(server):
+    c = RawSMTP("127.0.0.1", server.mx_port)
+    c.cmd("EHLO client.test")
+    # The whole transaction and the next one in one write (RFC 2920 PIPELINING).
+    c.send(b"MAIL FROM:<s@remote.test>\r\nRCPT TO:<agent@example.test>\r\nDATA\r\n")
+    assert [c.reply()[:3] for _ in range(3)] == ["250", "250", "354"]
+    c.send(b"Subject: dots\r\n\r\n..leading dot\r\n..\r\nend.\r\n.\r\n"
+           b"MAIL FROM:<s@remote.test>\r\nRCPT TO:<agent@example.test>\r\nDATA\r\n")
+    assert [c.reply()[:3] for _ in range(4)] == ["250", "250", "250", "354"]
+    c.send(b".\r\n")                                  # an empty message is still a message
+    assert c.reply().startswith("250")
+    assert c.cmd("QUIT").startswith("221")
+    c.close()
+    [m] = _find(server, "dots")
+    raw = server.api("GET", f"/api/messages/{m['id']}/raw").content
+    assert raw.endswith(b"Subject: dots\r\n\r\n.leading dot\r\n.\r\nend.\r\n")
