@@ -7,6 +7,7 @@ temporary failure (SERVFAIL, timeout, no reachable nameserver) raises
 from __future__ import annotations
 
 import ipaddress
+import time
 from typing import Any, Mapping, Protocol
 
 import dns.asyncresolver
@@ -97,13 +98,26 @@ class DNSPythonResolver:
             r.timeout = min(timeout, 2.0) if len(servers) > 1 else timeout
             r.cache = cache
             r.use_search_by_default = False
+        self._front: dict[tuple[str, str], tuple[float, list]] = {}
+        self._front_size = cache_size
 
     def _query(self, name: str, rdtype: str) -> list:
+        # A plain dict in front of dnspython's cache: inbound mail asks the same few names
+        # (SPF, DMARC) for every message, and dnspython's own lookup path is costly per call.
+        key = (name.lower(), rdtype)
+        hit = self._front.get(key)
+        if hit is not None and hit[0] > time.monotonic():
+            return hit[1]
         try:
             answer = self._sync.resolve(name, rdtype, raise_on_no_answer=False, search=False)
         except Exception as e:
             return self._failure(name, rdtype, e)
-        return _convert(rdtype, answer.rrset or [])
+        result = _convert(rdtype, answer.rrset or [])
+        if answer.rrset is not None and answer.rrset.ttl > 0 and self._front_size:
+            if len(self._front) >= self._front_size:
+                self._front.clear()
+            self._front[key] = (time.monotonic() + min(answer.rrset.ttl, 3600), result)
+        return result
 
     async def _aquery(self, name: str, rdtype: str) -> list:
         try:

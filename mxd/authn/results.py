@@ -12,6 +12,7 @@ from mxd.authn.spf import SpfResult
 
 _TOKEN = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`{|}~-]+\Z")   # RFC 2045 token, what authres leaves unquoted
 _DOMAIN = re.compile(r"[A-Za-z0-9_.-]+\Z")
+_BASE64 = re.compile(r"[A-Za-z0-9+/=]+\Z")      # authres quotes these ("/" and "=" are tspecials)
 _ADDRESS = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+@[A-Za-z0-9_.-]+\Z")   # dot-atom@domain
 
 
@@ -41,7 +42,7 @@ def _spf(spf: SpfResult) -> AuthenticationResult:
 def _dkim(sig: DkimResult) -> AuthenticationResult:
     # RFC 8601 2.7.1 header.d / header.s / header.a, RFC 6008 header.b
     props = (_prop("header", "d", sig.domain, _DOMAIN) + _prop("header", "s", sig.selector, _DOMAIN)
-             + _prop("header", "a", sig.algorithm) + _prop("header", "b", sig.header_b))
+             + _prop("header", "a", sig.algorithm) + _prop("header", "b", sig.header_b, _BASE64))
     reason = _reason(sig.reason) if sig.result != "pass" else None
     return AuthenticationResult("dkim", result=sig.result, reason=reason, properties=props)
 

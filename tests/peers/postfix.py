@@ -1,8 +1,9 @@
 """A private Postfix instance as a test peer (relay in front of mxd, or a discard sink for benchmarks).
 
 Each PostfixPeer owns its config, queue and data directories under `workdir`, listens for SMTP on
-127.0.0.1:listen_port only, never asks DNS, and logs to `workdir/maillog` (there is no syslog
-here). Several can run side by side. Everything runs as root (Postfix itself drops to
+listen_host:listen_port only (127.0.0.1 unless told otherwise), never asks DNS, and logs to
+`workdir/maillog` (there is no syslog here). With `virtual_mailboxes` it is also the final
+destination of those domains and stores their mail in Maildirs under `workdir/mail`. Several can run side by side. Everything runs as root (Postfix itself drops to
 `mail_owner = postfix`); `postfix -c DIR` as root needs no `alternate_config_directories`.
 """
 from __future__ import annotations
@@ -41,6 +42,7 @@ showq     unix  n       -       n       -       -       showq
 error     unix  -       -       n       -       -       error
 retry     unix  -       -       n       -       -       error
 discard   unix  -       -       n       -       -       discard
+virtual   unix  -       n       n       -       -       virtual
 local     unix  -       n       n       -       -       local
 anvil     unix  -       -       n       -       1       anvil
 scache    unix  -       -       n       -       1       scache
@@ -68,9 +70,15 @@ class PostfixError(RuntimeError):
 class PostfixPeer:
     def __init__(self, workdir: Path, listen_port: int, *, relay_domains: dict[str, str] | None = None,
                  discard_domains: list[str] | tuple[str, ...] = (), hostname: str = "postfix.test",
-                 extra: dict[str, str] | None = None) -> None:
+                 extra: dict[str, str] | None = None, listen_host: str = "127.0.0.1",
+                 virtual_mailboxes: dict[str, list[str]] | None = None) -> None:
+        """virtual_mailboxes: {"domain": ["local", ...]} makes Postfix the final destination of each domain,
+        delivering local@domain to the Maildir `workdir/mail/domain/local/` (see `maildir`)."""
         self.workdir = Path(workdir).resolve()
         self.listen_port = listen_port
+        self.listen_host = listen_host
+        self.virtual_mailboxes = {d: list(users) for d, users in (virtual_mailboxes or {}).items()}
+        self.mail_dir = self.workdir / "mail"
         self.relay_domains = dict(relay_domains or {})
         self.discard_domains = list(discard_domains)
         self.hostname = hostname
@@ -127,8 +135,35 @@ class PostfixPeer:
             # Local pickup/sendmail are never used; keep postdrop happy anyway.
             "authorized_submit_users": "static:anyone",
         }
+        if self.virtual_mailboxes:
+            maps = [f"{user}@{domain}={domain}/{user}/" for domain, users in self.virtual_mailboxes.items()
+                    for user in users]                      # a trailing slash means Maildir (virtual(8))
+            uid, gid = self.mail_owner()
+            cf.update({
+                "virtual_mailbox_domains": ", ".join(self.virtual_mailboxes),
+                "virtual_mailbox_base": str(self.mail_dir),
+                "virtual_mailbox_maps": "inline:{" + ", ".join(maps) + "}",
+                "virtual_uid_maps": f"static:{uid}",
+                "virtual_gid_maps": f"static:{gid}",
+                "virtual_transport": "virtual",
+            })
         cf.update(self.extra)
         return cf
+
+    def mail_owner(self) -> tuple[int, int]:
+        """The uid/gid Maildir delivery runs as: the workdir's owner, or nobody (65534) when that is root or
+        another system account (virtual(8) refuses uids below virtual_minimum_uid, 100)."""
+        st = self.workdir.stat()
+        return (st.st_uid, st.st_gid) if st.st_uid >= 100 else (65534, 65534)
+
+    def maildir(self, address: str) -> Path:
+        local, domain = address.rsplit("@", 1)
+        return self.mail_dir / domain / local
+
+    def delivered(self, address: str) -> list[Path]:
+        """The files in address's Maildir (new/ and cur/), oldest first."""
+        found = [p for sub in ("new", "cur") for p in (self.maildir(address) / sub).glob("*") if p.is_file()]
+        return sorted(found, key=lambda p: p.stat().st_mtime)
 
     def write_config(self) -> None:
         self.config_dir.mkdir(parents=True, exist_ok=True)
@@ -139,6 +174,12 @@ class PostfixPeer:
         os.chmod(self.queue_dir, 0o755)
         shutil.chown(self.data_dir, "postfix", "postfix")
         os.chmod(self.data_dir, 0o700)
+        if self.virtual_mailboxes:
+            self.workdir.mkdir(parents=True, exist_ok=True)
+            uid, gid = self.mail_owner()
+            self.mail_dir.mkdir(exist_ok=True)
+            os.chown(self.mail_dir, uid, gid)
+            os.chmod(self.mail_dir, 0o700)
         # The workdir (pytest tmp, mode 0700) must be traversable by the postfix user.
         for parent in [self.workdir, *self.workdir.parents]:
             if parent == Path("/"):
@@ -149,7 +190,7 @@ class PostfixPeer:
         lines = [f"{k} = {v}" for k, v in self.main_cf().items()]
         (self.config_dir / "main.cf").write_text("\n".join(lines) + "\n")
         (self.config_dir / "master.cf").write_text(
-            _MASTER_CF.format(listen=f"127.0.0.1:{self.listen_port}"))
+            _MASTER_CF.format(listen=f"{self.listen_host}:{self.listen_port}"))
         self.maillog.touch()
 
     # ------------------------------------------------------------ lifecycle
@@ -178,7 +219,7 @@ class PostfixPeer:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
-                with socket.create_connection(("127.0.0.1", self.listen_port), timeout=1) as s:
+                with socket.create_connection((self.listen_host, self.listen_port), timeout=1) as s:
                     s.settimeout(5)
                     if s.recv(512).startswith(b"220"):
                         return self
