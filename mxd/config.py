@@ -86,6 +86,8 @@ class Config:
     # --- processing ---
     auth_checks: bool = True
     """Run SPF, DKIM and DMARC on inbound mail and record Authentication-Results."""
+    pipeline_processes: int = 1
+    """Worker processes that parse and authenticate inbound mail (0: threads in the main process)."""
 
     # --- submission (agents and scripts sending mail) ---
     submission_listen: str = "0.0.0.0:587"

@@ -1,46 +1,106 @@
 """The inbound pipeline worker: parse, authenticate, thread, index and announce every committed message.
 
 It takes Inbound rows not yet processed (after a crash too, so nothing that got
-a 250 is left behind), does the CPU and DNS work on worker threads, and writes
-each message's results in one transaction through the writer. A message that
-cannot be parsed is still delivered, raw, with its parse error.
+a 250 is left behind). Parsing and SPF/DKIM/DMARC are CPU work, so they run in
+a separate process (`pipeline_processes`, the GIL would otherwise share one
+core with the SMTP listener); each batch's results are then written through
+the writer, one savepoint per message. A message that cannot be parsed is
+still delivered, raw, with its parse error.
 """
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import json
 import logging
+import multiprocessing
+from dataclasses import dataclass
 from typing import Any
 
 from mxd.config import Config
-from mxd.db import Database
-from mxd.mime.parse import parse
-from mxd.resolver import Resolver
+from mxd.db import Database, execute, proxy
 from mxd.delivery.bounces import bounce_received
 from mxd.delivery.dsn import parse_dsn
+from mxd.mime.parse import parse
+from mxd.resolver import Resolver, make_resolver
 from mxd.store import messages
-from mxd.store.models import Inbound
 
 log = logging.getLogger("mxd.pipeline")
 BATCH = 256
+CHUNK = 32
 
 
-def _pending(exclude: set[str], limit: int) -> list[Inbound]:
-    query = Inbound.select().where(Inbound.processed == False).order_by(Inbound.id).limit(limit + len(exclude))  # noqa: E712
-    return [row for row in query if row.id not in exclude][:limit]
+@dataclass
+class Pending:
+    """An unprocessed Inbound row, read without the ORM (this runs for every message)."""
+    id: str
+    received_at: float
+    source: str
+    mail_from: str
+    rcpts: list[dict]
+    remote_ip: str
+    helo: str
+    data: bytes
+    trace: str
+
+
+def _pending(exclude: set[str], limit: int) -> list[Pending]:
+    rows = execute('SELECT "id", "received_at", "source", "mail_from", "rcpts", "remote_ip", "helo", "data", "trace" '
+                   'FROM "inbound" WHERE "processed" = ? ORDER BY "id" LIMIT ?', (False, limit + len(exclude)))
+    out = [Pending(r[0], r[1], r[2], r[3], json.loads(r[4]), r[5], r[6], bytes(r[7]), r[8])
+           for r in rows.fetchall() if r[0] not in exclude]
+    return out[:limit]
+
+
+# ---------------------------------------------------------------- the analysis (runs in a worker process)
+_resolver: Resolver | None = None
+
+
+def _init_worker(nameservers: list[str], timeout: float) -> None:
+    global _resolver
+    _resolver = make_resolver(nameservers, timeout)
+
+
+def analyse(items: list[tuple[str, bytes, str, str, str, str, str]], auth_on: bool, authserv_id: str
+            ) -> list[tuple[Any, Any, str]]:
+    """(parsed, auth, trace) per (id, data, remote_ip, helo, mail_from, source, trace); never raises."""
+    from mxd.authn import authenticate
+    out = []
+    for inbound_id, data, ip, helo, mail_from, source, trace in items:
+        try:
+            parsed = parse(data)
+        except Exception:                      # parse() is not meant to raise; never lose the message if it does
+            log.exception("parser failed on %s", inbound_id)
+            parsed = None
+        auth = None
+        if auth_on and source == "smtp" and _resolver is not None:
+            try:
+                auth = authenticate(data, ip=ip, helo=helo, mail_from=mail_from, resolver=_resolver,
+                                    authserv_id=authserv_id)
+                trace = f"Authentication-Results: {auth.header_value}\r\n" + trace
+            except Exception:
+                log.exception("authentication checks failed on %s", inbound_id)
+        out.append((parsed, auth, trace))
+    return out
 
 
 class Pipeline:
-    def __init__(self, cfg: Config, db: Database, resolver: Resolver | None, workers: int = 4) -> None:
-        self.cfg, self.db, self.resolver = cfg, db, resolver
+    def __init__(self, cfg: Config, db: Database, resolver: Resolver | None) -> None:
+        self.cfg, self.db = cfg, db
         self.window = cfg.thread_subject_window_days * 86400.0
         self._wake = asyncio.Event()
-        self._pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="mxd-pipe")
+        if cfg.pipeline_processes > 0:
+            self._pool: concurrent.futures.Executor = concurrent.futures.ProcessPoolExecutor(
+                cfg.pipeline_processes, mp_context=multiprocessing.get_context("spawn"),
+                initializer=_init_worker, initargs=(cfg.dns_nameservers, cfg.dns_timeout))
+        else:
+            global _resolver
+            _resolver = resolver
+            self._pool = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="mxd-pipe")
         self._inflight: set[str] = set()
-        self._sem = asyncio.Semaphore(workers * 8)
+        self._slots = asyncio.Semaphore(max(2, cfg.pipeline_processes * 2))
         self._task: asyncio.Task | None = None
         self.processed = 0
-        self.idle = asyncio.Event()
 
     def notify(self) -> None:
         self._wake.set()
@@ -58,60 +118,45 @@ class Pipeline:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             self._wake.clear()
             rows = await self.db.read(_pending, set(self._inflight), BATCH)
             if not rows:
-                if not self._inflight:
-                    self.idle.set()
                 try:
                     await asyncio.wait_for(self._wake.wait(), timeout=5.0)
                 except asyncio.TimeoutError:
                     pass
                 continue
-            self.idle.clear()
-            for row in rows:
-                await self._sem.acquire()
-                self._inflight.add(row.id)
-                asyncio.get_running_loop().create_task(self._one(row))
+            for start in range(0, len(rows), CHUNK):
+                chunk = rows[start:start + CHUNK]
+                await self._slots.acquire()
+                self._inflight.update(r.id for r in chunk)
+                loop.create_task(self._chunk(chunk))
 
-    async def _one(self, row: Inbound) -> None:
+    async def _chunk(self, rows: list[Pending]) -> None:
         try:
-            loop = asyncio.get_running_loop()
-            parsed, auth, trace = await loop.run_in_executor(self._pool, self._analyse, row)
-            await self.db.write(self._store, row, parsed, auth, trace)
-            self.processed += 1
+            items = [(r.id, r.data, r.remote_ip, r.helo, r.mail_from, r.source, r.trace) for r in rows]
+            results = await asyncio.get_running_loop().run_in_executor(
+                self._pool, analyse, items, self.cfg.auth_checks, self.cfg.hostname)
+            await self.db.write(self._store, rows, results)
+            self.processed += len(rows)
         except Exception:
-            log.exception("processing inbound %s failed; it will be retried", row.id)
+            log.exception("processing %d inbound messages failed; they will be retried", len(rows))
             await asyncio.sleep(1.0)
         finally:
-            self._inflight.discard(row.id)
-            self._sem.release()
+            self._inflight.difference_update(r.id for r in rows)
+            self._slots.release()
             self._wake.set()
 
-    def _store(self, row: Inbound, parsed: Any, auth: Any, trace: str) -> None:
+    def _store(self, rows: list[Pending], results: list[tuple[Any, Any, str]]) -> None:
         """Runs in the writer: the messages, and for a bounce to a VERP address, the queue entry's fate."""
-        messages.deliver(row, parsed, auth, trace, self.window)
-        for rcpt in row.rcpts:
-            if rcpt.get("bounce_entry"):
-                bounce_received(rcpt["bounce_entry"], parse_dsn(bytes(row.data)))
-
-    def _analyse(self, row: Inbound) -> tuple[Any, Any, str]:
-        data = bytes(row.data)
-        try:
-            parsed = parse(data)
-        except Exception as exc:                  # parse() is not meant to raise; never lose the message if it does
-            log.exception("parser failed on %s", row.id)
-            parsed = None
-            _ = exc
-        auth = None
-        trace = row.trace
-        if self.cfg.auth_checks and self.resolver is not None and row.source == "smtp":
-            from mxd.authn import authenticate
+        for row, (parsed, auth, trace) in zip(rows, results):
             try:
-                auth = authenticate(data, ip=row.remote_ip, helo=row.helo, mail_from=row.mail_from,
-                                    resolver=self.resolver, authserv_id=self.cfg.hostname)
-                trace = f"Authentication-Results: {auth.header_value}\r\n" + trace
+                with proxy.obj.atomic():            # one message's failure spares the rest of the batch
+                    messages.deliver(row, parsed, auth, trace, self.window)
+                    for rcpt in row.rcpts:
+                        if rcpt.get("bounce_entry"):
+                            bounce_received(rcpt["bounce_entry"], parse_dsn(row.data))
             except Exception:
-                log.exception("authentication checks failed on %s", row.id)
-        return parsed, auth, trace
+                log.exception("storing inbound %s failed; it will be retried", row.id)

@@ -146,6 +146,7 @@ class PostfixPeer:
                 "virtual_uid_maps": f"static:{uid}",
                 "virtual_gid_maps": f"static:{gid}",
                 "virtual_transport": "virtual",
+                "virtual_mailbox_limit": cf["message_size_limit"],   # virtual(8) refuses a smaller one
             })
         cf.update(self.extra)
         return cf
