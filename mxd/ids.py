@@ -1,11 +1,12 @@
 """Prefixed, opaque, time-ordered identifiers (msg_, thr_, mbx_, dom_, tok_, evt_ ...).
 
-An id is the prefix and 24 Crockford base32 characters: 48 bits of milliseconds
-and 72 bits that are random at the start of each millisecond and then count up,
+An id is the prefix and 24 Crockford base32 characters: 50 bits of milliseconds
+and 70 bits that are random at the start of each millisecond and then count up,
 so ids made by one process sort in creation order (used as list cursors).
 """
 from __future__ import annotations
 
+import base64
 import secrets
 import threading
 import time
@@ -16,12 +17,7 @@ _last_ms = 0
 _last_rand = 0
 
 
-def _encode(value: int, length: int) -> str:
-    out = []
-    for _ in range(length):
-        out.append(_ALPHABET[value & 31])
-        value >>= 5
-    return "".join(reversed(out))
+_TO_CROCKFORD = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", _ALPHABET.encode())
 
 
 def new_id(prefix: str) -> str:
@@ -32,10 +28,12 @@ def new_id(prefix: str) -> str:
             ms = _last_ms
             _last_rand += 1
         else:
-            _last_rand = secrets.randbits(71)
+            _last_rand = secrets.randbits(69)
         _last_ms = ms
         rand = _last_rand
-    return f"{prefix}_{_encode(ms, 10)}{_encode(rand & ((1 << 70) - 1), 14)}"
+    # 50 bits of time then 70 bits of counter: 24 base32 characters, big-endian, so ids sort by time.
+    value = (ms << 70) | (rand & ((1 << 70) - 1))
+    return prefix + "_" + base64.b32encode(value.to_bytes(15, "big")).translate(_TO_CROCKFORD).decode()
 
 
 def has_prefix(value: str, prefix: str) -> bool:

@@ -139,7 +139,10 @@ class Pipeline:
             items = [(r.id, r.data, r.remote_ip, r.helo, r.mail_from, r.source, r.trace) for r in rows]
             results = await asyncio.get_running_loop().run_in_executor(
                 self._pool, analyse, items, self.cfg.auth_checks, self.cfg.hostname)
-            await self.db.write(self._store, rows, results)
+            try:
+                await self.db.write(self._store, rows, results, False)
+            except Exception:                       # one bad message: redo the batch one savepoint each
+                await self.db.write(self._store, rows, results, True)
             self.processed += len(rows)
         except Exception:
             log.exception("processing %d inbound messages failed; they will be retried", len(rows))
@@ -149,14 +152,24 @@ class Pipeline:
             self._slots.release()
             self._wake.set()
 
-    def _store(self, rows: list[Pending], results: list[tuple[Any, Any, str]]) -> None:
-        """Runs in the writer: the messages, and for a bounce to a VERP address, the queue entry's fate."""
+    def _store(self, rows: list[Pending], results: list[tuple[Any, Any, str]], careful: bool) -> None:
+        """Runs in the writer: the messages, and for a bounce to a VERP address, the queue entry's fate.
+
+        The batch first goes in as one unit; if anything fails, the writer rolls it back and it is
+        retried with a savepoint per message, so one bad message spares the rest.
+        """
         for row, (parsed, auth, trace) in zip(rows, results):
+            if not careful:
+                self._store_one(row, parsed, auth, trace)
+                continue
             try:
-                with proxy.obj.atomic():            # one message's failure spares the rest of the batch
-                    messages.deliver(row, parsed, auth, trace, self.window)
-                    for rcpt in row.rcpts:
-                        if rcpt.get("bounce_entry"):
-                            bounce_received(rcpt["bounce_entry"], parse_dsn(row.data))
+                with proxy.obj.atomic():
+                    self._store_one(row, parsed, auth, trace)
             except Exception:
                 log.exception("storing inbound %s failed; it will be retried", row.id)
+
+    def _store_one(self, row: Pending, parsed: Any, auth: Any, trace: str) -> None:
+        messages.deliver(row, parsed, auth, trace, self.window)
+        for rcpt in row.rcpts:
+            if rcpt.get("bounce_entry"):
+                bounce_received(rcpt["bounce_entry"], parse_dsn(row.data))

@@ -26,7 +26,7 @@ _INSERT = ('INSERT INTO "message" (' + ", ".join(f'"{c}"' for c in _COLUMNS) + "
 
 
 def _json(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"))
+    return json.dumps(value, separators=(",", ":")) if value else ("[]" if isinstance(value, list) else "null")
 
 
 def deliver(inbound: Inbound, parsed: Any, auth: Any, trace: str, window_seconds: float,
