@@ -35,7 +35,7 @@ def connect_url(url: str) -> peewee.Database:
             "synchronous": 2,          # FULL: a committed transaction survives power loss in WAL mode
             "foreign_keys": 1,
             "busy_timeout": 30000,
-            "cache_size": -32000,
+            "cache_size": -8000,        # KiB per connection; the writer and each reader thread have one
             "temp_store": "memory",
         }, check_same_thread=False)
     else:
