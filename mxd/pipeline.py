@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import ctypes
 import json
 import logging
 import multiprocessing
@@ -62,6 +63,14 @@ def _init_worker(nameservers: list[str], timeout: float) -> None:
 
 
 _threads: concurrent.futures.ThreadPoolExecutor | None = None
+
+
+def release_memory() -> None:
+    """Hand freed heap back to the system after a burst (glibc keeps it otherwise); a no-op elsewhere."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _analyse_one(item: tuple[str, bytes, str, str, str, str, str], auth_on: bool, authserv_id: str
@@ -134,15 +143,22 @@ class Pipeline:
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
+        busy = False
         while True:
             self._wake.clear()
             rows = await self.db.read(_pending, set(self._inflight), BATCH)
             if not rows:
+                if busy and not self._inflight:
+                    busy = False
+                    release_memory()
+                    if isinstance(self._pool, concurrent.futures.ProcessPoolExecutor):
+                        self._pool.submit(release_memory)
                 try:
                     await asyncio.wait_for(self._wake.wait(), timeout=5.0)
                 except asyncio.TimeoutError:
                     pass
                 continue
+            busy = True
             for start in range(0, len(rows), CHUNK):
                 chunk = rows[start:start + CHUNK]
                 await self._slots.acquire()
