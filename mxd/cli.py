@@ -91,6 +91,101 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dkim(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    try:
+        if args.action == "rotate":
+            found = keys.rotate_dkim_keys(cfg.dkim_dir, args.domain)
+        elif args.action == "retire":
+            if not args.selector:
+                raise MxdError("bad_request", "retire needs a SELECTOR", fix="mxd dkim list DOMAIN shows them")
+            found = keys.retire_dkim_key(cfg.dkim_dir, args.domain, args.selector)
+        else:
+            found = keys.load_dkim_keys(cfg.dkim_dir, args.domain)
+    except keys.KeyMaterialError as exc:
+        raise MxdError("bad_request", str(exc), fix="Check the domain and selector with: mxd dkim list DOMAIN") \
+            from None
+    rows = [{"selector": k.selector, "algorithm": k.algorithm, "state": k.state, "created": k.created,
+             "dns_name": k.dns_name, "dns_value": k.public_dns_value} for k in found]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for row in rows:
+        print(f"{row['selector']:<14} {row['algorithm']:<15} {row['state']:<10} {row['created']}")
+    published = [k for k in found if k.state in (keys.ACTIVE, keys.PUBLISHED)]
+    if args.action != "list" and published:
+        print("\nPublish (and keep published) these DNS records:")
+        for rec in dnsrecords.required_records(published[0].domain, cfg.hostname, published):
+            if "._domainkey." in rec.name:
+                print("  " + rec.zone_line())
+    return 0
+
+
+def _api(args: argparse.Namespace, method: str, path: str, body: dict | None = None) -> Any:
+    """Call the running daemon's API with $MXD_URL (default: the configured http_listen) and $MXD_TOKEN."""
+    import urllib.error
+    import urllib.request
+
+    base = os.environ.get("MXD_URL") or f"http://{_load(args).http_listen}"
+    token = os.environ.get("MXD_TOKEN", "")
+    if not token:
+        raise MxdError("unauthorized", "MXD_TOKEN is not set", fix="export MXD_TOKEN=<an admin token>")
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(base.rstrip("/") + path, data=data, method=method,
+                                 headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            raw = resp.read()
+    except urllib.error.HTTPError as exc:
+        try:
+            err = json.loads(exc.read())["error"]
+        except Exception:
+            raise MxdError("internal", f"HTTP {exc.code} from {base}") from None
+        raise MxdError(err.get("code", "internal"), err.get("message", ""), err.get("fix")) from None
+    except urllib.error.URLError as exc:
+        raise MxdError("internal", f"cannot reach {base}: {exc.reason}",
+                       fix="Is `mxd serve` running? Set MXD_URL to its HTTP address.") from None
+    return json.loads(raw) if raw else None
+
+
+def cmd_queue(args: argparse.Namespace) -> int:
+    if args.action != "list" and not args.id:
+        raise MxdError("bad_request", f"queue {args.action} needs a queue entry id", fix="mxd queue list shows them")
+    if args.action == "list":
+        query = f"?limit={args.limit}" + (f"&status={args.status}" if args.status else "")
+        result = _api(args, "GET", "/api/queue" + query)
+        rows = result["data"]
+    elif args.action == "delete":
+        _api(args, "DELETE", f"/api/queue/{args.id}")
+        rows = []
+    else:
+        rows = [_api(args, "POST", f"/api/queue/{args.id}/{args.action}")]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for row in rows:
+        print(f"{row['id']}  {row['status']:<9} {row['attempts']:>3}  {row['recipient']:<40} {row['last_reply'][:60]}")
+    return 0
+
+
+def cmd_suppressions(args: argparse.Namespace) -> int:
+    if args.action != "list" and not args.address:
+        raise MxdError("bad_request", f"suppressions {args.action} needs an address")
+    if args.action == "list":
+        rows = _api(args, "GET", "/api/suppressions?limit=500")["data"]
+    elif args.action == "add":
+        rows = [_api(args, "POST", "/api/suppressions", {"address": args.address, "reason": "operator"})]
+    else:
+        _api(args, "DELETE", f"/api/suppressions/{args.address}")
+        rows = []
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for row in rows:
+        print(f"{row['address']:<40} {row['reason']:<12} {row['created_at']}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mxd", description="A self-hosted mail server in one daemon.")
     common = argparse.ArgumentParser(add_help=False)
@@ -108,6 +203,27 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("serve", parents=[common], help="run the daemon")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("dkim", parents=[common], help="list, rotate or retire a domain's DKIM keys")
+    p.add_argument("action", choices=["list", "rotate", "retire"])
+    p.add_argument("domain")
+    p.add_argument("selector", nargs="?", help="with retire: the rotated-out selector to take out of DNS")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_dkim)
+
+    p = sub.add_parser("queue", parents=[common], help="the outbound queue (via the API: MXD_URL, MXD_TOKEN)")
+    p.add_argument("action", choices=["list", "retry", "hold", "release", "delete"])
+    p.add_argument("id", nargs="?", help="queue entry id (q_...) for retry, hold, release, delete")
+    p.add_argument("--status", help="with list: queued, deferred, held, delivered, failed")
+    p.add_argument("--limit", type=int, default=100)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_queue)
+
+    p = sub.add_parser("suppressions", parents=[common], help="the suppression list (via the API)")
+    p.add_argument("action", choices=["list", "add", "remove"])
+    p.add_argument("address", nargs="?")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_suppressions)
 
     args = parser.parse_args(argv)
     try:

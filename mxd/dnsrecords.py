@@ -84,7 +84,7 @@ def required_records(
     records.append(DnsRecord(domain, "TXT", " ".join(spf), f"SPF: hosts allowed to send mail from {domain}"))
 
     for key in dkim_keys:
-        if key.state == "active" and normalize_domain(key.domain) == domain:
+        if key.state in ("active", "published") and normalize_domain(key.domain) == domain:
             records.append(DnsRecord(
                 f"{key.selector}._domainkey.{domain}", "TXT", key.public_dns_value,
                 f"DKIM public key, selector {key.selector} ({key.algorithm})",

@@ -37,8 +37,9 @@ from mxd.address import normalize_domain
 RSA = "rsa-sha256"
 ED25519 = "ed25519-sha256"      # RFC 8463
 ALGORITHMS = (RSA, ED25519)
-ACTIVE = "active"
-RETIRED = "retired"
+ACTIVE = "active"          # signs new mail, published in DNS
+PUBLISHED = "published"    # rotated out: signs nothing, stays in DNS so mail already sent still verifies
+RETIRED = "retired"        # the operator took it out of DNS
 MANIFEST = "keys.json"
 
 RSA_BITS = 2048                 # RFC 8301 3.2: at least 1024, 2048 recommended
@@ -59,7 +60,7 @@ class DkimKey:
     algorithm: str                          # "rsa-sha256" | "ed25519-sha256"
     private_key_pem: bytes = field(repr=False)
     public_dns_value: str                   # TXT value at <selector>._domainkey.<domain>
-    state: str                              # "active" | "retired"
+    state: str                              # "active" | "published" | "retired"
     created: str = ""                       # ISO 8601 UTC, from the manifest
 
     @property
@@ -101,6 +102,44 @@ def generate_dkim_keys(dkim_dir: Path, domain: str, now: dt.datetime | None = No
         if changed:
             _write_replace(folder / MANIFEST, _manifest_bytes(domain, entries))
     return load_dkim_keys(dkim_dir, domain)
+
+
+def rotate_dkim_keys(dkim_dir: Path, domain: str, now: dt.datetime | None = None) -> list[DkimKey]:
+    """New active keys (RSA and Ed25519, new selectors); the old active ones stay published until retired."""
+    domain = normalize_domain(domain)
+    folder = Path(dkim_dir) / domain
+    if not (folder / MANIFEST).exists():
+        raise KeyMaterialError(f"{domain} has no DKIM keys to rotate; create the domain first")
+    with _locked(folder):
+        entries = _read_manifest(folder, domain)
+        for entry in entries:
+            if entry["state"] == ACTIVE:
+                entry["state"] = PUBLISHED
+        _write_replace(folder / MANIFEST, _manifest_bytes(domain, entries))
+    return generate_dkim_keys(dkim_dir, domain, now)
+
+
+def retire_dkim_key(dkim_dir: Path, domain: str, selector: str) -> list[DkimKey]:
+    """Take a rotated-out selector out of DNS; the active keys cannot be retired."""
+    domain = normalize_domain(domain)
+    folder = Path(dkim_dir) / domain
+    with _locked(folder):
+        entries = _read_manifest(folder, domain)
+        matches = [e for e in entries if e["selector"] == selector]
+        if not matches:
+            raise KeyMaterialError(f"{domain} has no selector {selector!r}")
+        if matches[0]["state"] == ACTIVE:
+            raise KeyMaterialError(f"{selector} is active; rotate first, then retire the old selector")
+        matches[0]["state"] = RETIRED
+        _write_replace(folder / MANIFEST, _manifest_bytes(domain, entries))
+    return load_dkim_keys(dkim_dir, domain)
+
+
+def manifest_mtime(dkim_dir: Path, domain: str) -> float:
+    try:
+        return (Path(dkim_dir) / normalize_domain(domain) / MANIFEST).stat().st_mtime
+    except (OSError, ValueError):
+        return 0.0
 
 
 def load_dkim_keys(dkim_dir: Path, domain: str) -> list[DkimKey]:
@@ -200,7 +239,7 @@ def _read_manifest(folder: Path, domain: str) -> list[dict]:
             not isinstance(entry, dict)
             or not _SELECTOR.fullmatch(str(entry.get("selector", "")))
             or entry.get("algorithm") not in ALGORITHMS
-            or entry.get("state") not in (ACTIVE, RETIRED)
+            or entry.get("state") not in (ACTIVE, PUBLISHED, RETIRED)
         ):
             raise KeyMaterialError(f"{path}: bad key entry {entry!r}")
     return entries

@@ -39,23 +39,25 @@ class Outgoing:
 
 
 class Signers:
-    """DKIM signers per domain, keys loaded once. Keys are made when a domain is created (API or `mxd init`);
-    a domain without keys sends unsigned (and `mxd doctor`/dns-plan say so)."""
+    """DKIM signers per domain, keys loaded once and again when the key manifest changes
+    (`mxd dkim rotate`). Keys are made when a domain is created (API or `mxd init`);
+    a domain without keys sends unsigned."""
 
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
-        self._cache: dict[str, Signer] = {}
+        self._cache: dict[str, tuple[float, Signer | None]] = {}
         self._lock = threading.Lock()
 
     def sign(self, data: bytes, domain: str) -> bytes:
+        stamp = keys.manifest_mtime(self.cfg.dkim_dir, domain)
         with self._lock:
-            signer = self._cache.get(domain)
-            if signer is None:
-                active = [k for k in keys.load_dkim_keys(self.cfg.dkim_dir, domain) if k.state == keys.ACTIVE]
-                if not active:
-                    return data
-                signer = self._cache[domain] = Signer(active)
-        return signer.sign(data, domain) + data
+            cached = self._cache.get(domain)
+            if cached is None or cached[0] != stamp:
+                active = [k for k in keys.load_dkim_keys(self.cfg.dkim_dir, domain) if k.state == keys.ACTIVE] \
+                    if stamp else []
+                cached = self._cache[domain] = (stamp, Signer(active) if active else None)
+        signer = cached[1]
+        return signer.sign(data, domain) + data if signer else data
 
     def forget(self, domain: str) -> None:
         with self._lock:
