@@ -105,7 +105,7 @@ class Daemon:
             await self.mx.start_on(mx_sock)
         self.submission = SubmissionServer(cfg, SubmissionHandler(cfg, self.db, signers, queued), tls)
         await self.submission.start_on(sub_sock, subs_sock)
-        app = create_app(Context(cfg, self.db, directory, signers, queued))
+        app = create_app(Context(cfg, self.db, directory, signers, queued, resolver))
         self.http = _Uvicorn(uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False,
                                             timeout_graceful_shutdown=10))
         self._http_task = asyncio.get_running_loop().create_task(self.http.serve(sockets=[http_sock]))

@@ -130,6 +130,8 @@ class Config:
     """Hold (for operator release) the first message to a recipient domain never written to before."""
     hold_recipient_threshold: int = 0
     """Hold a message with more recipients than this (0: never)."""
+    hold_rules: list[str] = field(default_factory=list)
+    """Operator rules that hold matching mail for release: "@domain" or "user@domain" (a recipient), "from:box@domain" (a sender)."""
 
     # --- logging ---
     log_level: str = "INFO"

@@ -83,7 +83,7 @@ def preflight(cfg: Config, principal: Principal | None, sender: str, recipients:
 
     if decision.remote:
         _limits(cfg, mailbox, decision.remote)
-        decision.hold_reason = _hold(cfg, decision.remote)
+        decision.hold_reason = _hold(cfg, mailbox.address, decision.remote)
     return decision
 
 
@@ -115,7 +115,14 @@ def _limits(cfg: Config, mailbox: Mailbox, remote: list[str]) -> None:
                            f"(limit {cfg.rate_per_recipient_per_hour})", retry_after=600)
 
 
-def _hold(cfg: Config, remote: list[str]) -> str | None:
+def _hold(cfg: Config, sender: str, remote: list[str]) -> str | None:
+    for rule in cfg.hold_rules:
+        rule = rule.strip().lower()
+        if rule.startswith("from:") and rule[5:] == sender:
+            return f"operator rule {rule}"
+        for rcpt in remote:
+            if rule == rcpt.lower() or (rule.startswith("@") and rcpt.lower().endswith(rule)):
+                return f"operator rule {rule}"
     if cfg.hold_recipient_threshold and len(remote) > cfg.hold_recipient_threshold:
         return f"{len(remote)} recipients (hold threshold {cfg.hold_recipient_threshold})"
     if cfg.hold_new_domains:

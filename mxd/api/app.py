@@ -15,6 +15,7 @@ from mxd import tokens
 from mxd.config import Config
 from mxd.db import Database
 from mxd.errors import MxdError
+from mxd.resolver import Resolver
 from mxd.sending import Signers
 from mxd.store.directory import Directory
 
@@ -29,6 +30,7 @@ class Context:
     directory: Directory
     signers: Signers
     queued: Callable[[], None]          # wakes the delivery and local-delivery workers
+    resolver: Resolver
 
 
 def ctx(request: Request) -> Context:

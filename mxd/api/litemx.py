@@ -7,7 +7,7 @@ from starlette.routing import Route
 
 import asyncio
 
-from mxd import keys, tokens
+from mxd import domaincheck, keys, tokens
 from mxd.api.outbound import delivery_status
 from mxd.api.app import authenticate, ctx, json_body, page, page_params
 from mxd.errors import MxdError
@@ -108,6 +108,32 @@ async def domain_readiness(request: Request) -> Response:
         raise MxdError("bad_request", "body must hold {\"ready\": true|false}")
     domain = await ctx(request).db.write(directory.set_readiness, request.path_params["domain"], body["ready"])
     return JSONResponse(_domain_dict(domain))
+
+
+async def domain_dns_plan(request: Request) -> Response:
+    await authenticate(request, "read")
+    c = ctx(request)
+    domain = await c.db.read(directory.get_domain, request.path_params["domain"])
+    return JSONResponse({"domain": domain.name,
+                         "records": [r.to_json() for r in domaincheck.plan(c.cfg, domain.name)]})
+
+
+async def domain_status(request: Request) -> Response:
+    await authenticate(request, "read")
+    c = ctx(request)
+    domain = await c.db.read(directory.get_domain, request.path_params["domain"])
+    dns_ok, checks = await domaincheck.check(c.cfg, domain.name, c.resolver)
+    return JSONResponse(dict(_domain_dict(domain), dns_ok=dns_ok, records=[x.to_json() for x in checks]))
+
+
+async def domain_verify(request: Request) -> Response:
+    await authenticate(request, "admin")
+    c = ctx(request)
+    domain = await c.db.read(directory.get_domain, request.path_params["domain"])
+    dns_ok, checks = await domaincheck.check(c.cfg, domain.name, c.resolver)
+    if dns_ok and not domain.ready:
+        domain = await c.db.write(directory.set_readiness, domain.name, True, "dns")
+    return JSONResponse(dict(_domain_dict(domain), dns_ok=dns_ok, records=[x.to_json() for x in checks]))
 
 
 # ---------------------------------------------------------------- mailboxes
@@ -331,6 +357,9 @@ def routes() -> list[Route]:
         Route("/api/domains/{domain}", domain_get, methods=["GET"]),
         Route("/api/domains/{domain}", domain_delete, methods=["DELETE"]),
         Route("/api/domains/{domain}/readiness", domain_readiness, methods=["PUT"]),
+        Route("/api/domains/{domain}/dns-plan", domain_dns_plan, methods=["GET"]),
+        Route("/api/domains/{domain}/status", domain_status, methods=["GET"]),
+        Route("/api/domains/{domain}/verify", domain_verify, methods=["POST"]),
         Route("/api/mailboxes", mailboxes_list, methods=["GET"]),
         Route("/api/mailboxes", mailboxes_create, methods=["POST"]),
         Route("/api/mailboxes/{mailbox}", mailbox_get, methods=["GET"]),
