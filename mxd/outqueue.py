@@ -68,6 +68,15 @@ def lease(limit: int, now: float | None = None, seconds: float = LEASE_SECONDS) 
     return rows
 
 
+def release_leases() -> int:
+    """At start: leases held by a previous run of this node (killed mid-delivery) end now.
+
+    mxd runs one delivery scheduler per store; several nodes on one PostgreSQL
+    will need an owner per lease instead.
+    """
+    return QueueEntry.update(lease_until=0).where(QueueEntry.status.in_(ACTIVE) & (QueueEntry.lease_until > 0)).execute()
+
+
 def next_due() -> float | None:
     row = (QueueEntry.select(QueueEntry.next_attempt_at, QueueEntry.lease_until)
            .where(QueueEntry.status.in_(ACTIVE)).order_by(QueueEntry.next_attempt_at).first())

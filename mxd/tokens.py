@@ -72,10 +72,14 @@ def lookup(secret: str) -> Token | None:
     return row
 
 
+def needs_touch(last_used_at: float | None) -> bool:
+    """last_used_at is written at most once a minute per token, not on every request."""
+    return last_used_at is None or time.time() - last_used_at > _LAST_USED_EVERY
+
+
 def touch(token_id: str, last_used_at: float | None) -> None:
-    now = time.time()
-    if last_used_at is None or now - last_used_at > _LAST_USED_EVERY:
-        Token.update(last_used_at=now).where(Token.id == token_id).execute()
+    if needs_touch(last_used_at):
+        Token.update(last_used_at=time.time()).where(Token.id == token_id).execute()
 
 
 def principal(row: Token) -> Principal:

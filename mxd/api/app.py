@@ -52,7 +52,7 @@ async def authenticate(request: Request, scope: str) -> tokens.Principal:
     row = await db.read(tokens.lookup, secret.strip())
     if row is None:
         raise MxdError("unauthorized", "the token is not valid or has been revoked")
-    if row.last_used_at is None or row.last_used_at + 60 < __import__("time").time():
+    if tokens.needs_touch(row.last_used_at):
         await db.write(tokens.touch, row.id, row.last_used_at)
     principal = tokens.principal(row)
     if not principal.has(scope):

@@ -49,6 +49,9 @@ class Scheduler:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def _run(self) -> None:
+        released = await self.db.write(outqueue.release_leases)
+        if released:
+            log.info("%d queue entries leased by a previous run are due again", released)
         while True:
             self._wake.clear()
             room = BATCH * 4 - len(self._inflight)
