@@ -47,6 +47,20 @@ class Envelope:
     id: str = field(default_factory=lambda: new_id("inb"))
 
 
+@dataclass
+class InboundRow:
+    """An Inbound row as plain data (what `store` wrote), read without the ORM on hot paths."""
+    id: str
+    received_at: float
+    source: str
+    mail_from: str
+    rcpts: list[dict]
+    remote_ip: str
+    helo: str
+    data: bytes
+    trace: str
+
+
 def has_bare_line_endings(data: bytes) -> bool:
     """True when data holds a CR or LF that is not part of CRLF, or a NUL."""
     crlf = data.count(b"\r\n")
@@ -77,6 +91,12 @@ def received_header(*, helo: str, remote_ip: str, hostname: str, protocol: str, 
 
 _INSERT = ('INSERT INTO "inbound" ("id", "received_at", "source", "mail_from", "rcpts", "remote_ip", "helo", "tls", '
            '"data", "trace", "processed") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)')
+
+
+def as_row(env: Envelope) -> InboundRow:
+    return InboundRow(env.id, env.received_at, env.source, env.mail_from, [r.to_json() for r in env.rcpts],
+                      env.remote_ip, env.helo, normalize_line_endings(env.data),
+                      (env.received + "\r\n") if env.received else "")
 
 
 def store(env: Envelope, processed: bool = False) -> str:

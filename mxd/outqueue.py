@@ -10,6 +10,7 @@ import random
 import time
 
 from mxd import outbox
+from mxd.db import execute
 from mxd.errors import MxdError
 from mxd.ids import new_id
 from mxd.store.models import Inbound, Message, QueueEntry
@@ -41,20 +42,27 @@ def bounce_target(local_part: str) -> tuple[str, str] | None:
     return (entry.id, mailbox_id) if mailbox_id else None
 
 
-def add(message: Message, inbound: Inbound, mail_from: str, sender_domain: str, recipients: list[str],
-        lifetime: float, hold_reason: str | None = None) -> list[QueueEntry]:
+_INSERT = ('INSERT INTO "queue_entry" ("id", "message_id", "inbound_id", "mail_from", "return_path", "recipient", '
+           '"domain", "status", "attempts", "created_at", "next_attempt_at", "expires_at", "lease_until", '
+           '"last_reply", "last_host", "delay_notified", "hold_reason") '
+           'VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, 0, ?, ?, ?, ?)')
+
+
+def add(message_id: str, mailbox_id: str, inbound_id: str, mail_from: str, sender_domain: str,
+        recipients: list[str], lifetime: float, hold_reason: str | None = None) -> list[dict]:
+    """One queued (or held) row per recipient, with its event; returns {"address", "status", "queue_id"}."""
     now = time.time()
-    rows = []
+    status = "held" if hold_reason else "queued"
+    out = []
     for rcpt in recipients:
         entry_id = new_id("q")
-        status = "held" if hold_reason else "queued"
-        rows.append(QueueEntry.create(
-            id=entry_id, message=message.id, inbound=inbound.id, mail_from=mail_from,
-            return_path=return_path(entry_id, sender_domain), recipient=rcpt, domain=rcpt.rsplit("@", 1)[1].lower(),
-            status=status, created_at=now, next_attempt_at=now, expires_at=now + lifetime, hold_reason=hold_reason))
-        outbox.emit("message.held" if hold_reason else "message.queued", mailbox_id=message.mailbox_id,
-                    message_id=message.id, recipient=rcpt, **({"reason": hold_reason} if hold_reason else {}))
-    return rows
+        execute(_INSERT, (entry_id, message_id, inbound_id, mail_from, return_path(entry_id, sender_domain), rcpt,
+                          rcpt.rsplit("@", 1)[1].lower(), status, now, now, now + lifetime, "", "", False,
+                          hold_reason))
+        outbox.emit("message.held" if hold_reason else "message.queued", mailbox_id=mailbox_id,
+                    message_id=message_id, recipient=rcpt, **({"reason": hold_reason} if hold_reason else {}))
+        out.append({"address": rcpt, "status": status, "queue_id": entry_id})
+    return out
 
 
 def lease(limit: int, now: float | None = None, seconds: float = LEASE_SECONDS) -> list[QueueEntry]:
@@ -78,21 +86,21 @@ def release_leases() -> int:
 
 
 def next_due() -> float | None:
-    row = (QueueEntry.select(QueueEntry.next_attempt_at, QueueEntry.lease_until)
-           .where(QueueEntry.status.in_(ACTIVE)).order_by(QueueEntry.next_attempt_at).first())
-    return None if row is None else max(row.next_attempt_at, row.lease_until)
+    """When the next active entry may be leased: the earliest of max(next attempt, lease end)."""
+    row = execute('SELECT MIN(CASE WHEN "lease_until" > "next_attempt_at" THEN "lease_until" '
+                  'ELSE "next_attempt_at" END) FROM "queue_entry" WHERE "status" IN (?, ?)', ACTIVE).fetchone()
+    return row[0] if row else None
 
 
 def _event_args(entry: QueueEntry) -> dict:
-    mailbox_id = Message.select(Message.mailbox).where(Message.id == entry.message_id).scalar()
-    return {"mailbox_id": mailbox_id, "message_id": entry.message_id, "recipient": entry.recipient}
+    row = execute('SELECT "mailbox_id" FROM "message" WHERE "id" = ?', (entry.message_id,)).fetchone()
+    return {"mailbox_id": row[0] if row else None, "message_id": entry.message_id, "recipient": entry.recipient}
 
 
-def delivered(entry_id: str, reply: str, host: str) -> None:
-    entry = QueueEntry.get_by_id(entry_id)
-    now = time.time()
-    QueueEntry.update(status="delivered", last_reply=reply, last_host=host, last_attempt_at=now,
-                      attempts=QueueEntry.attempts + 1, lease_until=0).where(QueueEntry.id == entry_id).execute()
+def delivered(entry: QueueEntry, reply: str, host: str) -> None:
+    execute('UPDATE "queue_entry" SET "status" = ?, "last_reply" = ?, "last_host" = ?, "last_attempt_at" = ?, '
+            '"attempts" = "attempts" + 1, "lease_until" = 0 WHERE "id" = ?',
+            ("delivered", reply, host, time.time(), entry.id))
     outbox.emit("message.delivered", reply=reply, host=host, **_event_args(entry))
 
 

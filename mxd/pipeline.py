@@ -15,13 +15,13 @@ import ctypes
 import json
 import logging
 import multiprocessing
-from dataclasses import dataclass
 from typing import Any
 
 from mxd.config import Config
 from mxd.db import Database, execute, proxy
 from mxd.delivery.bounces import bounce_received
 from mxd.delivery.dsn import parse_dsn
+from mxd.ingest import InboundRow
 from mxd.mime.parse import parse
 from mxd.resolver import Resolver, make_resolver
 from mxd.store import messages
@@ -31,24 +31,10 @@ BATCH = 256
 CHUNK = 32
 
 
-@dataclass
-class Pending:
-    """An unprocessed Inbound row, read without the ORM (this runs for every message)."""
-    id: str
-    received_at: float
-    source: str
-    mail_from: str
-    rcpts: list[dict]
-    remote_ip: str
-    helo: str
-    data: bytes
-    trace: str
-
-
-def _pending(exclude: set[str], limit: int) -> list[Pending]:
+def _pending(exclude: set[str], limit: int) -> list[InboundRow]:
     rows = execute('SELECT "id", "received_at", "source", "mail_from", "rcpts", "remote_ip", "helo", "data", "trace" '
                    'FROM "inbound" WHERE "processed" = ? ORDER BY "id" LIMIT ?', (False, limit + len(exclude)))
-    out = [Pending(r[0], r[1], r[2], r[3], json.loads(r[4]), r[5], r[6], bytes(r[7]), r[8])
+    out = [InboundRow(r[0], r[1], r[2], r[3], json.loads(r[4]), r[5], r[6], bytes(r[7]), r[8])
            for r in rows.fetchall() if r[0] not in exclude]
     return out[:limit]
 
@@ -165,7 +151,7 @@ class Pipeline:
                 self._inflight.update(r.id for r in chunk)
                 loop.create_task(self._chunk(chunk))
 
-    async def _chunk(self, rows: list[Pending]) -> None:
+    async def _chunk(self, rows: list[InboundRow]) -> None:
         try:
             items = [(r.id, r.data, r.remote_ip, r.helo, r.mail_from, r.source, r.trace) for r in rows]
             results = await asyncio.get_running_loop().run_in_executor(
@@ -183,7 +169,7 @@ class Pipeline:
             self._slots.release()
             self._wake.set()
 
-    def _store(self, rows: list[Pending], results: list[tuple[Any, Any, str]], careful: bool) -> None:
+    def _store(self, rows: list[InboundRow], results: list[tuple[Any, Any, str]], careful: bool) -> None:
         """Runs in the writer: the messages, and for a bounce to a VERP address, the queue entry's fate.
 
         The batch first goes in as one unit; if anything fails, the writer rolls it back and it is
@@ -199,7 +185,7 @@ class Pipeline:
             except Exception:
                 log.exception("storing inbound %s failed; it will be retried", row.id)
 
-    def _store_one(self, row: Pending, parsed: Any, auth: Any, trace: str) -> None:
+    def _store_one(self, row: InboundRow, parsed: Any, auth: Any, trace: str) -> None:
         messages.deliver(row, parsed, auth, trace, self.window)
         for rcpt in row.rcpts:
             if rcpt.get("bounce_entry"):

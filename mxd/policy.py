@@ -1,8 +1,12 @@
 """Send preflight: the one place that decides whether a message may go out, for every way in.
 
 SMTP submission, the HTTP API (and later MCP and the CLI) all call `preflight`
-inside the writer's transaction, so counts and the enqueue that follows are
-consistent. Each refusal is an MxdError with a stable code.
+inside the writer's transaction, so the counts it reads and the enqueue that
+follows are consistent. Each refusal is an MxdError with a stable code.
+
+Rate limits and the daily cap read per-minute (and per-hour) counters kept in
+the send_count table, so a check costs a few indexed rows however much mail
+went out. Hand-written SQL: this runs for every message sent.
 """
 from __future__ import annotations
 
@@ -11,17 +15,23 @@ from dataclasses import dataclass, field
 
 from mxd import address as addr
 from mxd.config import Config
+from mxd.db import execute
 from mxd.errors import MxdError
 from mxd.store.directory import Resolution, load_snapshot
-from mxd.store.models import Domain, Mailbox, Message, QueueEntry, Suppression
 from mxd.tokens import Principal
+
+
+@dataclass
+class Sender:
+    mailbox_id: str
+    mailbox_address: str
+    domain: str
 
 
 @dataclass
 class Decision:
     sender: addr.Address
-    mailbox: Mailbox
-    domain: Domain
+    mailbox: Sender
     remote: list[str] = field(default_factory=list)                           # addr-specs, normalised domain
     local: list[tuple[str, Resolution]] = field(default_factory=list)
     hold_reason: str | None = None
@@ -34,8 +44,8 @@ def _parse(text: str, what: str) -> addr.Address:
         raise MxdError("invalid_address", f"{what} {text!r} is not a valid address: {exc}") from None
 
 
-def _window_count(query, since: float) -> int:
-    return query.where(QueueEntry.created_at > since).count()
+def _marks(n: int) -> str:
+    return ",".join("?" * n)
 
 
 def preflight(cfg: Config, principal: Principal | None, sender: str, recipients: list[str]) -> Decision:
@@ -44,35 +54,39 @@ def preflight(cfg: Config, principal: Principal | None, sender: str, recipients:
         raise MxdError("forbidden", "this token lacks the 'send' scope (read never implies send)",
                        fix="Create a token with the 'send' scope for this mailbox: POST /api/tokens.")
     who = _parse(sender, "sender")
-    domain = Domain.get_or_none(Domain.name == who.domain)
+    domain = execute('SELECT "name", "ready" FROM "domain" WHERE "name" = ?', (who.domain,)).fetchone()
     if domain is None:
         raise MxdError("domain_not_served", f"mxd does not serve the sender's domain {who.domain}")
-    mailbox = Mailbox.get_or_none(Mailbox.address == who.base_key)
-    if mailbox is None or (principal is not None and not principal.sees(mailbox.address)):
+    box = execute('SELECT "id", "address" FROM "mailbox" WHERE "address" = ?', (who.base_key,)).fetchone()
+    if box is None or (principal is not None and not principal.sees(box[1])):
         raise MxdError("sender_not_allowed", f"this token may not send as {who}")
     if not cfg.outbound_enabled:
         raise MxdError("outbound_disabled", "outbound mail is disabled on this server")
-    if not domain.ready:
-        raise MxdError("domain_not_ready", f"the domain {domain.name} is not ready for outbound mail")
+    if not domain[1]:
+        raise MxdError("domain_not_ready", f"the domain {domain[0]} is not ready for outbound mail")
     if not recipients:
         raise MxdError("bad_request", "a message needs at least one recipient")
     if len(recipients) > cfg.max_recipients_per_send:
         raise MxdError("too_many_recipients",
                        f"{len(recipients)} recipients, at most {cfg.max_recipients_per_send} per message")
-    parsed = []
+    parsed: list[addr.Address] = []
     for text in recipients:
         rcpt = _parse(text, "recipient")
-        if str(rcpt).lower() not in {str(p).lower() for p in parsed}:
+        if rcpt.key not in {p.key for p in parsed}:
             parsed.append(rcpt)
-    suppressed = [s.address for s in Suppression.select().where(
-        Suppression.address.in_([p.key for p in parsed]))]
+    keys = [p.key for p in parsed]
+    suppressed = [r[0] for r in execute(f'SELECT "address" FROM "suppression" WHERE "address" IN ({_marks(len(keys))})',
+                                        keys).fetchall()]
     if suppressed:
         raise MxdError("recipient_suppressed", f"suppressed recipients: {', '.join(sorted(suppressed))}")
 
-    decision = Decision(who, mailbox, domain)
+    decision = Decision(who, Sender(box[0], box[1], domain[0]))
+    names = sorted({p.domain for p in parsed})
+    served = {r[0] for r in execute(f'SELECT "name" FROM "domain" WHERE "name" IN ({_marks(len(names))})',
+                                    names).fetchall()}
     snapshot = None
     for rcpt in parsed:
-        if Domain.get_or_none(Domain.name == rcpt.domain) is None:
+        if rcpt.domain not in served:
             decision.remote.append(f"{rcpt.local}@{rcpt.domain}")
             continue
         snapshot = snapshot or load_snapshot()
@@ -82,34 +96,70 @@ def preflight(cfg: Config, principal: Principal | None, sender: str, recipients:
         decision.local.append((str(rcpt), found))
 
     if decision.remote:
-        _limits(cfg, mailbox, decision.remote)
-        decision.hold_reason = _hold(cfg, mailbox.address, decision.remote)
+        _limits(cfg, decision.mailbox, decision.remote)
+        decision.hold_reason = _hold(cfg, decision.mailbox.mailbox_address, decision.remote)
     return decision
 
 
-def _limits(cfg: Config, mailbox: Mailbox, remote: list[str]) -> None:
+# ---------------------------------------------------------------- counters
+def _sum(key: str, since_bucket: int) -> int:
+    row = execute('SELECT COALESCE(SUM("count"), 0) FROM "send_count" WHERE "key" = ? AND "bucket" >= ?',
+                  (key, since_bucket)).fetchone()
+    return int(row[0])
+
+
+def _counter_keys(mailbox_id: str, remote: list[str]) -> list[tuple[str, int, int]]:
+    """(key, bucket, increment) for one send: per-minute buckets, and per-hour for the daily cap."""
     now = time.time()
-    q = QueueEntry.select()
-    day = _window_count(q, now - 86400)
+    minute, hour = int(now // 60), int(now // 3600)
+    out = [("org:h", hour, len(remote)), (f"mbx:{mailbox_id}", minute, len(remote))]
+    domains: dict[str, int] = {}
+    for rcpt in remote:
+        domains[rcpt.rsplit("@", 1)[1]] = domains.get(rcpt.rsplit("@", 1)[1], 0) + 1
+        out.append((f"rcpt:{rcpt.lower()}", minute, 1))
+    out += [(f"dom:{name}", minute, n) for name, n in domains.items()]
+    return out
+
+
+def record(mailbox_id: str, remote: list[str]) -> None:
+    """Count a send that was accepted (in the same transaction as its queue rows)."""
+    for key, bucket, n in _counter_keys(mailbox_id, remote):
+        execute('INSERT INTO "send_count" ("key", "bucket", "count") VALUES (?, ?, ?) '
+                'ON CONFLICT ("key", "bucket") DO UPDATE SET "count" = "send_count"."count" + excluded."count"',
+                (key, bucket, n))
+
+
+def prune(now: float | None = None) -> int:
+    """Drop counters older than two days (the daily cap looks back 24 hours)."""
+    now = time.time() if now is None else now
+    minute_limit, hour_limit = int((now - 2 * 86400) // 60), int((now - 2 * 86400) // 3600)
+    cur = execute('DELETE FROM "send_count" WHERE ("key" = ? AND "bucket" < ?) OR ("key" <> ? AND "bucket" < ?)',
+                  ("org:h", hour_limit, "org:h", minute_limit))
+    return cur.rowcount
+
+
+def _limits(cfg: Config, mailbox: Sender, remote: list[str]) -> None:
+    now = time.time()
+    minute, hour = int(now // 60), int(now // 3600)
+    day = _sum("org:h", hour - 23)
     if day + len(remote) > cfg.daily_send_cap:
-        oldest = QueueEntry.select(QueueEntry.created_at).where(QueueEntry.created_at > now - 86400).order_by(
-            QueueEntry.created_at).scalar() or now
         raise MxdError("daily_cap_reached", f"{day} recipients in the last 24 hours; the cap is {cfg.daily_send_cap}",
-                       retry_after=max(1, int(oldest + 86400 - now) + 1))
-    sent = _window_count(QueueEntry.select().join(Message).where(Message.mailbox == mailbox.id), now - 60)
+                       retry_after=int(3600 - now % 3600) + 1)
+    # A minute window is the current and the previous minute bucket: never more lenient than the limit.
+    sent = _sum(f"mbx:{mailbox.mailbox_id}", minute - 1)
     if sent + len(remote) > cfg.rate_per_mailbox_per_minute:
-        raise MxdError("rate_limited", f"{mailbox.address} sent to {sent} recipients in the last minute "
-                       f"(limit {cfg.rate_per_mailbox_per_minute})", retry_after=60)
+        raise MxdError("rate_limited", f"{mailbox.mailbox_address} sent to {sent} recipients in the last minute "
+                       f"(limit {cfg.rate_per_mailbox_per_minute})", retry_after=int(60 - now % 60) + 1)
     domains: dict[str, int] = {}
     for rcpt in remote:
         domains[rcpt.rsplit("@", 1)[1]] = domains.get(rcpt.rsplit("@", 1)[1], 0) + 1
     for name, extra in domains.items():
-        count = _window_count(QueueEntry.select().where(QueueEntry.domain == name), now - 60)
+        count = _sum(f"dom:{name}", minute - 1)
         if count + extra > cfg.rate_per_domain_per_minute:
             raise MxdError("rate_limited", f"{count} recipients at {name} in the last minute "
-                           f"(limit {cfg.rate_per_domain_per_minute})", retry_after=60)
+                           f"(limit {cfg.rate_per_domain_per_minute})", retry_after=int(60 - now % 60) + 1)
     for rcpt in remote:
-        count = _window_count(QueueEntry.select().where(QueueEntry.recipient == rcpt), now - 3600)
+        count = _sum(f"rcpt:{rcpt.lower()}", minute - 59)
         if count + 1 > cfg.rate_per_recipient_per_hour:
             raise MxdError("rate_limited", f"{count} messages to {rcpt} in the last hour "
                            f"(limit {cfg.rate_per_recipient_per_hour})", retry_after=600)
@@ -128,6 +178,6 @@ def _hold(cfg: Config, sender: str, remote: list[str]) -> str | None:
     if cfg.hold_new_domains:
         for rcpt in remote:
             name = rcpt.rsplit("@", 1)[1]
-            if not QueueEntry.select().where(QueueEntry.domain == name).exists():
+            if execute('SELECT 1 FROM "queue_entry" WHERE "domain" = ? LIMIT 1', (name,)).fetchone() is None:
                 return f"first contact with {name}"
     return None

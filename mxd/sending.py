@@ -18,12 +18,12 @@ from mxd.config import Config
 from mxd.db import Database
 from mxd.dkimsign import Signer
 from mxd.errors import MxdError
-from mxd.ids import new_id
-from mxd.ingest import Envelope, Recipient, normalize_line_endings, received_header, store
+from mxd.ingest import Envelope, Recipient, as_row, normalize_line_endings, received_header, store
 from mxd.mime.parse import parse
+from mxd import policy
 from mxd.policy import preflight
 from mxd.store import messages
-from mxd.store.models import Idempotency, Inbound
+from mxd.store.models import Idempotency
 from mxd.tokens import Principal
 
 IDEMPOTENCY_SECONDS = 86400.0
@@ -76,29 +76,29 @@ def _persist(cfg: Config, principal: Principal | None, out: Outgoing, signed: by
         if row is not None:
             row.delete_instance()
     decision = preflight(cfg, principal, out.mail_from, out.recipients)
+    sender, box = str(decision.sender), decision.mailbox
     now = time.time()
-    sent_copy = Inbound.create(id=new_id("inb"), received_at=now,
-                               source="outbound", mail_from=out.mail_from,
-                               rcpts=[{"address": str(decision.sender), "mailbox_ids": [decision.mailbox.id],
-                                       "tag": None}],
-                               remote_ip=out.remote_ip, data=signed, processed=False)
-    [message_id] = messages.deliver(sent_copy, parsed, None, "", cfg.thread_subject_window_days * 86400.0,
-                                    direction="out")
-    message = messages.get(message_id)
-    entries = outqueue.add(message, sent_copy, str(decision.sender), decision.domain.name, decision.remote,
+    copy = Envelope(mail_from=sender, rcpts=[Recipient(box.mailbox_address, (box.mailbox_id,))], data=signed,
+                    remote_ip=out.remote_ip, source="outbound", received_at=now)
+    store(copy)
+    [(message_id, thread_id)] = messages.deliver(as_row(copy), parsed, None, "",
+                                                 cfg.thread_subject_window_days * 86400.0, direction="out")
+    entries = outqueue.add(message_id, box.mailbox_id, copy.id, sender, box.domain, decision.remote,
                            cfg.seconds("queue_lifetime"), decision.hold_reason)
+    if decision.remote:
+        policy.record(box.mailbox_id, decision.remote)
     for rcpt, found in decision.local:
-        env = Envelope(mail_from=str(decision.sender), rcpts=[Recipient(rcpt, found.mailbox_ids, found.tag)],
+        env = Envelope(mail_from=sender, rcpts=[Recipient(rcpt, found.mailbox_ids, found.tag)],
                        data=signed, remote_ip=out.remote_ip, source="local")
         env.received = received_header(helo=cfg.hostname, remote_ip=out.remote_ip or "127.0.0.1",
                                        hostname=cfg.hostname, protocol="LOCAL", rcpt=rcpt, queue_id=env.id,
                                        when=now)
         store(env)
     result = {
-        "id": message.id, "thread_id": message.thread_id, "message_id": message.message_id,
+        "id": message_id, "thread_id": thread_id, "message_id": parsed.message_id if parsed else None,
         "status": "held" if decision.hold_reason else "queued", "hold_reason": decision.hold_reason,
-        "recipients": [{"address": e.recipient, "status": e.status, "queue_id": e.id} for e in entries]
-        + [{"address": rcpt, "status": "delivered", "queue_id": None} for rcpt, _ in decision.local],
+        "recipients": entries + [{"address": rcpt, "status": "delivered", "queue_id": None}
+                                 for rcpt, _ in decision.local],
     }
     if idem is not None:
         Idempotency.create(key=idem[0], body_hash=idem[1], status=202, response=result)

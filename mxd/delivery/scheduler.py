@@ -7,7 +7,7 @@ import logging
 import time
 from collections import defaultdict
 
-from mxd import outqueue
+from mxd import outqueue, policy
 from mxd.config import Config, parse_hostport
 from mxd.db import Database
 from mxd.delivery import bounces
@@ -52,8 +52,12 @@ class Scheduler:
         released = await self.db.write(outqueue.release_leases)
         if released:
             log.info("%d queue entries leased by a previous run are due again", released)
+        pruned_at = 0.0
         while True:
             self._wake.clear()
+            if time.monotonic() - pruned_at > 3600:
+                pruned_at = time.monotonic()
+                await self.db.write(policy.prune)
             room = BATCH * 4 - len(self._inflight)
             entries = await self.db.write(outqueue.lease, min(BATCH, room), None, LEASE) if room > 0 else []
             entries = [e for e in entries if e.id not in self._inflight]
@@ -153,7 +157,7 @@ class Scheduler:
                     continue
                 reply = _reply(result.code, result.enhanced, result.text)
                 if result.ok:
-                    await self.db.write(outqueue.delivered, entry.id, reply, conn_host(conn))
+                    await self.db.write(outqueue.delivered, entry, reply, conn_host(conn))
                 else:
                     await self._outcome(entry, result.permanent, reply, conn_host(conn))
         finally:

@@ -29,9 +29,11 @@ def _json(value: Any) -> str:
     return json.dumps(value, separators=(",", ":")) if value else ("[]" if isinstance(value, list) else "null")
 
 
-def deliver(inbound: Inbound, parsed: Any, auth: Any, trace: str, window_seconds: float,
-            direction: str = "in") -> list[str]:
-    """Create one message per distinct recipient mailbox; runs in the writer's transaction.
+def deliver(inbound: Any, parsed: Any, auth: Any, trace: str, window_seconds: float,
+            direction: str = "in") -> list[tuple[str, str]]:
+    """Create one message per distinct recipient mailbox; returns (message id, thread id) for each.
+
+    Runs in the writer's transaction. `inbound` is an ingest.InboundRow (or an Inbound model).
 
     `parsed` is a mxd.mime.parse.Parsed (or None when parsing itself failed),
     `auth` an AuthResults or None. Marks the inbound row processed. Hand-written
@@ -63,7 +65,7 @@ def deliver(inbound: Inbound, parsed: Any, auth: Any, trace: str, window_seconds
     when = fields["date"] if fields["date"] is not None else inbound.received_at
     addresses = " ".join(f"{a['name']} {a['address']}" for a in
                          fields["from_addr"] + fields["to_addr"] + fields["cc_addr"]) + " " + inbound.mail_from
-    created: list[str] = []
+    created: list[tuple[str, str]] = []
     for mailbox_id, rcpt in targets.items():
         if mailbox_id not in existing:
             continue                                # the mailbox was deleted after RCPT
@@ -87,7 +89,7 @@ def deliver(inbound: Inbound, parsed: Any, auth: Any, trace: str, window_seconds
         search.index(proxy.obj, msg_id, mailbox_id, fields["subject"], addresses, fields["text"])
         if direction == "in":
             outbox.emit("message.received", mailbox_id=mailbox_id, message_id=msg_id, thread_id=thread_id)
-        created.append(msg_id)
+        created.append((msg_id, thread_id))
     execute('UPDATE "inbound" SET "processed" = ?, "trace" = ? WHERE "id" = ?', (True, trace, inbound.id))
     return created
 

@@ -184,6 +184,16 @@ class Suppression(BaseModel):
     created_at = pw.DoubleField(default=time.time)
 
 
+class SendCount(BaseModel):
+    """Sends per key (org, mailbox, recipient domain, recipient) per minute or hour bucket, for rate limits."""
+    key = pw.CharField(max_length=600)
+    bucket = pw.BigIntegerField()
+    count = pw.IntegerField(default=0)
+
+    class Meta:
+        primary_key = pw.CompositeKey("key", "bucket")
+
+
 class Idempotency(BaseModel):
     key = pw.CharField(primary_key=True, max_length=300)        # token id + ":" + client key
     body_hash = pw.CharField(max_length=64)
@@ -208,4 +218,4 @@ class Meta(BaseModel):
 
 
 MODELS = [Domain, Mailbox, Alias, Inbound, Thread, ThreadRef, Message, Attachment, Token, Event, QueueEntry,
-          Suppression, Idempotency, Draft, Meta]
+          Suppression, SendCount, Idempotency, Draft, Meta]
