@@ -101,30 +101,40 @@ class DNSPythonResolver:
         self._front: dict[tuple[str, str], tuple[float, list]] = {}
         self._front_size = cache_size
 
-    def _query(self, name: str, rdtype: str) -> list:
-        # A plain dict in front of dnspython's cache: inbound mail asks the same few names
-        # (SPF, DMARC) for every message, and dnspython's own lookup path is costly per call.
-        key = (name.lower(), rdtype)
+    def _cached(self, key: tuple[str, str]) -> list | None:
         hit = self._front.get(key)
-        if hit is not None and hit[0] > time.monotonic():
-            return hit[1]
-        try:
-            answer = self._sync.resolve(name, rdtype, raise_on_no_answer=False, search=False)
-        except Exception as e:
-            return self._failure(name, rdtype, e)
-        result = _convert(rdtype, answer.rrset or [])
+        return hit[1] if hit is not None and hit[0] > time.monotonic() else None
+
+    def _remember(self, key: tuple[str, str], answer: Any, result: list) -> list:
         if answer.rrset is not None and answer.rrset.ttl > 0 and self._front_size:
             if len(self._front) >= self._front_size:
                 self._front.clear()
             self._front[key] = (time.monotonic() + min(answer.rrset.ttl, 3600), result)
         return result
 
+    # A plain dict in front of dnspython's cache: mail asks the same few names (SPF, DMARC, the
+    # destination's MX) again and again, and dnspython's own lookup path is costly per call.
+    def _query(self, name: str, rdtype: str) -> list:
+        key = (name.lower(), rdtype)
+        hit = self._cached(key)
+        if hit is not None:
+            return hit
+        try:
+            answer = self._sync.resolve(name, rdtype, raise_on_no_answer=False, search=False)
+        except Exception as e:
+            return self._failure(name, rdtype, e)
+        return self._remember(key, answer, _convert(rdtype, answer.rrset or []))
+
     async def _aquery(self, name: str, rdtype: str) -> list:
+        key = (name.lower(), rdtype)
+        hit = self._cached(key)
+        if hit is not None:
+            return hit
         try:
             answer = await self._async.resolve(name, rdtype, raise_on_no_answer=False, search=False)
         except Exception as e:
             return self._failure(name, rdtype, e)
-        return _convert(rdtype, answer.rrset or [])
+        return self._remember(key, answer, _convert(rdtype, answer.rrset or []))
 
     @staticmethod
     def _failure(name: str, rdtype: str, e: Exception) -> list:

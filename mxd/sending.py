@@ -110,8 +110,12 @@ def body_hash(body: Any) -> str:
 
 
 async def send(cfg: Config, db: Database, signers: Signers, principal: Principal | None, out: Outgoing,
-               idempotency_key: str | None = None, idempotency_body: Any = None) -> dict:
-    """Sign and persist one outgoing message; returns once it is durably queued."""
+               idempotency_key: str | None = None, idempotency_body: Any = None, parsed: Any = None) -> dict:
+    """Sign and persist one outgoing message; returns once it is durably queued.
+
+    `parsed` is the caller's mxd.mime.parse of out.data, when it has one (the signatures added
+    here change no field that is stored).
+    """
     data = normalize_line_endings(out.data)
     domain = out.mail_from.rsplit("@", 1)[-1].lower()
     loop = asyncio.get_running_loop()
@@ -119,7 +123,8 @@ async def send(cfg: Config, db: Database, signers: Signers, principal: Principal
         signed = await loop.run_in_executor(None, signers.sign, data, domain) if domain else data
     except ValueError as exc:           # no From, or a header that cannot be parsed
         raise MxdError("bad_request", f"the message cannot be signed: {exc}") from None
-    parsed = parse(signed)
+    if parsed is None:
+        parsed = parse(data)
     idem = None
     if idempotency_key:
         owner = principal.token_id if principal else "mxd"

@@ -16,6 +16,8 @@ from typing import Any, Callable
 
 from aiosmtpd.smtp import SMTP, Envelope as SmtpEnvelope, Session
 
+from mxd.smtpserver.fast import FastSMTP
+
 from mxd import address as addr
 from mxd import outqueue
 from mxd import smtpcodes as codes
@@ -25,8 +27,6 @@ from mxd.ingest import Envelope, Recipient, has_bare_line_endings, ingest, recei
 from mxd.store.directory import Directory
 
 log = logging.getLogger("mxd.mx")
-_SIMPLE_PATH = re.compile(r"\s*<((?:[A-Za-z0-9!#$&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$&'*+/=?^_`{|}~-]+)*"
-                          r"@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+)?)>(.*)\Z", re.S)
 logging.getLogger("mail.log").setLevel(logging.WARNING)   # aiosmtpd logs every command at INFO
 
 
@@ -54,7 +54,7 @@ class Limits:
             self.by_ip.pop(ip, None)
 
 
-class MxSMTP(SMTP):
+class MxSMTP(FastSMTP):
     """aiosmtpd's SMTP with connection limits, an error budget and graceful shutdown."""
 
     def __init__(self, handler: "MxHandler", *, limits: Limits, live: set, max_errors: int, **kwargs: Any) -> None:
@@ -99,14 +99,6 @@ class MxSMTP(SMTP):
                 await super().push(codes.TOO_MANY_ERRORS)
                 self.transport.close()
 
-    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
-        # The common <local@domain> form without the stdlib header parser (the slowest step of a
-        # transaction); anything unusual still goes through aiosmtpd's full RFC 5322 parsing.
-        match = _SIMPLE_PATH.match(arg)
-        if match:
-            return match.group(1) or "<>", match.group(2)
-        return super()._getaddr(arg)
-
     async def smtp_RCPT(self, arg: str | None) -> None:
         # aiosmtpd drops a source route (<@a:b@c>) and keeps b@c; mxd refuses it outright
         # (RFC 5321 4.1.1.3 and C.: routes are obsolete and a relay trick).
@@ -114,67 +106,6 @@ class MxSMTP(SMTP):
             await self.push(codes.RELAY_DENIED)
             return
         await super().smtp_RCPT(arg)
-
-    async def smtp_DATA(self, arg: str) -> None:
-        """DATA read in chunks up to each ".<CRLF>" instead of line by line (the MX's hot loop).
-
-        The rules are aiosmtpd's: only <CRLF>.<CRLF> ends the data (RFC 5321 4.1.1.4; a bare CR or
-        LF next to the dot never does), lines over 1000 octets plus the transparency dot give 500
-        (RFC 5321 4.5.3.1.6), more than SIZE octets give 552 after the data is drained, and a
-        leading dot is removed from every line (RFC 5321 4.5.2). Bytes after the terminator stay
-        in the reader for the next pipelined command.
-        """
-        if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
-            return
-        if not self.envelope.rcpt_tos:
-            await self.push("503 Error: need RCPT command")
-            return
-        if arg:
-            await self.push("501 Syntax: DATA")
-            return
-        await self.push("354 End data with <CR><LF>.<CR><LF>")
-        reader = self._reader
-        limit = self.data_size_limit or 0
-        data = bytearray()
-        too_much = False
-
-        async def take(separator: bytes) -> None:
-            nonlocal data, too_much
-            try:
-                data += await reader.readuntil(separator)
-            except asyncio.LimitOverrunError as exc:
-                data += await reader.readexactly(exc.consumed)
-            if limit and len(data) > limit + 5:
-                too_much = True
-                del data[:-5]                    # drain, keeping only what may start the terminator
-
-        saved = reader._limit
-        reader._limit = 1 << 20                  # read up to each ".<CRLF>", not up to each line
-        try:
-            # The DATA line's own CRLF comes before the dot of an empty message.
-            while not data.endswith(b"\r\n"):
-                await take(b"\r\n")
-            if data == b".\r\n":
-                data.clear()
-            else:
-                while not data.endswith(b"\r\n.\r\n"):
-                    await take(b".\r\n")
-                del data[-3:]                    # the terminator's ".<CRLF>"; its CRLF ends the last line
-        finally:
-            reader._limit = saved
-        lines = bytes(data).split(b"\r\n")
-        if too_much:
-            await self.push("552 Error: Too much mail data")
-        elif max(map(len, lines), default=0) > self.line_length_limit - 2:
-            await self.push("500 Line too long (see RFC5321 4.5.3.1.6)")
-        else:
-            content = b"\r\n".join(line[1:] if line[:1] == b"." else line for line in lines)
-            self.envelope.content = self.envelope.original_content = content
-            status = await self._call_handler_hook("DATA")
-            self._set_post_data_state()
-            await self.push(status)
-            return
-        self._set_post_data_state()
 
     @property
     def in_transaction(self) -> bool:

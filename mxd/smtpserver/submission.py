@@ -10,8 +10,6 @@ import asyncio
 import logging
 import socket
 import ssl
-from email.parser import BytesHeaderParser
-from email.utils import getaddresses
 from typing import Any
 
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope as SmtpEnvelope, LoginPassword, Session
@@ -22,7 +20,9 @@ from mxd import tokens
 from mxd.config import Config
 from mxd.db import Database
 from mxd.errors import MxdError
+from mxd.mime.parse import parse
 from mxd.sending import Outgoing, Signers, send
+from mxd.smtpserver.fast import FastSMTP
 
 log = logging.getLogger("mxd.submission")
 
@@ -84,15 +84,15 @@ class SubmissionHandler:
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: SmtpEnvelope) -> str:
         data: bytes = envelope.original_content or b""
-        headers = BytesHeaderParser().parsebytes(data)
-        authors = [a for _, a in getaddresses([str(v) for v in headers.get_all("From", [])])]
+        parsed = parse(data)
+        authors = [a.address for a in parsed.from_]
         if not authors or not all(self._may_send_as(session, a) for a in authors):
             return "550 5.7.1 From header must be an address this token may send as"
         peer = session.peer or ("", 0)
         out = Outgoing(mail_from=envelope.mail_from, recipients=list(envelope.rcpt_tos), data=data,
                        source="submission", remote_ip=str(peer[0]))
         try:
-            result = await send(self.cfg, self.db, self.signers, session.auth_data, out)
+            result = await send(self.cfg, self.db, self.signers, session.auth_data, out, parsed=parsed)
         except MxdError as exc:
             return f"{exc.smtp} ({exc.code}: {exc.message})"[:500]
         except Exception:
@@ -108,7 +108,7 @@ class SubmissionServer:
         self.servers: list[asyncio.base_events.Server] = []
 
     def _protocol(self, implicit: bool) -> SMTP:
-        return SMTP(self.handler, data_size_limit=self.cfg.max_message_size, enable_SMTPUTF8=True,
+        return FastSMTP(self.handler, data_size_limit=self.cfg.max_message_size, enable_SMTPUTF8=True,
                     decode_data=False, hostname=self.cfg.hostname, ident="mxd ESMTP submission",
                     tls_context=None if implicit else self.tls, require_starttls=not implicit,
                     auth_required=True, auth_require_tls=not implicit,
