@@ -65,14 +65,20 @@ def add(message_id: str, mailbox_id: str, inbound_id: str, mail_from: str, sende
     return out
 
 
+_FIELDS = [f for f in QueueEntry._meta.sorted_fields]
+_LEASE_SELECT = ('SELECT ' + ", ".join(f'"{f.column_name}"' for f in _FIELDS) + ' FROM "queue_entry" '
+                 'WHERE "status" IN (?, ?) AND "next_attempt_at" <= ? AND "lease_until" < ? '
+                 'ORDER BY "next_attempt_at" LIMIT ?')
+
+
 def lease(limit: int, now: float | None = None, seconds: float = LEASE_SECONDS) -> list[QueueEntry]:
-    """Due entries, oldest first, leased for `seconds` so no other worker takes them."""
+    """Due entries, oldest first, leased for `seconds` so no other worker takes them (hand-written SQL)."""
     now = time.time() if now is None else now
-    rows = list(QueueEntry.select().where(QueueEntry.status.in_(ACTIVE) & (QueueEntry.next_attempt_at <= now)
-                                          & (QueueEntry.lease_until < now))
-                .order_by(QueueEntry.next_attempt_at).limit(limit))
+    rows = [QueueEntry(**{f.name: value for f, value in zip(_FIELDS, row)})
+            for row in execute(_LEASE_SELECT, (*ACTIVE, now, now, limit)).fetchall()]
     if rows:
-        QueueEntry.update(lease_until=now + seconds).where(QueueEntry.id.in_([r.id for r in rows])).execute()
+        execute(f'UPDATE "queue_entry" SET "lease_until" = ? WHERE "id" IN ({",".join("?" * len(rows))})',
+                (now + seconds, *[r.id for r in rows]))
     return rows
 
 

@@ -9,12 +9,12 @@ from collections import defaultdict
 
 from mxd import outqueue, policy
 from mxd.config import Config, parse_hostport
-from mxd.db import Database
+from mxd.db import Database, execute
 from mxd.delivery import bounces
 from mxd.delivery.mx import NullMX, Target, resolve_targets
 from mxd.resolver import Resolver
 from mxd.smtpclient import Connection, DeliveryError
-from mxd.store.models import Inbound, QueueEntry
+from mxd.store.models import QueueEntry
 
 log = logging.getLogger("mxd.delivery")
 BATCH = 200
@@ -143,8 +143,7 @@ class Scheduler:
             for index, entry in enumerate(entries):
                 data = data_cache.get(entry.inbound_id)
                 if data is None:
-                    data = data_cache[entry.inbound_id] = await self.db.read(
-                        lambda i=entry.inbound_id: bytes(Inbound.get_by_id(i).data))
+                    data = data_cache[entry.inbound_id] = await self.db.read(_message_bytes, entry.inbound_id)
                 try:
                     [result] = await conn.send(entry.return_path, [entry.recipient], data)
                 except DeliveryError as exc:
@@ -180,6 +179,11 @@ class Scheduler:
             await self.db.write(bounces.fail_and_bounce, self.cfg, entry.id, entry.last_reply, entry.last_host,
                                 "delayed")
             self.on_local()
+
+
+def _message_bytes(inbound_id: str) -> bytes:
+    row = execute('SELECT "data" FROM "inbound" WHERE "id" = ?', (inbound_id,)).fetchone()
+    return bytes(row[0]) if row else b""
 
 
 def conn_host(conn: Connection) -> str:
