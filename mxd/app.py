@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import os
@@ -15,10 +16,9 @@ from mxd import keys, tokens
 from mxd.api.app import Context, create_app
 from mxd.config import Config, parse_hostport
 from mxd.db import Database
-from mxd.pipeline import Pipeline
+from mxd.pipeline import Pipeline, make_workers
 from mxd.resolver import make_resolver
 from mxd.delivery.scheduler import Scheduler
-from mxd.sending import Signers
 from mxd.smtpserver.mx import MxHandler, MxServer
 from mxd.smtpserver.submission import SubmissionHandler, SubmissionServer
 from mxd.store.directory import Directory
@@ -62,6 +62,7 @@ class Daemon:
         self.mx: MxServer | None = None
         self.pipeline: Pipeline | None = None
         self.scheduler: Scheduler | None = None
+        self.workers: concurrent.futures.Executor | None = None
         self.submission: SubmissionServer | None = None
         self.http: _Uvicorn | None = None
         self._http_task: asyncio.Task | None = None
@@ -91,11 +92,11 @@ class Daemon:
         await self.db.read(directory.refresh)
         resolver = make_resolver(cfg.dns_nameservers, cfg.dns_timeout)
 
-        self.pipeline = Pipeline(cfg, self.db, resolver)
+        self.workers = make_workers(cfg, resolver)
+        self.pipeline = Pipeline(cfg, self.db, self.workers)
         self.pipeline.start()
         self.scheduler = Scheduler(cfg, self.db, resolver, on_local=self.pipeline.notify)
         self.scheduler.start()
-        signers = Signers(cfg)
 
         def queued() -> None:
             self.scheduler.notify()
@@ -103,9 +104,9 @@ class Daemon:
         if mx_sock is not None:
             self.mx = MxServer(cfg, MxHandler(cfg, self.db, directory, self.pipeline.notify), tls)
             await self.mx.start_on(mx_sock)
-        self.submission = SubmissionServer(cfg, SubmissionHandler(cfg, self.db, signers, queued), tls)
+        self.submission = SubmissionServer(cfg, SubmissionHandler(cfg, self.db, self.workers, queued), tls)
         await self.submission.start_on(sub_sock, subs_sock)
-        app = create_app(Context(cfg, self.db, directory, signers, queued, resolver))
+        app = create_app(Context(cfg, self.db, directory, self.workers, queued, resolver))
         self.http = _Uvicorn(uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False,
                                             timeout_graceful_shutdown=10))
         self._http_task = asyncio.get_running_loop().create_task(self.http.serve(sockets=[http_sock]))
@@ -132,6 +133,8 @@ class Daemon:
             await self.scheduler.stop()
         if self.pipeline:
             await self.pipeline.stop()
+        if self.workers:
+            self.workers.shutdown(wait=True, cancel_futures=True)
         if self.db:
             self.db.close()
         log.info("mxd stopped")

@@ -94,19 +94,24 @@ def analyse(items: list[tuple[str, bytes, str, str, str, str, str]], auth_on: bo
     return list(_threads.map(lambda item: _analyse_one(item, auth_on, authserv_id), items))
 
 
+def make_workers(cfg: Config, resolver: Resolver) -> concurrent.futures.Executor:
+    """The executor for mxd's CPU work (parsing, authenticating, signing): worker processes, so it
+    runs beside the event loop on another core, or threads when `pipeline_processes` is 0."""
+    if cfg.pipeline_processes > 0:
+        return concurrent.futures.ProcessPoolExecutor(
+            cfg.pipeline_processes, mp_context=multiprocessing.get_context("spawn"),
+            initializer=_init_worker, initargs=(cfg.dns_nameservers, cfg.dns_timeout))
+    global _resolver
+    _resolver = resolver
+    return concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="mxd-cpu")
+
+
 class Pipeline:
-    def __init__(self, cfg: Config, db: Database, resolver: Resolver | None) -> None:
+    def __init__(self, cfg: Config, db: Database, workers: concurrent.futures.Executor) -> None:
         self.cfg, self.db = cfg, db
         self.window = cfg.thread_subject_window_days * 86400.0
         self._wake = asyncio.Event()
-        if cfg.pipeline_processes > 0:
-            self._pool: concurrent.futures.Executor = concurrent.futures.ProcessPoolExecutor(
-                cfg.pipeline_processes, mp_context=multiprocessing.get_context("spawn"),
-                initializer=_init_worker, initargs=(cfg.dns_nameservers, cfg.dns_timeout))
-        else:
-            global _resolver
-            _resolver = resolver
-            self._pool = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="mxd-pipe")
+        self._pool = workers
         self._inflight: set[str] = set()
         self._slots = asyncio.Semaphore(max(2, cfg.pipeline_processes * 2))
         self._task: asyncio.Task | None = None
@@ -125,7 +130,6 @@ class Pipeline:
                 await self._task
             except asyncio.CancelledError:
                 pass
-        self._pool.shutdown(wait=True, cancel_futures=True)
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()

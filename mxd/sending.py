@@ -6,12 +6,14 @@ CRLF-normalised message to `send`; nothing else puts mail on the queue.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import hashlib
 import json
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable
 
 from mxd import keys, outqueue
 from mxd.config import Config
@@ -43,25 +45,33 @@ class Signers:
     (`mxd dkim rotate`). Keys are made when a domain is created (API or `mxd init`);
     a domain without keys sends unsigned."""
 
-    def __init__(self, cfg: Config) -> None:
-        self.cfg = cfg
+    def __init__(self, dkim_dir: Path) -> None:
+        self.dkim_dir = dkim_dir
         self._cache: dict[str, tuple[float, Signer | None]] = {}
         self._lock = threading.Lock()
 
     def sign(self, data: bytes, domain: str) -> bytes:
-        stamp = keys.manifest_mtime(self.cfg.dkim_dir, domain)
+        stamp = keys.manifest_mtime(self.dkim_dir, domain)
         with self._lock:
             cached = self._cache.get(domain)
             if cached is None or cached[0] != stamp:
-                active = [k for k in keys.load_dkim_keys(self.cfg.dkim_dir, domain) if k.state == keys.ACTIVE] \
+                active = [k for k in keys.load_dkim_keys(self.dkim_dir, domain) if k.state == keys.ACTIVE] \
                     if stamp else []
                 cached = self._cache[domain] = (stamp, Signer(active) if active else None)
         signer = cached[1]
         return signer.sign(data, domain) + data if signer else data
 
-    def forget(self, domain: str) -> None:
-        with self._lock:
-            self._cache.pop(domain, None)
+
+_signers: dict[str, Signers] = {}
+
+
+def prepare(dkim_dir: str, data: bytes, domain: str) -> tuple[bytes, Any]:
+    """Sign (and parse) a message: CPU work, run in a worker process beside the event loop."""
+    signers = _signers.get(dkim_dir)
+    if signers is None:
+        signers = _signers[dkim_dir] = Signers(Path(dkim_dir))
+    signed = signers.sign(data, domain) if domain else data
+    return signed, parse(data)
 
 
 def _persist(cfg: Config, principal: Principal | None, out: Outgoing, signed: bytes, parsed: Any,
@@ -109,22 +119,23 @@ def body_hash(body: Any) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
 
 
-async def send(cfg: Config, db: Database, signers: Signers, principal: Principal | None, out: Outgoing,
-               idempotency_key: str | None = None, idempotency_body: Any = None, parsed: Any = None) -> dict:
+async def send(cfg: Config, db: Database, cpu: concurrent.futures.Executor, principal: Principal | None,
+               out: Outgoing, idempotency_key: str | None = None, idempotency_body: Any = None,
+               check: Callable[[Any], None] | None = None) -> dict:
     """Sign and persist one outgoing message; returns once it is durably queued.
 
-    `parsed` is the caller's mxd.mime.parse of out.data, when it has one (the signatures added
-    here change no field that is stored).
+    `cpu` runs the signing and parsing (mxd's worker processes); `check(parsed)` may refuse the
+    message (raise MxdError) before anything is stored.
     """
     data = normalize_line_endings(out.data)
     domain = out.mail_from.rsplit("@", 1)[-1].lower()
-    loop = asyncio.get_running_loop()
     try:
-        signed = await loop.run_in_executor(None, signers.sign, data, domain) if domain else data
+        signed, parsed = await asyncio.get_running_loop().run_in_executor(
+            cpu, prepare, str(cfg.dkim_dir), data, domain)
     except ValueError as exc:           # no From, or a header that cannot be parsed
         raise MxdError("bad_request", f"the message cannot be signed: {exc}") from None
-    if parsed is None:
-        parsed = parse(data)
+    if check is not None:
+        check(parsed)
     idem = None
     if idempotency_key:
         owner = principal.token_id if principal else "mxd"

@@ -1,6 +1,7 @@
 """The HTTP application: Starlette routes of every dialect, bearer-token authentication, JSON errors."""
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import logging
 from dataclasses import dataclass
@@ -16,7 +17,6 @@ from mxd.config import Config
 from mxd.db import Database
 from mxd.errors import MxdError
 from mxd.resolver import Resolver
-from mxd.sending import Signers
 from mxd.store.directory import Directory
 
 log = logging.getLogger("mxd.api")
@@ -28,7 +28,7 @@ class Context:
     cfg: Config
     db: Database
     directory: Directory
-    signers: Signers
+    workers: concurrent.futures.Executor    # CPU work: signing, parsing (see mxd.pipeline.make_workers)
     queued: Callable[[], None]          # wakes the delivery and local-delivery workers
     resolver: Resolver
 

@@ -82,7 +82,6 @@ async def domains_create(request: Request) -> Response:
     c = ctx(request)
     domain, created = await c.db.write(directory.create_domain, name)
     await asyncio.get_running_loop().run_in_executor(None, keys.generate_dkim_keys, c.cfg.dkim_dir, domain.name)
-    c.signers.forget(domain.name)
     await c.db.read(c.directory.refresh)
     return JSONResponse(_domain_dict(domain), status_code=201 if created else 200)
 

@@ -93,7 +93,7 @@ async def _send_draft(request: Request, principal: Principal, draft: Draft, body
     except ComposeError as exc:
         raise MxdError(exc.code, f"{exc.field}: {exc.message}") from None
     key = request.headers.get("idempotency-key")
-    result = await send(c.cfg, c.db, c.signers, principal, Outgoing(draft.from_addr, recipients, data, "api",
+    result = await send(c.cfg, c.db, c.workers, principal, Outgoing(draft.from_addr, recipients, data, "api",
                                                                      request.client.host if request.client else ""),
                         idempotency_key=key, idempotency_body=body if key else None)
     c.queued()

@@ -7,6 +7,7 @@ send as (550 5.7.1 otherwise); the message then takes the one send path.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import socket
 import ssl
@@ -20,8 +21,7 @@ from mxd import tokens
 from mxd.config import Config
 from mxd.db import Database
 from mxd.errors import MxdError
-from mxd.mime.parse import parse
-from mxd.sending import Outgoing, Signers, send
+from mxd.sending import Outgoing, send
 from mxd.smtpserver.fast import FastSMTP
 
 log = logging.getLogger("mxd.submission")
@@ -31,8 +31,8 @@ AUTH_FAILED = "535 5.7.8 Authentication credentials invalid"
 
 
 class SubmissionHandler:
-    def __init__(self, cfg: Config, db: Database, signers: Signers, on_queued: Any) -> None:
-        self.cfg, self.db, self.signers, self.on_queued = cfg, db, signers, on_queued
+    def __init__(self, cfg: Config, db: Database, workers: concurrent.futures.Executor, on_queued: Any) -> None:
+        self.cfg, self.db, self.workers, self.on_queued = cfg, db, workers, on_queued
 
     # aiosmtpd calls the authenticator synchronously on the event loop; the lookup is one indexed row.
     def authenticator(self, server: SMTP, session: Session, envelope: SmtpEnvelope, mechanism: str,
@@ -83,16 +83,16 @@ class SubmissionHandler:
         return codes.RECIPIENT_OK
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: SmtpEnvelope) -> str:
-        data: bytes = envelope.original_content or b""
-        parsed = parse(data)
-        authors = [a.address for a in parsed.from_]
-        if not authors or not all(self._may_send_as(session, a) for a in authors):
-            return "550 5.7.1 From header must be an address this token may send as"
         peer = session.peer or ("", 0)
-        out = Outgoing(mail_from=envelope.mail_from, recipients=list(envelope.rcpt_tos), data=data,
-                       source="submission", remote_ip=str(peer[0]))
+        out = Outgoing(mail_from=envelope.mail_from, recipients=list(envelope.rcpt_tos),
+                       data=envelope.original_content or b"", source="submission", remote_ip=str(peer[0]))
+
+        def authors_allowed(parsed: Any) -> None:
+            authors = [a.address for a in parsed.from_]
+            if not authors or not all(self._may_send_as(session, a) for a in authors):
+                raise MxdError("sender_not_allowed", "the From header must be an address this token may send as")
         try:
-            result = await send(self.cfg, self.db, self.signers, session.auth_data, out, parsed=parsed)
+            result = await send(self.cfg, self.db, self.workers, session.auth_data, out, check=authors_allowed)
         except MxdError as exc:
             return f"{exc.smtp} ({exc.code}: {exc.message})"[:500]
         except Exception:
