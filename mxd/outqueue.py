@@ -13,7 +13,7 @@ from mxd import outbox
 from mxd.db import execute
 from mxd.errors import MxdError
 from mxd.ids import new_id
-from mxd.store.models import Inbound, Message, QueueEntry
+from mxd.store.models import Message, QueueEntry
 
 LEASE_SECONDS = 300.0
 ACTIVE = ("queued", "deferred")

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import smtplib
 import time
-from pathlib import Path
 
 import dkim
 import pytest

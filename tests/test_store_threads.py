@@ -36,7 +36,7 @@ def _deliver_all(db: Database, files: list[Path]) -> dict[str, str]:
         env = Envelope(mail_from="list@remote.test", rcpts=[Recipient("agent@example.test", (box.id,))], data=raw)
         inbound_id = db.write_sync(store, env)
         row = db.write_sync(lambda: Inbound.get_by_id(inbound_id))
-        [msg_id] = db.write_sync(messages.deliver, row, parse(bytes(row.data)), None, "", WINDOW)
+        [(msg_id, _)] = db.write_sync(messages.deliver, row, parse(bytes(row.data)), None, "", WINDOW)
         threads[str(path)] = msg_id
     ids = list(threads.values())
     rows = {m.id: m.thread_id for m in db.write_sync(lambda: list(Message.select().where(Message.id.in_(ids))))}

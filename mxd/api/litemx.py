@@ -59,6 +59,14 @@ def _visible_message(principal: Principal, message_id: str) -> tuple[Message, st
     return msg, box.address
 
 
+async def _change_directory(request: Request, fn, *args):
+    """Write a directory change, then reload the in-memory snapshot RCPT TO resolves against."""
+    c = ctx(request)
+    result = await c.db.write(fn, *args)
+    await c.db.read(c.directory.refresh)
+    return result
+
+
 # ---------------------------------------------------------------- system
 async def health(request: Request) -> Response:
     db = ctx(request).db
@@ -80,9 +88,8 @@ async def domains_create(request: Request) -> Response:
     if not isinstance(name, str):
         raise MxdError("bad_request", "body must hold {\"domain\": \"example.com\"}")
     c = ctx(request)
-    domain, created = await c.db.write(directory.create_domain, name)
+    domain, created = await _change_directory(request, directory.create_domain, name)
     await asyncio.get_running_loop().run_in_executor(None, keys.generate_dkim_keys, c.cfg.dkim_dir, domain.name)
-    await c.db.read(c.directory.refresh)
     return JSONResponse(_domain_dict(domain), status_code=201 if created else 200)
 
 
@@ -94,9 +101,7 @@ async def domain_get(request: Request) -> Response:
 
 async def domain_delete(request: Request) -> Response:
     await authenticate(request, "admin")
-    c = ctx(request)
-    await c.db.write(directory.delete_domain, request.path_params["domain"])
-    await c.db.read(c.directory.refresh)
+    await _change_directory(request, directory.delete_domain, request.path_params["domain"])
     return Response(status_code=204)
 
 
@@ -153,9 +158,7 @@ async def mailboxes_create(request: Request) -> Response:
     if not isinstance(display, str) or (retention is not None and (not isinstance(retention, int)
                                                                     or isinstance(retention, bool) or retention < 1)):
         raise MxdError("bad_request", "display_name must be a string and retention_days a positive integer")
-    c = ctx(request)
-    box, created = await c.db.write(directory.create_mailbox, address, display, retention)
-    await c.db.read(c.directory.refresh)
+    box, created = await _change_directory(request, directory.create_mailbox, address, display, retention)
     return JSONResponse(_mailbox_dict(box), status_code=201 if created else 200)
 
 
@@ -169,9 +172,7 @@ async def mailbox_get(request: Request) -> Response:
 
 async def mailbox_delete(request: Request) -> Response:
     await authenticate(request, "admin")
-    c = ctx(request)
-    await c.db.write(directory.delete_mailbox, request.path_params["mailbox"])
-    await c.db.read(c.directory.refresh)
+    await _change_directory(request, directory.delete_mailbox, request.path_params["mailbox"])
     return Response(status_code=204)
 
 
@@ -191,17 +192,14 @@ async def aliases_create(request: Request) -> Response:
     if not isinstance(address, str) or not isinstance(targets, list) or not all(isinstance(t, str) for t in targets):
         raise MxdError("bad_request", "body must hold {\"address\": ..., \"targets\": [mailbox addresses]}")
     c = ctx(request)
-    rows = await c.db.write(directory.create_alias, address, targets)
-    await c.db.read(c.directory.refresh)
+    rows = await _change_directory(request, directory.create_alias, address, targets)
     return JSONResponse({"address": rows[0].address,
                          "targets": await c.db.read(lambda: [r.mailbox.address for r in rows])}, status_code=201)
 
 
 async def alias_delete(request: Request) -> Response:
     await authenticate(request, "admin")
-    c = ctx(request)
-    await c.db.write(directory.delete_alias, request.path_params["alias"])
-    await c.db.read(c.directory.refresh)
+    await _change_directory(request, directory.delete_alias, request.path_params["alias"])
     return Response(status_code=204)
 
 
@@ -223,8 +221,7 @@ async def catchall_put(request: Request) -> Response:
     if target is not None and not isinstance(target, str):
         raise MxdError("bad_request", "body must hold {\"target\": \"mailbox@domain\"} or {\"target\": null}")
     c = ctx(request)
-    domain = await c.db.write(directory.set_catchall, request.path_params["domain"], target)
-    await c.db.read(c.directory.refresh)
+    domain = await _change_directory(request, directory.set_catchall, request.path_params["domain"], target)
     return JSONResponse(await c.db.read(_catchall_dict, domain))
 
 

@@ -8,7 +8,7 @@ from typing import Any
 from mxd.ids import new_id
 from mxd.store import search, threads
 from mxd import outbox
-from mxd.store.models import Attachment, Inbound, Mailbox, Message, Thread
+from mxd.store.models import Attachment, Inbound, Message, Thread
 from mxd.db import execute, proxy
 
 SNIPPET = 200
