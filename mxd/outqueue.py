@@ -103,11 +103,14 @@ def _event_args(entry: QueueEntry) -> dict:
     return {"mailbox_id": row[0] if row else None, "message_id": entry.message_id, "recipient": entry.recipient}
 
 
-def delivered(entry: QueueEntry, reply: str, host: str) -> None:
+def delivered(entry: QueueEntry, reply: str, host: str, relayed: bool = False) -> None:
+    """The remote side took the message: "delivered" when it was the recipient's MX, "sent" when it
+    was a smart host (which delivers on from there, so final delivery is not known here)."""
+    status = "sent" if relayed else "delivered"
     execute('UPDATE "queue_entry" SET "status" = ?, "last_reply" = ?, "last_host" = ?, "last_attempt_at" = ?, '
             '"attempts" = "attempts" + 1, "lease_until" = 0 WHERE "id" = ?',
-            ("delivered", reply, host, time.time(), entry.id))
-    outbox.emit("message.delivered", reply=reply, host=host, **_event_args(entry))
+            (status, reply, host, time.time(), entry.id))
+    outbox.emit(f"message.{status}", reply=reply, host=host, **_event_args(entry))
 
 
 def deferred(entry_id: str, reply: str, host: str, delays: list[float]) -> tuple[QueueEntry, bool]:
@@ -179,7 +182,7 @@ def release(entry_id: str) -> QueueEntry:
 
 def drop(entry_id: str) -> None:
     entry = get(entry_id)
-    if entry.status in ("delivered", "failed"):
+    if entry.status in ("delivered", "sent", "failed"):
         raise MxdError("conflict", f"entry is {entry.status} already", status=409)
     QueueEntry.update(status="failed", last_reply="deleted by the operator", lease_until=0).where(
         QueueEntry.id == entry_id).execute()

@@ -15,15 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from mxd import keys, outqueue
+from mxd import keys, outbox, outqueue, policy
 from mxd.config import Config
-from mxd.db import Database
+from mxd.db import Database, execute
 from mxd.dkimsign import Signer
 from mxd.errors import MxdError
 from mxd.ingest import Envelope, Recipient, as_row, normalize_line_endings, received_header, store
 from mxd.mime.parse import parse
-from mxd import policy
-from mxd.policy import preflight
 from mxd.store import messages
 from mxd.store.models import Idempotency
 from mxd.tokens import Principal
@@ -85,7 +83,7 @@ def _persist(cfg: Config, principal: Principal | None, out: Outgoing, signed: by
             return dict(row.response, idempotent_replay=True)
         if row is not None:
             row.delete_instance()
-    decision = preflight(cfg, principal, out.mail_from, out.recipients)
+    decision = policy.preflight(cfg, principal, out.mail_from, out.recipients)
     sender, box = str(decision.sender), decision.mailbox
     now = time.time()
     copy = Envelope(mail_from=sender, rcpts=[Recipient(box.mailbox_address, (box.mailbox_id,))], data=signed,
@@ -140,4 +138,20 @@ async def send(cfg: Config, db: Database, cpu: concurrent.futures.Executor, prin
     if idempotency_key:
         owner = principal.token_id if principal else "mxd"
         idem = (f"{owner}:{idempotency_key[:200]}", body_hash(idempotency_body))
-    return await db.write(_persist, cfg, principal, out, signed, parsed, idem)
+    try:
+        return await db.write(_persist, cfg, principal, out, signed, parsed, idem)
+    except MxdError as exc:
+        if exc.code in BLOCKING_CODES:
+            await db.write(_blocked, out, exc)
+        raise
+
+
+# Preflight refusals that are recorded as a message.blocked event (a bad request is not).
+BLOCKING_CODES = frozenset({"domain_not_ready", "outbound_disabled", "too_many_recipients", "daily_cap_reached",
+                            "rate_limited", "recipient_suppressed", "sender_not_allowed", "forbidden"})
+
+
+def _blocked(out: Outgoing, exc: MxdError) -> None:
+    row = execute('SELECT "id" FROM "mailbox" WHERE "address" = ?', (out.mail_from.lower(),)).fetchone()
+    outbox.emit("message.blocked", mailbox_id=row[0] if row else None, sender=out.mail_from,
+                recipients=out.recipients[:100], code=exc.code, reason=exc.message, source=out.source)

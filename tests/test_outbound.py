@@ -7,7 +7,9 @@ Authentication-Results (both DKIM signatures, SPF, DMARC).
 from __future__ import annotations
 
 import base64
+import json
 import smtplib
+import sqlite3
 import ssl
 import time
 
@@ -91,6 +93,10 @@ def test_domain_not_ready_is_a_hard_stop(world):
     assert r.status_code == 422
     err = r.json()["error"]
     assert err["code"] == "domain_not_ready" and err["hard_stop"] is True and "readiness" in err["fix"]
+    db = sqlite3.connect(f"file:{sender.data_dir / 'mxd.db'}?mode=ro", uri=True)
+    [(data,)] = db.execute("SELECT data FROM event WHERE type = 'message.blocked'").fetchall()
+    db.close()
+    assert json.loads(data)["code"] == "domain_not_ready" and json.loads(data)["recipients"] == ["bob@peer.test"]
     _ready(sender)
 
 

@@ -156,7 +156,7 @@ class Scheduler:
                     continue
                 reply = _reply(result.code, result.enhanced, result.text)
                 if result.ok:
-                    await self.db.write(outqueue.delivered, entry, reply, conn_host(conn))
+                    await self.db.write(outqueue.delivered, entry, reply, conn_host(conn), bool(self.cfg.smart_host))
                 else:
                     await self._outcome(entry, result.permanent, reply, conn_host(conn))
         finally:
