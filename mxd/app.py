@@ -79,8 +79,8 @@ class Daemon:
         subs_sock = bind_socket(cfg.submissions_listen, "submission over TLS", "MXD_SUBMISSIONS_LISTEN") \
             if cfg.submissions_listen else None
 
-        keys.ensure_self_signed_cert(cfg.tls_cert_path, cfg.tls_key_path, cfg.hostname) \
-            if not cfg.tls_cert else None
+        if not cfg.tls_cert:                       # a self-signed certificate until real files are configured
+            keys.ensure_self_signed_cert(cfg.tls_cert_path, cfg.tls_key_path, cfg.hostname)
         tls = keys.load_ssl_context(cfg.tls_cert_path, cfg.tls_key_path)
 
         self.db = Database(cfg.effective_store_url)

@@ -39,7 +39,8 @@ def cmd_init(args: argparse.Namespace) -> int:
         config_path.chmod(0o600)
         created_config = True
 
-    keys.ensure_self_signed_cert(cfg.tls_cert_path, cfg.tls_key_path, cfg.hostname) if not cfg.tls_cert else None
+    if not cfg.tls_cert:
+        keys.ensure_self_signed_cert(cfg.tls_cert_path, cfg.tls_key_path, cfg.hostname)
     db = Database(cfg.effective_store_url)
     db.start()
     try:

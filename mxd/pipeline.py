@@ -15,6 +15,8 @@ import ctypes
 import json
 import logging
 import multiprocessing
+import os
+import signal
 from typing import Any
 
 from mxd.config import Config
@@ -43,8 +45,14 @@ def _pending(exclude: set[str], limit: int) -> list[InboundRow]:
 _resolver: Resolver | None = None
 
 
-def _init_worker(nameservers: list[str], timeout: float) -> None:
+def _init_worker(nameservers: list[str], timeout: float, daemon_pid: int) -> None:
     global _resolver
+    try:   # Linux: end with the daemon even when it is killed with SIGKILL (PR_SET_PDEATHSIG = 1)
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != daemon_pid:              # the daemon died before prctl took effect
+        os._exit(0)
     _resolver = make_resolver(nameservers, timeout)
 
 
@@ -100,7 +108,7 @@ def make_workers(cfg: Config, resolver: Resolver) -> concurrent.futures.Executor
     if cfg.pipeline_processes > 0:
         return concurrent.futures.ProcessPoolExecutor(
             cfg.pipeline_processes, mp_context=multiprocessing.get_context("spawn"),
-            initializer=_init_worker, initargs=(cfg.dns_nameservers, cfg.dns_timeout))
+            initializer=_init_worker, initargs=(cfg.dns_nameservers, cfg.dns_timeout, os.getpid()))
     global _resolver
     _resolver = resolver
     return concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="mxd-cpu")
@@ -186,8 +194,16 @@ class Pipeline:
             try:
                 with proxy.obj.atomic():
                     self._store_one(row, parsed, auth, trace)
+                continue
             except Exception:
-                log.exception("storing inbound %s failed; it will be retried", row.id)
+                log.exception("storing inbound %s failed; storing it unparsed", row.id)
+            try:
+                with proxy.obj.atomic():            # the raw message, flagged, rather than nothing
+                    self._store_one(row, None, None, trace)
+            except Exception:
+                # Not even that: take it off the work list so it cannot spin; the raw bytes stay in inbound.
+                log.exception("inbound %s cannot be stored as a message; its raw bytes stay in the store", row.id)
+                execute('UPDATE "inbound" SET "processed" = ? WHERE "id" = ?', (True, row.id))
 
     def _store_one(self, row: InboundRow, parsed: Any, auth: Any, trace: str) -> None:
         messages.deliver(row, parsed, auth, trace, self.window)

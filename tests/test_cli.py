@@ -99,3 +99,35 @@ def test_queue_and_suppression_commands_use_the_api(mxd):
     assert out.returncode == 1 and "not_found" in out.stderr and "fix:" in out.stderr
     out = _mxd(mxd, "queue", "list", extra_env={"MXD_URL": mxd.url(""), "MXD_TOKEN": "mxd_bad"})
     assert out.returncode == 1 and "unauthorized" in out.stderr
+
+
+def _children(pid: int) -> list[int]:
+    from pathlib import Path
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(stat.parent.name))
+        except (OSError, ValueError, IndexError):
+            pass
+    return out
+
+
+def test_worker_processes_end_with_a_killed_daemon(mxd):
+    import os
+    import time
+    # The worker process starts with the first message to parse.
+    import smtplib
+    with smtplib.SMTP("127.0.0.1", mxd.mx_port) as s:
+        s.sendmail("x@remote.test", ["agent@example.test"], b"Subject: wake\r\n\r\nx\r\n")
+    assert mxd.wait_messages(1, "agent@example.test")
+    pid = mxd.proc.pid
+    workers = [c for c in _children(pid) if b"spawn_main" in open(f"/proc/{c}/cmdline", "rb").read()]
+    assert workers, "no worker process found"
+    mxd.kill9()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(os.path.exists(f"/proc/{w}") for w in workers):
+        time.sleep(0.1)
+    assert not any(os.path.exists(f"/proc/{w}") and b"spawn_main" in open(f"/proc/{w}/cmdline", "rb").read()
+                   for w in workers)
+    mxd.start()            # the fixture stops it again
