@@ -1,10 +1,23 @@
 """Where the shared test mail lives: the notmuch corpora beside the repository, and CPython's email test messages."""
 from __future__ import annotations
 
+import os
 import sysconfig
 from pathlib import Path
 
-CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "notmuch"
+def _find_corpus() -> Path:
+    """shared/ sits beside the repository; $MXD_SHARED_DIR names it when the checkout lives elsewhere."""
+    candidates = [Path(os.environ["MXD_SHARED_DIR"])] if os.environ.get("MXD_SHARED_DIR") else []
+    candidates += [parent / "shared" for parent in Path(__file__).resolve().parents]
+    candidates.append(Path("/work/shared"))
+    for shared in candidates:
+        if (shared / "corpus" / "notmuch").is_dir():
+            return shared / "corpus" / "notmuch"
+    raise RuntimeError("the shared test corpus was not found: put shared/ beside the repository "
+                       "or set MXD_SHARED_DIR")
+
+
+CORPUS = _find_corpus()
 CPYTHON_EMAIL = Path(sysconfig.get_paths()["stdlib"]) / "test" / "test_email" / "data"
 
 
