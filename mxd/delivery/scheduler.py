@@ -88,8 +88,9 @@ class Scheduler:
                 await self._deliver_locked(domain, entries)
         except Exception:
             log.exception("delivery to %s failed unexpectedly", domain)
-            for entry in entries:
-                await self._outcome(entry, False, "451 4.3.0 internal delivery error", "")
+            for entry in entries:                 # only those whose outcome was not recorded yet
+                if entry.id in self._inflight:
+                    await self._outcome(entry, False, "451 4.3.0 internal delivery error", "")
         finally:
             for entry in entries:
                 self._inflight.discard(entry.id)
@@ -157,13 +158,18 @@ class Scheduler:
                 reply = _reply(result.code, result.enhanced, result.text)
                 if result.ok:
                     await self.db.write(outqueue.delivered, entry, reply, conn_host(conn), bool(self.cfg.smart_host))
+                    self._inflight.discard(entry.id)
                 else:
                     await self._outcome(entry, result.permanent, reply, conn_host(conn))
         finally:
-            await conn.close()
+            try:
+                await conn.close()
+            except Exception:                     # the outcomes are recorded; a failing QUIT changes nothing
+                log.debug("closing the connection to %s failed", domain, exc_info=True)
 
     async def _outcome(self, entry: QueueEntry, permanent: bool, reply: str, host: str) -> None:
         """Record a failure: permanent ones fail and bounce; temporary ones back off until the lifetime ends."""
+        self._inflight.discard(entry.id)          # its outcome is recorded here, once
         if not permanent:
             updated, expired = await self.db.write(outqueue.deferred, entry.id, reply, host, self.cfg.retry_delays)
             if not expired:
