@@ -55,11 +55,9 @@ class Database:
         self.url = url
         self.db = connect_url(url)
         proxy.initialize(self.db)
-        self.is_sqlite = isinstance(self.db, peewee.SqliteDatabase)
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
         self._readers = concurrent.futures.ThreadPoolExecutor(readers, thread_name_prefix="mxd-read")
-        self.commits = 0
 
     # ---------------------------------------------------------------- lifecycle
     def start(self) -> None:
@@ -132,7 +130,6 @@ class Database:
                             results.append((True, job.fn(*job.args)))
                     except Exception as exc:            # noqa: BLE001 - handed to the caller
                         results.append((False, exc))
-            self.commits += 1
         except Exception as exc:                        # the commit itself failed: nobody's write is durable
             log.exception("commit failed")
             results = [(False, exc)] * len(batch)

@@ -34,7 +34,3 @@ def new_id(prefix: str) -> str:
     # 50 bits of time then 70 bits of counter: 24 base32 characters, big-endian, so ids sort by time.
     value = (ms << 70) | (rand & ((1 << 70) - 1))
     return prefix + "_" + base64.b32encode(value.to_bytes(15, "big")).translate(_TO_CROCKFORD).decode()
-
-
-def has_prefix(value: str, prefix: str) -> bool:
-    return isinstance(value, str) and value.startswith(prefix + "_") and len(value) == len(prefix) + 25

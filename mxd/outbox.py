@@ -6,9 +6,7 @@ import time
 from typing import Any
 
 from mxd.db import execute
-
 from mxd.ids import new_id
-from mxd.store.models import Event
 
 TYPES = ("message.received", "message.queued", "message.sent", "message.delivered", "message.deferred",
          "message.failed", "message.blocked", "message.held", "message.released")
@@ -21,7 +19,3 @@ def emit(type_: str, *, mailbox_id: str | None = None, message_id: str | None = 
             'VALUES (?, ?, ?, ?, ?, ?)',
             (event_id, type_, time.time(), mailbox_id, message_id, json.dumps(data, separators=(",", ":"))))
     return event_id
-
-
-def for_message(message_id: str) -> list[Event]:
-    return list(Event.select().where(Event.message_id == message_id).order_by(Event.id))

@@ -123,7 +123,6 @@ class Pipeline:
         self._inflight: set[str] = set()
         self._slots = asyncio.Semaphore(max(2, cfg.pipeline_processes * 2))
         self._task: asyncio.Task | None = None
-        self.processed = 0
 
     def notify(self) -> None:
         self._wake.set()
@@ -172,7 +171,6 @@ class Pipeline:
                 await self.db.write(self._store, rows, results, False)
             except Exception:                       # one bad message: redo the batch one savepoint each
                 await self.db.write(self._store, rows, results, True)
-            self.processed += len(rows)
         except Exception:
             log.exception("processing %d inbound messages failed; they will be retried", len(rows))
             await asyncio.sleep(1.0)

@@ -5,7 +5,7 @@ import concurrent.futures
 import json
 import logging
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable
+from typing import Any, Callable
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -89,9 +89,6 @@ def page_params(request: Request, default: int = 50, most: int = 500) -> tuple[i
 
 def page(items: list[dict], limit: int, fetched: int, last_id: str | None) -> dict:
     return {"data": items, "next_cursor": last_id if fetched >= limit and last_id else None}
-
-
-Handler = Callable[[Request], Awaitable[Response]]
 
 
 async def _mxd_error(request: Request, exc: Exception) -> Response:
