@@ -133,30 +133,32 @@ class Database:
         except Exception as exc:                        # the commit itself failed: nobody's write is durable
             log.exception("commit failed")
             results = [(False, exc)] * len(batch)
+        # One wake-up per event loop for the whole batch, not one per job.
+        by_loop: dict[Any, list[tuple[Any, bool, Any]]] = {}
         for job, (ok, value) in zip(batch, results):
-            _resolve(job, ok, value)
+            if job.loop is None:
+                _settle(job.future, ok, value)
+            else:
+                by_loop.setdefault(job.loop, []).append((job.future, ok, value))
+        for loop, settled in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_settle_all, settled)
+            except RuntimeError:  # loop closed during shutdown
+                pass
 
 
-def _resolve(job: _Job, ok: bool, value: Any) -> None:
-    fut = job.future
-    if job.loop is None:
-        if ok:
-            fut.set_result(value)
-        else:
-            fut.set_exception(value)
+def _settle(fut: Any, ok: bool, value: Any) -> None:
+    if fut.cancelled():
         return
+    if ok:
+        fut.set_result(value)
+    else:
+        fut.set_exception(value)
 
-    def settle() -> None:
-        if fut.cancelled():
-            return
-        if ok:
-            fut.set_result(value)
-        else:
-            fut.set_exception(value)
-    try:
-        job.loop.call_soon_threadsafe(settle)
-    except RuntimeError:  # loop closed during shutdown
-        pass
+
+def _settle_all(settled: list[tuple[Any, bool, Any]]) -> None:
+    for fut, ok, value in settled:
+        _settle(fut, ok, value)
 
 
 _PG_SQL: dict[str, str] = {}

@@ -113,6 +113,11 @@ def delivered(entry: QueueEntry, reply: str, host: str, relayed: bool = False) -
     outbox.emit(f"message.{status}", reply=reply, host=host, **_event_args(entry))
 
 
+def delivered_many(batch: list[tuple[QueueEntry, str, str]], relayed: bool) -> None:
+    for entry, reply, host in batch:
+        delivered(entry, reply, host, relayed)
+
+
 def deferred(entry_id: str, reply: str, host: str, delays: list[float]) -> tuple[QueueEntry, bool]:
     """Schedule the next attempt; returns (entry, expired). An expired entry is left for `failed`."""
     entry = QueueEntry.get_by_id(entry_id)

@@ -33,6 +33,7 @@ class Scheduler:
         self._tasks: set[asyncio.Task] = set()
         self._slots: dict[str, asyncio.Semaphore] = defaultdict(lambda: asyncio.Semaphore(cfg.connections_per_domain))
         self._inflight: set[str] = set()
+        self._data: dict[str, bytes] = {}        # message bytes of leased entries, by inbound id
 
     def notify(self) -> None:
         self._wake.set()
@@ -59,7 +60,8 @@ class Scheduler:
                 pruned_at = time.monotonic()
                 await self.db.write(policy.prune)
             room = BATCH * 4 - len(self._inflight)
-            entries = await self.db.write(outqueue.lease, min(BATCH, room), None, LEASE) if room > 0 else []
+            entries, data = await self.db.write(_lease, min(BATCH, room)) if room > 0 else ([], {})
+            self._data.update(data)
             entries = [e for e in entries if e.id not in self._inflight]
             groups: dict[str, list[QueueEntry]] = defaultdict(list)
             for entry in entries:
@@ -94,6 +96,7 @@ class Scheduler:
         finally:
             for entry in entries:
                 self._inflight.discard(entry.id)
+                self._data.pop(entry.inbound_id, None)   # another chunk of the same message reads it again
             self._wake.set()
 
     async def _targets(self, domain: str) -> tuple[list[Target], int]:
@@ -139,12 +142,13 @@ class Scheduler:
             for entry in entries:
                 await self._outcome(entry, False, reply, error.host or "" if error else "")
             return
-        data_cache: dict[str, bytes] = {}
+        sent: list[tuple[QueueEntry, str, str]] = []          # recorded in batches, not one write each
+        relayed = bool(self.cfg.smart_host)
         try:
             for index, entry in enumerate(entries):
-                data = data_cache.get(entry.inbound_id)
+                data = self._data.get(entry.inbound_id)
                 if data is None:
-                    data = data_cache[entry.inbound_id] = await self.db.read(_message_bytes, entry.inbound_id)
+                    data = self._data[entry.inbound_id] = await self.db.read(_message_bytes, entry.inbound_id)
                 try:
                     [result] = await conn.send(entry.return_path, [entry.recipient], data)
                 except DeliveryError as exc:
@@ -157,15 +161,26 @@ class Scheduler:
                     continue
                 reply = _reply(result.code, result.enhanced, result.text)
                 if result.ok:
-                    await self.db.write(outqueue.delivered, entry, reply, conn_host(conn), bool(self.cfg.smart_host))
-                    self._inflight.discard(entry.id)
+                    sent.append((entry, reply, conn_host(conn)))
+                    if len(sent) >= 16:
+                        await self._record_sent(sent, relayed)
                 else:
                     await self._outcome(entry, result.permanent, reply, conn_host(conn))
         finally:
+            await self._record_sent(sent, relayed)
             try:
                 await conn.close()
             except Exception:                     # the outcomes are recorded; a failing QUIT changes nothing
                 log.debug("closing the connection to %s failed", domain, exc_info=True)
+
+    async def _record_sent(self, sent: list[tuple[QueueEntry, str, str]], relayed: bool) -> None:
+        """Accepted by the remote side. A crash before this write means one more delivery, never a loss."""
+        if sent:
+            batch = list(sent)
+            sent.clear()
+            await self.db.write(outqueue.delivered_many, batch, relayed)
+            for entry, _, _ in batch:
+                self._inflight.discard(entry.id)
 
     async def _outcome(self, entry: QueueEntry, permanent: bool, reply: str, host: str) -> None:
         """Record a failure: permanent ones fail and bounce; temporary ones back off until the lifetime ends."""
@@ -185,6 +200,17 @@ class Scheduler:
             await self.db.write(bounces.fail_and_bounce, self.cfg, entry.id, entry.last_reply, entry.last_host,
                                 "delayed")
             self.on_local()
+
+
+def _lease(limit: int) -> tuple[list[QueueEntry], dict[str, bytes]]:
+    """Lease due entries and read their messages' bytes in the same writer call."""
+    entries = outqueue.lease(limit, None, LEASE)
+    ids = sorted({e.inbound_id for e in entries})
+    data = {}
+    if ids:
+        rows = execute(f'SELECT "id", "data" FROM "inbound" WHERE "id" IN ({",".join("?" * len(ids))})', ids)
+        data = {row[0]: bytes(row[1]) for row in rows.fetchall()}
+    return entries, data
 
 
 def _message_bytes(inbound_id: str) -> bytes:
