@@ -149,6 +149,16 @@ def _api(args: argparse.Namespace, method: str, path: str, body: dict | None = N
     return json.loads(raw) if raw else None
 
 
+def _show(args: argparse.Namespace, rows: list[dict], line: Any) -> int:
+    """--json prints the rows as the API gave them; otherwise one line each."""
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        for row in rows:
+            print(line(row))
+    return 0
+
+
 def cmd_queue(args: argparse.Namespace) -> int:
     if args.action != "list" and not args.id:
         raise MxdError("bad_request", f"queue {args.action} needs a queue entry id", fix="mxd queue list shows them")
@@ -161,12 +171,8 @@ def cmd_queue(args: argparse.Namespace) -> int:
         rows = []
     else:
         rows = [_api(args, "POST", f"/api/queue/{args.id}/{args.action}")]
-    if args.json:
-        print(json.dumps(rows, indent=2))
-        return 0
-    for row in rows:
-        print(f"{row['id']}  {row['status']:<9} {row['attempts']:>3}  {row['recipient']:<40} {row['last_reply'][:60]}")
-    return 0
+    return _show(args, rows, lambda row: f"{row['id']}  {row['status']:<9} {row['attempts']:>3}  "
+                                          f"{row['recipient']:<40} {row['last_reply'][:60]}")
 
 
 def cmd_suppressions(args: argparse.Namespace) -> int:
@@ -179,12 +185,7 @@ def cmd_suppressions(args: argparse.Namespace) -> int:
     else:
         _api(args, "DELETE", f"/api/suppressions/{args.address}")
         rows = []
-    if args.json:
-        print(json.dumps(rows, indent=2))
-        return 0
-    for row in rows:
-        print(f"{row['address']:<40} {row['reason']:<12} {row['created_at']}")
-    return 0
+    return _show(args, rows, lambda row: f"{row['address']:<40} {row['reason']:<12} {row['created_at']}")
 
 
 def main(argv: list[str] | None = None) -> int:

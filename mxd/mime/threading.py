@@ -265,15 +265,19 @@ def _join_components(roots: list[_C], msgs: list[ThreadInput]) -> list[_C]:
         groups.setdefault(find(id_of(first.msg)), []).append(r)
     out = []
     for members in groups.values():
-        if len(members) == 1:
-            out.append(members[0])
-        else:
-            dummy = _C(None)
-            for r in members:
-                dummy.adopt(r)
-            dummy.date = min((r.date for r in members if r.date), default=None)
-            out.append(dummy)
+        out.append(_join(members))
     return out
+
+
+def _join(members: list[_C]) -> _C:
+    """One root as it is, or several under a dummy (id-less) root dated by the earliest."""
+    if len(members) == 1:
+        return members[0]
+    dummy = _C(None)
+    for r in members:
+        dummy.adopt(r)
+    dummy.date = min((r.date for r in members if r.date), default=None)
+    return dummy
 
 
 def _group_by_subject(roots: list[_C]) -> list[_C]:
@@ -305,14 +309,7 @@ def _group_by_subject(roots: list[_C]) -> list[_C]:
             continue
         out.append(r)
     for members in strays.values():
-        if len(members) == 1:
-            out.append(members[0])
-        else:
-            dummy = _C(None)
-            for r in members:
-                dummy.adopt(r)
-            dummy.date = min((r.date for r in members if r.date), default=None)
-            out.append(dummy)
+        out.append(_join(members))
     return out
 
 
