@@ -1,0 +1,76 @@
+"""The same daemon on PostgreSQL (the store for several nodes): inbound, threads, search, send and queue."""
+from __future__ import annotations
+
+import shutil
+import smtplib
+import subprocess
+import time
+
+import pytest
+
+from tests.daemon import MxdProcess
+
+pytestmark = pytest.mark.slow
+
+
+def _psql(sql: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["su", "postgres", "-c", f"psql -q -v ON_ERROR_STOP=1 -c \"{sql}\""],
+                          capture_output=True, text=True, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def pg_url():
+    if shutil.which("pg_ctlcluster") is None or shutil.which("su") is None:
+        pytest.skip("PostgreSQL (pg_ctlcluster) is not installed")
+    pytest.importorskip("psycopg2")
+    status = subprocess.run(["pg_lsclusters", "-h"], capture_output=True, text=True)
+    if not status.stdout.strip():
+        pytest.skip("no PostgreSQL cluster on this machine")
+    version, cluster = status.stdout.split()[:2]
+    started = subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, cluster, "start"],
+                             capture_output=True, text=True, timeout=120)
+    assert started.returncode in (0, 2), started.stderr          # 2: already running
+    _psql("DROP DATABASE IF EXISTS mxd_test")
+    _psql("DROP ROLE IF EXISTS mxd_test")
+    assert _psql("CREATE ROLE mxd_test WITH LOGIN PASSWORD 'mxd_test'").returncode == 0
+    assert _psql("CREATE DATABASE mxd_test OWNER mxd_test").returncode == 0
+    yield "postgresql://mxd_test:mxd_test@127.0.0.1/mxd_test"
+    _psql("DROP DATABASE IF EXISTS mxd_test")
+
+
+def test_daemon_on_postgresql(tmp_path, pg_url):
+    proc = MxdProcess(tmp_path / "data", env={"MXD_STORE_URL": pg_url, "MXD_OUTBOUND_MX_PORT": "1"})
+    proc.init()
+    proc.start()
+    try:
+        for box in ("agent@example.test", "other@example.test"):
+            assert proc.api("POST", "/api/mailboxes", json={"address": box}).status_code == 201
+        with smtplib.SMTP("127.0.0.1", proc.mx_port) as s:
+            s.sendmail("x@remote.test", ["agent@example.test"],
+                       b"Subject: Re: on pg\r\nMessage-ID: <r@x>\r\nIn-Reply-To: <p@x>\r\n\r\nreply first\r\n")
+            s.sendmail("x@remote.test", ["agent@example.test"],
+                       b"Subject: on pg\r\nMessage-ID: <p@x>\r\n\r\nhello postgres world\r\n")
+        msgs = proc.wait_messages(2, "agent@example.test")
+        assert {m["subject"] for m in msgs} == {"on pg", "Re: on pg"}
+        assert len({m["thread_id"] for m in msgs}) == 1
+        found = proc.api("GET", "/api/messages/search", params={"q": "postgres"}).json()["data"]
+        assert [m["subject"] for m in found] == ["on pg"]
+        assert proc.api("PUT", "/api/domains/example.test/readiness", json={"ready": True}).status_code == 200
+        r = proc.api("POST", "/api/send", json={"from": "agent@example.test", "to": ["bob@remote.test",
+                                                "other@example.test"], "subject": "out", "text": "x"},
+                     headers={"Idempotency-Key": "pg-1"})
+        assert r.status_code == 202, r.text
+        again = proc.api("POST", "/api/send", json={"from": "agent@example.test", "to": ["bob@remote.test",
+                                                    "other@example.test"], "subject": "out", "text": "x"},
+                         headers={"Idempotency-Key": "pg-1"})
+        assert again.json()["id"] == r.json()["id"]
+        assert len(proc.wait_messages(1, "other@example.test")) == 1
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            entries = proc.api("GET", "/api/queue").json()["data"]
+            if entries and entries[0]["status"] == "deferred":
+                break
+            time.sleep(0.2)
+        assert [e["recipient"] for e in entries] == ["bob@remote.test"] and entries[0]["status"] == "deferred"
+    finally:
+        proc.stop()
