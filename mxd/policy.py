@@ -48,8 +48,13 @@ def _marks(n: int) -> str:
     return ",".join("?" * n)
 
 
-def preflight(cfg: Config, principal: Principal | None, sender: str, recipients: list[str]) -> Decision:
-    """Check a send; returns what to do with each recipient or raises MxdError. `principal` None = mxd itself."""
+def preflight(cfg: Config, principal: Principal | None, sender: str, recipients: list[str],
+              authors: list[str] | None = None) -> Decision:
+    """Check a send; returns what to do with each recipient or raises MxdError. `principal` None = mxd itself.
+
+    `authors` are the From header's addresses: each must be a mailbox the token may send as,
+    like the envelope sender, so one agent cannot write as another.
+    """
     if principal is not None and not principal.has("send"):
         raise MxdError("forbidden", "this token lacks the 'send' scope (read never implies send)",
                        fix="Create a token with the 'send' scope for this mailbox: POST /api/tokens.")
@@ -60,6 +65,15 @@ def preflight(cfg: Config, principal: Principal | None, sender: str, recipients:
     box = execute('SELECT "id", "address" FROM "mailbox" WHERE "address" = ?', (who.base_key,)).fetchone()
     if box is None or (principal is not None and not principal.sees(box[1])):
         raise MxdError("sender_not_allowed", f"this token may not send as {who}")
+    if authors is not None:
+        if not authors:
+            raise MxdError("sender_not_allowed", "the message has no From address")
+        for author in authors:
+            parsed_author = addr.try_parse(author)
+            row = execute('SELECT "address" FROM "mailbox" WHERE "address" = ?',
+                          (parsed_author.base_key,)).fetchone() if parsed_author else None
+            if row is None or (principal is not None and not principal.sees(row[0])):
+                raise MxdError("sender_not_allowed", f"the From address {author!r} is not one this token may send as")
     if not cfg.outbound_enabled:
         raise MxdError("outbound_disabled", "outbound mail is disabled on this server")
     if not domain[1]:

@@ -13,7 +13,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from mxd import keys, outbox, outqueue, policy
 from mxd.config import Config
@@ -83,7 +83,8 @@ def _persist(cfg: Config, principal: Principal | None, out: Outgoing, signed: by
             return dict(row.response, idempotent_replay=True)
         if row is not None:
             row.delete_instance()
-    decision = policy.preflight(cfg, principal, out.mail_from, out.recipients)
+    authors = [a.address for a in parsed.from_] if parsed is not None else []
+    decision = policy.preflight(cfg, principal, out.mail_from, out.recipients, authors)
     sender, box = str(decision.sender), decision.mailbox
     now = time.time()
     copy = Envelope(mail_from=sender, rcpts=[Recipient(box.mailbox_address, (box.mailbox_id,))], data=signed,
@@ -118,12 +119,10 @@ def body_hash(body: Any) -> str:
 
 
 async def send(cfg: Config, db: Database, cpu: concurrent.futures.Executor, principal: Principal | None,
-               out: Outgoing, idempotency_key: str | None = None, idempotency_body: Any = None,
-               check: Callable[[Any], None] | None = None) -> dict:
+               out: Outgoing, idempotency_key: str | None = None, idempotency_body: Any = None) -> dict:
     """Sign and persist one outgoing message; returns once it is durably queued.
 
-    `cpu` runs the signing and parsing (mxd's worker processes); `check(parsed)` may refuse the
-    message (raise MxdError) before anything is stored.
+    `cpu` runs the signing and parsing (mxd's worker processes).
     """
     data = normalize_line_endings(out.data)
     domain = out.mail_from.rsplit("@", 1)[-1].lower()
@@ -132,8 +131,6 @@ async def send(cfg: Config, db: Database, cpu: concurrent.futures.Executor, prin
             cpu, prepare, str(cfg.dkim_dir), data, domain)
     except ValueError as exc:           # no From, or a header that cannot be parsed
         raise MxdError("bad_request", f"the message cannot be signed: {exc}") from None
-    if check is not None:
-        check(parsed)
     idem = None
     if idempotency_key:
         owner = principal.token_id if principal else "mxd"

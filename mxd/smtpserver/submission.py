@@ -86,13 +86,8 @@ class SubmissionHandler:
         peer = session.peer or ("", 0)
         out = Outgoing(mail_from=envelope.mail_from, recipients=list(envelope.rcpt_tos),
                        data=envelope.original_content or b"", source="submission", remote_ip=str(peer[0]))
-
-        def authors_allowed(parsed: Any) -> None:
-            authors = [a.address for a in parsed.from_]
-            if not authors or not all(self._may_send_as(session, a) for a in authors):
-                raise MxdError("sender_not_allowed", "the From header must be an address this token may send as")
         try:
-            result = await send(self.cfg, self.db, self.workers, session.auth_data, out, check=authors_allowed)
+            result = await send(self.cfg, self.db, self.workers, session.auth_data, out)
         except MxdError as exc:
             return f"{exc.smtp} ({exc.code}: {exc.message})"[:500]
         except Exception:
