@@ -9,9 +9,19 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import httpx
+
+
+def wait_for(fn: Callable[[], Any], timeout: float = 30.0, every: float = 0.1) -> Any:
+    """Poll fn until it returns something truthy or the time is up; returns its last value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = fn()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(every)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -98,6 +108,15 @@ class MxdProcess:
         headers = kwargs.pop("headers", {})
         headers["Authorization"] = f"Bearer {token or self.admin_token}"
         return httpx.request(method, self.url(path), headers=headers, timeout=30, **kwargs)
+
+    def token(self, scopes: list[str], mailboxes: list[str] | None = None, name: str = "agent") -> str:
+        """A new scoped token's secret (created with the admin token)."""
+        body: dict[str, Any] = {"name": name, "scopes": scopes}
+        if mailboxes is not None:
+            body["mailboxes"] = mailboxes
+        r = self.api("POST", "/api/tokens", json=body)
+        assert r.status_code == 201, r.text
+        return r.json()["token"]
 
     def messages(self, mailbox: str | None = None, token: str | None = None) -> list[dict]:
         out: list[dict] = []

@@ -5,6 +5,14 @@ import socket
 import ssl
 
 
+def insecure_tls() -> ssl.SSLContext:
+    """A client context that accepts mxd's self-signed test certificate."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
 class RawSMTP:
     def __init__(self, host: str, port: int, timeout: float = 10.0) -> None:
         self.sock = socket.create_connection((host, port), timeout=timeout)
@@ -37,10 +45,7 @@ class RawSMTP:
         return self.reply()
 
     def starttls(self, hostname: str = "mx.example.test") -> None:
-        ctx = ssl.create_default_context()
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-        self.sock = ctx.wrap_socket(self.sock, server_hostname=hostname)
+        self.sock = insecure_tls().wrap_socket(self.sock, server_hostname=hostname)
         self.buf = b""
 
     def closed(self) -> bool:

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import smtplib
 import sqlite3
-import time
 from email.message import EmailMessage
 
 import httpx
@@ -29,15 +28,6 @@ def server(tmp_path_factory):
     assert len(proc.wait_messages(14)) == 14
     yield proc
     proc.stop()
-
-
-def _token(server, scopes, mailboxes=None) -> str:
-    body = {"name": "t", "scopes": scopes}
-    if mailboxes is not None:
-        body["mailboxes"] = mailboxes
-    r = server.api("POST", "/api/tokens", json=body)
-    assert r.status_code == 201, r.text
-    return r.json()["token"]
 
 
 def test_health_needs_no_token(server):
@@ -71,7 +61,7 @@ def test_pagination_walks_every_message_once(server):
 
 
 def test_scoped_token_sees_only_its_mailbox(server):
-    token = _token(server, ["read", "search"], ["agent@example.test"])
+    token = server.token(["read", "search"], ["agent@example.test"])
     mine = server.api("GET", "/api/messages", token=token, params={"limit": 100}).json()["data"]
     assert {m["mailbox"] for m in mine} == {"agent@example.test"} and len(mine) == 7
     assert server.api("GET", "/api/messages", token=token, params={"mailbox": "other@example.test"}).status_code == 404
@@ -87,7 +77,7 @@ def test_scoped_token_sees_only_its_mailbox(server):
 
 
 def test_read_scope_does_not_grant_search_or_admin(server):
-    token = _token(server, ["read"])
+    token = server.token(["read"])
     assert server.api("GET", "/api/messages", token=token).status_code == 200
     r = server.api("GET", "/api/messages/search", token=token, params={"q": "pelican"})
     assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden"

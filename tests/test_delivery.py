@@ -25,7 +25,7 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, syntax
 
-from tests.daemon import MxdProcess, free_port
+from tests.daemon import MxdProcess, free_port, wait_for
 from tests.dnsserver import DNSServer
 
 SENDER = "agent@example.test"
@@ -197,15 +197,6 @@ def mxd_factory(tmp_path: Path, dns: DNSServer, mx_port: int) -> Iterator[Callab
 
 
 # ---------------------------------------------------------------- helpers
-def _wait(fn: Callable[[], Any], timeout: float = 30.0, every: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fn()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(every)
-
-
 def send(m: MxdProcess, to: str | list[str], subject: str = "hello", status: int = 202) -> dict:
     r = m.api("POST", "/api/send", json={"from": SENDER, "to": to, "subject": subject, "text": f"body of {subject}"})
     assert r.status_code == status, r.text
@@ -226,7 +217,7 @@ def wait_status(m: MxdProcess, message_id: str, status: str, timeout: float = 30
         nonlocal last
         last = delivery(m, message_id)
         return last[0] if last and last[0]["status"] == status else None
-    row = _wait(check, timeout)
+    row = wait_for(check, timeout)
     assert row, f"not {status} after {timeout}s: {last}"
     return row
 
@@ -271,7 +262,7 @@ def wait_dsn(m: MxdProcess, recipient: str, action: str, timeout: float = 30.0) 
                 if recipient in str(block["Final-Recipient"]) and str(block["Action"]).strip() == action:
                     return block
         return None
-    block = _wait(find, timeout, every=0.25)
+    block = wait_for(find, timeout, every=0.25)
     assert block is not None, f"no DSN ({action}) for {recipient} after {timeout}s"
     return block
 
@@ -288,7 +279,7 @@ def test_temporary_failures_retry_on_schedule_then_deliver(mxd_factory, peer_fac
     m = mxd_factory(MXD_RETRY_SCHEDULE="1s,1s")
     sent = send(m, "bob@greylist.test", "greylisted")
     assert sent["recipients"][0]["status"] == "queued"
-    seen = _wait(lambda: delivery(m, sent["id"])[0]["status"] == "deferred" or None, 10)
+    seen = wait_for(lambda: delivery(m, sent["id"])[0]["status"] == "deferred" or None, 10)
     assert seen, delivery(m, sent["id"])
     row = wait_status(m, sent["id"], "delivered", 15)
     assert row["attempts"] == 3
@@ -392,7 +383,7 @@ def test_one_connection_carries_several_messages(mxd_factory, peer_factory):
         sent = list(pool.map(lambda i: send(m, f"user{i}@many.test", f"many {i}"), range(10)))
     for s in sent:
         wait_status(m, s["id"], "delivered", 20)
-    _wait(lambda: peer.active == 0 or None, 5)
+    wait_for(lambda: peer.active == 0 or None, 5)
     assert len(peer.accepted) == 10
     assert sorted(r for a in peer.accepted for r in a["rcpts"]) == sorted(f"user{i}@many.test" for i in range(10))
     print(f"{peer.connections} connections carried {peer.per_connection} messages, at most {peer.max_active} at once")
@@ -408,7 +399,7 @@ def test_connections_per_domain_is_a_ceiling(mxd_factory, peer_factory):
         sent = list(pool.map(lambda i: send(m, f"user{i}@many.test", f"burst {i}"), range(40)))
     for s in sent:
         wait_status(m, s["id"], "delivered", 30)
-    _wait(lambda: peer.active == 0 or None, 5)
+    wait_for(lambda: peer.active == 0 or None, 5)
     assert len(peer.accepted) == 40
     print(f"{peer.connections} connections carried {peer.per_connection} messages, at most {peer.max_active} at once")
     assert peer.max_active <= 2 and peer.connections < 40
@@ -458,7 +449,7 @@ def test_bounce_after_acceptance_fails_and_suppresses(mxd_factory, peer_factory)
         assert refused == {}
     row = wait_status(m, sent["id"], "failed", 15)
     assert "5.1.1" in row["last_reply"]
-    assert _wait(lambda: "later@bounce.test" in suppressed(m) or None, 10)
+    assert wait_for(lambda: "later@bounce.test" in suppressed(m) or None, 10)
     assert [t for t, _ in events(m, sent["id"])] == ["message.queued", "message.delivered", "message.failed"]
 
 
@@ -487,7 +478,7 @@ def test_operator_hold_release_retry_delete(mxd_factory, peer_factory):
 
     r = m.api("POST", f"/api/queue/{qid}/release")                          # released: due at once
     assert r.status_code == 200 and r.json()["status"] == "queued", r.text
-    assert _wait(lambda: len(peer.attempts) == 2 or None, 10), peer.attempts
+    assert wait_for(lambda: len(peer.attempts) == 2 or None, 10), peer.attempts
     wait_status(m, sent["id"], "deferred", 5)
     assert m.api("POST", f"/api/queue/{qid}/release").status_code == 409
 

@@ -65,6 +65,10 @@ def test_hostile_smtp_sessions_never_crash_the_daemon(server, session):
                 pass
         except (ConnectionError, socket.timeout, OSError):
             pass
+    # Whatever that session did, the daemon is alive and greets the next client.
+    assert server.proc.poll() is None
+    with socket.create_connection(("127.0.0.1", server.mx_port), timeout=5) as fresh:
+        assert fresh.recv(1024).startswith(b"220 ")
 
 
 @given(st.binary(max_size=3000))

@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import smtplib
-import ssl
 
 import pytest
 
 from tests.daemon import MxdProcess
+from tests.smtp import insecure_tls
 
 
 @pytest.fixture
@@ -25,23 +25,15 @@ def _send(proc: MxdProcess, to: str):
     return proc.api("POST", "/api/send", json={"from": "agent@example.test", "to": to, "subject": "s", "text": "t"})
 
 
-def _tls() -> ssl.SSLContext:
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    return ctx
-
-
 def test_rate_limit_is_429_with_retry_after_and_451_over_smtp(limited):
     assert _send(limited, "bob@remote.test").status_code == 202
     r = _send(limited, "bob@remote.test")
     assert r.status_code == 429
     assert r.json()["error"]["code"] == "rate_limited" and r.json()["error"]["hard_stop"] is False
     assert int(r.headers["Retry-After"]) > 0 and r.json()["error"]["retry_after"] == int(r.headers["Retry-After"])
-    token = limited.api("POST", "/api/tokens", json={"name": "a", "scopes": ["send"],
-                                                      "mailboxes": ["agent@example.test"]}).json()["token"]
+    token = limited.token(["send"], ["agent@example.test"])
     with smtplib.SMTP("127.0.0.1", limited.submission_port, timeout=10) as s:
-        s.starttls(context=_tls())
+        s.starttls(context=insecure_tls())
         s.ehlo()
         s.user, s.password = "agent@example.test", token
         code, _ = s.auth("LOGIN", s.auth_login, initial_response_ok=False)

@@ -10,23 +10,14 @@ import base64
 import json
 import smtplib
 import sqlite3
-import ssl
 import time
 
 import httpx
 import pytest
 
-from tests.daemon import MxdProcess, free_port
+from tests.daemon import MxdProcess, free_port, wait_for
 from tests.dnsserver import DNSServer
-
-
-def _wait(fn, timeout: float = 30.0, every: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fn()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(every)
+from tests.smtp import insecure_tls
 
 
 @pytest.fixture(scope="module")
@@ -69,20 +60,11 @@ def _ready(sender: MxdProcess, ready: bool = True) -> None:
     assert sender.api("PUT", "/api/domains/example.test/readiness", json={"ready": ready}).status_code == 200
 
 
-def _token(server: MxdProcess, scopes: list[str], mailboxes: list[str] | None = None) -> str:
-    body = {"name": "agent", "scopes": scopes}
-    if mailboxes is not None:
-        body["mailboxes"] = mailboxes
-    r = server.api("POST", "/api/tokens", json=body)
-    assert r.status_code == 201, r.text
-    return r.json()["token"]
-
-
 def _received(receiver: MxdProcess, subject: str, count: int = 1) -> list[dict]:
     def find():
         found = [m for m in receiver.messages("bob@peer.test") if m["subject"] == subject]
         return found if len(found) >= count else None
-    return _wait(find) or []
+    return wait_for(find) or []
 
 
 def test_domain_not_ready_is_a_hard_stop(world):
@@ -121,7 +103,7 @@ def test_send_reaches_the_other_mxd_signed_and_aligned(world):
     assert detail["text"].strip() == "plain body" and "html body" in detail["html"]
     assert [a["filename"] for a in detail["attachments"]] == ["a.txt"]
     assert detail["envelope"]["mail_from"].startswith("bounces+q_")
-    mine = _wait(lambda: (lambda d: d if d["delivery"][0]["status"] == "delivered" else None)(
+    mine = wait_for(lambda: (lambda d: d if d["delivery"][0]["status"] == "delivered" else None)(
         sender.api("GET", f"/api/messages/{sent['id']}").json()))
     assert mine["direction"] == "out"
     assert mine["delivery"][0]["last_reply"].startswith("250 2.0.0 OK queued as inb_")
@@ -132,7 +114,7 @@ def test_reply_stays_in_the_thread_on_both_sides(world):
     first = sender.api("POST", "/api/send", json={"from": "agent@example.test", "to": "bob@peer.test",
                                                   "subject": "thread me", "text": "one"}).json()
     [got] = _received(receiver, "thread me")
-    token = _token(receiver, ["read", "send"], ["bob@peer.test"])
+    token = receiver.token(["read", "send"], ["bob@peer.test"])
     assert receiver.api("PUT", "/api/domains/peer.test/readiness", json={"ready": True}).status_code == 200
     r = receiver.api("POST", f"/api/messages/{got['id']}/reply", token=token, json={"text": "two"})
     assert r.status_code == 202, r.text
@@ -140,7 +122,7 @@ def test_reply_stays_in_the_thread_on_both_sides(world):
     def replied():
         return [m for m in sender.messages("agent@example.test") if m["subject"] == "Re: thread me"]
     # peer.test publishes no keys in the test zone, so its signatures do not verify; delivery still works.
-    [reply] = _wait(replied)
+    [reply] = wait_for(replied)
     assert reply["thread_id"] == first["thread_id"]
     parent = sender.api("GET", f"/api/messages/{reply['id']}").json()
     assert parent["in_reply_to"] == [first["message_id"]]
@@ -177,11 +159,11 @@ def test_header_injection_through_the_api_is_refused(world, field, value):
 
 def test_send_scope_and_mailbox_are_enforced(world):
     sender, _, _ = world
-    read_only = _token(sender, ["read", "search", "draft"], ["agent@example.test"])
+    read_only = sender.token(["read", "search", "draft"], ["agent@example.test"])
     r = sender.api("POST", "/api/send", token=read_only, json={"from": "agent@example.test", "to": "bob@peer.test",
                                                                "subject": "s", "text": "t"})
     assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden"
-    agent = _token(sender, ["send"], ["agent@example.test"])
+    agent = sender.token(["send"], ["agent@example.test"])
     r = sender.api("POST", "/api/send", token=agent, json={"from": "other@example.test", "to": "bob@peer.test",
                                                            "subject": "s", "text": "t"})
     assert r.status_code == 403 and r.json()["error"]["code"] == "sender_not_allowed"
@@ -202,13 +184,13 @@ def test_local_recipient_is_delivered_without_smtp(world):
                                               "subject": "inside", "text": "local"})
     assert r.status_code == 202
     assert r.json()["recipients"] == [{"address": "other@example.test", "status": "delivered", "queue_id": None}]
-    got = _wait(lambda: [m for m in sender.messages("other@example.test") if m["subject"] == "inside"])
+    got = wait_for(lambda: [m for m in sender.messages("other@example.test") if m["subject"] == "inside"])
     assert got and got[0]["from"]["address"] == "agent@example.test"
 
 
 def test_drafts_create_get_send(world):
     sender, receiver, _ = world
-    token = _token(sender, ["draft", "send", "read"], ["agent@example.test"])
+    token = sender.token(["draft", "send", "read"], ["agent@example.test"])
     r = sender.api("POST", "/api/drafts", token=token, json={"from": "agent@example.test", "to": "bob@peer.test",
                                                              "subject": "drafted", "text": "later"})
     assert r.status_code == 201, r.text
@@ -239,18 +221,11 @@ def test_submission_587_requires_starttls_before_auth(world):
         assert code == 530
 
 
-def _tls() -> ssl.SSLContext:
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    return ctx
-
-
 def test_submission_587_sends_with_a_send_token(world):
     sender, receiver, _ = world
-    token = _token(sender, ["send"], ["agent@example.test"])
+    token = sender.token(["send"], ["agent@example.test"])
     with smtplib.SMTP("127.0.0.1", sender.submission_port, timeout=10) as s:
-        s.starttls(context=_tls())
+        s.starttls(context=insecure_tls())
         s.login("agent@example.test", token)
         s.sendmail("agent@example.test", ["bob@peer.test"], _submission_message("via 587"))
     [got] = _received(receiver, "via 587")
@@ -260,8 +235,8 @@ def test_submission_587_sends_with_a_send_token(world):
 
 def test_submission_465_implicit_tls(world):
     sender, receiver, _ = world
-    token = _token(sender, ["send"], ["agent@example.test"])
-    with smtplib.SMTP_SSL("127.0.0.1", sender.submissions_port, timeout=10, context=_tls()) as s:
+    token = sender.token(["send"], ["agent@example.test"])
+    with smtplib.SMTP_SSL("127.0.0.1", sender.submissions_port, timeout=10, context=insecure_tls()) as s:
         s.login("agent@example.test", token)
         s.sendmail("agent@example.test", ["bob@peer.test"], _submission_message("via 465"))
     assert len(_received(receiver, "via 465")) == 1
@@ -270,10 +245,10 @@ def test_submission_465_implicit_tls(world):
 @pytest.mark.parametrize("case", ["wrong_token", "read_only", "other_mailbox"])
 def test_submission_refuses_bad_credentials(world, case):
     sender, _, _ = world
-    good = _token(sender, ["send"], ["agent@example.test"])
-    read_only = _token(sender, ["read"], ["agent@example.test"])
+    good = sender.token(["send"], ["agent@example.test"])
+    read_only = sender.token(["read"], ["agent@example.test"])
     with smtplib.SMTP("127.0.0.1", sender.submission_port, timeout=10) as s:
-        s.starttls(context=_tls())
+        s.starttls(context=insecure_tls())
         if case == "wrong_token":
             with pytest.raises(smtplib.SMTPAuthenticationError) as err:
                 s.login("agent@example.test", "mxd_not_a_token")
@@ -288,9 +263,9 @@ def test_submission_refuses_bad_credentials(world, case):
 
 def test_submission_refuses_sending_as_another_mailbox(world):
     sender, _, _ = world
-    token = _token(sender, ["send"], ["agent@example.test"])
+    token = sender.token(["send"], ["agent@example.test"])
     with smtplib.SMTP("127.0.0.1", sender.submission_port, timeout=10) as s:
-        s.starttls(context=_tls())
+        s.starttls(context=insecure_tls())
         s.login("agent@example.test", token)
         code, msg = s.docmd("MAIL", "FROM:<other@example.test>")
         assert code == 550 and b"5.7.1" in msg
