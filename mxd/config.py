@@ -133,6 +133,24 @@ class Config:
     hold_rules: list[str] = field(default_factory=list)
     """Operator rules that hold matching mail for release: "@domain" or "user@domain" (a recipient), "from:box@domain" (a sender)."""
 
+    # --- the agent platform ---
+    default_domain: str = ""
+    """Domain of mailboxes created without one (POST /v1/agents/{id}/mailboxes without domain_id). Empty: the first domain created."""
+    signup_enabled: bool = False
+    """Allow public sign-up of organisations (POST /v1/auth/signup). Off: only the operator creates them."""
+    default_retention_days: int = 7
+    """Days a mailbox keeps messages when it sets no retention of its own (0: forever)."""
+    retention_interval: str = "1h"
+    """How often the background retention sweep runs."""
+    webhook_retry_schedule: list[str] = field(default_factory=lambda: ["30s", "2m", "10m", "30m", "1h", "2h", "4h", "8h", "12h"])
+    """Delays between webhook delivery attempts after a failure; the last repeats until webhook_lifetime. Jitter of +-10%."""
+    webhook_lifetime: str = "3d"
+    """How long a webhook delivery is retried before it is given up."""
+    webhook_timeout: float = 10.0
+    """Seconds to wait for a webhook receiver's answer."""
+    webhook_allow_private: bool = False
+    """Allow webhook URLs that resolve to loopback, private or link-local addresses (for tests and LANs)."""
+
     # --- logging ---
     log_level: str = "INFO"
     """Python logging level name."""
@@ -184,6 +202,14 @@ class Config:
         parse_duration(self.queue_lifetime, "queue_lifetime")
         if self.delay_warning:
             parse_duration(self.delay_warning, "delay_warning")
+        parse_duration(self.retention_interval, "retention_interval")
+        parse_duration(self.webhook_lifetime, "webhook_lifetime")
+        if not self.webhook_retry_schedule:
+            raise ConfigError("webhook_retry_schedule: needs at least one delay")
+        for item in self.webhook_retry_schedule:
+            parse_duration(item, "webhook_retry_schedule")
+        if self.default_retention_days < 0:
+            raise ConfigError("default_retention_days: must be 0 (forever) or a positive number of days")
 
     def seconds(self, key: str) -> float:
         value = getattr(self, key)

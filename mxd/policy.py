@@ -26,6 +26,12 @@ class Sender:
     mailbox_id: str
     mailbox_address: str
     domain: str
+    org_id: str | None = None
+
+
+def _day_key(org_id: str | None) -> str:
+    """The hour-bucket counter behind an organisation's daily cap (the operator's own mailboxes share one)."""
+    return f"orgh:{org_id or '-'}"
 
 
 @dataclass
@@ -62,17 +68,17 @@ def preflight(cfg: Config, principal: Principal | None, sender: str, recipients:
     domain = execute('SELECT "name", "ready" FROM "domain" WHERE "name" = ?', (who.domain,)).fetchone()
     if domain is None:
         raise MxdError("domain_not_served", f"mxd does not serve the sender's domain {who.domain}")
-    box = execute('SELECT "id", "address" FROM "mailbox" WHERE "address" = ?', (who.base_key,)).fetchone()
-    if box is None or (principal is not None and not principal.sees(box[1])):
+    box = execute('SELECT "id", "address", "org_id" FROM "mailbox" WHERE "address" = ?', (who.base_key,)).fetchone()
+    if box is None or (principal is not None and not principal.sees(box[1], box[2])):
         raise MxdError("sender_not_allowed", f"this token may not send as {who}")
     if authors is not None:
         if not authors:
             raise MxdError("sender_not_allowed", "the message has no From address")
         for author in authors:
             parsed_author = addr.try_parse(author)
-            row = execute('SELECT "address" FROM "mailbox" WHERE "address" = ?',
+            row = execute('SELECT "address", "org_id" FROM "mailbox" WHERE "address" = ?',
                           (parsed_author.base_key,)).fetchone() if parsed_author else None
-            if row is None or (principal is not None and not principal.sees(row[0])):
+            if row is None or (principal is not None and not principal.sees(row[0], row[1])):
                 raise MxdError("sender_not_allowed", f"the From address {author!r} is not one this token may send as")
     if not cfg.outbound_enabled:
         raise MxdError("outbound_disabled", "outbound mail is disabled on this server")
@@ -94,7 +100,7 @@ def preflight(cfg: Config, principal: Principal | None, sender: str, recipients:
     if suppressed:
         raise MxdError("recipient_suppressed", f"suppressed recipients: {', '.join(sorted(suppressed))}")
 
-    decision = Decision(who, Sender(box[0], box[1], domain[0]))
+    decision = Decision(who, Sender(box[0], box[1], domain[0], box[2]))
     names = sorted({p.domain for p in parsed})
     served = {r[0] for r in execute(f'SELECT "name" FROM "domain" WHERE "name" IN ({_marks(len(names))})',
                                     names).fetchall()}
@@ -122,11 +128,11 @@ def _sum(key: str, since_bucket: int) -> int:
     return int(row[0])
 
 
-def _counter_keys(mailbox_id: str, remote: list[str]) -> list[tuple[str, int, int]]:
+def _counter_keys(sender: Sender, remote: list[str]) -> list[tuple[str, int, int]]:
     """(key, bucket, increment) for one send: per-minute buckets, and per-hour for the daily cap."""
     now = time.time()
     minute, hour = int(now // 60), int(now // 3600)
-    out = [("org:h", hour, len(remote)), (f"mbx:{mailbox_id}", minute, len(remote))]
+    out = [(_day_key(sender.org_id), hour, len(remote)), (f"mbx:{sender.mailbox_id}", minute, len(remote))]
     domains: dict[str, int] = {}
     for rcpt in remote:
         domains[rcpt.rsplit("@", 1)[1]] = domains.get(rcpt.rsplit("@", 1)[1], 0) + 1
@@ -135,9 +141,9 @@ def _counter_keys(mailbox_id: str, remote: list[str]) -> list[tuple[str, int, in
     return out
 
 
-def record(mailbox_id: str, remote: list[str]) -> None:
+def record(sender: Sender, remote: list[str]) -> None:
     """Count a send that was accepted (in the same transaction as its queue rows)."""
-    for key, bucket, n in _counter_keys(mailbox_id, remote):
+    for key, bucket, n in _counter_keys(sender, remote):
         execute('INSERT INTO "send_count" ("key", "bucket", "count") VALUES (?, ?, ?) '
                 'ON CONFLICT ("key", "bucket") DO UPDATE SET "count" = "send_count"."count" + excluded."count"',
                 (key, bucket, n))
@@ -147,17 +153,21 @@ def prune(now: float | None = None) -> int:
     """Drop counters older than two days (the daily cap looks back 24 hours)."""
     now = time.time() if now is None else now
     minute_limit, hour_limit = int((now - 2 * 86400) // 60), int((now - 2 * 86400) // 3600)
-    cur = execute('DELETE FROM "send_count" WHERE ("key" = ? AND "bucket" < ?) OR ("key" <> ? AND "bucket" < ?)',
-                  ("org:h", hour_limit, "org:h", minute_limit))
+    cur = execute('DELETE FROM "send_count" WHERE ("key" LIKE ? AND "bucket" < ?) OR ("key" NOT LIKE ? AND "bucket" < ?)',
+                  ("orgh:%", hour_limit, "orgh:%", minute_limit))
     return cur.rowcount
 
 
 def _limits(cfg: Config, mailbox: Sender, remote: list[str]) -> None:
     now = time.time()
     minute, hour = int(now // 60), int(now // 3600)
-    day = _sum("org:h", hour - 23)
-    if day + len(remote) > cfg.daily_send_cap:
-        raise MxdError("daily_cap_reached", f"{day} recipients in the last 24 hours; the cap is {cfg.daily_send_cap}",
+    cap = cfg.daily_send_cap
+    if mailbox.org_id:
+        row = execute('SELECT "daily_send_cap" FROM "organization" WHERE "id" = ?', (mailbox.org_id,)).fetchone()
+        cap = row[0] if row and row[0] is not None else cap
+    day = _sum(_day_key(mailbox.org_id), hour - 23)
+    if day + len(remote) > cap:
+        raise MxdError("daily_cap_reached", f"{day} recipients in the last 24 hours; the cap is {cap}",
                        retry_after=int(3600 - now % 3600) + 1)
     # A minute window is the current and the previous minute bucket: never more lenient than the limit.
     sent = _sum(f"mbx:{mailbox.mailbox_id}", minute - 1)

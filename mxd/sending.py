@@ -95,7 +95,7 @@ def _persist(cfg: Config, principal: Principal | None, out: Outgoing, signed: by
     entries = outqueue.add(message_id, box.mailbox_id, copy.id, sender, box.domain, decision.remote,
                            cfg.seconds("queue_lifetime"), decision.hold_reason)
     if decision.remote:
-        policy.record(box.mailbox_id, decision.remote)
+        policy.record(box, decision.remote)
     for rcpt, found in decision.local:
         env = Envelope(mail_from=sender, rcpts=[Recipient(rcpt, found.mailbox_ids, found.tag)],
                        data=signed, remote_ip=out.remote_ip, source="local")

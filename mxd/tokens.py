@@ -26,23 +26,40 @@ def hash_secret(secret: str) -> str:
 
 @dataclass(frozen=True)
 class Principal:
+    """Who is calling. A token with org_id None is the operator's; one with an org_id sees only that
+    organisation's objects, and its `admin` scope administers that organisation, not the server."""
     token_id: str
     name: str
     scopes: frozenset[str]
-    mailboxes: frozenset[str] | None      # address keys; None = every mailbox
+    mailboxes: frozenset[str] | None      # address keys; None = every mailbox (of the organisation)
+    org_id: str | None = None
 
     @property
     def is_admin(self) -> bool:
         return "admin" in self.scopes
 
+    @property
+    def is_operator(self) -> bool:
+        """The server's administrator: sees and controls everything, every organisation."""
+        return self.is_admin and self.org_id is None
+
     def has(self, scope: str) -> bool:
         return self.is_admin or scope in self.scopes
 
-    def sees(self, mailbox_address: str) -> bool:
+    def owns(self, org_id: str | None) -> bool:
+        """May act on an object of organisation `org_id` (None: the operator's own objects)."""
+        return self.is_operator or self.org_id == org_id
+
+    def sees(self, mailbox_address: str, mailbox_org: str | None) -> bool:
+        if self.is_operator:
+            return True
+        if self.org_id != mailbox_org:
+            return False
         return self.is_admin or self.mailboxes is None or mailbox_address in self.mailboxes
 
 
-def create(name: str, scopes: list[str], mailboxes: list[str] | None = None) -> tuple[Token, str]:
+def create(name: str, scopes: list[str], mailboxes: list[str] | None = None,
+           org_id: str | None = None) -> tuple[Token, str]:
     """Create a token; returns the row and the secret, which is never stored or shown again."""
     if not isinstance(name, str) or not name.strip() or len(name) > 200:
         raise MxdError("bad_request", "name must be a non-empty string of at most 200 characters")
@@ -58,7 +75,7 @@ def create(name: str, scopes: list[str], mailboxes: list[str] | None = None) -> 
             raise MxdError("invalid_address", f"bad mailbox address: {exc}") from None
     secret = PREFIX + secrets.token_urlsafe(32)
     row = Token.create(id=new_id("tok"), name=name.strip(), secret_hash=hash_secret(secret),
-                       hint=secret[:10], scopes=sorted(set(scopes)), mailboxes=keys)
+                       hint=secret[:10], scopes=sorted(set(scopes)), mailboxes=keys, org_id=org_id)
     return row, secret
 
 
@@ -84,23 +101,30 @@ def touch(token_id: str, last_used_at: float | None) -> None:
 
 def principal(row: Token) -> Principal:
     return Principal(row.id, row.name, frozenset(row.scopes),
-                     None if row.mailboxes is None else frozenset(row.mailboxes))
+                     None if row.mailboxes is None else frozenset(row.mailboxes), row.org_id)
 
 
-def list_tokens() -> list[Token]:
-    return list(Token.select().where(Token.revoked_at.is_null()).order_by(Token.created_at))
+def list_tokens(org_id: str | None = None, everyone: bool = False) -> list[Token]:
+    """Live tokens of one organisation (None: the operator's), or of everyone."""
+    query = Token.select().where(Token.revoked_at.is_null())
+    if not everyone:
+        query = query.where(Token.org_id.is_null() if org_id is None else Token.org_id == org_id)
+    return list(query.order_by(Token.created_at))
 
 
-def revoke(token_id: str) -> None:
-    updated = Token.update(revoked_at=time.time()).where(
-        (Token.id == token_id) & Token.revoked_at.is_null()).execute()
+def revoke(token_id: str, org_id: str | None = None, everyone: bool = False) -> None:
+    cond = (Token.id == token_id) & Token.revoked_at.is_null()
+    if not everyone:
+        cond &= Token.org_id.is_null() if org_id is None else Token.org_id == org_id
+    updated = Token.update(revoked_at=time.time()).where(cond).execute()
     if not updated:
         raise MxdError("not_found", f"token {token_id!r} not found")
 
 
 def to_dict(row: Token) -> dict:
     return {"id": row.id, "name": row.name, "hint": row.hint, "scopes": row.scopes,
-            "mailboxes": row.mailboxes, "created_at": row.created_at, "last_used_at": row.last_used_at}
+            "mailboxes": row.mailboxes, "org_id": row.org_id, "created_at": row.created_at,
+            "last_used_at": row.last_used_at}
 
 
 def ensure_admin() -> str | None:

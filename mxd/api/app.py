@@ -12,7 +12,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from mxd import tokens
+from mxd import audit, tokens
 from mxd.config import Config
 from mxd.db import Database
 from mxd.errors import MxdError
@@ -42,8 +42,8 @@ def error_response(err: MxdError) -> JSONResponse:
     return JSONResponse(err.to_dict(), status_code=err.status, headers=headers)
 
 
-async def authenticate(request: Request, scope: str) -> tokens.Principal:
-    """The caller's principal, which must hold `scope`; raises 401/403 otherwise."""
+async def principal_of(request: Request) -> tokens.Principal:
+    """The caller's principal from `Authorization: Bearer`, whatever its scopes; raises 401."""
     header = request.headers.get("authorization", "")
     kind, _, secret = header.partition(" ")
     if kind.lower() != "bearer" or not secret.strip():
@@ -55,10 +55,72 @@ async def authenticate(request: Request, scope: str) -> tokens.Principal:
     if tokens.needs_touch(row.last_used_at):
         await db.write(tokens.touch, row.id, row.last_used_at)
     principal = tokens.principal(row)
+    request.scope["mxd.principal"] = principal        # for the audit middleware
+    return principal
+
+
+async def authenticate(request: Request, scope: str, operator: bool = False) -> tokens.Principal:
+    """The caller's principal, which must hold `scope` (and be the server's operator when `operator`);
+    raises 401/403 otherwise."""
+    principal = await principal_of(request)
     if not principal.has(scope):
         raise MxdError("forbidden", f"this token lacks the '{scope}' scope",
                        fix=f"Create a token with the '{scope}' scope: POST /api/tokens.")
+    if operator and not principal.is_operator:
+        raise MxdError("forbidden", "only the server operator's admin token may do this",
+                       fix="Use the operator's admin token (printed once by `mxd init`).")
     return principal
+
+
+def note_audit(request: Request, **fields: Any) -> None:
+    """Add to what the audit row of this request records (mailbox, decision, ...)."""
+    request.scope.setdefault("mxd.audit", {}).update(fields)
+
+
+class AuditMiddleware:
+    """Records every mutating call and every refused token use as an audit row, after the response.
+
+    One place for the rule; handlers add detail with note_audit (a send's preflight decision)."""
+
+    MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+    def __init__(self, app: Any, skip: tuple[str, ...] = ("/mcp",)) -> None:
+        self.app = app
+        self.skip = skip
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500
+
+        async def capture(message: dict) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, capture)
+        finally:
+            method, path = scope["method"], scope["path"]
+            if (method in self.MUTATING or status in (401, 403)) and not path.startswith(self.skip):
+                await self._record(scope, method, path, status)
+
+    async def _record(self, scope: dict, method: str, path: str, status: int) -> None:
+        principal: tokens.Principal | None = scope.get("mxd.principal")
+        extra: dict = dict(scope.get("mxd.audit") or {})
+        route = scope.get("route")
+        action = extra.pop("action", None) or f"{method} {getattr(route, 'path', path)}"
+        result = "ok" if status < 400 else ("denied" if status in (401, 403) else extra.get("code", "error"))
+        context: Context = scope["app"].state.ctx
+        try:
+            await context.db.write(
+                audit.record, principal.token_id if principal else "anonymous", action,
+                org_id=principal.org_id if principal else None, target=path,
+                mailbox=extra.pop("mailbox", None), result=result, detail=dict(extra, status=status))
+        except Exception:    # the audit trail must never turn a served request into a crash
+            log.exception("audit write failed for %s %s", method, path)
 
 
 async def json_body(request: Request) -> dict[str, Any]:
@@ -93,6 +155,7 @@ def page(items: list[dict], limit: int, fetched: int, last_id: str | None) -> di
 
 async def _mxd_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, MxdError)
+    note_audit(request, code=exc.code)
     return error_response(exc)
 
 
@@ -110,9 +173,13 @@ async def _internal_error(request: Request, exc: Exception) -> Response:
 
 
 def create_app(context: Context) -> Starlette:
-    from mxd.api import litemx, outbound
+    from starlette.middleware import Middleware
 
-    app = Starlette(routes=litemx.routes() + outbound.routes(), exception_handlers={
+    from mxd.api import litemx, loftbox, mcp, outbound, pages, platform, webhooks
+
+    routes = (litemx.routes() + outbound.routes() + platform.routes() + webhooks.routes()
+              + loftbox.routes() + pages.routes() + mcp.routes())
+    app = Starlette(routes=routes, middleware=[Middleware(AuditMiddleware)], exception_handlers={
         MxdError: _mxd_error, HTTPException: _http_error, Exception: _internal_error})
     app.state.ctx = context
     return app

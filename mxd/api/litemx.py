@@ -31,9 +31,13 @@ def _domain_dict(d) -> dict:
 
 def _visible_ids(principal: Principal) -> list[str] | None:
     """Mailbox ids a principal may see; None means all."""
-    if principal.is_admin or principal.mailboxes is None:
+    if principal.is_operator:
         return None
-    return [m.id for m in Mailbox.select(Mailbox.id).where(Mailbox.address.in_(list(principal.mailboxes)))]
+    query = Mailbox.select(Mailbox.id).where(
+        Mailbox.org_id.is_null() if principal.org_id is None else Mailbox.org_id == principal.org_id)
+    if principal.mailboxes is not None and not principal.is_admin:
+        query = query.where(Mailbox.address.in_(list(principal.mailboxes)))
+    return [m.id for m in query]
 
 
 def _mailbox_scope(principal: Principal, mailbox_ref: str | None) -> tuple[list[str] | None, dict[str, str]]:
@@ -43,7 +47,7 @@ def _mailbox_scope(principal: Principal, mailbox_ref: str | None) -> tuple[list[
             box = directory.get_mailbox(mailbox_ref)
         except MxdError:
             raise MxdError("not_found", f"mailbox {mailbox_ref!r} not found") from None
-        if not principal.sees(box.address):
+        if not principal.sees(box.address, box.org_id):
             raise MxdError("not_found", f"mailbox {mailbox_ref!r} not found")
         return [box.id], {box.id: box.address}
     ids = _visible_ids(principal)
@@ -54,7 +58,7 @@ def _mailbox_scope(principal: Principal, mailbox_ref: str | None) -> tuple[list[
 def _visible_message(principal: Principal, message_id: str) -> tuple[Message, str]:
     msg = messages.get(message_id)
     box = Mailbox.get_or_none(Mailbox.id == msg.mailbox_id) if msg else None
-    if msg is None or box is None or not principal.sees(box.address):
+    if msg is None or box is None or not principal.sees(box.address, box.org_id):
         raise MxdError("not_found", f"message {message_id!r} not found")
     return msg, box.address
 
@@ -82,7 +86,7 @@ async def domains_list(request: Request) -> Response:
 
 
 async def domains_create(request: Request) -> Response:
-    await authenticate(request, "admin")
+    await authenticate(request, "admin", operator=True)
     body = await json_body(request)
     name = body.get("domain") or body.get("name")
     if not isinstance(name, str):
@@ -100,13 +104,13 @@ async def domain_get(request: Request) -> Response:
 
 
 async def domain_delete(request: Request) -> Response:
-    await authenticate(request, "admin")
+    await authenticate(request, "admin", operator=True)
     await _change_directory(request, directory.delete_domain, request.path_params["domain"])
     return Response(status_code=204)
 
 
 async def domain_readiness(request: Request) -> Response:
-    await authenticate(request, "admin")
+    await authenticate(request, "admin", operator=True)
     body = await json_body(request)
     if not isinstance(body.get("ready"), bool):
         raise MxdError("bad_request", "body must hold {\"ready\": true|false}")
@@ -131,7 +135,7 @@ async def domain_status(request: Request) -> Response:
 
 
 async def domain_verify(request: Request) -> Response:
-    await authenticate(request, "admin")
+    await authenticate(request, "admin", operator=True)
     c = ctx(request)
     domain = await c.db.read(directory.get_domain, request.path_params["domain"])
     dns_ok, checks = await domaincheck.check(c.cfg, domain.name, c.resolver)
@@ -148,7 +152,7 @@ async def mailboxes_list(request: Request) -> Response:
 
 
 async def mailboxes_create(request: Request) -> Response:
-    await authenticate(request, "admin")
+    await authenticate(request, "admin", operator=True)
     body = await json_body(request)
     address = body.get("address")
     if not isinstance(address, str):
@@ -165,26 +169,26 @@ async def mailboxes_create(request: Request) -> Response:
 async def mailbox_get(request: Request) -> Response:
     principal = await authenticate(request, "read")
     box = await ctx(request).db.read(directory.get_mailbox, request.path_params["mailbox"])
-    if not principal.sees(box.address):
+    if not principal.sees(box.address, box.org_id):
         raise MxdError("not_found", "mailbox not found")
     return JSONResponse(_mailbox_dict(box))
 
 
 async def mailbox_delete(request: Request) -> Response:
-    await authenticate(request, "admin")
+    await authenticate(request, "admin", operator=True)
     await _change_directory(request, directory.delete_mailbox, request.path_params["mailbox"])
     return Response(status_code=204)
 
 
 # ---------------------------------------------------------------- aliases, catch-alls
 async def aliases_list(request: Request) -> Response:
-    await authenticate(request, "admin")
+    await authenticate(request, "admin", operator=True)
     rows = await ctx(request).db.read(directory.list_aliases)
     return JSONResponse({"data": [{"address": a, "targets": [b.address for b in boxes]} for a, boxes in rows.items()]})
 
 
 async def aliases_create(request: Request) -> Response:
-    await authenticate(request, "admin")
+    await authenticate(request, "admin", operator=True)
     body = await json_body(request)
     address, targets = body.get("address"), body.get("targets", body.get("target"))
     if isinstance(targets, str):
@@ -198,7 +202,7 @@ async def aliases_create(request: Request) -> Response:
 
 
 async def alias_delete(request: Request) -> Response:
-    await authenticate(request, "admin")
+    await authenticate(request, "admin", operator=True)
     await _change_directory(request, directory.delete_alias, request.path_params["alias"])
     return Response(status_code=204)
 
@@ -209,13 +213,13 @@ def _catchall_dict(domain) -> dict:
 
 
 async def catchall_get(request: Request) -> Response:
-    await authenticate(request, "admin")
+    await authenticate(request, "admin", operator=True)
     db = ctx(request).db
     return JSONResponse(await db.read(lambda: _catchall_dict(directory.get_domain(request.path_params["domain"]))))
 
 
 async def catchall_put(request: Request) -> Response:
-    await authenticate(request, "admin")
+    await authenticate(request, "admin", operator=True)
     body = await json_body(request)
     target = body.get("target", body.get("mailbox"))
     if target is not None and not isinstance(target, str):
@@ -313,7 +317,7 @@ async def thread_get(request: Request) -> Response:
     def work() -> dict:
         thread = Thread.get_or_none(Thread.id == request.path_params["id"])
         box = Mailbox.get_or_none(Mailbox.id == thread.mailbox_id) if thread else None
-        if thread is None or box is None or not principal.sees(box.address):
+        if thread is None or box is None or not principal.sees(box.address, box.org_id):
             raise MxdError("not_found", "thread not found")
         rows = list(Message.select().where(Message.thread == thread.id).order_by(Message.date, Message.id))
         out = messages.thread_dict(thread, box.address)
@@ -324,13 +328,13 @@ async def thread_get(request: Request) -> Response:
 
 # ---------------------------------------------------------------- tokens
 async def tokens_list(request: Request) -> Response:
-    await authenticate(request, "admin")
+    await authenticate(request, "admin", operator=True)
     rows = await ctx(request).db.read(tokens.list_tokens)
     return JSONResponse({"data": [tokens.to_dict(t) for t in rows]})
 
 
 async def tokens_create(request: Request) -> Response:
-    await authenticate(request, "admin")
+    await authenticate(request, "admin", operator=True)
     body = await json_body(request)
     row, secret = await ctx(request).db.write(
         tokens.create, body.get("name"), body.get("scopes"), body.get("mailboxes"))
@@ -340,7 +344,7 @@ async def tokens_create(request: Request) -> Response:
 
 
 async def token_delete(request: Request) -> Response:
-    await authenticate(request, "admin")
+    await authenticate(request, "admin", operator=True)
     await ctx(request).db.write(tokens.revoke, request.path_params["id"])
     return Response(status_code=204)
 

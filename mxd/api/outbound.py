@@ -126,7 +126,7 @@ def _reply_context(principal: Principal, message_id: str | None = None, thread_i
     else:
         parent = Message.get_or_none(Message.id == message_id)
     box = Mailbox.get_or_none(Mailbox.id == parent.mailbox_id) if parent else None
-    if parent is None or box is None or not principal.sees(box.address):
+    if parent is None or box is None or not principal.sees(box.address, box.org_id):
         raise MxdError("not_found", "message or thread not found")
     in_reply_to, refs = reply_headers(parent.message_id, parent.references or [], parent.in_reply_to or [])
     if parent.direction == "out":
@@ -176,7 +176,7 @@ def _save_draft(principal: Principal, body: dict, thread_id: str | None = None, 
     if parsed is None:
         raise MxdError("invalid_address", f"from {sender!r} is not a valid address")
     box = directory.get_mailbox(parsed.base_key)
-    if not principal.sees(box.address):
+    if not principal.sees(box.address, box.org_id):
         raise MxdError("not_found", f"mailbox {sender!r} not found")
     stored = dict(body, **{"from": sender})
     if reply:
@@ -212,7 +212,7 @@ async def thread_drafts_create(request: Request) -> Response:
 def _visible_draft(principal: Principal, draft_id: str) -> tuple[DraftRow, str]:
     row = DraftRow.get_or_none(DraftRow.id == draft_id)
     box = Mailbox.get_or_none(Mailbox.id == row.mailbox_id) if row else None
-    if row is None or box is None or not principal.sees(box.address):
+    if row is None or box is None or not principal.sees(box.address, box.org_id):
         raise MxdError("not_found", f"draft {draft_id!r} not found")
     return row, box.address
 
@@ -226,11 +226,14 @@ async def drafts_list(request: Request) -> Response:
         mailbox = request.query_params.get("mailbox")
         if mailbox:
             box = directory.get_mailbox(mailbox)
-            if not principal.sees(box.address):
+            if not principal.sees(box.address, box.org_id):
                 raise MxdError("not_found", "mailbox not found")
             query = query.where(DraftRow.mailbox == box.id)
-        elif not principal.is_admin and principal.mailboxes is not None:
-            query = query.where(Mailbox.address.in_(list(principal.mailboxes)))
+        elif not principal.is_operator:
+            query = query.where(Mailbox.org_id.is_null() if principal.org_id is None
+                                else Mailbox.org_id == principal.org_id)
+            if not principal.is_admin and principal.mailboxes is not None:
+                query = query.where(Mailbox.address.in_(list(principal.mailboxes)))
         if cursor:
             query = query.where(DraftRow.id < cursor)
         rows = list(query.limit(limit))
@@ -263,7 +266,7 @@ async def draft_send(request: Request) -> Response:
 
 # ---------------------------------------------------------------- queue and suppressions (operator)
 async def queue_list(request: Request) -> Response:
-    await authenticate(request, "admin")
+    await authenticate(request, "admin", operator=True)
     limit, cursor = page_params(request)
     rows = await ctx(request).db.read(outqueue.list_entries, request.query_params.get("status"), limit, cursor)
     return JSONResponse(page([outqueue.to_dict(r) for r in rows], limit, len(rows), rows[-1].id if rows else None))
@@ -271,7 +274,7 @@ async def queue_list(request: Request) -> Response:
 
 def _queue_action(action: str):
     async def handler(request: Request) -> Response:
-        await authenticate(request, "admin")
+        await authenticate(request, "admin", operator=True)
         c = ctx(request)
         fn = {"retry": outqueue.retry_now, "hold": outqueue.hold, "release": outqueue.release}[action]
         entry = await c.db.write(fn, request.path_params["id"])
@@ -281,13 +284,13 @@ def _queue_action(action: str):
 
 
 async def queue_delete(request: Request) -> Response:
-    await authenticate(request, "admin")
+    await authenticate(request, "admin", operator=True)
     await ctx(request).db.write(outqueue.drop, request.path_params["id"])
     return Response(status_code=204)
 
 
 async def suppressions_list(request: Request) -> Response:
-    await authenticate(request, "admin")
+    await authenticate(request, "admin", operator=True)
     limit, cursor = page_params(request)
     rows = await ctx(request).db.read(suppression.list_all, limit, cursor)
     return JSONResponse(page([suppression.to_dict(r) for r in rows], limit, len(rows),
@@ -295,7 +298,7 @@ async def suppressions_list(request: Request) -> Response:
 
 
 async def suppressions_add(request: Request) -> Response:
-    await authenticate(request, "admin")
+    await authenticate(request, "admin", operator=True)
     body = await json_body(request)
     if not isinstance(body.get("address"), str):
         raise MxdError("bad_request", "body must hold {\"address\": ...}")
@@ -305,7 +308,7 @@ async def suppressions_add(request: Request) -> Response:
 
 
 async def suppression_delete(request: Request) -> Response:
-    await authenticate(request, "admin")
+    await authenticate(request, "admin", operator=True)
     await ctx(request).db.write(suppression.remove, request.path_params["address"])
     return Response(status_code=204)
 

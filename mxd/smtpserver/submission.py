@@ -23,6 +23,7 @@ from mxd.db import Database
 from mxd.errors import MxdError
 from mxd.sending import Outgoing, send
 from mxd.smtpserver.fast import FastSMTP
+from mxd.store.models import Mailbox
 
 log = logging.getLogger("mxd.submission")
 
@@ -50,7 +51,7 @@ class SubmissionHandler:
         if row is None:
             return AuthResult(success=False, handled=False)
         principal = tokens.principal(row)
-        if not principal.has("send") or not principal.sees(box.base_key):
+        if not principal.has("send") or not self._may_send_as(principal, box.base_key):
             return AuthResult(success=False, handled=False)
         return AuthResult(success=True, auth_data=principal)
 
@@ -59,14 +60,17 @@ class SubmissionHandler:
         session.host_name = hostname
         return responses[:-1] + ["250-PIPELINING", "250-ENHANCEDSTATUSCODES", responses[-1]]
 
-    def _may_send_as(self, session: Session, text: str) -> bool:
-        principal = session.auth_data
+    def _may_send_as(self, principal: object, text: str) -> bool:
         parsed = addr.try_parse(text)
-        return isinstance(principal, tokens.Principal) and parsed is not None and principal.sees(parsed.base_key)
+        if not isinstance(principal, tokens.Principal) or parsed is None:
+            return False
+        self.db.db.connect(reuse_if_open=True)
+        box = Mailbox.get_or_none(Mailbox.address == parsed.base_key)
+        return box is not None and principal.sees(box.address, box.org_id)
 
     async def handle_MAIL(self, server: SMTP, session: Session, envelope: SmtpEnvelope, address: str,
                           mail_options: list[str]) -> str:
-        if not self._may_send_as(session, address):
+        if not self._may_send_as(session.auth_data, address):
             return NOT_ALLOWED
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)

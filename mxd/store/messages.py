@@ -88,7 +88,7 @@ def deliver(inbound: Any, parsed: Any, auth: Any, trace: str, window_seconds: fl
                 "disposition": a.disposition} for a in parsed.attachments]).execute()
         search.index(proxy.obj, msg_id, mailbox_id, fields["subject"], addresses, fields["text"])
         if direction == "in":
-            outbox.emit("message.received", mailbox_id=mailbox_id, message_id=msg_id, thread_id=thread_id)
+            outbox.emit("message.inbound", mailbox_id=mailbox_id, message_id=msg_id, thread_id=thread_id)
         created.append((msg_id, thread_id))
     execute('UPDATE "inbound" SET "processed" = ?, "trace" = ? WHERE "id" = ?', (True, trace, inbound.id))
     return created

@@ -20,7 +20,26 @@ def _v1_initial(db: pw.Database) -> None:
     search.create_index(db)
 
 
-STEPS: list[Callable[[pw.Database], None]] = [_v1_initial]
+def _v2_platform(db: pw.Database) -> None:
+    """Organisations, agents, webhooks, audit; org and agent owners; inbox acknowledgement."""
+    from playhouse.migrate import SchemaMigrator, migrate as run
+
+    db.create_tables([models.Organization, models.Agent, models.Webhook, models.WebhookDelivery,
+                      models.WebhookAttempt, models.Audit], safe=True)
+    migrator = SchemaMigrator.from_database(db)
+    wanted = [(models.Domain, "org_id"), (models.Mailbox, "org_id"), (models.Mailbox, "agent_id"),
+              (models.Token, "org_id"), (models.Message, "acked_at"), (models.Event, "fanned_out")]
+    for model, name in wanted:
+        table = model._meta.table_name
+        if name not in {c.name for c in db.get_columns(table)}:
+            run(migrator.add_column(table, name, model._meta.fields[name]))
+    # events from before webhooks existed are not owed to anyone
+    models.Event.update(fanned_out=True).where(models.Event.fanned_out.is_null()).execute()
+    db.execute_sql('CREATE INDEX IF NOT EXISTS "event_fanned_out" ON "event" ("fanned_out")')
+    db.execute_sql('CREATE INDEX IF NOT EXISTS "message_mailbox_id_acked_at_id" ON "message" ("mailbox_id", "acked_at", "id")')
+
+
+STEPS: list[Callable[[pw.Database], None]] = [_v1_initial, _v2_platform]
 
 
 def current_version(db: pw.Database) -> int:

@@ -27,8 +27,39 @@ class BaseModel(pw.Model):
         legacy_table_names = False
 
 
+class Organization(BaseModel):
+    """A tenant: owns agents, mailboxes, domains, tokens and a daily send cap. Rows with org_id NULL are the operator's."""
+    id = pw.CharField(primary_key=True, max_length=40)
+    name = pw.CharField(max_length=200)
+    slug = pw.CharField(unique=True, max_length=100)
+    owner_email = pw.CharField(max_length=320, index=True)
+    created_at = pw.DoubleField(default=time.time)
+    verified_at = pw.DoubleField(null=True)
+    daily_send_cap = pw.IntegerField(null=True)                   # None: the server's daily_send_cap
+    code_hash = pw.CharField(max_length=128, null=True)           # signup verification code (hashed)
+    code_expires_at = pw.DoubleField(null=True)
+    code_attempts = pw.IntegerField(default=0)
+
+
+class Agent(BaseModel):
+    id = pw.CharField(primary_key=True, max_length=40)
+    org_id = pw.CharField(max_length=40, null=True, index=True)
+    name = pw.CharField(max_length=200)
+    slug = pw.CharField(max_length=100)
+    external_id = pw.CharField(max_length=300, null=True)
+    description = pw.TextField(default="")
+    purpose = pw.TextField(default="")
+    owner_label = pw.CharField(max_length=200, default="")
+    policy_scope = pw.CharField(max_length=50, default="agent")
+    created_at = pw.DoubleField(default=time.time)
+
+    class Meta:
+        indexes = ((("org_id", "external_id"), True), (("org_id", "slug"), True))
+
+
 class Domain(BaseModel):
     id = pw.CharField(primary_key=True, max_length=40)
+    org_id = pw.CharField(max_length=40, null=True, index=True)
     name = pw.CharField(unique=True, max_length=255)          # A-label, lower case
     created_at = pw.DoubleField(default=time.time)
     ready = pw.BooleanField(default=False)
@@ -41,6 +72,8 @@ class Mailbox(BaseModel):
     id = pw.CharField(primary_key=True, max_length=40)
     address = pw.CharField(unique=True, max_length=320)       # lookup key: lower-case local @ A-label
     domain = pw.ForeignKeyField(Domain, backref="mailboxes", on_delete="CASCADE")
+    org_id = pw.CharField(max_length=40, null=True, index=True)
+    agent_id = pw.CharField(max_length=40, null=True, index=True)
     display_name = pw.CharField(default="", max_length=200)
     retention_days = pw.IntegerField(null=True)
     created_at = pw.DoubleField(default=time.time)
@@ -117,9 +150,10 @@ class Message(BaseModel):
     auth_results = pw.TextField(default="")
     auth = JSONField(null=True)              # structured spf/dkim/dmarc results
     parse_errors = JSONField(default=list)
+    acked_at = pw.DoubleField(null=True)     # inbox polling: when the agent acknowledged this inbound message
 
     class Meta:
-        indexes = ((("mailbox", "id"), False),)
+        indexes = ((("mailbox", "id"), False), (("mailbox", "acked_at", "id"), False))
 
 
 class Attachment(BaseModel):
@@ -139,7 +173,8 @@ class Token(BaseModel):
     secret_hash = pw.CharField(unique=True, max_length=128)
     hint = pw.CharField(max_length=20)        # the first characters, for recognising a token in lists
     scopes = JSONField()
-    mailboxes = JSONField(null=True)          # None: every mailbox
+    mailboxes = JSONField(null=True)          # None: every mailbox (of the organisation, when org_id is set)
+    org_id = pw.CharField(max_length=40, null=True, index=True)     # None: the operator's token
     created_at = pw.DoubleField(default=time.time)
     last_used_at = pw.DoubleField(null=True)
     revoked_at = pw.DoubleField(null=True)
@@ -153,6 +188,60 @@ class Event(BaseModel):
     mailbox_id = pw.CharField(max_length=40, null=True, index=True)
     message_id = pw.CharField(max_length=40, null=True)
     data = JSONField(default=dict)
+    fanned_out = pw.BooleanField(default=False, index=True)       # webhook deliveries made for this event
+
+
+class Webhook(BaseModel):
+    id = pw.CharField(primary_key=True, max_length=40)
+    org_id = pw.CharField(max_length=40, null=True, index=True)
+    agent_id = pw.CharField(max_length=40, null=True, index=True)
+    mailbox_id = pw.CharField(max_length=40, null=True, index=True)
+    url = pw.TextField()
+    event_types = JSONField()
+    secret = pw.CharField(max_length=200)                          # whsec_..., needed to sign
+    previous_secret = pw.CharField(max_length=200, null=True)      # still signed with until previous_expires_at
+    previous_expires_at = pw.DoubleField(null=True)
+    enabled = pw.BooleanField(default=True)
+    disabled_reason = pw.TextField(null=True)
+    created_at = pw.DoubleField(default=time.time)
+
+
+class WebhookDelivery(BaseModel):
+    """One event owed to one webhook: the durable unit of webhook retry."""
+    id = pw.CharField(primary_key=True, max_length=40)
+    webhook_id = pw.CharField(max_length=40, index=True)
+    event_id = pw.CharField(max_length=40)
+    status = pw.CharField(max_length=16, index=True)               # pending delivered failed
+    attempts = pw.IntegerField(default=0)
+    next_attempt_at = pw.DoubleField(default=time.time, index=True)
+    created_at = pw.DoubleField(default=time.time)
+    delivered_at = pw.DoubleField(null=True)
+    last_status = pw.IntegerField(null=True)
+    last_error = pw.TextField(default="")
+
+
+class WebhookAttempt(BaseModel):
+    id = pw.CharField(primary_key=True, max_length=40)
+    webhook_id = pw.CharField(max_length=40, index=True)
+    delivery_id = pw.CharField(max_length=40, index=True)
+    event_id = pw.CharField(max_length=40)
+    at = pw.DoubleField(default=time.time)
+    status = pw.IntegerField(null=True)                            # HTTP status; None when no answer
+    error = pw.TextField(default="")
+    duration_ms = pw.IntegerField(default=0)
+
+
+class Audit(BaseModel):
+    """Who did what: every mutating call, every send with its preflight decision, every refused token use."""
+    id = pw.CharField(primary_key=True, max_length=40)
+    at = pw.DoubleField(default=time.time, index=True)
+    actor = pw.CharField(max_length=200, index=True)               # token id, or "system", or "anonymous"
+    org_id = pw.CharField(max_length=40, null=True, index=True)
+    action = pw.CharField(max_length=120, index=True)
+    target = pw.TextField(default="")
+    mailbox = pw.CharField(max_length=320, null=True, index=True)
+    result = pw.CharField(max_length=40)                            # ok, denied, error, or an error code
+    detail = JSONField(default=dict)
 
 
 class QueueEntry(BaseModel):
@@ -217,5 +306,5 @@ class Meta(BaseModel):
     value = pw.TextField()
 
 
-MODELS = [Domain, Mailbox, Alias, Inbound, Thread, ThreadRef, Message, Attachment, Token, Event, QueueEntry,
+MODELS = [Organization, Agent, Webhook, WebhookDelivery, WebhookAttempt, Audit, Domain, Mailbox, Alias, Inbound, Thread, ThreadRef, Message, Attachment, Token, Event, QueueEntry,
           Suppression, SendCount, Idempotency, Draft, Meta]

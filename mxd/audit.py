@@ -1,0 +1,51 @@
+"""The audit trail: who did what, as rows. Every mutating API call, every send with its preflight
+decision, and every refused token use is recorded by `mxd.api.app.AuditMiddleware` (and by the
+SMTP submission and MCP paths for what they do); `GET /api/audit` reads it back."""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from mxd.ids import new_id
+from mxd.store.models import Audit
+
+
+def record(actor: str, action: str, *, org_id: str | None = None, target: str = "", mailbox: str | None = None,
+           result: str = "ok", detail: dict[str, Any] | None = None, at: float | None = None) -> str:
+    audit_id = new_id("aud")
+    Audit.insert(id=audit_id, at=time.time() if at is None else at, actor=actor[:200], org_id=org_id,
+                 action=action[:120], target=target[:2000], mailbox=mailbox, result=result[:40],
+                 detail=detail or {}).execute()
+    return audit_id
+
+
+def query(*, org_id: str | None = None, everyone: bool = False, actor: str | None = None,
+          mailbox: str | None = None, action: str | None = None, since: float | None = None,
+          until: float | None = None, result: str | None = None, limit: int = 100,
+          cursor: str | None = None) -> list[Audit]:
+    """Newest first. `everyone` (the operator) sees every organisation; otherwise only `org_id`'s rows."""
+    q = Audit.select()
+    if not everyone:
+        q = q.where(Audit.org_id.is_null() if org_id is None else Audit.org_id == org_id)
+    if actor:
+        q = q.where(Audit.actor == actor)
+    if mailbox:
+        q = q.where(Audit.mailbox == mailbox)
+    if action:   # exact, or a prefix ending in "*" ("send*", "POST /api/tokens*")
+        q = q.where(Audit.action.startswith(action[:-1]) if action.endswith("*") else Audit.action == action)
+    if since is not None:
+        q = q.where(Audit.at >= since)
+    if until is not None:
+        q = q.where(Audit.at < until)
+    if result:
+        q = q.where(Audit.result == result)
+    if cursor:
+        q = q.where(Audit.id < cursor)
+    return list(q.order_by(Audit.id.desc()).limit(limit))
+
+
+def to_dict(row: Audit) -> dict[str, Any]:
+    from datetime import datetime, timezone
+    return {"id": row.id, "at": datetime.fromtimestamp(row.at, timezone.utc).isoformat().replace("+00:00", "Z"),
+            "actor": row.actor, "org_id": row.org_id, "action": row.action, "target": row.target,
+            "mailbox": row.mailbox, "result": row.result, "detail": row.detail}
