@@ -17,11 +17,13 @@ from mxd.api.app import Context, create_app
 from mxd.config import Config, parse_hostport
 from mxd.db import Database
 from mxd.pipeline import Pipeline, make_workers
+from mxd.retention import RetentionSweeper
 from mxd.resolver import make_resolver
 from mxd.delivery.scheduler import Scheduler
 from mxd.smtpserver.mx import MxHandler, MxServer
 from mxd.smtpserver.submission import SubmissionHandler, SubmissionServer
 from mxd.store.directory import Directory
+from mxd.webhooks import WebhookWorker
 
 log = logging.getLogger("mxd")
 
@@ -62,6 +64,8 @@ class Daemon:
         self.mx: MxServer | None = None
         self.pipeline: Pipeline | None = None
         self.scheduler: Scheduler | None = None
+        self.webhooks: WebhookWorker | None = None
+        self.retention: RetentionSweeper | None = None
         self.workers: concurrent.futures.Executor | None = None
         self.submission: SubmissionServer | None = None
         self.http: _Uvicorn | None = None
@@ -97,6 +101,10 @@ class Daemon:
         self.pipeline.start()
         self.scheduler = Scheduler(cfg, self.db, resolver, on_local=self.pipeline.notify)
         self.scheduler.start()
+        self.webhooks = WebhookWorker(cfg, self.db, resolver)
+        self.webhooks.start()
+        self.retention = RetentionSweeper(cfg, self.db)
+        self.retention.start()
 
         def queued() -> None:
             self.scheduler.notify()
@@ -131,6 +139,10 @@ class Daemon:
             await self._http_task
         if self.scheduler:
             await self.scheduler.stop()
+        if self.webhooks:
+            await self.webhooks.stop()
+        if self.retention:
+            await self.retention.stop()
         if self.pipeline:
             await self.pipeline.stop()
         if self.workers:
