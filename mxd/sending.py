@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mxd import keys, outbox, outqueue, policy
+from mxd import audit, keys, outbox, outqueue, policy
 from mxd.config import Config
 from mxd.db import Database, execute
 from mxd.dkimsign import Signer
@@ -109,6 +109,10 @@ def _persist(cfg: Config, principal: Principal | None, out: Outgoing, signed: by
         "recipients": entries + [{"address": rcpt, "status": "delivered", "queue_id": None}
                                  for rcpt, _ in decision.local],
     }
+    audit.record(principal.token_id if principal else "mxd", "send", org_id=box.org_id, target=message_id,
+                 mailbox=box.mailbox_address, result=result["status"],
+                 detail={"source": out.source, "remote": len(decision.remote), "local": len(decision.local),
+                         "hold_reason": decision.hold_reason})
     if idem is not None:
         Idempotency.create(key=idem[0], body_hash=idem[1], status=202, response=result)
     return result
@@ -139,7 +143,7 @@ async def send(cfg: Config, db: Database, cpu: concurrent.futures.Executor, prin
         return await db.write(_persist, cfg, principal, out, signed, parsed, idem)
     except MxdError as exc:
         if exc.code in BLOCKING_CODES:
-            await db.write(_blocked, out, exc)
+            await db.write(_blocked, principal, out, exc)
         raise
 
 
@@ -148,7 +152,10 @@ BLOCKING_CODES = frozenset({"domain_not_ready", "outbound_disabled", "too_many_r
                             "rate_limited", "recipient_suppressed", "sender_not_allowed", "forbidden"})
 
 
-def _blocked(out: Outgoing, exc: MxdError) -> None:
-    row = execute('SELECT "id" FROM "mailbox" WHERE "address" = ?', (out.mail_from.lower(),)).fetchone()
+def _blocked(principal: Principal | None, out: Outgoing, exc: MxdError) -> None:
+    row = execute('SELECT "id", "org_id" FROM "mailbox" WHERE "address" = ?', (out.mail_from.lower(),)).fetchone()
     outbox.emit("message.blocked", mailbox_id=row[0] if row else None, sender=out.mail_from,
                 recipients=out.recipients[:100], code=exc.code, reason=exc.message, source=out.source)
+    audit.record(principal.token_id if principal else "mxd", "send", org_id=row[1] if row else None,
+                 mailbox=out.mail_from.lower(), result=exc.code,
+                 detail={"source": out.source, "recipients": len(out.recipients), "reason": exc.message})

@@ -16,7 +16,7 @@ from starlette.routing import Route
 
 from mxd import address as addr
 from mxd import outqueue, suppression
-from mxd.api.app import authenticate, ctx, json_body, page, page_params
+from mxd.api.app import Context, authenticate, ctx, json_body, note_audit, page, page_params
 from mxd.errors import MxdError
 from mxd.ids import new_id
 from mxd.mime.compose import ComposeError, Draft, OutAttachment, compose, envelope_recipients, reply_headers, \
@@ -85,19 +85,27 @@ def draft_from_body(body: dict, sender: str, *, in_reply_to: str | None = None,
         headers=headers, in_reply_to=in_reply_to, references=references or [])
 
 
-async def _send_draft(request: Request, principal: Principal, draft: Draft, body: dict) -> dict:
-    c = ctx(request)
+async def send_draft(c: Context, principal: Principal, draft: Draft, body: dict, *,
+                     idempotency_key: str | None = None, remote_ip: str = "", source: str = "api") -> dict:
+    """Compose and send a draft through the one send path (preflight, sign, queue): for every dialect,
+    MCP and the CLI. `body` is what the caller sent, for the idempotency check."""
     try:
         data, _ = compose(draft, message_id_domain=draft.from_addr.rsplit("@", 1)[-1])
         recipients = envelope_recipients(draft)
     except ComposeError as exc:
         raise MxdError(exc.code, f"{exc.field}: {exc.message}") from None
-    key = request.headers.get("idempotency-key")
-    result = await send(c.cfg, c.db, c.workers, principal, Outgoing(draft.from_addr, recipients, data, "api",
-                                                                     request.client.host if request.client else ""),
-                        idempotency_key=key, idempotency_body=body if key else None)
+    result = await send(c.cfg, c.db, c.workers, principal, Outgoing(draft.from_addr, recipients, data, source,
+                                                                     remote_ip),
+                        idempotency_key=idempotency_key, idempotency_body=body if idempotency_key else None)
     c.queued()
     return result
+
+
+async def _send_draft(request: Request, principal: Principal, draft: Draft, body: dict) -> dict:
+    note_audit(request, mailbox=draft.from_addr.lower())
+    return await send_draft(ctx(request), principal, draft, body,
+                            idempotency_key=request.headers.get("idempotency-key"),
+                            remote_ip=request.client.host if request.client else "")
 
 
 def _sender(body: dict, fallback: str | None = None) -> str:
