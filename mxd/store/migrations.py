@@ -33,8 +33,8 @@ def _v2_platform(db: pw.Database) -> None:
         table = model._meta.table_name
         if name not in {c.name for c in db.get_columns(table)}:
             run(migrator.add_column(table, name, model._meta.fields[name]))
-    # events from before webhooks existed are not owed to anyone
-    models.Event.update(fanned_out=True).where(models.Event.fanned_out.is_null()).execute()
+            if name == "fanned_out":     # events from before webhooks existed are owed to no one
+                models.Event.update(fanned_out=True).execute()
     db.execute_sql('CREATE INDEX IF NOT EXISTS "event_fanned_out" ON "event" ("fanned_out")')
     db.execute_sql('CREATE INDEX IF NOT EXISTS "message_mailbox_id_acked_at_id" ON "message" ("mailbox_id", "acked_at", "id")')
 
