@@ -35,7 +35,9 @@ def _v2_platform(db: pw.Database) -> None:
             run(migrator.add_column(table, name, model._meta.fields[name]))
             if name == "fanned_out":     # events from before webhooks existed are owed to no one
                 models.Event.update(fanned_out=True).execute()
-    db.execute_sql('CREATE INDEX IF NOT EXISTS "event_fanned_out" ON "event" ("fanned_out")')
+    for table, column in (("event", "fanned_out"), ("domain", "org_id"), ("mailbox", "org_id"),
+                          ("mailbox", "agent_id"), ("token", "org_id")):
+        db.execute_sql(f'CREATE INDEX IF NOT EXISTS "{table}_{column}" ON "{table}" ("{column}")')
     db.execute_sql('CREATE INDEX IF NOT EXISTS "message_mailbox_id_acked_at_id" ON "message" ("mailbox_id", "acked_at", "id")')
 
 

@@ -1,0 +1,67 @@
+"""Schema migrations: a store at version 1 is brought to the current version without losing rows."""
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from mxd.db import Database
+from mxd.store import migrations
+
+
+def _downgrade_to_v1(path: Path) -> None:
+    """Make a current store look like one written by schema version 1."""
+    con = sqlite3.connect(path)
+    for table in ("organization", "agent", "webhook", "webhook_delivery", "webhook_attempt", "audit"):
+        con.execute(f'DROP TABLE "{table}"')
+    for index in ("event_fanned_out", "message_mailbox_id_acked_at_id", "domain_org_id", "mailbox_org_id",
+                  "mailbox_agent_id", "token_org_id"):
+        con.execute(f'DROP INDEX IF EXISTS "{index}"')
+    for table, column in (("domain", "org_id"), ("mailbox", "org_id"), ("mailbox", "agent_id"),
+                          ("token", "org_id"), ("message", "acked_at"), ("event", "fanned_out")):
+        con.execute(f'ALTER TABLE "{table}" DROP COLUMN "{column}"')
+    con.execute("""INSERT INTO "event" ("id", "type", "created_at", "data") VALUES ('evt_old', 'message.inbound', 1, '{}')""")
+    con.execute("""UPDATE "meta" SET "value" = '1' WHERE "key" = 'schema_version'""")
+    con.commit()
+    con.close()
+
+
+def test_v1_store_migrates_to_current(tmp_path: Path) -> None:
+    path = tmp_path / "mxd.db"
+    db = Database(f"sqlite:///{path}")
+    db.start()
+    db.close()
+    _downgrade_to_v1(path)
+
+    db = Database(f"sqlite:///{path}")
+    db.start()
+    db.close()
+    con = sqlite3.connect(path)
+    assert con.execute("""SELECT "value" FROM "meta" WHERE "key" = 'schema_version'""").fetchone()[0] \
+        == str(len(migrations.STEPS))
+    assert "acked_at" in [r[1] for r in con.execute('PRAGMA table_info("message")')]
+    assert "org_id" in [r[1] for r in con.execute('PRAGMA table_info("token")')]
+    # the event from before webhooks existed is owed to no webhook
+    assert con.execute("""SELECT "fanned_out" FROM "event" WHERE "id" = 'evt_old'""").fetchone()[0] == 1
+    assert con.execute('SELECT count(*) FROM "audit"').fetchone()[0] == 0
+    indexes = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    assert {"event_fanned_out", "message_mailbox_id_acked_at_id", "mailbox_org_id", "token_org_id"} <= indexes
+
+
+def test_newer_store_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "mxd.db"
+    db = Database(f"sqlite:///{path}")
+    db.start()
+    db.close()
+    con = sqlite3.connect(path)
+    con.execute("""UPDATE "meta" SET "value" = '999' WHERE "key" = 'schema_version'""")
+    con.commit()
+    con.close()
+    db = Database(f"sqlite:///{path}")
+    try:
+        db.start()
+    except RuntimeError as exc:
+        assert "newer than this mxd" in str(exc)
+    else:
+        raise AssertionError("a store from a newer mxd was opened")
+    finally:
+        db.close()
