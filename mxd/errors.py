@@ -31,6 +31,11 @@ CODES: dict[str, Code] = {
     "recipient_suppressed": Code(422, "550 5.7.1 Recipient is on the suppression list", "Remove it with DELETE /api/suppressions/{address} if it is deliverable again."),
     "unknown_recipient": Code(422, "550 5.1.1 No such local recipient", "Check the address; this domain is served here and has no such mailbox."),
     "idempotency_conflict": Code(409, "550 5.7.1 Conflict", "Use a new Idempotency-Key for a different request body."),
+    "signup_disabled": Code(403, "550 5.7.1 Not permitted", "Set signup_enabled = true (MXD_SIGNUP_ENABLED=true) and restart, or ask the operator to create the organisation."),
+    "invalid_code": Code(422, "550 5.7.1 Not permitted", "Use the 6-digit code from the latest verification email."),
+    "code_expired": Code(422, "550 5.7.1 Not permitted", "Sign up again (POST /v1/auth/signup) to get a new code."),
+    "too_many_attempts": Code(403, "550 5.7.1 Too many attempts", "Sign up again (POST /v1/auth/signup) to get a new code."),
+    "no_default_domain": Code(422, "550 5.7.1 No default domain", "Pass domain_id, or set default_domain (MXD_DEFAULT_DOMAIN) to a domain this server serves."),
     "internal": Code(500, "451 4.3.0 Internal error, try again later", "Retry; if it persists, check the mxd log."),
 }
 
