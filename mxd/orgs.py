@@ -1,0 +1,150 @@
+"""Organisations and owner sign-up: the 6-digit owner-email code (hashed, expiring, few attempts) and the
+organisation's first API key.
+
+An organisation owns agents, mailboxes, domains, tokens and a daily send cap. Sign-up makes an
+unverified organisation and a code; verification marks it verified and makes its first token
+(scopes ["admin"], org_id set: it administers that organisation, never the server). Functions run
+inside `Database.write`/`read`; the mail itself goes out through the API layer's one send path.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+import time
+from dataclasses import dataclass
+
+from mxd import address as addr
+from mxd import tokens
+from mxd.errors import MxdError
+from mxd.ids import new_id
+from mxd.store.models import Domain, Organization
+
+CODE_SECONDS = 15 * 60
+MAX_ATTEMPTS = 5
+SLUG = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,98}[a-z0-9])?$")
+
+
+def _code_hash(org_id: str, code: str) -> str:
+    # The organisation id salts the hash; the attempt limit, not the hash, is what stops guessing.
+    return hashlib.sha256(f"{org_id}:{code}".encode()).hexdigest()
+
+
+def slugify(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:100].strip("-")
+
+
+def owner_address(email: object) -> str:
+    if not isinstance(email, str):
+        raise MxdError("bad_request", "email must be the owner's address")
+    try:
+        parsed = addr.parse(email)
+    except addr.AddressError as exc:
+        raise MxdError("invalid_address", f"{email!r} is not a valid address: {exc}") from None
+    return f"{parsed.local}@{parsed.domain}"
+
+
+def _name_and_slug(name: object, slug: object) -> tuple[str, str]:
+    if not isinstance(name, str) or not name.strip() or len(name) > 200:
+        raise MxdError("bad_request", "organization_name must be a non-empty string of at most 200 characters")
+    if slug is None or slug == "":
+        slug = slugify(name)
+    if not isinstance(slug, str) or not SLUG.match(slug):
+        raise MxdError("bad_request", "slug must be lower-case letters, digits and hyphens (at most 100)")
+    return name.strip(), slug
+
+
+def signup(email: object, name: object, slug: object) -> tuple[Organization, str, bool]:
+    """Create an unverified organisation with a fresh code, or give an unverified one a new code.
+
+    Returns (organisation, code, created). A verified owner email, or a slug another organisation
+    holds, is a 409."""
+    owner = owner_address(email)
+    name, slug = _name_and_slug(name, slug)
+    org = (Organization.select().where(Organization.owner_email == owner)
+           .order_by(Organization.verified_at.is_null(), Organization.created_at).first())
+    if org is not None and org.verified_at is not None:
+        raise MxdError("conflict", f"{owner} already owns a verified organisation",
+                       fix="Use that organisation's API key; the operator can issue another one.")
+    taken = Organization.get_or_none(Organization.slug == slug)
+    if taken is not None and (org is None or taken.id != org.id):
+        raise MxdError("conflict", f"the slug {slug!r} is taken", fix="Choose another slug.")
+    created = org is None
+    if created:
+        org = Organization.create(id=new_id("org"), name=name, slug=slug, owner_email=owner)
+    else:
+        org.name, org.slug = name, slug
+    code = f"{secrets.randbelow(10 ** 6):06d}"
+    org.code_hash, org.code_expires_at, org.code_attempts = _code_hash(org.id, code), time.time() + CODE_SECONDS, 0
+    org.save()
+    return org, code, created
+
+
+@dataclass
+class Verified:
+    org: Organization | None
+    token: dict | None = None       # tokens.to_dict of the first key, with "token": the secret
+    error: MxdError | None = None
+
+
+def verify(email: object, code: object) -> Verified:
+    """Check an owner's code. Never raises for a wrong code: the attempt count must be committed,
+    so the error comes back in the result."""
+    owner = owner_address(email)
+    if not isinstance(code, str) or not code.strip():
+        raise MxdError("bad_request", "verification_token must be the 6-digit code from the email")
+    orgs = list(Organization.select().where(Organization.owner_email == owner))
+    if any(o.verified_at is not None for o in orgs):
+        return Verified(None, error=MxdError("conflict", f"{owner} is already verified",
+                                             fix="The first API key was shown once at verification; "
+                                                 "the operator can issue another one."))
+    org = max(orgs, key=lambda o: o.created_at, default=None)
+    if org is None or org.code_hash is None:
+        return Verified(None, error=MxdError("not_found", f"no sign-up waits for {owner}",
+                                             fix="Sign up first: POST /v1/auth/signup."))
+    if org.code_attempts >= MAX_ATTEMPTS:
+        return Verified(org, error=MxdError("too_many_attempts", f"{MAX_ATTEMPTS} wrong codes; this code is spent"))
+    if org.code_expires_at is None or org.code_expires_at < time.time():
+        return Verified(org, error=MxdError("code_expired", "the verification code has expired"))
+    if not hmac.compare_digest(org.code_hash, _code_hash(org.id, code.strip())):
+        org.code_attempts += 1
+        org.save()
+        left = MAX_ATTEMPTS - org.code_attempts
+        return Verified(org, error=MxdError("invalid_code", f"wrong verification code ({left} attempts left)"))
+    org.verified_at, org.code_hash, org.code_expires_at, org.code_attempts = time.time(), None, None, 0
+    org.save()
+    row, secret = tokens.create(f"{org.slug} owner", ["admin"], None, org_id=org.id)
+    return Verified(org, dict(tokens.to_dict(row), token=secret))
+
+
+def get(org_id: str) -> Organization:
+    org = Organization.get_or_none(Organization.id == org_id)
+    if org is None:
+        raise MxdError("not_found", f"organisation {org_id!r} not found")
+    return org
+
+
+def default_domain(configured: str) -> Domain:
+    """The domain of mailboxes created without domain_id: the configured one, else the first
+    domain the operator created (org_id NULL)."""
+    if configured:
+        try:
+            found = Domain.get_or_none(Domain.name == addr.normalize_domain(configured))
+        except addr.AddressError:
+            found = None
+        if found is None:
+            raise MxdError("no_default_domain", f"the configured default_domain {configured!r} is not served here")
+        return found
+    found = (Domain.select().where(Domain.org_id.is_null())
+             .order_by(Domain.created_at, Domain.id).first())
+    if found is None:
+        raise MxdError("no_default_domain", "this server serves no domain yet")
+    return found
+
+
+def to_dict(org: Organization) -> dict:
+    from mxd.store.messages import _iso
+    return {"id": org.id, "name": org.name, "slug": org.slug, "owner_email": org.owner_email,
+            "verified": org.verified_at is not None, "verified_at": _iso(org.verified_at),
+            "daily_send_cap": org.daily_send_cap, "created_at": _iso(org.created_at)}
