@@ -179,7 +179,7 @@ def create_app(context: Context) -> Starlette:
 
     routes = (litemx.routes() + outbound.routes() + platform.routes() + webhooks.routes()
               + loftbox.routes() + pages.routes() + mcp.routes())
-    app = Starlette(routes=routes, middleware=[Middleware(AuditMiddleware)], exception_handlers={
+    app = Starlette(routes=routes, middleware=[Middleware(loftbox.ApiV1Alias), Middleware(AuditMiddleware)], exception_handlers={
         MxdError: _mxd_error, HTTPException: _http_error, Exception: _internal_error})
     app.state.ctx = context
     return app
