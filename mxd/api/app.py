@@ -163,7 +163,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "bad_request")
     fix = "See /openapi.json for the routes." if exc.status_code in (404, 405) else "Check the request."
-    return JSONResponse({"error": {"code": code, "message": str(exc.detail), "fix": fix}},
+    return JSONResponse({"error": {"code": code, "message": str(exc.detail), "fix": fix, "hard_stop": True}},
                         status_code=exc.status_code)
 
 
@@ -174,11 +174,13 @@ async def _internal_error(request: Request, exc: Exception) -> Response:
 
 def create_app(context: Context) -> Starlette:
     from starlette.middleware import Middleware
+    from starlette.routing import Route
 
-    from mxd.api import litemx, loftbox, mcp, outbound, pages, platform, webhooks
+    from mxd.api import litemx, loftbox, mcp, openapi, outbound, pages, platform, webhooks
 
     routes = (litemx.routes() + outbound.routes() + platform.routes() + webhooks.routes()
-              + loftbox.routes() + pages.routes() + mcp.routes())
+              + loftbox.routes() + pages.routes() + mcp.routes()
+              + [Route("/openapi.json", openapi.serve, methods=["GET"])])
     app = Starlette(routes=routes, middleware=[Middleware(loftbox.ApiV1Alias), Middleware(AuditMiddleware)], exception_handlers={
         MxdError: _mxd_error, HTTPException: _http_error, Exception: _internal_error})
     app.state.ctx = context
