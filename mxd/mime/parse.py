@@ -73,6 +73,20 @@ def attachment(raw: bytes, index: int) -> tuple[Attachment, bytes] | None:
     return None
 
 
+def attachment_text(raw: bytes, index: int) -> tuple[Attachment, str] | None:
+    """The attachment whose index parse() reported, decoded as text in its declared charset the way
+    bodies are; None if there is none. For text parts only: binary data decodes to nonsense."""
+    try:
+        walk = _Walk(raw)
+        _, _, leaves = _classify(walk)
+        for part in leaves:
+            if part.index == index:
+                return _attachment(walk, part)[0], _body(walk, part)
+    except Exception:
+        pass
+    return None
+
+
 # --- header fields ----------------------------------------------------------
 
 _FIELD_NAME = re.compile(rb"[!-9;-~]+")            # RFC 5322 3.6.8 ftext
