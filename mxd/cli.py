@@ -1,4 +1,5 @@
-"""The `mxd` command: init, serve, and operator helpers."""
+"""The `mxd` command: init, serve and dkim act on this host; every other command acts on a running
+daemon through its HTTP API (mxd.climd, with $MXD_URL and $MXD_TOKEN)."""
 from __future__ import annotations
 
 import argparse
@@ -11,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from mxd import config as config_mod
-from mxd import dnsrecords, keys, tokens
+from mxd import climd, dnsrecords, keys, tokens
+from mxd.client import ApiError, Client
 from mxd.errors import MxdError
 
 
@@ -122,77 +124,11 @@ def cmd_dkim(args: argparse.Namespace) -> int:
     return 0
 
 
-def _api(args: argparse.Namespace, method: str, path: str, body: dict | None = None) -> Any:
-    """Call the running daemon's API with $MXD_URL (default: the configured http_listen) and $MXD_TOKEN."""
-    import urllib.error
-    import urllib.request
-
-    base = os.environ.get("MXD_URL") or f"http://{_load(args).http_listen}"
-    token = os.environ.get("MXD_TOKEN", "")
-    if not token:
-        raise MxdError("unauthorized", "MXD_TOKEN is not set", fix="export MXD_TOKEN=<an admin token>")
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(base.rstrip("/") + path, data=data, method=method,
-                                 headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            raw = resp.read()
-    except urllib.error.HTTPError as exc:
-        try:
-            err = json.loads(exc.read())["error"]
-        except Exception:
-            raise MxdError("internal", f"HTTP {exc.code} from {base}") from None
-        raise MxdError(err.get("code", "internal"), err.get("message", ""), err.get("fix")) from None
-    except urllib.error.URLError as exc:
-        raise MxdError("internal", f"cannot reach {base}: {exc.reason}",
-                       fix="Is `mxd serve` running? Set MXD_URL to its HTTP address.") from None
-    return json.loads(raw) if raw else None
-
-
-def _show(args: argparse.Namespace, rows: list[dict], line: Any) -> int:
-    """--json prints the rows as the API gave them; otherwise one line each."""
-    if args.json:
-        print(json.dumps(rows, indent=2))
-    else:
-        for row in rows:
-            print(line(row))
-    return 0
-
-
-def cmd_queue(args: argparse.Namespace) -> int:
-    if args.action != "list" and not args.id:
-        raise MxdError("bad_request", f"queue {args.action} needs a queue entry id", fix="mxd queue list shows them")
-    if args.action == "list":
-        query = f"?limit={args.limit}" + (f"&status={args.status}" if args.status else "")
-        result = _api(args, "GET", "/api/queue" + query)
-        rows = result["data"]
-    elif args.action == "delete":
-        _api(args, "DELETE", f"/api/queue/{args.id}")
-        rows = []
-    else:
-        rows = [_api(args, "POST", f"/api/queue/{args.id}/{args.action}")]
-    return _show(args, rows, lambda row: f"{row['id']}  {row['status']:<9} {row['attempts']:>3}  "
-                                          f"{row['recipient']:<40} {row['last_reply'][:60]}")
-
-
-def cmd_suppressions(args: argparse.Namespace) -> int:
-    if args.action != "list" and not args.address:
-        raise MxdError("bad_request", f"suppressions {args.action} needs an address")
-    if args.action == "list":
-        rows = _api(args, "GET", "/api/suppressions?limit=500")["data"]
-    elif args.action == "add":
-        rows = [_api(args, "POST", "/api/suppressions", {"address": args.address, "reason": "operator"})]
-    else:
-        _api(args, "DELETE", f"/api/suppressions/{args.address}")
-        rows = []
-    return _show(args, rows, lambda row: f"{row['address']:<40} {row['reason']:<12} {row['created_at']}")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mxd", description="A self-hosted mail server in one daemon.")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", help="path of mxd.toml (default: $MXD_CONFIG, else DATA_DIR/mxd.toml)")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("init", parents=[common], help="create the data dir, store, keys, certificate and admin token")
     p.add_argument("--data-dir", help="state directory (default: $MXD_DATA_DIR or /var/lib/mxd)")
@@ -213,29 +149,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_dkim)
 
-    p = sub.add_parser("queue", parents=[common], help="the outbound queue (via the API: MXD_URL, MXD_TOKEN)")
-    p.add_argument("action", choices=["list", "retry", "hold", "release", "delete"])
-    p.add_argument("id", nargs="?", help="queue entry id (q_...) for retry, hold, release, delete")
-    p.add_argument("--status", help="with list: queued, deferred, held, delivered, failed")
-    p.add_argument("--limit", type=int, default=100)
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_queue)
-
-    p = sub.add_parser("suppressions", parents=[common], help="the suppression list (via the API)")
-    p.add_argument("action", choices=["list", "add", "remove"])
-    p.add_argument("address", nargs="?")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_suppressions)
+    climd.register(sub)
 
     args = parser.parse_args(argv)
     try:
+        if hasattr(args, "api_func"):
+            with Client(args.url, args.token) as api:
+                return args.api_func(args, api)
         return args.func(args)
     except config_mod.ConfigError as exc:
         print(f"mxd: config: {exc}", file=sys.stderr)
         return 2
-    except MxdError as exc:
-        print(f"mxd: {exc.code}: {exc.message}\n  fix: {exc.fix}", file=sys.stderr)
+    except (MxdError, ApiError) as exc:
+        print(f"error: {exc.code}: {exc.message}", file=sys.stderr)
+        if exc.fix:
+            print(f"fix: {exc.fix}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
 
 
 if __name__ == "__main__":
