@@ -1,21 +1,276 @@
 """Webhook delivery: fans event rows out to matching webhooks as durable delivery rows, then POSTs
-them signed per the Standard Webhooks spec, retrying with backoff; a 410 disables the endpoint."""
+them signed per the Standard Webhooks spec, retrying with backoff; a 410 disables the endpoint.
+
+Target addresses are checked when a webhook is made and again on every connection: the host is
+resolved once, every address it resolves to must be public (unless webhook_allow_private), and the
+connection goes to an address that was checked, so a name that changes its answer between the check
+and the connection (DNS rebinding) cannot reach loopback, private or link-local services.
+"""
 from __future__ import annotations
 
-from mxd.config import Config
+import asyncio
+import ipaddress
+import logging
+import socket
+import time
+from datetime import datetime, timezone
+from typing import Any, Iterable
+
+import httpcore
+import httpx
+import standardwebhooks
+
+from mxd.config import Config, parse_duration
 from mxd.db import Database
+from mxd.errors import MxdError
 from mxd.resolver import Resolver
+from mxd.store import webhooks as store
+
+log = logging.getLogger("mxd.webhooks")
+
+POLL_SECONDS = 1.0
+FAN_OUT_BATCH = 500
+MAX_IN_FLIGHT = 32          # deliveries under way at once
+PER_WEBHOOK = 4             # of which at most this many to one endpoint, so a slow one cannot starve the rest
+USER_AGENT = "mxd-webhooks/1"
 
 
+# ---------------------------------------------------------------- target addresses
+class UrlRefused(Exception):
+    """The webhook URL may not be used: bad scheme, or a host that is not a public address."""
+
+
+def refusal(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
+    """Why an address is no webhook target ("loopback", "private", ...), or None when it is public."""
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    for attr, kind in (("is_loopback", "loopback"), ("is_link_local", "link-local"), ("is_multicast", "multicast"),
+                       ("is_unspecified", "unspecified"), ("is_reserved", "reserved"), ("is_private", "private")):
+        if getattr(ip, attr):
+            return kind
+    return None if ip.is_global else "non-public"
+
+
+async def resolve(host: str, port: int, allow_private: bool, timeout: float = 10.0) -> list[str]:
+    """The addresses of `host`, each checked; raises UrlRefused when one of them is not allowed."""
+    host = host.strip("[]")
+    try:
+        found = [ipaddress.ip_address(host)]
+    except ValueError:
+        loop = asyncio.get_running_loop()
+        try:
+            infos = await asyncio.wait_for(loop.getaddrinfo(host, port, type=socket.SOCK_STREAM), timeout)
+        except (OSError, asyncio.TimeoutError) as exc:
+            raise UrlRefused(f"{host} does not resolve: {exc or 'timeout'}") from None
+        found = []
+        for info in infos:
+            ip = ipaddress.ip_address(info[4][0])
+            if ip not in found:
+                found.append(ip)
+        if not found:
+            raise UrlRefused(f"{host} does not resolve")
+    if not allow_private:
+        for ip in found:
+            kind = refusal(ip)
+            if kind:
+                raise UrlRefused(f"{host} resolves to {ip}, a {kind} address")
+    return [str(ip) for ip in found]
+
+
+def check_scheme(url: str, allow_private: bool) -> httpx.URL:
+    if not isinstance(url, str) or not url or len(url) > store.MAX_URL:
+        raise UrlRefused(f"url must be a string of at most {store.MAX_URL} characters")
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL as exc:
+        raise UrlRefused(f"not a valid URL: {exc}") from None
+    allowed = ("https", "http") if allow_private else ("https",)
+    if parsed.scheme not in allowed:
+        raise UrlRefused(f"the URL scheme must be {' or '.join(allowed)}")
+    if not parsed.host:
+        raise UrlRefused("the URL has no host")
+    return parsed
+
+
+async def check_url(url: str, allow_private: bool) -> None:
+    """At creation: the URL's scheme and every address its host resolves to; raises MxdError 400."""
+    try:
+        parsed = check_scheme(url, allow_private)
+        await resolve(parsed.host, parsed.port or (443 if parsed.scheme == "https" else 80), allow_private)
+    except UrlRefused as exc:
+        raise MxdError("webhook_url_refused", f"webhook URL refused: {exc}") from None
+
+
+class _CheckedBackend(httpcore.AsyncNetworkBackend):
+    """Connects only to addresses that passed `resolve`, so the address checked is the one used."""
+
+    def __init__(self, allow_private: bool) -> None:
+        self.allow_private = allow_private
+        self._inner = httpcore.AnyIOBackend()
+
+    async def connect_tcp(self, host: str, port: int, timeout: float | None = None, local_address: str | None = None,
+                          socket_options: Iterable[Any] | None = None) -> httpcore.AsyncNetworkStream:
+        addresses = await resolve(host, port, self.allow_private, timeout or 10.0)
+        error: Exception | None = None
+        for ip in addresses:
+            try:
+                return await self._inner.connect_tcp(ip, port, timeout, local_address, socket_options)
+            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
+                error = exc
+        assert error is not None
+        raise error
+
+    async def connect_unix_socket(self, path: str, timeout: float | None = None,
+                                  socket_options: Iterable[Any] | None = None) -> httpcore.AsyncNetworkStream:
+        raise UrlRefused("unix sockets are not webhook targets")
+
+    async def sleep(self, seconds: float) -> None:
+        await self._inner.sleep(seconds)
+
+
+def make_client(timeout: float, allow_private: bool) -> httpx.AsyncClient:
+    """An HTTP client whose every connection goes through the address check; no redirects, no proxies."""
+    transport = httpx.AsyncHTTPTransport()
+    transport._pool = httpcore.AsyncConnectionPool(      # httpx has no public hook for the network backend
+        ssl_context=httpx.create_ssl_context(), max_connections=MAX_IN_FLIGHT, max_keepalive_connections=16,
+        keepalive_expiry=5.0, network_backend=_CheckedBackend(allow_private))
+    return httpx.AsyncClient(transport=transport, timeout=timeout, follow_redirects=False, trust_env=False,
+                             headers={"user-agent": USER_AGENT})
+
+
+# ---------------------------------------------------------------- signing
+def sign_headers(msg_id: str, body: str, secrets: list[str], when: float | None = None) -> dict[str, str]:
+    """The Standard Webhooks headers: webhook-id, webhook-timestamp and webhook-signature (one
+    space-separated `v1,<base64 HMAC-SHA256>` per secret, so a receiver holding either secret verifies)."""
+    ts = int(time.time() if when is None else when)
+    moment = datetime.fromtimestamp(ts, tz=timezone.utc)
+    signature = " ".join(standardwebhooks.Webhook(s).sign(msg_id, moment, body) for s in secrets)
+    return {"webhook-id": msg_id, "webhook-timestamp": str(ts), "webhook-signature": signature,
+            "content-type": "application/json"}
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {text}"[:500]
+
+
+# ---------------------------------------------------------------- the worker
 class WebhookWorker:
+    """Fans events out, then delivers what is due with bounded concurrency; survives restarts because
+    every delivery is a row (one still pending when the daemon stops is sent after it starts again)."""
+
     def __init__(self, cfg: Config, db: Database, resolver: Resolver) -> None:
         self.cfg, self.db, self.resolver = cfg, db, resolver
+        self.delays = [parse_duration(d, "webhook_retry_schedule") for d in cfg.webhook_retry_schedule]
+        self.lifetime = cfg.seconds("webhook_lifetime")
+        self._wake = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task | None = None
+        self._inflight: dict[str, tuple[str, asyncio.Task]] = {}      # delivery id -> (webhook id, task)
+        self._client: httpx.AsyncClient | None = None
+        self._stopping = False
 
     def start(self) -> None:
-        pass
+        self._loop = asyncio.get_running_loop()
+        self._client = make_client(self.cfg.webhook_timeout, self.cfg.webhook_allow_private)
+        self._task = self._loop.create_task(self._run(), name="mxd-webhooks")
 
     def notify(self) -> None:
-        pass
+        """Look for new events now rather than at the next poll; callable from any thread."""
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._wake.set)
 
     async def stop(self) -> None:
-        pass
+        self._stopping = True
+        self._wake.set()
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(self._task, 10)
+            except (asyncio.TimeoutError, asyncio.CancelledError):
+                pass
+        tasks = [task for _, task in self._inflight.values()]
+        if tasks:                              # unfinished ones stay pending and go out after a restart
+            _, late = await asyncio.wait(tasks, timeout=self.cfg.webhook_timeout + 1)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
+        if self._client is not None:
+            await self._client.aclose()
+
+    async def _run(self) -> None:
+        while not self._stopping:
+            more = False
+            try:
+                if await self.db.read(store.unfanned):
+                    more = await self.db.write(store.fan_out, FAN_OUT_BATCH) >= FAN_OUT_BATCH
+                await self._dispatch()
+            except Exception:                  # the worker outlives any one bad pass
+                log.exception("webhook pass failed")
+            if more:
+                continue
+            try:
+                await asyncio.wait_for(self._wake.wait(), POLL_SECONDS)
+            except asyncio.TimeoutError:
+                pass
+            self._wake.clear()
+
+    async def _dispatch(self) -> None:
+        room = MAX_IN_FLIGHT - len(self._inflight)
+        if room <= 0 or self._stopping:
+            return
+        jobs, gone = await self.db.read(store.due, time.time(), room * 2, frozenset(self._inflight))
+        if gone:
+            await self.db.write(store.cancel, gone, "the webhook was disabled or deleted, or the event is gone")
+        per_hook: dict[str, int] = {}
+        for hook_id, _ in self._inflight.values():
+            per_hook[hook_id] = per_hook.get(hook_id, 0) + 1
+        for job in jobs:
+            if len(self._inflight) >= MAX_IN_FLIGHT:
+                break
+            if per_hook.get(job.webhook_id, 0) >= PER_WEBHOOK:
+                continue
+            per_hook[job.webhook_id] = per_hook.get(job.webhook_id, 0) + 1
+            task = asyncio.get_running_loop().create_task(self._deliver(job))
+            self._inflight[job.delivery_id] = (job.webhook_id, task)
+            task.add_done_callback(lambda _t, key=job.delivery_id: self._done(key))
+
+    def _done(self, delivery_id: str) -> None:
+        self._inflight.pop(delivery_id, None)
+        self._wake.set()                       # a slot is free
+
+    async def _deliver(self, job: store.Job) -> None:
+        assert self._client is not None
+        status: int | None = None
+        error = ""
+        started = time.monotonic()
+        try:
+            headers = sign_headers(job.event_id, job.body, job.secrets)
+            async with asyncio.timeout(self.cfg.webhook_timeout + 1):     # the whole exchange, not each read
+                async with self._client.stream("POST", job.url, content=job.body.encode(), headers=headers) as resp:
+                    status = resp.status_code
+                    if not 200 <= status < 300:
+                        head = b""
+                        async for chunk in resp.aiter_bytes():
+                            head += chunk
+                            if len(head) >= 200:
+                                break
+                        error = f"HTTP {status}: {head[:200].decode('utf-8', 'replace')}".strip()
+        except UrlRefused as exc:
+            error = f"refused: {exc}"
+        except (httpx.HTTPError, httpx.InvalidURL, OSError, TimeoutError) as exc:
+            error = _describe(exc)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:               # a bad URL or answer must not end the worker
+            log.warning("webhook %s delivery %s: %s", job.webhook_id, job.delivery_id, _describe(exc))
+            error = _describe(exc)
+        elapsed = int((time.monotonic() - started) * 1000)
+        try:
+            outcome = await self.db.write(store.record, job.delivery_id, status, error, elapsed, self.delays,
+                                          self.lifetime)
+        except Exception:
+            log.exception("recording webhook delivery %s failed", job.delivery_id)
+            return
+        if outcome == "failed":
+            log.info("webhook %s: delivery %s of %s given up (%s)", job.webhook_id, job.delivery_id, job.event_id,
+                     error or status)
