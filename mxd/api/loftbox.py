@@ -16,7 +16,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from mxd import address as addr
-from mxd import agents, domaincheck, inbox, keys, orgs, outbox
+from mxd import agents, domaincheck, inbox, keys, orgs
 from mxd.api.app import Context, authenticate, ctx, json_body, note_audit, page, principal_of
 from mxd.api.litemx import health
 from mxd.api.outbound import delivery_status, draft_from_body, send_draft
@@ -215,14 +215,11 @@ def _create_agent_mailbox(principal: Principal, agent_id: str, body: dict, cfg_d
         if not allowed:
             raise MxdError("not_found", f"domain {domain_id!r} not found",
                            fix="Use a domain of this organisation (GET /v1/domains), or omit domain_id.")
-    box, created = directory.create_mailbox(f"{local}@{domain.name}", display, retention)
-    if not created:
-        if box.agent_id != agent.id:
-            raise MxdError("conflict", f"{box.address} exists already", fix="Choose another local_part.")
-        return box, False
-    box.org_id, box.agent_id = agent.org_id, agent.id
-    box.save()
-    return box, True
+    box, created = directory.create_mailbox(f"{local}@{domain.name}", display, retention,
+                                            org_id=agent.org_id, agent_id=agent.id)
+    if not created and box.agent_id != agent.id:
+        raise MxdError("conflict", f"{box.address} exists already", fix="Choose another local_part.")
+    return box, created
 
 
 async def agent_mailboxes_create(request: Request) -> Response:
@@ -287,16 +284,11 @@ def _create_domain(principal: Principal, body: dict) -> tuple[Domain, bool]:
     if not isinstance(name, str):
         raise MxdError("bad_request", "body must hold {\"domain\": \"mail.example.com\"}")
     org_id = _target_org(principal, body)
-    domain, created = directory.create_domain(name)
-    if not created:
-        if domain.org_id != org_id:
-            raise MxdError("conflict", f"{domain.name} is served here for someone else",
-                           fix="Use a domain (or subdomain) you control that no one else registered here.")
-        return domain, False
-    if org_id is not None:
-        domain.org_id = org_id
-        domain.save()
-    return domain, True
+    domain, created = directory.create_domain(name, org_id)
+    if not created and domain.org_id != org_id:
+        raise MxdError("conflict", f"{domain.name} is served here for someone else",
+                       fix="Use a domain (or subdomain) you control that no one else registered here.")
+    return domain, created
 
 
 async def domains_create(request: Request) -> Response:
@@ -307,7 +299,7 @@ async def domains_create(request: Request) -> Response:
     await c.db.read(c.directory.refresh)
     await asyncio.get_running_loop().run_in_executor(None, keys.generate_dkim_keys, c.cfg.dkim_dir, domain.name)
     out = _domain_dict(domain)
-    out["dns_records"] = [r.to_json() for r in domaincheck.plan(c.cfg, domain.name)]
+    out["dns_records"] = domaincheck.plan_json(c.cfg, domain.name)["records"]
     return JSONResponse(out, status_code=201 if created else 200)
 
 
@@ -333,27 +325,21 @@ async def domain_dns(request: Request) -> Response:
     principal = await authenticate(request, "read")
     c = ctx(request)
     domain = await c.db.read(_visible_domain, principal, request.path_params["domain_id"])
-    return JSONResponse({"domain_id": domain.id, "domain": domain.name,
-                         "records": [r.to_json() for r in domaincheck.plan(c.cfg, domain.name)]})
-
-
-def _mark_verified(name: str, org_id: str | None) -> Domain:
-    domain = directory.set_readiness(name, True, "dns")
-    outbox.emit("domain.verified", domain=domain.name, domain_id=domain.id, organization_id=org_id)
-    return domain
+    return JSONResponse(dict(domaincheck.plan_json(c.cfg, domain.name), domain_id=domain.id))
 
 
 async def domain_verify(request: Request) -> Response:
     principal = await authenticate(request, "admin")
     c = ctx(request)
     domain = await c.db.read(_visible_domain, principal, request.path_params["domain_id"])
-    dns_ok, checks = await domaincheck.check(c.cfg, domain.name, c.resolver)
-    if dns_ok and not domain.ready:
-        domain = await c.db.write(_mark_verified, domain.name, domain.org_id)
-    out = _domain_dict(domain)
-    mx_found = any(x.record.type == "MX" and x.status == "found" for x in checks)
-    out.update(inbound_status="verified" if mx_found or domain.ready else "pending", dns_ok=dns_ok,
-               records=[x.to_json() for x in checks])
+    result = await domaincheck.check(c.cfg, domain.name, c.resolver)
+    domain, newly = await c.db.write(domaincheck.record_verification, domain.name, result.ok,
+                                     result.definitely_broken)
+    await c.db.read(c.directory.refresh)
+    note_audit(request, dns_ok=result.ok, ready=domain.ready)
+    out = dict(_domain_dict(domain), **result.to_json(), verified_now=newly)
+    mx_found = any(x.record.type == "MX" and x.status == domaincheck.FOUND for x in result.checks)
+    out.update(domain=domain.name, inbound_status="verified" if mx_found or domain.ready else "pending")
     return JSONResponse(out)
 
 
