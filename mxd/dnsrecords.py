@@ -14,9 +14,19 @@ Policy choices:
   Relaxed alignment (RFC 7489 6.3 defaults, written out). Aggregate reports go
   to postmaster@<domain>, which mxd always serves (RFC 5321 4.5.1); being in
   the same domain it needs no RFC 7489 7.1 authorisation record.
+- The return path is the sending domain itself: bounces come back to the VERP
+  address ``bounces+<queue id>@<domain>`` (RFC 5321 4.4), so the domain's MX
+  receives them and its SPF record is the one checked against MAIL FROM; no
+  separate return-path host is needed, and SPF aligns with the From domain
+  (RFC 7489 3.1.2).
+- MTA-STS (RFC 8461) and TLS-RPT (RFC 8460) are recommended, not required:
+  mail flows without them. The policy is ``mode: testing`` so a certificate
+  problem is reported (to the TLS-RPT address), never turned into lost mail;
+  its ``id`` is derived from the policy text, so it changes when the policy does.
 """
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
@@ -93,6 +103,68 @@ def required_records(
     dmarc = f"v=DMARC1; p=quarantine; adkim=r; aspf=r; rua=mailto:postmaster@{domain}"
     records.append(DnsRecord(f"_dmarc.{domain}", "TXT", dmarc, "DMARC policy and where aggregate reports go"))
     return records
+
+
+@dataclass(frozen=True)
+class PlannedRecord:
+    """One record of a domain's DNS plan: what to publish, whether outbound readiness needs it,
+    and which check it serves ("mx", "spf", "dkim", "dmarc", "mta-sts", "tls-rpt", "host")."""
+    record: DnsRecord
+    kind: str
+    required: bool = True
+    return_path: bool = False        # also serves the VERP return path (bounces+<id>@domain)
+
+    def to_json(self) -> dict:
+        return dict(self.record.to_json(), kind=self.kind, required=self.required,
+                    return_path=self.return_path, zone_line=self.record.zone_line())
+
+
+def mta_sts_policy(domain: str, hostname: str, mode: str = "testing", max_age: int = 604800) -> str:
+    """The policy file served at https://mta-sts.<domain>/.well-known/mta-sts.txt (RFC 8461 3.2)."""
+    normalize_domain(domain)
+    return f"version: STSv1\r\nmode: {mode}\r\nmx: {normalize_domain(hostname)}\r\nmax_age: {max_age}\r\n"
+
+
+def recommended_records(domain: str, hostname: str) -> list[DnsRecord]:
+    """MTA-STS (RFC 8461 3.1) and TLS-RPT (RFC 8460 3) TXT records: recommended, not needed to send."""
+    domain = normalize_domain(domain)
+    policy_id = hashlib.sha256(mta_sts_policy(domain, hostname).encode()).hexdigest()[:20]   # 1-32 alphanumerics
+    return [
+        DnsRecord(f"_mta-sts.{domain}", "TXT", f"v=STSv1; id={policy_id}",
+                  f"MTA-STS: senders require TLS to the MX; serve the policy at "
+                  f"https://mta-sts.{domain}/.well-known/mta-sts.txt"),
+        DnsRecord(f"_smtp._tls.{domain}", "TXT", f"v=TLSRPTv1; rua=mailto:postmaster@{domain}",
+                  "TLS-RPT: where senders report TLS failures delivering to this domain"),
+    ]
+
+
+def plan(domain: str, hostname: str, dkim_keys: list[DkimKey], ipv4: str | None = None,
+         ipv6: str | None = None) -> list[PlannedRecord]:
+    """Everything to publish for a domain: the required records, then the recommended ones."""
+    out = []
+    for rec in required_records(domain, hostname, dkim_keys, ipv4, ipv6):
+        if rec.type == "MX":
+            out.append(PlannedRecord(rec, "mx", return_path=True))
+        elif rec.type in ("A", "AAAA"):
+            out.append(PlannedRecord(rec, "host"))
+        elif rec.name.startswith("_dmarc."):
+            out.append(PlannedRecord(rec, "dmarc"))
+        elif "._domainkey." in rec.name:
+            out.append(PlannedRecord(rec, "dkim"))
+        else:
+            out.append(PlannedRecord(rec, "spf", return_path=True))
+    for rec in recommended_records(domain, hostname):
+        out.append(PlannedRecord(rec, "mta-sts" if rec.name.startswith("_mta-sts.") else "tls-rpt", required=False))
+    return out
+
+
+def return_path(domain: str) -> dict:
+    """How bounces find their way back: the VERP address form and the records that serve it."""
+    domain = normalize_domain(domain)
+    return {"domain": domain, "address": f"bounces+<queue id>@{domain}",
+            "records": [f"MX {domain}", f"TXT {domain} (SPF)"],
+            "note": "The return path is the sending domain itself: its MX receives bounces and its SPF "
+                    "record authorises the envelope sender, aligned with the From domain for DMARC."}
 
 
 def reverse_records(hostname: str, ipv4: str | None = None, ipv6: str | None = None) -> list[DnsRecord]:

@@ -1,32 +1,70 @@
-"""Domain DNS checks: compare what the resolver answers with the records a domain must publish.
+"""Domain DNS checks: compare what the resolver answers with the records a domain must publish,
+and mark a domain ready for outbound mail when every required record checks out.
 
-Each record comes back found, missing or wrong (with the value found); a domain
-is ready for outbound mail when every required record is found.
+Each planned record comes back `found`, `missing` (no answer), `wrong` (an
+answer, not the planned one) or `error` (the resolver failed, so nothing is
+known), with the values found. Plain functions taking a domain name, shared by
+both API dialects and the CLI.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+import time
+from dataclasses import dataclass, field
 
-from mxd import dnsrecords, keys
+from mxd import dnsrecords, keys, outbox
+from mxd.address import normalize_domain
 from mxd.config import Config
+from mxd.errors import MxdError
 from mxd.resolver import DNSError, Resolver
+from mxd.store.models import Domain
+
+FOUND, MISSING, WRONG, ERROR = "found", "missing", "wrong", "error"
 
 
 @dataclass
 class RecordCheck:
-    record: dnsrecords.DnsRecord
-    status: str                 # "found" | "missing" | "wrong" | "error"
-    found: list[str]
+    planned: dnsrecords.PlannedRecord
+    status: str                                  # found | missing | wrong | error
+    found: list[str] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def record(self) -> dnsrecords.DnsRecord:
+        return self.planned.record
+
+    @property
+    def required(self) -> bool:
+        return self.planned.required
 
     def to_json(self) -> dict:
-        return dict(self.record.to_json(), status=self.status, found=self.found)
+        out = dict(self.planned.to_json(), expected=self.record.value, status=self.status, found=self.found)
+        if self.error:
+            out["error"] = self.error
+        return out
 
 
-def _norm(value: str) -> str:
-    return " ".join(value.replace('" "', "").split()).lower().rstrip(";")
+@dataclass
+class DomainCheck:
+    domain: str
+    checks: list[RecordCheck]
+
+    @property
+    def ok(self) -> bool:
+        """Every required record is found (recommended ones do not count)."""
+        return all(c.status == FOUND for c in self.checks if c.required)
+
+    @property
+    def definitely_broken(self) -> bool:
+        """A required record is missing or wrong according to an answer (not merely a resolver failure)."""
+        return any(c.status in (MISSING, WRONG) for c in self.checks if c.required)
+
+    def to_json(self) -> dict:
+        return {"domain": self.domain, "dns_ok": self.ok, "records": [c.to_json() for c in self.checks]}
 
 
 def _tags(value: str) -> dict[str, str]:
+    """tag=value pairs of a DKIM/DMARC/STS/TLSRPT record (RFC 6376 3.2), whitespace removed from values."""
     out = {}
     for part in value.split(";"):
         if "=" in part:
@@ -35,40 +73,101 @@ def _tags(value: str) -> dict[str, str]:
     return out
 
 
-async def _check(record: dnsrecords.DnsRecord, resolver: Resolver) -> RecordCheck:
+def _spf_terms(value: str) -> set[str]:
+    """The mechanisms and modifiers of an SPF record, lower case, without the default '+' qualifier."""
+    return {t.lower().lstrip("+") for t in value.split()[1:]}
+
+
+def _judge(planned: dnsrecords.PlannedRecord, answers: list[str]) -> tuple[bool, list[str]]:
+    """(matches, the answers worth showing) for the TXT kinds."""
+    want = planned.record.value
+    if planned.kind == "dkim":
+        relevant = [a for a in answers if "p=" in a]
+        return any(_tags(a).get("p") == _tags(want).get("p") for a in relevant), relevant
+    if planned.kind == "dmarc":
+        relevant = [a for a in answers if a.lower().startswith("v=dmarc1")]
+        return len(relevant) == 1, relevant                  # RFC 7489 6.6.3: exactly one record counts
+    if planned.kind == "spf":                                # RFC 7208 4.5: exactly one v=spf1 record
+        relevant = [a for a in answers if a.lower().split()[:1] == ["v=spf1"]]
+        needed = {t for t in _spf_terms(want) if not t.endswith("all")}
+        return len(relevant) == 1 and needed <= _spf_terms(relevant[0]), relevant
+    if planned.kind == "mta-sts":                            # RFC 8461 3.1: exactly one, with an id
+        relevant = [a for a in answers if a.replace(" ", "").lower().startswith("v=stsv1")]
+        return len(relevant) == 1 and bool(_tags(relevant[0]).get("id")), relevant
+    if planned.kind == "tls-rpt":                            # RFC 8460 3: exactly one, with rua
+        relevant = [a for a in answers if a.replace(" ", "").lower().startswith("v=tlsrptv1")]
+        return len(relevant) == 1 and bool(_tags(relevant[0]).get("rua")), relevant
+    return any(" ".join(a.split()) == " ".join(want.split()) for a in answers), answers
+
+
+async def check_record(planned: dnsrecords.PlannedRecord, resolver: Resolver) -> RecordCheck:
+    """Ask the resolver for one planned record and judge the answer."""
+    record = planned.record
     try:
         if record.type == "MX":
-            answers = [f"{pref} {host}" for pref, host in await resolver.amx(record.name)]
+            pairs = await resolver.amx(record.name)
+            answers = [f"{pref} {host}" for pref, host in pairs]
             want = record.value.split()[-1].lower().rstrip(".")
-            ok = any(a.split()[-1].lower() == want for a in answers)
+            ok = any(host.lower().rstrip(".") == want for _, host in pairs)
         elif record.type == "TXT":
-            answers = await resolver.atxt(record.name)
-            if record.value.startswith("v=DKIM1"):
-                want = _tags(record.value).get("p")
-                relevant = [a for a in answers if "p=" in a]
-                ok = any(_tags(a).get("p") == want for a in relevant)
-            elif record.value.startswith("v=DMARC1"):
-                relevant = [a for a in answers if a.lower().startswith("v=dmarc1")]
-                ok = len(relevant) == 1                   # RFC 7489 6.6.3: exactly one record counts
-            else:                                         # SPF: exactly one v=spf1 record (RFC 7208 4.5)
-                relevant = [a for a in answers if a.lower().startswith("v=spf1")]
-                ok = len(relevant) == 1 and _norm(relevant[0]) == _norm(record.value)
-            answers = relevant if record.value.startswith(("v=DKIM1", "v=DMARC1", "v=spf1")) else answers
+            ok, answers = _judge(planned, await resolver.atxt(record.name))
+            if not answers:                                  # other TXT records at the name: not this one
+                return RecordCheck(planned, MISSING, [])
         elif record.type == "A":
             answers = await resolver.aa(record.name)
             ok = record.value in answers
-        else:
+        elif record.type == "AAAA":
             answers = await resolver.aaaaa(record.name)
             ok = record.value in answers
+        else:
+            return RecordCheck(planned, ERROR, [], f"records of type {record.type} are not checked")
     except DNSError as exc:
-        return RecordCheck(record, "error", [str(exc)])
-    return RecordCheck(record, "found" if ok else ("wrong" if answers else "missing"), answers)
+        return RecordCheck(planned, ERROR, [], str(exc))
+    return RecordCheck(planned, FOUND if ok else (WRONG if answers else MISSING), answers)
 
 
-def plan(cfg: Config, domain: str) -> list[dnsrecords.DnsRecord]:
-    return dnsrecords.required_records(domain, cfg.hostname, keys.load_dkim_keys(cfg.dkim_dir, domain))
+def plan(cfg: Config, domain: str) -> list[dnsrecords.PlannedRecord]:
+    """The records to publish for `domain` with this server's hostname and the domain's DKIM keys."""
+    name = normalize_domain(domain)
+    return dnsrecords.plan(name, cfg.hostname, keys.load_dkim_keys(cfg.dkim_dir, name))
 
 
-async def check(cfg: Config, domain: str, resolver: Resolver) -> tuple[bool, list[RecordCheck]]:
-    results = [await _check(r, resolver) for r in plan(cfg, domain)]
-    return all(r.status == "found" for r in results), results
+def plan_json(cfg: Config, domain: str) -> dict:
+    """The DNS plan as the API shows it: records (required and recommended), the return path, MTA-STS."""
+    name = normalize_domain(domain)
+    return {
+        "domain": name,
+        "records": [p.to_json() for p in plan(cfg, name)],
+        "return_path": dnsrecords.return_path(name),
+        "mta_sts": {"policy_url": f"https://mta-sts.{name}/.well-known/mta-sts.txt",
+                    "policy": dnsrecords.mta_sts_policy(name, cfg.hostname),
+                    "note": f"Recommended: serve this policy over HTTPS at mta-sts.{name} (a certificate "
+                            f"valid for that name), then publish the _mta-sts TXT record."},
+    }
+
+
+async def check(cfg: Config, domain: str, resolver: Resolver) -> DomainCheck:
+    """Query every planned record of `domain` (concurrently) and report each one."""
+    name = normalize_domain(domain)
+    planned = plan(cfg, name)
+    return DomainCheck(name, list(await asyncio.gather(*(check_record(p, resolver) for p in planned))))
+
+
+def record_verification(domain: str, dns_ok: bool, definitely_broken: bool) -> tuple[Domain, bool]:
+    """Runs in the writer after a check: mark the domain ready (source "dns") when its records check out,
+    emitting `domain.verified` when it becomes DNS-verified; take back a readiness that DNS gave when a
+    required record is now missing or wrong (an operator's override stays). Returns (domain, newly verified)."""
+    row = Domain.get_or_none(Domain.name == normalize_domain(domain))
+    if row is None:
+        raise MxdError("not_found", f"domain {domain!r} not found")
+    if dns_ok:
+        if row.ready and row.ready_source == "dns":
+            return row, False
+        row.ready, row.ready_source, row.ready_at = True, "dns", time.time()
+        row.save()
+        outbox.emit("domain.verified", org_id=row.org_id, domain=row.name, domain_id=row.id)
+        return row, True
+    if definitely_broken and row.ready and row.ready_source == "dns":
+        row.ready, row.ready_source, row.ready_at = False, None, time.time()
+        row.save()
+    return row, False

@@ -1,5 +1,9 @@
-"""Domain DNS plan, status and verify against a DNS server on loopback; hold rules at send time."""
+"""Domain DNS plan, status and verify against a DNS server on loopback serving right, wrong and missing
+records; the domain.verified event; hold rules at send time."""
 from __future__ import annotations
+
+import json
+import sqlite3
 
 import pytest
 
@@ -7,12 +11,16 @@ from tests.daemon import MxdProcess
 from tests.dnsserver import DNSServer
 
 
+DOMAINS = ["example.test", "right.test", "wrong.test", "missing.test"]
+
+
 @pytest.fixture
 def setup(tmp_path):
     dns = DNSServer({})
     dns.start()
-    proc = MxdProcess(tmp_path / "data", env={"MXD_DNS_NAMESERVERS": dns.nameserver, "MXD_DNS_TIMEOUT": "2",
-                                              "MXD_HOLD_RULES": "@held.test,from:shy@example.test"})
+    proc = MxdProcess(tmp_path / "data", domains=DOMAINS,
+                      env={"MXD_DNS_NAMESERVERS": dns.nameserver, "MXD_DNS_TIMEOUT": "2",
+                           "MXD_HOLD_RULES": "@held.test,from:shy@example.test"})
     proc.init()
     proc.start()
     yield proc, dns
@@ -36,34 +44,142 @@ def _publish(dns: DNSServer, records: list[dict], skip: str = "", wrong: str = "
         dns.set(name, rtype, values)
 
 
-def test_dns_plan_status_and_verify(setup):
+def _events(proc: MxdProcess, type_: str) -> list[dict]:
+    db = sqlite3.connect(f"file:{proc.data_dir / 'mxd.db'}?mode=ro", uri=True, timeout=30)
+    try:
+        return [json.loads(row[0]) for row in db.execute('SELECT "data" FROM "event" WHERE "type" = ? ORDER BY "id"',
+                                                           (type_,))]
+    finally:
+        db.close()
+
+
+def _by_key(records: list[dict]) -> dict[tuple[str, str], dict]:
+    return {(r["type"], r["name"]): r for r in records}
+
+
+def test_dns_plan_lists_required_and_recommended_records(setup):
+    proc, _ = setup
+    body = proc.api("GET", "/api/domains/example.test/dns-plan").json()
+    plan = body["records"]
+    dkim = [r for r in plan if "._domainkey." in r["name"]]
+    assert len(dkim) == 2 and {r["kind"] for r in dkim} == {"dkim"}
+    assert {"k=rsa", "k=ed25519"} == {r["value"].split("; ")[1] for r in dkim}
+    required = {(r["type"], r["name"]) for r in plan if r["required"]}
+    assert required == {("MX", "example.test"), ("TXT", "example.test"), ("TXT", "_dmarc.example.test")} | {
+        ("TXT", r["name"]) for r in dkim}
+    recommended = _by_key([r for r in plan if not r["required"]])
+    assert set(recommended) == {("TXT", "_mta-sts.example.test"), ("TXT", "_smtp._tls.example.test")}
+    assert recommended[("TXT", "_mta-sts.example.test")]["value"].startswith("v=STSv1; id=")
+    assert recommended[("TXT", "_smtp._tls.example.test")]["value"] == \
+        "v=TLSRPTv1; rua=mailto:postmaster@example.test"
+    mx = _by_key(plan)[("MX", "example.test")]
+    assert mx["value"] == "10 mx.example.test" and mx["return_path"] is True
+    assert mx["zone_line"] == "example.test. 3600 IN MX 10 mx.example.test."
+    assert body["return_path"]["address"] == "bounces+<queue id>@example.test"
+    assert body["mta_sts"]["policy_url"] == "https://mta-sts.example.test/.well-known/mta-sts.txt"
+    assert "mx: mx.example.test" in body["mta_sts"]["policy"]
+    assert proc.api("GET", "/api/domains/nowhere.test/dns-plan").status_code == 404
+
+
+def test_verify_per_record_against_right_wrong_and_missing_dns(setup):
     proc, dns = setup
-    plan = proc.api("GET", "/api/domains/example.test/dns-plan").json()["records"]
-    assert {(r["type"], r["name"]) for r in plan} == {
-        ("MX", "example.test"), ("TXT", "example.test"), ("TXT", "_dmarc.example.test")} | {
-        ("TXT", r["name"]) for r in plan if "._domainkey." in r["name"]}
-    assert len([r for r in plan if "._domainkey." in r["name"]]) == 2
+    plans = {d: proc.api("GET", f"/api/domains/{d}/dns-plan").json()["records"] for d in DOMAINS}
+    _publish(dns, plans["right.test"])                             # everything, recommended extras included
+    _publish(dns, plans["wrong.test"], wrong="wrong.test")         # SPF wrong
+    wrong_dkim = [r["name"] for r in plans["wrong.test"] if r["kind"] == "dkim"]
+    dns.set(wrong_dkim[0], "TXT", ["v=DKIM1; k=rsa; p=AAAA"])      # one DKIM key wrong
+    dns.set("_smtp._tls.wrong.test", "TXT", ["v=TLSRPTv1"])       # TLS-RPT without rua: wrong, not required
+    # missing.test: nothing published at all
 
-    status = proc.api("GET", "/api/domains/example.test/status").json()
-    assert status["dns_ok"] is False and {r["status"] for r in status["records"]} == {"missing"}
+    status = proc.api("GET", "/api/domains/missing.test/status").json()
+    assert status["dns_ok"] is False and status["ready"] is False
+    assert {r["status"] for r in status["records"]} == {"missing"}
+    assert all(r["found"] == [] for r in status["records"])
 
-    dkim_names = [r["name"] for r in plan if "._domainkey." in r["name"]]
-    _publish(dns, plan, skip="_dmarc", wrong="example.test")          # SPF wrong, DMARC missing
-    dns.set(dkim_names[0], "TXT", ["v=DKIM1; k=rsa; p=AAAA"])          # one DKIM key wrong
-    checks = {(r["type"], r["name"]): r for r in proc.api("GET", "/api/domains/example.test/status").json()["records"]}
-    assert checks[("MX", "example.test")]["status"] == "found"
-    assert checks[("TXT", "example.test")]["status"] == "wrong"
-    assert checks[("TXT", "example.test")]["found"] == ["v=spf1 -all"]
-    assert checks[("TXT", "_dmarc.example.test")]["status"] == "missing"
-    assert checks[("TXT", dkim_names[0])]["status"] == "wrong"
-    assert checks[("TXT", dkim_names[1])]["status"] == "found"
-    r = proc.api("POST", "/api/domains/example.test/verify").json()
+    r = proc.api("POST", "/api/domains/wrong.test/verify")
+    assert r.status_code == 200
+    body = r.json()
+    assert body["dns_ok"] is False and body["ready"] is False and body["verified_now"] is False
+    checks = _by_key(body["records"])
+    assert checks[("MX", "wrong.test")]["status"] == "found"
+    assert checks[("MX", "wrong.test")]["found"] == ["10 mx.example.test"]
+    spf = checks[("TXT", "wrong.test")]
+    assert (spf["status"], spf["found"], spf["expected"], spf["required"]) == (
+        "wrong", ["v=spf1 -all"], "v=spf1 mx ~all", True)
+    assert checks[("TXT", wrong_dkim[0])]["status"] == "wrong"
+    assert checks[("TXT", wrong_dkim[0])]["found"] == ["v=DKIM1; k=rsa; p=AAAA"]
+    assert checks[("TXT", wrong_dkim[1])]["status"] == "found"
+    assert checks[("TXT", "_dmarc.wrong.test")]["status"] == "found"
+    tlsrpt = checks[("TXT", "_smtp._tls.wrong.test")]
+    assert (tlsrpt["status"], tlsrpt["required"], tlsrpt["found"]) == ("wrong", False, ["v=TLSRPTv1"])
+
+    r = proc.api("POST", "/api/domains/missing.test/verify").json()
     assert r["dns_ok"] is False and r["ready"] is False
 
-    dns.delete(dkim_names[0])
-    _publish(dns, plan)
-    r = proc.api("POST", "/api/domains/example.test/verify").json()
-    assert r["dns_ok"] is True and r["ready"] is True and r["ready_source"] == "dns"
+    r = proc.api("POST", "/api/domains/right.test/verify").json()
+    assert r["dns_ok"] is True and r["ready"] is True and r["ready_source"] == "dns" and r["verified_now"] is True
+    assert {x["status"] for x in r["records"]} == {"found"}
+    events = _events(proc, "domain.verified")
+    assert [e["domain"] for e in events] == ["right.test"] and events[0]["org_id"] is None
+    again = proc.api("POST", "/api/domains/right.test/verify").json()
+    assert again["ready"] is True and again["verified_now"] is False
+    assert len(_events(proc, "domain.verified")) == 1                # once, not per verify
+
+    listed = {d["name"]: d for d in proc.api("GET", "/api/domains").json()["data"]}
+    assert [n for n, d in listed.items() if d["ready"]] == ["right.test"]
+
+    # A recommended record missing does not stop readiness: MTA-STS taken away, still ready.
+    dns.delete("_mta-sts.right.test")
+    r = proc.api("POST", "/api/domains/right.test/verify").json()
+    assert r["dns_ok"] is True and r["ready"] is True
+    assert _by_key(r["records"])[("TXT", "_mta-sts.right.test")]["status"] == "missing"
+
+    # The wrong domain fixed: verified, one more event.
+    dns.delete(wrong_dkim[0])
+    _publish(dns, plans["wrong.test"])
+    r = proc.api("POST", "/api/domains/wrong.test/verify").json()
+    assert r["dns_ok"] is True and r["ready"] is True
+    assert [e["domain"] for e in _events(proc, "domain.verified")] == ["right.test", "wrong.test"]
+
+    # Readiness that DNS gave is taken back when a required record goes wrong.
+    dns.set("right.test", "TXT", ["v=spf1 -all"])
+    r = proc.api("POST", "/api/domains/right.test/verify").json()
+    assert r["dns_ok"] is False and r["ready"] is False
+
+
+def test_resolver_failure_is_an_error_not_missing(setup):
+    proc, dns = setup
+    dns.servfail("_dmarc.missing.test")
+    checks = _by_key(proc.api("GET", "/api/domains/missing.test/status").json()["records"])
+    assert checks[("TXT", "_dmarc.missing.test")]["status"] == "error"
+    assert checks[("TXT", "_dmarc.missing.test")]["found"] == []
+    assert "_dmarc.missing.test" in checks[("TXT", "_dmarc.missing.test")]["error"]
+
+
+def test_domaincheck_functions_take_a_domain_name():
+    """The plain functions (shared by the /v1 dialect) against an in-memory resolver."""
+    import asyncio
+
+    from mxd import dnsrecords, domaincheck
+    from mxd.resolver import StaticResolver
+
+    planned = dnsrecords.plan("Example.COM", "mx.example.com", [])
+    zone: dict = {}
+    for p in planned:
+        entry = zone.setdefault(p.record.name, {})
+        if p.record.type == "MX":
+            entry.setdefault("MX", []).append((10, "mx.example.com"))
+        else:
+            entry.setdefault(p.record.type, []).append(p.record.value)
+    zone["example.com"]["TXT"].append("google-site-verification=abc")     # other TXT records do not matter
+    zone["example.com"]["TXT"][0] = "v=spf1 ip4:192.0.2.1 mx -all"          # extra mechanisms are fine
+    results = [asyncio.run(domaincheck.check_record(p, StaticResolver(zone))) for p in planned]
+    assert [r.status for r in results] == ["found"] * len(planned)
+    zone["example.com"]["TXT"] = ["v=spf1 a ~all", "v=spf1 mx ~all"]        # two SPF records: RFC 7208 4.5
+    spf = next(p for p in planned if p.kind == "spf")
+    assert asyncio.run(domaincheck.check_record(spf, StaticResolver(zone))).status == "wrong"
+    zone["example.com"]["TXT"] = ["google-site-verification=abc"]
+    assert asyncio.run(domaincheck.check_record(spf, StaticResolver(zone))).status == "missing"
 
 
 def test_hold_rules_park_mail_until_released(setup):

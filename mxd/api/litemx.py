@@ -9,23 +9,32 @@ import asyncio
 
 from mxd import domaincheck, keys, tokens
 from mxd.api.outbound import delivery_status
-from mxd.api.app import authenticate, ctx, json_body, page, page_params
+from mxd.api.app import authenticate, ctx, json_body, note_audit, page, page_params
+from mxd.config import Config
 from mxd.errors import MxdError
 from mxd.mime.parse import attachment as attachment_bytes
 from mxd.store import directory, messages, search, threads
-from mxd.store.models import Attachment, Mailbox, Message, Thread
+from mxd.store.models import Agent, Attachment, Mailbox, Message, Organization, Thread
 from mxd.tokens import Principal
 
 
 # ---------------------------------------------------------------- helpers
-def _mailbox_dict(box: Mailbox) -> dict:
-    return {"id": box.id, "address": box.address, "domain": box.address.split("@", 1)[1],
-            "display_name": box.display_name, "retention_days": box.retention_days,
-            "created_at": messages._iso(box.created_at)}
+def effective_retention(box: Mailbox, cfg: Config) -> int:
+    """Days this mailbox keeps messages (0: forever): its own setting, else the server's default."""
+    return box.retention_days if box.retention_days else cfg.default_retention_days
+
+
+def _mailbox_dict(box: Mailbox, cfg: Config | None = None) -> dict:
+    out = {"id": box.id, "address": box.address, "domain": box.address.split("@", 1)[1],
+           "display_name": box.display_name, "retention_days": box.retention_days,
+           "org_id": box.org_id, "agent_id": box.agent_id, "created_at": messages._iso(box.created_at)}
+    if cfg is not None:
+        out["effective_retention_days"] = effective_retention(box, cfg)
+    return out
 
 
 def _domain_dict(d) -> dict:
-    return {"id": d.id, "name": d.name, "ready": d.ready, "ready_source": d.ready_source,
+    return {"id": d.id, "name": d.name, "org_id": d.org_id, "ready": d.ready, "ready_source": d.ready_source,
             "created_at": messages._iso(d.created_at)}
 
 
@@ -79,116 +88,170 @@ async def health(request: Request) -> Response:
 
 
 # ---------------------------------------------------------------- domains
+def _org_from_body(principal: Principal, body: dict) -> str | None:
+    """The organisation a new object belongs to: the caller's own, or (operator only) body "org_id"."""
+    wanted = body.get("org_id")
+    if wanted is None or wanted == principal.org_id:
+        return principal.org_id
+    if not principal.is_operator or not isinstance(wanted, str):
+        raise MxdError("forbidden", "only the server operator may create objects for another organisation")
+    if Organization.get_or_none(Organization.id == wanted) is None:
+        raise MxdError("not_found", f"organisation {wanted!r} not found")
+    return wanted
+
+
 async def domains_list(request: Request) -> Response:
-    await authenticate(request, "read")
-    rows = await ctx(request).db.read(directory.list_domains)
+    principal = await authenticate(request, "read")
+    rows = await ctx(request).db.read(directory.list_domains, principal.org_id, principal.is_operator)
     return JSONResponse({"data": [_domain_dict(d) for d in rows]})
 
 
 async def domains_create(request: Request) -> Response:
-    await authenticate(request, "admin", operator=True)
+    principal = await authenticate(request, "admin")
     body = await json_body(request)
     name = body.get("domain") or body.get("name")
     if not isinstance(name, str):
         raise MxdError("bad_request", "body must hold {\"domain\": \"example.com\"}")
     c = ctx(request)
-    domain, created = await _change_directory(request, directory.create_domain, name)
+
+    def work() -> tuple:
+        domain, created = directory.create_domain(name, _org_from_body(principal, body))
+        if not created and not principal.owns(domain.org_id):
+            raise MxdError("conflict", f"the domain {domain.name} is registered already",
+                           fix="Use a domain you control that is not yet on this server.")
+        return domain, created
+    domain, created = await _change_directory(request, work)
     await asyncio.get_running_loop().run_in_executor(None, keys.generate_dkim_keys, c.cfg.dkim_dir, domain.name)
     return JSONResponse(_domain_dict(domain), status_code=201 if created else 200)
 
 
 async def domain_get(request: Request) -> Response:
-    await authenticate(request, "read")
-    domain = await ctx(request).db.read(directory.get_domain, request.path_params["domain"])
+    principal = await authenticate(request, "read")
+    domain = await ctx(request).db.read(directory.owned_domain, principal, request.path_params["domain"])
     return JSONResponse(_domain_dict(domain))
 
 
 async def domain_delete(request: Request) -> Response:
-    await authenticate(request, "admin", operator=True)
-    await _change_directory(request, directory.delete_domain, request.path_params["domain"])
+    principal = await authenticate(request, "admin")
+
+    def work() -> None:
+        directory.delete_domain(directory.owned_domain(principal, request.path_params["domain"]).name)
+    await _change_directory(request, work)
     return Response(status_code=204)
 
 
 async def domain_readiness(request: Request) -> Response:
+    """The operator's override; an organisation's domain becomes ready through DNS verification only."""
     await authenticate(request, "admin", operator=True)
     body = await json_body(request)
     if not isinstance(body.get("ready"), bool):
         raise MxdError("bad_request", "body must hold {\"ready\": true|false}")
+    note_audit(request, ready=body["ready"], override=True)
     domain = await ctx(request).db.write(directory.set_readiness, request.path_params["domain"], body["ready"])
     return JSONResponse(_domain_dict(domain))
 
 
 async def domain_dns_plan(request: Request) -> Response:
-    await authenticate(request, "read")
+    principal = await authenticate(request, "read")
     c = ctx(request)
-    domain = await c.db.read(directory.get_domain, request.path_params["domain"])
-    return JSONResponse({"domain": domain.name,
-                         "records": [r.to_json() for r in domaincheck.plan(c.cfg, domain.name)]})
+    domain = await c.db.read(directory.owned_domain, principal, request.path_params["domain"])
+    return JSONResponse(domaincheck.plan_json(c.cfg, domain.name))
 
 
 async def domain_status(request: Request) -> Response:
-    await authenticate(request, "read")
+    principal = await authenticate(request, "read")
     c = ctx(request)
-    domain = await c.db.read(directory.get_domain, request.path_params["domain"])
-    dns_ok, checks = await domaincheck.check(c.cfg, domain.name, c.resolver)
-    return JSONResponse(dict(_domain_dict(domain), dns_ok=dns_ok, records=[x.to_json() for x in checks]))
+    domain = await c.db.read(directory.owned_domain, principal, request.path_params["domain"])
+    result = await domaincheck.check(c.cfg, domain.name, c.resolver)
+    return JSONResponse(dict(_domain_dict(domain), **result.to_json()))
 
 
 async def domain_verify(request: Request) -> Response:
-    await authenticate(request, "admin", operator=True)
+    principal = await authenticate(request, "admin")
     c = ctx(request)
-    domain = await c.db.read(directory.get_domain, request.path_params["domain"])
-    dns_ok, checks = await domaincheck.check(c.cfg, domain.name, c.resolver)
-    if dns_ok and not domain.ready:
-        domain = await c.db.write(directory.set_readiness, domain.name, True, "dns")
-    return JSONResponse(dict(_domain_dict(domain), dns_ok=dns_ok, records=[x.to_json() for x in checks]))
+    domain = await c.db.read(directory.owned_domain, principal, request.path_params["domain"])
+    result = await domaincheck.check(c.cfg, domain.name, c.resolver)
+    domain, newly = await c.db.write(domaincheck.record_verification, domain.name, result.ok,
+                                     result.definitely_broken)
+    await c.db.read(c.directory.refresh)
+    note_audit(request, dns_ok=result.ok, ready=domain.ready)
+    return JSONResponse(dict(_domain_dict(domain), **result.to_json(), verified_now=newly))
 
 
 # ---------------------------------------------------------------- mailboxes
 async def mailboxes_list(request: Request) -> Response:
     principal = await authenticate(request, "read")
     rows = await ctx(request).db.read(directory.list_mailboxes, await ctx(request).db.read(_visible_ids, principal))
-    return JSONResponse({"data": [_mailbox_dict(b) for b in rows]})
+    cfg = ctx(request).cfg
+    return JSONResponse({"data": [_mailbox_dict(b, cfg) for b in rows]})
+
+
+def _positive_int(value, name: str) -> int | None:
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+        raise MxdError("bad_request", f"{name} must be a positive integer")
+    return value
 
 
 async def mailboxes_create(request: Request) -> Response:
-    await authenticate(request, "admin", operator=True)
+    principal = await authenticate(request, "admin")
     body = await json_body(request)
     address = body.get("address")
     if not isinstance(address, str):
         raise MxdError("bad_request", "body must hold {\"address\": \"agent@example.com\"}")
     display = body.get("display_name") or ""
-    retention = body.get("retention_days")
-    if not isinstance(display, str) or (retention is not None and (not isinstance(retention, int)
-                                                                    or isinstance(retention, bool) or retention < 1)):
-        raise MxdError("bad_request", "display_name must be a string and retention_days a positive integer")
-    box, created = await _change_directory(request, directory.create_mailbox, address, display, retention)
-    return JSONResponse(_mailbox_dict(box), status_code=201 if created else 200)
+    if not isinstance(display, str):
+        raise MxdError("bad_request", "display_name must be a string")
+    retention = _positive_int(body.get("retention_days"), "retention_days")
+    agent_id = body.get("agent_id")
+    if agent_id is not None and not isinstance(agent_id, str):
+        raise MxdError("bad_request", "agent_id must be a string")
+
+    def work() -> tuple:
+        domain_name = address.rsplit("@", 1)[-1]
+        if not principal.is_operator:
+            directory.owned_domain(principal, domain_name)          # 404 for a domain it does not own
+        org_id = _org_from_body(principal, body) if "org_id" in body else None
+        if agent_id is not None:
+            agent = Agent.get_or_none(Agent.id == agent_id)
+            if agent is None or not principal.owns(agent.org_id):
+                raise MxdError("not_found", f"agent {agent_id!r} not found")
+            org_id = agent.org_id
+        if "org_id" in body or agent_id is not None:
+            box, created = directory.create_mailbox(address, display, retention, org_id, agent_id)
+        else:
+            box, created = directory.create_mailbox(address, display, retention)
+        if not created and not principal.sees(box.address, box.org_id):
+            raise MxdError("conflict", f"the mailbox {box.address} exists already")
+        return box, created
+    box, created = await _change_directory(request, work)
+    return JSONResponse(_mailbox_dict(box, ctx(request).cfg), status_code=201 if created else 200)
 
 
 async def mailbox_get(request: Request) -> Response:
     principal = await authenticate(request, "read")
-    box = await ctx(request).db.read(directory.get_mailbox, request.path_params["mailbox"])
-    if not principal.sees(box.address, box.org_id):
-        raise MxdError("not_found", "mailbox not found")
-    return JSONResponse(_mailbox_dict(box))
+    box = await ctx(request).db.read(directory.owned_mailbox, principal, request.path_params["mailbox"])
+    return JSONResponse(_mailbox_dict(box, ctx(request).cfg))
 
 
 async def mailbox_delete(request: Request) -> Response:
-    await authenticate(request, "admin", operator=True)
-    await _change_directory(request, directory.delete_mailbox, request.path_params["mailbox"])
+    principal = await authenticate(request, "admin")
+
+    def work() -> None:
+        box = directory.owned_mailbox(principal, request.path_params["mailbox"])
+        directory.delete_mailbox(box.id)
+    await _change_directory(request, work)
     return Response(status_code=204)
 
 
 # ---------------------------------------------------------------- aliases, catch-alls
 async def aliases_list(request: Request) -> Response:
-    await authenticate(request, "admin", operator=True)
-    rows = await ctx(request).db.read(directory.list_aliases)
+    principal = await authenticate(request, "admin")
+    rows = await ctx(request).db.read(directory.list_aliases, principal)
     return JSONResponse({"data": [{"address": a, "targets": [b.address for b in boxes]} for a, boxes in rows.items()]})
 
 
 async def aliases_create(request: Request) -> Response:
-    await authenticate(request, "admin", operator=True)
+    principal = await authenticate(request, "admin")
     body = await json_body(request)
     address, targets = body.get("address"), body.get("targets", body.get("target"))
     if isinstance(targets, str):
@@ -196,14 +259,14 @@ async def aliases_create(request: Request) -> Response:
     if not isinstance(address, str) or not isinstance(targets, list) or not all(isinstance(t, str) for t in targets):
         raise MxdError("bad_request", "body must hold {\"address\": ..., \"targets\": [mailbox addresses]}")
     c = ctx(request)
-    rows = await _change_directory(request, directory.create_alias, address, targets)
+    rows = await _change_directory(request, directory.create_alias, address, targets, principal)
     return JSONResponse({"address": rows[0].address,
                          "targets": await c.db.read(lambda: [r.mailbox.address for r in rows])}, status_code=201)
 
 
 async def alias_delete(request: Request) -> Response:
-    await authenticate(request, "admin", operator=True)
-    await _change_directory(request, directory.delete_alias, request.path_params["alias"])
+    principal = await authenticate(request, "admin")
+    await _change_directory(request, directory.delete_alias, request.path_params["alias"], principal)
     return Response(status_code=204)
 
 
@@ -213,19 +276,21 @@ def _catchall_dict(domain) -> dict:
 
 
 async def catchall_get(request: Request) -> Response:
-    await authenticate(request, "admin", operator=True)
+    principal = await authenticate(request, "admin")
     db = ctx(request).db
-    return JSONResponse(await db.read(lambda: _catchall_dict(directory.get_domain(request.path_params["domain"]))))
+    return JSONResponse(await db.read(
+        lambda: _catchall_dict(directory.owned_domain(principal, request.path_params["domain"]))))
 
 
 async def catchall_put(request: Request) -> Response:
-    await authenticate(request, "admin", operator=True)
+    principal = await authenticate(request, "admin")
     body = await json_body(request)
     target = body.get("target", body.get("mailbox"))
     if target is not None and not isinstance(target, str):
         raise MxdError("bad_request", "body must hold {\"target\": \"mailbox@domain\"} or {\"target\": null}")
     c = ctx(request)
-    domain = await _change_directory(request, directory.set_catchall, request.path_params["domain"], target)
+    domain = await _change_directory(request, directory.set_catchall, request.path_params["domain"], target,
+                                     principal)
     return JSONResponse(await c.db.read(_catchall_dict, domain))
 
 
@@ -327,25 +392,47 @@ async def thread_get(request: Request) -> Response:
 
 
 # ---------------------------------------------------------------- tokens
+def _token_grant(principal: Principal, body: dict) -> tuple[str | None, list | None]:
+    """(org_id, mailboxes) for a new token, no wider than the caller: an organisation's admin grants
+    scopes and mailboxes of its own organisation only. Runs in a reader or the writer."""
+    org_id = _org_from_body(principal, body)
+    scopes, mailboxes = body.get("scopes"), body.get("mailboxes")
+    if principal.is_operator:
+        return org_id, mailboxes
+    if isinstance(scopes, list) and not principal.is_admin and not set(scopes) <= principal.scopes:
+        raise MxdError("forbidden", "a token cannot grant scopes it does not hold itself")
+    if isinstance(mailboxes, list):
+        for ref in mailboxes:
+            if not isinstance(ref, str):
+                raise MxdError("bad_request", "mailboxes must be a list of addresses")
+            directory.owned_mailbox(principal, ref)           # 404 for a mailbox outside the organisation
+    elif principal.mailboxes is not None and not principal.is_admin:
+        raise MxdError("forbidden", "this token is limited to mailboxes; list the mailboxes of the new token")
+    return org_id, mailboxes
+
+
 async def tokens_list(request: Request) -> Response:
-    await authenticate(request, "admin", operator=True)
-    rows = await ctx(request).db.read(tokens.list_tokens)
+    principal = await authenticate(request, "admin")
+    rows = await ctx(request).db.read(tokens.list_tokens, principal.org_id, principal.is_operator)
     return JSONResponse({"data": [tokens.to_dict(t) for t in rows]})
 
 
 async def tokens_create(request: Request) -> Response:
-    await authenticate(request, "admin", operator=True)
+    principal = await authenticate(request, "admin")
     body = await json_body(request)
-    row, secret = await ctx(request).db.write(
-        tokens.create, body.get("name"), body.get("scopes"), body.get("mailboxes"))
+
+    def work() -> tuple:
+        org_id, mailboxes = _token_grant(principal, body)
+        return tokens.create(body.get("name"), body.get("scopes"), mailboxes, org_id)
+    row, secret = await ctx(request).db.write(work)
     out = tokens.to_dict(row)
     out["token"] = secret
     return JSONResponse(out, status_code=201)
 
 
 async def token_delete(request: Request) -> Response:
-    await authenticate(request, "admin", operator=True)
-    await ctx(request).db.write(tokens.revoke, request.path_params["id"])
+    principal = await authenticate(request, "admin")
+    await ctx(request).db.write(tokens.revoke, request.path_params["id"], principal.org_id, principal.is_operator)
     return Response(status_code=204)
 
 

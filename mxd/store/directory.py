@@ -2,11 +2,17 @@
 
 Functions taking no `db` argument run inside a `Database.write`/`read` call.
 `Directory` keeps an in-memory snapshot so that RCPT TO resolves without a query.
+
+Ownership: every domain and mailbox has an org_id (None: the operator's). The
+`owned_*` functions take the caller (anything with `owns(org_id)` and
+`sees(address, org_id)`, i.e. a `mxd.tokens.Principal`) and answer 404 for what
+it may not see, so an organisation never learns of another's objects.
 """
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from mxd import address as addr
 from mxd.errors import MxdError
@@ -15,6 +21,16 @@ from mxd.store.models import Alias, Domain, Mailbox
 
 # RFC 5321 4.5.1 and RFC 2142: these exist for every served domain.
 REQUIRED_LOCALS = ("postmaster", "abuse")
+_DOMAIN_ORG = object()      # create_mailbox: the mailbox belongs to its domain's owner
+
+
+class Caller(Protocol):
+    org_id: str | None
+
+    @property
+    def is_operator(self) -> bool: ...
+    def owns(self, org_id: str | None) -> bool: ...
+    def sees(self, mailbox_address: str, mailbox_org: str | None) -> bool: ...
 
 
 def _address(text: str) -> addr.Address:
@@ -25,8 +41,9 @@ def _address(text: str) -> addr.Address:
 
 
 # ---------------------------------------------------------------- domains
-def create_domain(name: str) -> tuple[Domain, bool]:
-    """Create a domain with its postmaster@ mailbox and abuse@ alias; returns (domain, created)."""
+def create_domain(name: str, org_id: str | None = None) -> tuple[Domain, bool]:
+    """Create a domain (owned by `org_id`, None: the operator) with its postmaster@ mailbox and abuse@
+    alias; returns (domain, created). An existing domain is returned as it is, whoever owns it."""
     try:
         key = addr.normalize_domain(name)
     except addr.AddressError as exc:
@@ -34,9 +51,9 @@ def create_domain(name: str) -> tuple[Domain, bool]:
     existing = Domain.get_or_none(Domain.name == key)
     if existing:
         return existing, False
-    domain = Domain.create(id=new_id("dom"), name=key)
+    domain = Domain.create(id=new_id("dom"), name=key, org_id=org_id)
     postmaster = Mailbox.create(id=new_id("mbx"), address=f"postmaster@{key}", domain=domain,
-                                display_name="Postmaster")
+                                display_name="Postmaster", org_id=org_id)
     Alias.create(id=new_id("als"), address=f"abuse@{key}", mailbox=postmaster)
     return domain, True
 
@@ -52,8 +69,20 @@ def get_domain(name: str) -> Domain:
     return domain
 
 
-def list_domains() -> list[Domain]:
-    return list(Domain.select().order_by(Domain.name))
+def list_domains(org_id: str | None = None, everyone: bool = True) -> list[Domain]:
+    """Every domain, or (everyone=False) those of one organisation (None: the operator's own)."""
+    query = Domain.select().order_by(Domain.name)
+    if not everyone:
+        query = query.where(Domain.org_id.is_null() if org_id is None else Domain.org_id == org_id)
+    return list(query)
+
+
+def owned_domain(caller: Caller, name: str) -> Domain:
+    """The domain if the caller owns it (the operator owns every one); 404 otherwise."""
+    domain = get_domain(name)
+    if not caller.owns(domain.org_id):
+        raise MxdError("not_found", f"domain {name!r} not found")
+    return domain
 
 
 def delete_domain(name: str) -> None:
@@ -70,7 +99,10 @@ def set_readiness(name: str, ready: bool, source: str = "operator") -> Domain:
 
 
 # ---------------------------------------------------------------- mailboxes
-def create_mailbox(address: str, display_name: str = "", retention_days: int | None = None) -> tuple[Mailbox, bool]:
+def create_mailbox(address: str, display_name: str = "", retention_days: int | None = None,
+                   org_id: Any = _DOMAIN_ORG, agent_id: str | None = None) -> tuple[Mailbox, bool]:
+    """Create a mailbox on a served domain; it belongs to `org_id` (by default its domain's owner).
+    Returns (mailbox, created); an existing mailbox is returned as it is."""
     parsed = _address(address)
     if parsed.tag is not None:
         raise MxdError("invalid_address", f"{address!r} holds a +tag; create the base address instead",
@@ -82,7 +114,8 @@ def create_mailbox(address: str, display_name: str = "", retention_days: int | N
     if existing:
         return existing, False
     box = Mailbox.create(id=new_id("mbx"), address=parsed.key, domain=domain,
-                         display_name=display_name or "", retention_days=retention_days)
+                         display_name=display_name or "", retention_days=retention_days,
+                         org_id=domain.org_id if org_id is _DOMAIN_ORG else org_id, agent_id=agent_id)
     return box, True
 
 
@@ -95,6 +128,25 @@ def get_mailbox(ref: str) -> Mailbox:
         box = Mailbox.get_or_none(Mailbox.address == parsed.key) if parsed else None
     if box is None:
         raise MxdError("not_found", f"mailbox {ref!r} not found")
+    return box
+
+
+def owned_mailbox(caller: Caller, ref: str) -> Mailbox:
+    """The mailbox if the caller may see it (its organisation's and within its token's mailboxes); 404 otherwise."""
+    try:
+        box = get_mailbox(ref)
+    except MxdError:
+        raise MxdError("not_found", f"mailbox {ref!r} not found") from None
+    if not caller.sees(box.address, box.org_id):
+        raise MxdError("not_found", f"mailbox {ref!r} not found")
+    return box
+
+
+def set_retention(ref: str, days: int | None) -> Mailbox:
+    """A mailbox's own retention in days; None: the server's default_retention_days."""
+    box = get_mailbox(ref)
+    box.retention_days = days
+    box.save()
     return box
 
 
@@ -112,15 +164,18 @@ def delete_mailbox(ref: str) -> None:
 
 
 # ---------------------------------------------------------------- aliases and catch-alls
-def create_alias(address: str, targets: list[str]) -> list[Alias]:
+def create_alias(address: str, targets: list[str], caller: Caller | None = None) -> list[Alias]:
+    """An alias from `address` to one or more mailboxes; with a caller, on its own domain and mailboxes."""
     parsed = _address(address)
-    if not Domain.get_or_none(Domain.name == parsed.domain):
-        raise MxdError("domain_not_served", f"mxd does not serve the domain {parsed.domain}")
+    domain = Domain.get_or_none(Domain.name == parsed.domain)
+    if domain is None or (caller is not None and not caller.owns(domain.org_id)):
+        raise MxdError("domain_not_served", f"mxd does not serve the domain {parsed.domain}",
+                       fix="Create the domain first (POST /api/domains), or use one of your own.")
     if Mailbox.get_or_none(Mailbox.address == parsed.key):
         raise MxdError("conflict", f"{parsed.key} is a mailbox already")
     if not targets:
         raise MxdError("bad_request", "an alias needs at least one target mailbox")
-    boxes = [get_mailbox(t) for t in targets]
+    boxes = [get_mailbox(t) if caller is None else owned_mailbox(caller, t) for t in targets]
     rows = []
     for box in boxes:
         row = Alias.get_or_none((Alias.address == parsed.key) & (Alias.mailbox == box))
@@ -128,23 +183,38 @@ def create_alias(address: str, targets: list[str]) -> list[Alias]:
     return rows
 
 
-def list_aliases() -> dict[str, list[Mailbox]]:
+def list_aliases(caller: Caller | None = None) -> dict[str, list[Mailbox]]:
+    """Aliases and their target mailboxes; with a caller, only aliases on domains it owns."""
     out: dict[str, list[Mailbox]] = {}
-    for row in Alias.select(Alias, Mailbox).join(Mailbox).order_by(Alias.address, Mailbox.address):
+    query = Alias.select(Alias, Mailbox).join(Mailbox).order_by(Alias.address, Mailbox.address)
+    names = None
+    if caller is not None and not caller.is_operator:
+        names = {d.name for d in list_domains(caller.org_id, everyone=False)}
+    for row in query:
+        if names is not None and row.address.rsplit("@", 1)[-1] not in names:
+            continue
         out.setdefault(row.address, []).append(row.mailbox)
     return out
 
 
-def delete_alias(address: str) -> None:
+def delete_alias(address: str, caller: Caller | None = None) -> None:
     parsed = addr.try_parse(address)
+    if parsed is not None and caller is not None:
+        domain = Domain.get_or_none(Domain.name == parsed.domain)
+        if domain is None or not caller.owns(domain.org_id):
+            raise MxdError("not_found", f"alias {address!r} not found")
     deleted = Alias.delete().where(Alias.address == (parsed.key if parsed else address)).execute() if parsed else 0
     if not deleted:
         raise MxdError("not_found", f"alias {address!r} not found")
 
 
-def set_catchall(domain_name: str, target: str | None) -> Domain:
-    domain = get_domain(domain_name)
-    domain.catchall_mailbox_id = get_mailbox(target).id if target else None
+def set_catchall(domain_name: str, target: str | None, caller: Caller | None = None) -> Domain:
+    """Where mail to unknown local parts of a domain goes (None: nowhere, 550 5.1.1)."""
+    domain = get_domain(domain_name) if caller is None else owned_domain(caller, domain_name)
+    if not target:
+        domain.catchall_mailbox_id = None
+    else:
+        domain.catchall_mailbox_id = (get_mailbox(target) if caller is None else owned_mailbox(caller, target)).id
     domain.save()
     return domain
 
