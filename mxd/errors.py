@@ -37,6 +37,7 @@ CODES: dict[str, Code] = {
     "too_many_attempts": Code(403, "550 5.7.1 Too many attempts", "Sign up again (POST /v1/auth/signup) to get a new code."),
     "no_default_domain": Code(422, "550 5.7.1 No default domain", "Pass domain_id, or set default_domain (MXD_DEFAULT_DOMAIN) to a domain this server serves."),
     "webhook_url_refused": Code(400, "550 5.7.1 Webhook URL refused", "Use a public https URL; loopback, private and link-local addresses are refused unless webhook_allow_private is set."),
+    "invalid_notification": Code(400, "501 5.5.4 Syntax error in parameters", "Send the SNS notification of an SES receipt rule (action 'Publish to Amazon SNS topic', encoding BASE64) as it is."),
     "internal": Code(500, "451 4.3.0 Internal error, try again later", "Retry; if it persists, check the mxd log."),
 }
 
