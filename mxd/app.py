@@ -13,6 +13,7 @@ from typing import Generator
 import uvicorn
 
 from mxd import keys, tokens
+from mxd.api import mcp
 from mxd.api.app import Context, create_app
 from mxd.config import Config, parse_hostport
 from mxd.db import Database
@@ -70,6 +71,7 @@ class Daemon:
         self.submission: SubmissionServer | None = None
         self.http: _Uvicorn | None = None
         self._http_task: asyncio.Task | None = None
+        self.mcp: mcp.McpService | None = None
         self._stop = asyncio.Event()
 
     async def start(self) -> None:
@@ -115,6 +117,7 @@ class Daemon:
         self.submission = SubmissionServer(cfg, SubmissionHandler(cfg, self.db, self.workers, queued), tls)
         await self.submission.start_on(sub_sock, subs_sock)
         app = create_app(Context(cfg, self.db, directory, self.workers, queued, resolver))
+        self.mcp = await mcp.start(app)             # the MCP SDK's session manager, for the daemon's lifetime
         self.http = _Uvicorn(uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False,
                                             timeout_graceful_shutdown=10))
         self._http_task = asyncio.get_running_loop().create_task(self.http.serve(sockets=[http_sock]))
@@ -137,6 +140,8 @@ class Daemon:
         if self.http and self._http_task:
             self.http.should_exit = True
             await self._http_task
+        if self.mcp:
+            await self.mcp.stop()
         if self.scheduler:
             await self.scheduler.stop()
         if self.webhooks:
