@@ -5,6 +5,7 @@ import argparse
 import base64
 import mimetypes
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -66,10 +67,17 @@ def _post_compose(args: argparse.Namespace, api: Client, path: str, body: dict) 
     size = sum(len(a["content_base64"]) * 3 // 4 for a in body["attachments"])
     line = Line(progress_wanted(args))
     line.update(f"uploading {len(body['attachments'])} attachment(s), {human_size(size)}")
+    shown = [time.monotonic()]
 
     def upload(sent: int, total: int) -> None:
-        line.update(f"uploading {human_size(sent)} of {human_size(total)}")
-    answer = api.post(path, body, headers=headers, upload=upload)
+        if sent == total or time.monotonic() - shown[0] >= 0.2:
+            shown[0] = time.monotonic()
+            line.update(f"uploading {human_size(sent)} of {human_size(total)}")
+    try:
+        answer = api.post(path, body, headers=headers, upload=upload)
+    except BaseException:
+        line.done()
+        raise
     line.done(f"uploaded {human_size(size)} of attachments")
     return answer
 

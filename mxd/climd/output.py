@@ -151,12 +151,14 @@ def collect(args: argparse.Namespace, api: Client, path: str, params: dict[str, 
     query = dict(params, limit=args.limit, cursor=args.cursor)
     line = Line(args.all and progress_wanted(args))
     items: list[dict] = []
-    for answer in api.pages(path, query):
-        items += answer.get("data", [])
-        line.update(f"{len(items)} {noun}")
-        if not args.all:
-            if answer.get("next_cursor"):
-                print(f"more: --cursor {answer['next_cursor']}  (or --all)", file=sys.stderr)
-            break
-    line.done(f"{len(items)} {noun}")
+    try:
+        for answer in api.pages(path, query):
+            items += answer.get("data", [])
+            line.update(f"{len(items)} {noun}")
+            if not args.all:
+                if answer.get("next_cursor"):
+                    print(f"more: --cursor {answer['next_cursor']}  (or --all)", file=sys.stderr)
+                break
+    finally:
+        line.done(f"{len(items)} {noun}")
     return items
