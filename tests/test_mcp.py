@@ -317,3 +317,17 @@ def test_textual_types():
     assert mcp_api._textual("application/ld+json") and not mcp_api._textual("image/png")
     assert not mcp_api._textual("application/pdf")
     assert mcp_api._clip("abcdef", 3) == ("abc", True) and mcp_api._clip("ab", 3) == ("ab", False)
+
+
+async def test_the_sdk_client_in_its_default_mode(world):
+    """mcp.Client negotiates the newest protocol (server/discover, one request per call) when it can."""
+    from mcp import Client
+    mxd = world["mxd"]
+    headers = {"Authorization": f"Bearer {world['tokens']['agent']}"}
+    async with httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(120)) as http:
+        async with Client(streamable_http_client(mxd.url("/mcp"), http_client=http)) as client:
+            r = await client.call_tool("list_mailboxes", {})
+            assert not r.is_error and [b["address"] for b in r.structured_content["mailboxes"]] == [AGENT]
+            r = await client.call_tool("send_message", {"from_address": OTHER, "to": [AGENT], "subject": "x"})
+            assert r.is_error and r.structured_content["error"]["code"] == "sender_not_allowed"
+            assert client.session.protocol_version
