@@ -32,6 +32,8 @@ POLL_SECONDS = 1.0
 FAN_OUT_BATCH = 500
 MAX_IN_FLIGHT = 32          # deliveries under way at once
 PER_WEBHOOK = 4             # of which at most this many to one endpoint, so a slow one cannot starve the rest
+KEEP_SECONDS = 30 * 86400   # finished deliveries and attempts are listed for this long
+PRUNE_EVERY = 3600.0
 USER_AGENT = "mxd-webhooks/1"
 
 
@@ -198,9 +200,13 @@ class WebhookWorker:
             await self._client.aclose()
 
     async def _run(self) -> None:
+        pruned = -PRUNE_EVERY
         while not self._stopping:
             more = False
             try:
+                if time.monotonic() - pruned > PRUNE_EVERY:
+                    pruned = time.monotonic()
+                    await self.db.write(store.prune, time.time() - max(KEEP_SECONDS, 2 * self.lifetime))
                 if await self.db.read(store.unfanned):
                     more = await self.db.write(store.fan_out, FAN_OUT_BATCH) >= FAN_OUT_BATCH
                 await self._dispatch()
@@ -218,7 +224,7 @@ class WebhookWorker:
         room = MAX_IN_FLIGHT - len(self._inflight)
         if room <= 0 or self._stopping:
             return
-        jobs, gone = await self.db.read(store.due, time.time(), room * 2, frozenset(self._inflight))
+        jobs, gone = await self.db.read(store.due, time.time(), PER_WEBHOOK, MAX_IN_FLIGHT, frozenset(self._inflight))
         if gone:
             await self.db.write(store.cancel, gone, "the webhook was disabled or deleted, or the event is gone")
         per_hook: dict[str, int] = {}

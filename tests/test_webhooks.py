@@ -223,10 +223,33 @@ def test_record_retries_then_gives_up_and_410_disables(memory_store):
     mine = {d.status for d in WebhookDelivery.select().where(WebhookDelivery.webhook_id == "whk_1")}
     theirs = {d.status for d in WebhookDelivery.select().where(WebhookDelivery.webhook_id == "whk_2")}
     assert mine == {"failed"} and theirs == {"pending"}
-    jobs, gone = store.due(time.time() + 1, 50)
+    jobs, gone = store.due(time.time() + 1, 4, 10)
     assert {j.webhook_id for j in jobs} == {"whk_2"} and gone == []
     third = WebhookDelivery.get((WebhookDelivery.webhook_id == "whk_2") & (WebhookDelivery.event_id == "evt_2"))
     assert store.record(third.id, 204, "", 5, [10.0], 1000.0) == "delivered"
+
+
+def test_due_is_fair_between_endpoints_and_prune_forgets_old_rows(memory_store):
+    _box("mbx_op", None, None)
+    _hook("whk_busy", mailbox="mbx_op")
+    for i in range(10):
+        _event(f"evt_{i:02}", "message.inbound", "mbx_op")
+    store.fan_out()
+    _hook("whk_quiet", mailbox="mbx_op")
+    _event("evt_99", "message.inbound", "mbx_op")
+    store.fan_out()
+    jobs, gone = store.due(time.time() + 1, 2, 10)
+    assert sorted(j.webhook_id for j in jobs) == ["whk_busy", "whk_busy", "whk_quiet"] and gone == []
+    skip = frozenset(j.delivery_id for j in jobs)
+    again, _ = store.due(time.time() + 1, 2, 10, skip)
+    assert [j.webhook_id for j in again] == ["whk_busy", "whk_busy"] and not skip & {j.delivery_id for j in again}
+    body = json.loads(again[0].body)
+    assert body["type"] == "message.inbound" and body["data"]["mailbox"] == "mbx_op@example.test"
+    for job in jobs:
+        store.record(job.delivery_id, 200, "", 1, [1.0], 100.0)
+    assert store.prune(time.time() - 3600) == 0
+    assert store.prune(time.time() + 1) == 3
+    assert WebhookAttempt.select().count() == 0 and WebhookDelivery.select().count() == 12 - 3
 
 
 def test_payload_is_signed_with_both_secrets_during_rotation(memory_store):

@@ -16,6 +16,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from peewee import fn
+
 from mxd import outbox
 from mxd.errors import MxdError
 from mxd.ids import new_id
@@ -257,13 +259,20 @@ def payload(event: Event, mailbox_address: str | None, message: Message | None) 
     return {"type": event.type, "timestamp": _iso(event.created_at), "data": data}
 
 
-def due(now: float, limit: int, skip: set[str] | frozenset[str] = frozenset()) -> tuple[list[Job], list[str]]:
-    """Pending deliveries whose time has come (not in `skip`), oldest first, with their signed-to-be
-    bodies; and the ids of deliveries that can no longer be made (webhook or event gone)."""
-    rows = list(WebhookDelivery.select().where((WebhookDelivery.status == "pending")
-                                               & (WebhookDelivery.next_attempt_at <= now))
-                .order_by(WebhookDelivery.next_attempt_at).limit(limit + len(skip)))
-    rows = [r for r in rows if r.id not in skip][:limit]
+def due(now: float, per_webhook: int, webhooks: int,
+        skip: set[str] | frozenset[str] = frozenset()) -> tuple[list[Job], list[str]]:
+    """Pending deliveries whose time has come (not in `skip`) with their bodies: at most `per_webhook`
+    of each of the `webhooks` endpoints that have waited longest, so that an endpoint with a backlog
+    does not hold up the others; and the ids of deliveries that can no longer be made."""
+    pending = (WebhookDelivery.status == "pending") & (WebhookDelivery.next_attempt_at <= now)
+    oldest = fn.MIN(WebhookDelivery.next_attempt_at)
+    hook_ids = [r.webhook_id for r in WebhookDelivery.select(WebhookDelivery.webhook_id, oldest.alias("oldest"))
+                .where(pending).group_by(WebhookDelivery.webhook_id).order_by(oldest).limit(webhooks)]
+    rows: list[WebhookDelivery] = []
+    for hook_id in hook_ids:
+        batch = WebhookDelivery.select().where(pending & (WebhookDelivery.webhook_id == hook_id)).order_by(
+            WebhookDelivery.next_attempt_at).limit(per_webhook + len(skip))
+        rows += [r for r in batch if r.id not in skip][:per_webhook]
     if not rows:
         return [], []
     hook_ids = list({r.webhook_id for r in rows})
@@ -286,6 +295,13 @@ def due(now: float, limit: int, skip: set[str] | frozenset[str] = frozenset()) -
         jobs.append(Job(row.id, hook.id, event.id, hook.url, signing_secrets(hook, now), bodies[event.id],
                         row.attempts))
     return jobs, gone
+
+
+def prune(before: float) -> int:
+    """Forget finished deliveries and attempts older than `before`; returns how many deliveries went."""
+    WebhookAttempt.delete().where(WebhookAttempt.at < before).execute()
+    return WebhookDelivery.delete().where(WebhookDelivery.status.in_(("delivered", "failed"))
+                                          & (WebhookDelivery.created_at < before)).execute()
 
 
 def cancel(delivery_ids: list[str], reason: str) -> None:
