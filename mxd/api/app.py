@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import json
 import logging
 from dataclasses import dataclass
@@ -115,10 +116,10 @@ class AuditMiddleware:
         result = "ok" if status < 400 else ("denied" if status in (401, 403) else extra.get("code", "error"))
         context: Context = scope["app"].state.ctx
         try:
-            await context.db.write(
+            await context.db.write(functools.partial(
                 audit.record, principal.token_id if principal else "anonymous", action,
                 org_id=principal.org_id if principal else None, target=path,
-                mailbox=extra.pop("mailbox", None), result=result, detail=dict(extra, status=status))
+                mailbox=extra.pop("mailbox", None), result=result, detail=dict(extra, status=status)))
         except Exception:    # the audit trail must never turn a served request into a crash
             log.exception("audit write failed for %s %s", method, path)
 
