@@ -72,6 +72,36 @@ def _visible_message(principal: Principal, message_id: str) -> tuple[Message, st
     return msg, box.address
 
 
+def _message_detail(principal: Principal, message_id: str) -> dict:
+    """GET /api/messages/{id} (and the MCP get_message): the parsed message, its delivery state if outgoing."""
+    msg, address = _visible_message(principal, message_id)
+    out = messages.detail(msg, address, list(msg.attachments.order_by(Attachment.part_index)))
+    if msg.direction == "out":
+        out["delivery"] = delivery_status(msg.id)
+    return out
+
+
+def _visible_attachment(principal: Principal, message_id: str, att_id: str) -> tuple[bytes, Attachment]:
+    """The stored bytes of a message the token may read, and one of its attachments."""
+    msg, _ = _visible_message(principal, message_id)
+    att = Attachment.get_or_none((Attachment.id == att_id) & (Attachment.message == msg.id))
+    if att is None:
+        raise MxdError("not_found", "attachment not found")
+    return messages.raw(msg), att
+
+
+def _thread_detail(principal: Principal, thread_id: str) -> dict:
+    """GET /api/threads/{id} (and the MCP get_thread): a thread's messages oldest first, with their text."""
+    thread = Thread.get_or_none(Thread.id == thread_id)
+    box = Mailbox.get_or_none(Mailbox.id == thread.mailbox_id) if thread else None
+    if thread is None or box is None or not principal.sees(box.address, box.org_id):
+        raise MxdError("not_found", "thread not found")
+    rows = list(Message.select().where(Message.thread == thread.id).order_by(Message.date, Message.id))
+    out = messages.thread_dict(thread, box.address)
+    out["messages"] = [dict(messages.summary(m, box.address), text=m.text) for m in rows]
+    return out
+
+
 async def _change_directory(request: Request, fn, *args):
     """Write a directory change, then reload the in-memory snapshot RCPT TO resolves against."""
     c = ctx(request)
@@ -325,14 +355,7 @@ async def messages_search(request: Request) -> Response:
 
 async def message_get(request: Request) -> Response:
     principal = await authenticate(request, "read")
-
-    def work() -> dict:
-        msg, address = _visible_message(principal, request.path_params["id"])
-        out = messages.detail(msg, address, list(msg.attachments.order_by(Attachment.part_index)))
-        if msg.direction == "out":
-            out["delivery"] = delivery_status(msg.id)
-        return out
-    return JSONResponse(await ctx(request).db.read(work))
+    return JSONResponse(await ctx(request).db.read(_message_detail, principal, request.path_params["id"]))
 
 
 async def message_raw(request: Request) -> Response:
@@ -346,14 +369,8 @@ async def message_raw(request: Request) -> Response:
 
 async def message_attachment(request: Request) -> Response:
     principal = await authenticate(request, "read")
-
-    def work() -> tuple[bytes, Attachment]:
-        msg, _ = _visible_message(principal, request.path_params["id"])
-        att = Attachment.get_or_none((Attachment.id == request.path_params["att"]) & (Attachment.message == msg.id))
-        if att is None:
-            raise MxdError("not_found", "attachment not found")
-        return messages.raw(msg), att
-    raw, att = await ctx(request).db.read(work)
+    raw, att = await ctx(request).db.read(_visible_attachment, principal, request.path_params["id"],
+                                          request.path_params["att"])
     found = attachment_bytes(raw, att.part_index)
     if found is None:
         raise MxdError("not_found", "attachment not found in the stored message")
@@ -378,17 +395,7 @@ async def threads_list(request: Request) -> Response:
 
 async def thread_get(request: Request) -> Response:
     principal = await authenticate(request, "read")
-
-    def work() -> dict:
-        thread = Thread.get_or_none(Thread.id == request.path_params["id"])
-        box = Mailbox.get_or_none(Mailbox.id == thread.mailbox_id) if thread else None
-        if thread is None or box is None or not principal.sees(box.address, box.org_id):
-            raise MxdError("not_found", "thread not found")
-        rows = list(Message.select().where(Message.thread == thread.id).order_by(Message.date, Message.id))
-        out = messages.thread_dict(thread, box.address)
-        out["messages"] = [dict(messages.summary(m, box.address), text=m.text) for m in rows]
-        return out
-    return JSONResponse(await ctx(request).db.read(work))
+    return JSONResponse(await ctx(request).db.read(_thread_detail, principal, request.path_params["id"]))
 
 
 # ---------------------------------------------------------------- tokens

@@ -45,7 +45,7 @@ from mxd.errors import MxdError
 from mxd.mime.compose import ComposeError
 from mxd.mime.parse import attachment_text
 from mxd.store import directory, messages, search
-from mxd.store.models import Attachment, Mailbox, Message, Thread
+from mxd.store.models import Message
 from mxd.store.models import Draft as DraftRow
 from mxd.tokens import Principal
 
@@ -151,35 +151,6 @@ def _meta(msg: Message, address: str) -> dict:
     return {k: s[k] for k in ("id", "thread_id", "mailbox", "direction", "from", "subject", "date", "snippet")}
 
 
-def _message_detail(principal: Principal, message_id: str) -> dict:
-    """A message as GET /api/messages/{id} shows it, from the API's functions."""
-    msg, address = litemx._visible_message(principal, message_id)
-    out = messages.detail(msg, address, list(msg.attachments.order_by(Attachment.part_index)))
-    if msg.direction == "out":
-        out["delivery"] = outbound.delivery_status(msg.id)
-    return out
-
-
-def _thread_detail(principal: Principal, thread_id: str) -> dict:
-    """A thread as GET /api/threads/{id} shows it: its messages oldest first, with their text."""
-    thread = Thread.get_or_none(Thread.id == thread_id)
-    box = Mailbox.get_or_none(Mailbox.id == thread.mailbox_id) if thread else None
-    if thread is None or box is None or not principal.sees(box.address, box.org_id):
-        raise MxdError("not_found", "thread not found")
-    rows = list(Message.select().where(Message.thread == thread.id).order_by(Message.date, Message.id))
-    return dict(messages.thread_dict(thread, box.address),
-                messages=[dict(messages.summary(m, box.address), text=m.text) for m in rows])
-
-
-def _visible_attachment(principal: Principal, message_id: str, attachment_id: str) -> tuple[bytes, Attachment]:
-    """A stored message's raw bytes and one of its attachments, if the token may read the message."""
-    msg, _ = litemx._visible_message(principal, message_id)
-    att = Attachment.get_or_none((Attachment.id == attachment_id) & (Attachment.message == msg.id))
-    if att is None:
-        raise MxdError("not_found", "attachment not found")
-    return messages.raw(msg), att
-
-
 def _fields(**values: Any) -> dict:
     """An API request body from tool arguments, leaving out those not given."""
     return {k: v for k, v in values.items() if v is not None}
@@ -229,7 +200,7 @@ async def get_message(ctx: ToolContext, message_id: MessageId,
                       include_html: Annotated[bool, Field(description="Also return the HTML body.")] = False,
                       max_chars: MaxChars = MAX_TEXT) -> CallToolResult:
     async def work(c: Context, principal: Principal, note: dict) -> dict:
-        out = await c.db.read(_message_detail, principal, message_id)
+        out = await c.db.read(litemx._message_detail, principal, message_id)
         text, cut = _clip(out.pop("text"), max_chars)
         html, html_cut = _clip(out.pop("html"), max_chars)
         body: dict[str, Any] = {"notice": NOTICE, "text": text, "text_truncated": cut}
@@ -246,7 +217,7 @@ async def get_thread(ctx: ToolContext,
                      max_chars: Annotated[int, Field(ge=1, le=MAX_TEXT, description=(
                          "Return at most this many characters of each message's text."))] = 20_000) -> CallToolResult:
     async def work(c: Context, principal: Principal, note: dict) -> dict:
-        out = await c.db.read(_thread_detail, principal, thread_id)
+        out = await c.db.read(litemx._thread_detail, principal, thread_id)
         for m in out["messages"]:
             text, cut = _clip(m.pop("text", None), max_chars)
             m["untrusted_content"] = {"text": text, "text_truncated": cut}
@@ -257,7 +228,7 @@ async def get_thread(ctx: ToolContext,
 
 async def list_attachments(ctx: ToolContext, message_id: MessageId) -> CallToolResult:
     async def work(c: Context, principal: Principal, note: dict) -> dict:
-        out = await c.db.read(_message_detail, principal, message_id)
+        out = await c.db.read(litemx._message_detail, principal, message_id)
         return {"message_id": out["id"], "attachments": out["attachments"], "notice": NOTICE}
     return await _call(ctx, "list_attachments", "read", work)
 
@@ -271,7 +242,7 @@ async def get_attachment_text(ctx: ToolContext, message_id: MessageId,
                               attachment_id: Annotated[str, Field(description="An attachment id (att_...).")],
                               max_chars: MaxChars = MAX_TEXT) -> CallToolResult:
     async def work(c: Context, principal: Principal, note: dict) -> dict:
-        raw, att = await c.db.read(_visible_attachment, principal, message_id, attachment_id)
+        raw, att = await c.db.read(litemx._visible_attachment, principal, message_id, attachment_id)
         out = {"message_id": message_id, "id": att.id, "filename": att.filename, "content_type": att.content_type,
                "size": att.size, "notice": NOTICE}
         if not _textual(att.content_type):
@@ -452,9 +423,9 @@ TOOLS: list[tuple[Callable[..., Awaitable[CallToolResult]], str, ToolAnnotations
 def build_server() -> MCPServer:
     server = MCPServer("mxd", title="mxd mail server", instructions=INSTRUCTIONS, version=__version__,
                        log_level="WARNING")
-    for fn, title, annotations, description in TOOLS:
+    for fn, title, hints, description in TOOLS:
         server.add_tool(fn, name=fn.__name__, title=title, description=description,
-                        annotations=annotations.model_copy(update={"title": title}))
+                        annotations=hints.model_copy(update={"title": title}))
     return server
 
 
