@@ -22,7 +22,6 @@ import asyncio
 import functools
 import json
 import logging
-import time
 from typing import Annotated, Any, Awaitable, Callable
 
 from mcp.server.mcpserver import Context as ToolContext
@@ -46,7 +45,6 @@ from mxd.mime.compose import ComposeError
 from mxd.mime.parse import attachment_text
 from mxd.store import directory, messages, search
 from mxd.store.models import Message
-from mxd.store.models import Draft as DraftRow
 from mxd.tokens import Principal
 
 log = logging.getLogger("mxd.mcp")
@@ -289,18 +287,9 @@ async def send_draft(ctx: ToolContext, draft_id: Annotated[str, Field(descriptio
     async def work(c: Context, principal: Principal, note: dict) -> dict:
         row, address = await c.db.read(outbound._visible_draft, principal, draft_id)
         note.update(mailbox=address, target=draft_id)
-        if row.sent_message_id:
-            raise MxdError("conflict", f"draft already sent as {row.sent_message_id}", status=409,
-                           fix="A draft is sent once; read the sent message with get_message.")
-        body = row.body
-        draft = outbound.draft_from_body(body, body["from"], in_reply_to=body.get("in_reply_to"),
-                                         references=body.get("references") or [])
-        result = await outbound.send_draft(c, principal, draft, body, idempotency_key=idempotency_key,
-                                           remote_ip=_remote(ctx), source="mcp")
-
-        def mark() -> None:
-            DraftRow.update(sent_message_id=result["id"], updated_at=time.time()).where(DraftRow.id == row.id).execute()
-        await c.db.write(mark)
+        result = await outbound.send_draft(c, principal, outbound._draft_to_send(row), row.body,
+                                           idempotency_key=idempotency_key, remote_ip=_remote(ctx), source="mcp")
+        await c.db.write(outbound._mark_draft_sent, row.id, result["id"])
         note["message"] = result["id"]
         return dict(result, draft_id=draft_id)
     return await _call(ctx, "send_draft", "send", work, mutating=True)

@@ -255,20 +255,25 @@ async def draft_get(request: Request) -> Response:
     return JSONResponse(_draft_dict(row, address))
 
 
+def _draft_to_send(row: DraftRow) -> Draft:
+    """A stored draft as a compose Draft; a draft is sent once (409 after that)."""
+    if row.sent_message_id:
+        raise MxdError("conflict", f"draft already sent as {row.sent_message_id}", status=409)
+    body = row.body
+    return draft_from_body(body, body["from"], in_reply_to=body.get("in_reply_to"),
+                           references=body.get("references") or [])
+
+
+def _mark_draft_sent(draft_id: str, message_id: str) -> None:
+    DraftRow.update(sent_message_id=message_id, updated_at=time.time()).where(DraftRow.id == draft_id).execute()
+
+
 async def draft_send(request: Request) -> Response:
     principal = await authenticate(request, "send")
     c = ctx(request)
     row, _ = await c.db.read(_visible_draft, principal, request.path_params["id"])
-    if row.sent_message_id:
-        raise MxdError("conflict", f"draft already sent as {row.sent_message_id}", status=409)
-    body = row.body
-    draft = draft_from_body(body, body["from"], in_reply_to=body.get("in_reply_to"),
-                            references=body.get("references") or [])
-    result = await _send_draft(request, principal, draft, body)
-
-    def mark() -> None:
-        DraftRow.update(sent_message_id=result["id"], updated_at=time.time()).where(DraftRow.id == row.id).execute()
-    await c.db.write(mark)
+    result = await _send_draft(request, principal, _draft_to_send(row), row.body)
+    await c.db.write(_mark_draft_sent, row.id, result["id"])
     return JSONResponse(result, status_code=202)
 
 
