@@ -1,0 +1,299 @@
+"""The /v1 dialect against a real daemon: sign-up switched off by default (the operator may still
+sign organisations up), the code's attempt limit, the organisation boundary (the operator sees both),
+external_id idempotency, the default domain, organisation domains, sending with metadata and
+Idempotency-Key, and the /api/v1 alias."""
+from __future__ import annotations
+
+import smtplib
+import sqlite3
+from email.message import EmailMessage
+
+import httpx
+import pytest
+
+from mxd.api.loftbox import ApiV1Alias
+from tests.daemon import MxdProcess, wait_for
+from tests.mailsink import DOMAIN, code_in, platform_world
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    w = platform_world(tmp_path_factory.mktemp("loftbox") / "data", signup=False)
+    yield w
+    w.stop()
+
+
+def _post(w, path: str, body: dict, token: str | None = None, **kw) -> httpx.Response:
+    headers = kw.pop("headers", {})
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    return httpx.post(w.mxd.url(path), json=body, headers=headers, timeout=30, **kw)
+
+
+def _get(w, path: str, token: str, **kw) -> httpx.Response:
+    return httpx.get(w.mxd.url(path), headers={"Authorization": f"Bearer {token}"}, timeout=30, **kw)
+
+
+def _org(w, email: str, slug: str) -> str:
+    """An organisation signed up by the operator and verified with the mailed code; returns its key."""
+    r = _post(w, "/v1/auth/signup", {"email": email, "organization_name": slug, "slug": slug}, w.mxd.admin_token)
+    assert r.status_code == 201, r.text
+    code = code_in(w.sink.wait(email, "verification code")[-1])
+    r = _post(w, "/v1/auth/signup/verify", {"email": email, "verification_token": code})
+    assert r.status_code == 201, r.text
+    assert r.json()["scopes"] == ["admin"] and r.json()["organization"]["slug"] == slug
+    return r.json()["api_key"]
+
+
+@pytest.fixture(scope="module")
+def orgs(world):
+    return _org(world, "alice@example.com", "org-a"), _org(world, "bob@example.com", "org-b")
+
+
+def _agent_and_box(w, key: str, slug: str, **box) -> tuple[dict, dict]:
+    r = _post(w, "/v1/agents", {"name": slug, "slug": slug, "external_id": f"test:{slug}"}, key)
+    assert r.status_code == 201, r.text
+    agent = r.json()
+    r = _post(w, f"/v1/agents/{agent['id']}/mailboxes", dict({"local_part": slug}, **box), key)
+    assert r.status_code == 201, r.text
+    return agent, r.json()
+
+
+# ---------------------------------------------------------------- sign-up
+def test_signup_is_off_by_default_and_says_how_to_switch_it_on(world):
+    r = _post(world, "/v1/auth/signup", {"email": "eve@example.com", "organization_name": "Eve", "slug": "eve"})
+    assert r.status_code == 403
+    err = r.json()["error"]
+    assert err["code"] == "signup_disabled" and "MXD_SIGNUP_ENABLED=true" in err["fix"]
+    assert world.sink.find("eve@example.com") == []
+    # An organisation's key is not the operator: it cannot sign others up either.
+    r = _post(world, "/v1/auth/signup", {"email": "eve@example.com", "organization_name": "Eve", "slug": "eve"},
+              _org(world, "carol@example.com", "org-c"))
+    assert r.status_code == 403 and r.json()["error"]["code"] == "signup_disabled"
+
+
+def test_the_code_allows_five_attempts_then_a_new_signup(world):
+    email = "dave@example.com"
+    body = {"email": email, "organization_name": "Dave Agents", "slug": "dave-agents"}
+    assert _post(world, "/v1/auth/signup", body, world.mxd.admin_token).status_code == 201
+    code = code_in(world.sink.wait(email, "verification code")[-1])
+    wrong = f"{(int(code) + 1) % 10 ** 6:06d}"
+    for left in (4, 3, 2, 1, 0):
+        r = _post(world, "/v1/auth/signup/verify", {"email": email, "verification_token": wrong})
+        assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_code"
+        assert f"({left} attempts left)" in r.json()["error"]["message"]
+    r = _post(world, "/v1/auth/signup/verify", {"email": email, "verification_token": code})
+    assert r.status_code == 403 and r.json()["error"]["code"] == "too_many_attempts"
+
+    assert _post(world, "/v1/auth/signup", body, world.mxd.admin_token).status_code == 200     # a new code
+    fresh = code_in(world.sink.wait(email, "verification code", count=2)[-1])
+    r = _post(world, "/v1/auth/signup/verify", {"email": email, "verification_token": code})
+    if code != fresh:
+        assert r.status_code == 422                      # the old code died with the new one
+    r = _post(world, "/v1/auth/signup/verify", {"email": email, "verification_token": fresh})
+    assert r.status_code == 201 and r.json()["api_key"]
+    # Verified: the key is not handed out again, and the email cannot sign up again.
+    r = _post(world, "/v1/auth/signup/verify", {"email": email, "verification_token": fresh})
+    assert r.status_code == 409
+    assert _post(world, "/v1/auth/signup", body, world.mxd.admin_token).status_code == 409
+    welcome = world.sink.wait(email, "Welcome")[0]
+    assert "100 outgoing recipients" in welcome.get_body(("plain",)).get_content()
+
+
+def test_signup_validates_and_protects_slugs(world, orgs):
+    admin = world.mxd.admin_token
+    r = _post(world, "/v1/auth/signup", {"email": "not an address", "organization_name": "X", "slug": "x"}, admin)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_address"
+    r = _post(world, "/v1/auth/signup", {"email": "x@example.com", "organization_name": "X", "slug": "Bad Slug"}, admin)
+    assert r.status_code == 400
+    r = _post(world, "/v1/auth/signup", {"email": "x@example.com", "organization_name": "X", "slug": "org-a"}, admin)
+    assert r.status_code == 409
+
+
+# ---------------------------------------------------------------- the organisation boundary
+def test_organisations_see_only_their_own_and_the_operator_sees_both(world, orgs):
+    a, b = orgs
+    agent_a, box_a = _agent_and_box(world, a, "alpha")
+    agent_b, box_b = _agent_and_box(world, b, "beta")
+    assert box_a["organization_id"] != box_b["organization_id"]
+    r = _post(world, "/v1/messages", {"mailbox_id": box_b["id"], "to": ["someone@example.com"],
+                                      "subject": "from b", "body_text": "b"}, b)
+    assert r.status_code == 201, r.text
+    msg_b = r.json()["id"]
+
+    assert [x["id"] for x in _get(world, "/v1/agents", a).json()["data"]] == [agent_a["id"]]
+    assert [x["id"] for x in _get(world, "/v1/mailboxes", a).json()["data"]] == [box_a["id"]]
+    for path in (f"/v1/agents/{agent_b['id']}", f"/v1/agents/{agent_b['id']}/mailboxes",
+                 f"/v1/mailboxes/{box_b['id']}", f"/v1/mailboxes/{box_b['id']}/inbox", f"/v1/messages/{msg_b}",
+                 f"/api/messages?mailbox={box_b['address']}", f"/api/messages/{msg_b}"):
+        r = _get(world, path, a)
+        assert r.status_code == 404, (path, r.text)
+    for path, body in ((f"/v1/agents/{agent_b['id']}/mailboxes", {"local_part": "intruder"}),
+                       ("/v1/messages", {"mailbox_id": box_b["id"], "to": ["x@example.com"], "body_text": "x"}),
+                       (f"/v1/mailboxes/{box_b['id']}/inbox/ack", {"message_ids": [msg_b]})):
+        r = _post(world, path, body, a)
+        assert r.status_code == 404, (path, r.text)
+    # A mailbox name another organisation holds is a conflict, not a takeover.
+    r = _post(world, f"/v1/agents/{agent_a['id']}/mailboxes", {"local_part": "beta"}, a)
+    assert r.status_code == 409
+
+    admin = world.mxd.admin_token
+    everyone = {x["id"] for x in _get(world, "/v1/agents", admin).json()["data"]}
+    assert {agent_a["id"], agent_b["id"]} <= everyone
+    assert _get(world, f"/v1/messages/{msg_b}", admin).status_code == 200
+    assert _get(world, f"/v1/mailboxes/{box_b['id']}/inbox", admin).status_code == 200
+    assert _get(world, "/v1/organization", a).json()["organization"]["slug"] == "org-a"
+
+
+def test_external_id_makes_agent_setup_idempotent(world, orgs):
+    a, b = orgs
+    body = {"name": "Support Agent", "slug": "support-agent", "external_id": "hermes:support-agent",
+            "purpose": "replies", "owner_label": "Ops", "policy_scope": "agent"}
+    first = _post(world, "/v1/agents", body, a)
+    assert first.status_code == 201
+    again = _post(world, "/v1/agents", body, a)
+    assert again.status_code == 200 and again.json() == first.json()
+    found = _get(world, "/v1/agents", a, params={"external_id": "hermes:support-agent"}).json()["data"]
+    assert [x["id"] for x in found] == [first.json()["id"]]
+    r = _post(world, "/v1/agents", dict(body, slug="another-slug"), a)
+    assert r.status_code == 409 and r.json()["error"]["code"] == "conflict"
+    r = _post(world, "/v1/agents", dict(body, external_id="hermes:other"), a)        # the slug is taken
+    assert r.status_code == 409
+    other = _post(world, "/v1/agents", body, b)                                     # another organisation
+    assert other.status_code == 201 and other.json()["id"] != first.json()["id"]
+    assert _get(world, "/v1/agents", b, params={"external_id": "hermes:support-agent"}).json()["data"][0]["id"] \
+        == other.json()["id"]
+    # The agent's mailbox is idempotent too.
+    agent_id = first.json()["id"]
+    one = _post(world, f"/v1/agents/{agent_id}/mailboxes", {"local_part": "support-a"}, a)
+    two = _post(world, f"/v1/agents/{agent_id}/mailboxes", {"local_part": "support-a"}, a)
+    assert (one.status_code, two.status_code) == (201, 200) and one.json()["id"] == two.json()["id"]
+    r = _post(world, "/v1/agents", {"slug": "no-name"}, a)
+    assert r.status_code == 400
+
+
+# ---------------------------------------------------------------- domains and the default domain
+def test_default_domain_and_organisation_domains(world, orgs):
+    a, b = orgs
+    agent, box = _agent_and_box(world, a, "gamma", display_name="Gamma", retention_days=3)
+    assert box["domain"] == DOMAIN and box["retention_days"] == 3 and box["display_name"] == "Gamma"
+    # The MX accepts mail for the new mailbox at once.
+    msg = EmailMessage()
+    msg["From"], msg["To"], msg["Subject"] = "x@example.org", box["address"], "straight away"
+    msg.set_content("hi\n")
+    with smtplib.SMTP("127.0.0.1", world.mxd.mx_port, timeout=30) as smtp:
+        assert smtp.send_message(msg) == {}
+
+    r = _post(world, "/v1/domains", {"domain": "mail.org-a.example"}, a)
+    assert r.status_code == 201 and r.json()["organization_id"] == box["organization_id"]
+    dom = r.json()
+    assert _post(world, "/v1/domains", {"domain": "mail.org-a.example"}, a).status_code == 200
+    assert _post(world, "/v1/domains", {"domain": "mail.org-a.example"}, b).status_code == 409
+    assert _post(world, "/v1/domains", {"domain": DOMAIN}, a).status_code == 409     # the operator's
+    assert [d["id"] for d in _get(world, "/v1/domains", a).json()["data"]] == [dom["id"]]
+    assert _get(world, f"/v1/domains/{dom['id']}/dns", b).status_code == 404
+    assert _post(world, f"/v1/domains/{dom['id']}/verify", {}, b).status_code == 404
+
+    r = _post(world, f"/v1/agents/{agent['id']}/mailboxes", {"local_part": "gamma", "domain_id": dom["id"]}, a)
+    assert r.status_code == 201 and r.json()["address"] == "gamma@mail.org-a.example"
+    custom = r.json()
+    _, box_b = _agent_and_box(world, b, "delta")
+    agent_b = box_b["agent_id"]
+    r = _post(world, f"/v1/agents/{agent_b}/mailboxes", {"local_part": "delta", "domain_id": dom["id"]}, b)
+    assert r.status_code == 404                                           # another organisation's domain
+    # Sending from an unverified domain is stopped by the one preflight.
+    r = _post(world, "/v1/messages", {"mailbox_id": custom["id"], "to": ["x@example.com"], "subject": "s",
+                                      "body_text": "t"}, a)
+    assert r.status_code == 422 and r.json()["error"]["code"] == "domain_not_ready"
+
+
+def test_default_domain_from_config(tmp_path):
+    def first_box(env: dict[str, str]) -> str:
+        proc = MxdProcess(tmp_path / env.get("MXD_DEFAULT_DOMAIN", "none"), domains=["first.test", "second.test"],
+                          env=env)
+        proc.init()
+        proc.start()
+        try:
+            agent = proc.api("POST", "/v1/agents", json={"name": "A"}).json()
+            r = proc.api("POST", f"/v1/agents/{agent['id']}/mailboxes", json={"local_part": "a"})
+            assert r.status_code == 201, r.text
+            return r.json()["address"]
+        finally:
+            proc.stop()
+    assert first_box({}) == "a@first.test"
+    assert first_box({"MXD_DEFAULT_DOMAIN": "second.test"}) == "a@second.test"
+
+
+# ---------------------------------------------------------------- sending
+def test_send_metadata_idempotency_and_reply(world, orgs):
+    a, _ = orgs
+    _, box = _agent_and_box(world, a, "epsilon", display_name="Epsilon Bot")
+    body = {"mailbox_id": box["id"], "to": ["friend@example.com"], "subject": "Hello",
+            "body_text": "text", "body_html": "<p>html</p>", "metadata": {"ticket_id": "t-1"}}
+    first = _post(world, "/v1/messages", body, a, headers={"Idempotency-Key": "k-1"})
+    assert first.status_code == 201 and first.json()["metadata"] == {"ticket_id": "t-1"}
+    replay = _post(world, "/v1/messages", body, a, headers={"Idempotency-Key": "k-1"})
+    assert replay.status_code == 200 and replay.json()["id"] == first.json()["id"]
+    assert replay.json()["idempotent_replay"] is True
+    changed = _post(world, "/v1/messages", dict(body, subject="Other"), a, headers={"Idempotency-Key": "k-1"})
+    assert changed.status_code == 409
+    [mail] = world.sink.wait("friend@example.com", "Hello")
+    assert str(mail["From"]) == f"Epsilon Bot <{box['address']}>" and "t-1" not in mail.as_string()
+    assert mail.get_body(("html",)).get_content().strip() == "<p>html</p>"
+
+    db = sqlite3.connect(f"file:{world.mxd.data_dir / 'mxd.db'}?mode=ro", uri=True, timeout=30)
+    try:
+        rows = db.execute("SELECT detail FROM audit WHERE action = 'POST /v1/messages' AND mailbox = ?",
+                          (box["address"],)).fetchall()
+    finally:
+        db.close()
+    assert rows and all('"ticket_id":"t-1"' in d for (d,) in rows)
+
+    for bad in ({"metadata": {"n": 1}}, {"metadata": ["x"]}, {"metadata": {f"k{i}": "v" for i in range(21)}},
+                {"mailbox_id": None}):
+        r = _post(world, "/v1/messages", dict(body, **bad), a)
+        assert r.status_code == 400, bad
+
+    # A customer writes in; the agent replies by id and the reply stays in the thread.
+    msg = EmailMessage()
+    msg["From"], msg["To"], msg["Subject"] = "Pat <pat@example.org>", box["address"], "Question"
+    msg["Message-ID"] = "<question-1@example.org>"
+    msg.set_content("?\n")
+    with smtplib.SMTP("127.0.0.1", world.mxd.mx_port, timeout=30) as smtp:
+        smtp.send_message(msg)
+    inbox = wait_for(lambda: _get(world, f"/v1/mailboxes/{box['id']}/inbox", a).json()["data"], timeout=60)
+    r = _post(world, "/v1/messages", {"mailbox_id": box["id"], "in_reply_to": inbox[0]["id"], "body_text": "!"}, a)
+    assert r.status_code == 201 and r.json()["thread_id"] == inbox[0]["thread_id"]
+    [reply] = world.sink.wait("pat@example.org", "Re: Question")
+    assert reply["In-Reply-To"] == "<question-1@example.org>"
+
+
+# ---------------------------------------------------------------- the /api/v1 alias
+def test_api_v1_alias_serves_every_v1_route(world, orgs):
+    a, _ = orgs
+    assert _get(world, "/api/v1/agents", a).json() == _get(world, "/v1/agents", a).json()
+    r = _post(world, "/api/v1/agents", {"name": "Via Alias", "external_id": "alias:1"}, a)
+    assert r.status_code == 201
+    r = _post(world, f"/api/v1/agents/{r.json()['id']}/mailboxes", {"local_part": "via-alias"}, a)
+    assert r.status_code == 201
+    assert _get(world, f"/api/v1/mailboxes/{r.json()['id']}/inbox", a).status_code == 200
+    assert httpx.get(world.mxd.url("/health"), timeout=30).json()["status"] == "ok"
+    r = _get(world, "/api/v1/nothing-here", a)
+    assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+    assert _get(world, "/api/messages", a).status_code == 200           # /api itself is untouched
+
+
+async def test_alias_middleware_rewrites_path_and_raw_path():
+    seen: list[dict] = []
+
+    async def app(scope, receive, send):
+        seen.append(scope)
+
+    alias = ApiV1Alias(app)
+    await alias({"type": "http", "path": "/api/v1/agents", "raw_path": b"/api/v1/agents?x=1"}, None, None)
+    await alias({"type": "http", "path": "/api/v10", "raw_path": b"/api/v10"}, None, None)
+    await alias({"type": "lifespan"}, None, None)
+    assert (seen[0]["path"], seen[0]["raw_path"]) == ("/v1/agents", b"/v1/agents?x=1")
+    assert seen[1]["path"] == "/api/v10" and seen[2] == {"type": "lifespan"}
