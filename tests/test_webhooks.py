@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import smtplib
+import socket
 import sqlite3
 import threading
 import time
@@ -300,7 +301,7 @@ async def test_every_connection_is_checked_not_only_creation():
 
 
 # ---------------------------------------------------------------- a real daemon
-MAILBOXES = ("agent", "outage", "gone", "rot", "orgbox", "agentbox")
+MAILBOXES = ("agent", "outage", "gone", "rot", "garbage", "orgbox", "agentbox")
 
 
 @pytest.fixture(scope="module")
@@ -415,6 +416,38 @@ def test_410_disables_the_webhook_until_enabled(server, receiver):
     assert wait_for(lambda: receiver.got("/gone", answered=200), timeout=60)
     [request] = receiver.got("/gone", answered=200)
     assert request["payload"]["data"]["subject"] == "after enabling" and request["verified"] == [0]
+
+
+def test_a_garbage_answer_is_an_attempt_not_a_crash(server, receiver):
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def answer_garbage() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            with conn:
+                conn.recv(65536)
+                conn.sendall(b"NOT HTTP AT ALL\r\n\r\n")
+
+    threading.Thread(target=answer_garbage, daemon=True).start()
+    try:
+        hook = create_hook(server, f"http://127.0.0.1:{port}/hook", "garbage@example.test", types=["message.inbound"])
+        send(server, "garbage@example.test", "to a broken receiver")
+        tried = wait_for(lambda: attempts(server, hook["id"]), timeout=60)
+        assert tried[0]["status"] is None and "Protocol" in tried[0]["error"], tried
+    finally:
+        listener.close()
+    assert server.api("DELETE", f"/api/webhooks/{hook['id']}").status_code == 204
+    assert httpx.get(server.url("/api/health")).status_code == 200
+    other = create_hook(server, receiver.url("/after-garbage"), "garbage@example.test")
+    receiver.secrets["/after-garbage"] = [other["secret"]]
+    send(server, "garbage@example.test", "the worker still runs")
+    [request] = wait_for(lambda: receiver.got("/after-garbage"), timeout=60)
+    assert request["verified"] == [0] and request["payload"]["data"]["subject"] == "the worker still runs"
+    assert server.api("DELETE", f"/api/webhooks/{other['id']}").status_code == 204
 
 
 def test_rotation_keeps_old_and_new_signatures_valid(server, receiver):

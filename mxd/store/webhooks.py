@@ -250,9 +250,9 @@ def payload(event: Event, mailbox_address: str | None, message: Message | None) 
         data["thread_id"] = (event.data or {}).get("thread_id")
         if message is not None:
             sender = message.from_addr[0] if message.from_addr else {"name": "", "address": message.envelope_from}
-            data.update(thread_id=message.thread_id, received_at=_iso(message.received_at), envelope_from=message.envelope_from,
-                        **{"from": sender}, subject=message.subject, snippet=_snippet(message.text),
-                        has_html=message.html is not None)
+            data.update({"thread_id": message.thread_id, "received_at": _iso(message.received_at),
+                         "envelope_from": message.envelope_from, "from": sender, "subject": message.subject,
+                         "snippet": _snippet(message.text), "has_html": message.html is not None})
         data["content_notice"] = CONTENT_NOTICE
     for key, value in (event.data or {}).items():
         data.setdefault(key, value)
