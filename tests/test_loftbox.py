@@ -102,6 +102,20 @@ def test_the_code_allows_five_attempts_then_a_new_signup(world):
     assert "100 outgoing recipients" in welcome.get_body(("plain",)).get_content()
 
 
+def test_signup_says_when_the_code_cannot_be_mailed(world):
+    admin = world.mxd.admin_token
+    assert world.mxd.api("PUT", f"/api/domains/{DOMAIN}/readiness", json={"ready": False}).status_code == 200
+    try:
+        body = {"email": "frank@example.com", "organization_name": "Frank", "slug": "frank"}
+        r = _post(world, "/v1/auth/signup", body, admin)
+        assert r.status_code == 422 and r.json()["error"]["code"] == "domain_not_ready"
+        assert r.json()["error"]["message"].startswith("the verification email could not be sent")
+    finally:
+        assert world.mxd.api("PUT", f"/api/domains/{DOMAIN}/readiness", json={"ready": True}).status_code == 200
+    assert _post(world, "/v1/auth/signup", body, admin).status_code == 200          # the same sign-up, mailed now
+    assert code_in(world.sink.wait("frank@example.com", "verification code")[-1])
+
+
 def test_signup_validates_and_protects_slugs(world, orgs):
     admin = world.mxd.admin_token
     r = _post(world, "/v1/auth/signup", {"email": "not an address", "organization_name": "X", "slug": "x"}, admin)

@@ -109,7 +109,11 @@ async def signup(request: Request) -> Response:
             f"    POST {_base_url(request)}/v1/auth/signup/verify\n"
             f"    {{\"email\": \"{org.owner_email}\", \"verification_token\": \"<the code>\"}}\n\n"
             "If you did not ask for this, ignore this message.\n")
-    sent = await system_mail(c, org.owner_email, f"Your verification code: {code}", text)
+    try:
+        sent = await system_mail(c, org.owner_email, f"Your verification code: {code}", text)
+    except MxdError as exc:            # the organisation waits unverified; signing up again retries the mail
+        raise MxdError(exc.code, f"the verification email could not be sent: {exc.message}", fix=exc.fix,
+                       status=exc.status, retry_after=exc.retry_after) from None
     return JSONResponse({"organization": orgs.to_dict(org), "status": "verification_sent",
                          "verification": {"sent_to": org.owner_email, "expires_in": orgs.CODE_SECONDS,
                                           "max_attempts": orgs.MAX_ATTEMPTS, "message_id": sent["id"]},
