@@ -9,8 +9,10 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import time
 from datetime import datetime, timezone
+import email.errors
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid, parseaddr
 from typing import Any
@@ -32,6 +34,7 @@ from mxd.store.models import Mailbox, Message, Organization
 from mxd.tokens import Principal
 
 MAX_RETENTION_DAYS = 36500
+MAX_INJECT_RECIPIENTS = 100
 
 
 # ---------------------------------------------------------------- bootstrap
@@ -155,19 +158,23 @@ def _when(value: str | None, name: str) -> float | None:
     if value is None or value == "":
         return None
     try:
-        return float(value)
+        number = float(value)
     except ValueError:
         pass
+    else:
+        if not math.isfinite(number):
+            raise MxdError("bad_request", f"{name} must be a finite time")
+        return number
     text = value.strip().replace("Z", "+00:00")
     if "T" in text and text.count(" ") == 1:              # a "+" that arrived unencoded in the query string
         text = text.replace(" ", "+")
     try:
         parsed = datetime.fromisoformat(text)
-    except ValueError:
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=timezone.utc)
+        return parsed.timestamp()
+    except (ValueError, OverflowError):
         raise MxdError("bad_request", f"{name} must be ISO 8601 (2026-01-31T12:00:00Z) or epoch seconds") from None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=timezone.utc)
-    return parsed.timestamp()
 
 
 async def audit_list(request: Request) -> Response:
@@ -278,16 +285,19 @@ def _compose(sender: str, to: list[str], body: dict, hostname: str) -> bytes:
         if body.get(name) is not None and not isinstance(body[name], str):
             raise MxdError("bad_request", f"{name} must be a string")
     msg = EmailMessage()
-    for field, value in (("From", sender), ("To", ", ".join(to)), ("Subject", body.get("subject") or "")):
-        if "\r" in value or "\n" in value:
-            raise MxdError("header_injection", f"{field} holds CR or LF")
-        msg[field] = value
-    msg["Date"] = format_datetime(datetime.now(timezone.utc))
-    msg["Message-ID"] = make_msgid(domain=hostname)
-    msg.set_content(body.get("text") or "")
-    if body.get("html"):
-        msg.add_alternative(body["html"], subtype="html")
-    return msg.as_bytes(policy=msg.policy.clone(linesep="\r\n"))
+    try:
+        for field, value in (("From", sender), ("To", ", ".join(to)), ("Subject", body.get("subject") or "")):
+            if "\r" in value or "\n" in value:
+                raise MxdError("header_injection", f"{field} holds CR or LF")
+            msg[field] = value
+        msg["Date"] = format_datetime(datetime.now(timezone.utc))
+        msg["Message-ID"] = make_msgid(domain=hostname)
+        msg.set_content(body.get("text") or "")
+        if body.get("html"):
+            msg.add_alternative(body["html"], subtype="html")
+        return msg.as_bytes(policy=msg.policy.clone(linesep="\r\n"))
+    except (ValueError, TypeError, IndexError, email.errors.MessageError) as exc:
+        raise MxdError("bad_request", f"the message cannot be composed: {exc}") from None
 
 
 async def inbound_simulate(request: Request) -> Response:
@@ -298,12 +308,16 @@ async def inbound_simulate(request: Request) -> Response:
     to = _as_list(body.get("to"), "to") + _as_list(body.get("mailbox"), "mailbox")
     if not to:
         raise MxdError("bad_request", 'body must name the recipients: {"to": ["agent@example.com"]} or {"mailbox": ...}')
+    if len(to) > MAX_INJECT_RECIPIENTS:
+        raise MxdError("bad_request", f"at most {MAX_INJECT_RECIPIENTS} recipients per message")
     sender = body.get("from") or "simulated@example.invalid"
     if isinstance(sender, dict):
         sender = sender.get("address")
-    if not isinstance(sender, str):
+    if not isinstance(sender, str) or len(sender) > 500:
         raise MxdError("bad_request", "from must be an address")
     envelope_from = body.get("mail_from") if isinstance(body.get("mail_from"), str) else parseaddr(sender)[1]
+    if len(envelope_from) > 500:
+        raise MxdError("bad_request", "mail_from is too long")
     c = ctx(request)
     accepted, refused = await c.db.read(_recipients, principal, c, to)
     if not accepted:
@@ -313,7 +327,7 @@ async def inbound_simulate(request: Request) -> Response:
             raise MxdError("bad_request", "raw must be a string: base64 or the text of a whole message")
         data = _raw_bytes(body["raw"])
     else:
-        data = _compose(sender, to, body, c.cfg.hostname)
+        data = _compose(sender, [t for t in to if addr.try_parse(t) is not None], body, c.cfg.hostname)
     env = Envelope(mail_from=envelope_from or "", rcpts=accepted, data=data, source="api",
                    remote_ip=request.client.host if request.client else "", helo="api")
     await _store(request, env, "HTTP")
@@ -365,7 +379,8 @@ async def inbound_ses(request: Request) -> Response:
     kind = body.get("Type")
     if kind in ("SubscriptionConfirmation", "UnsubscribeConfirmation"):
         return JSONResponse({"status": "not_followed", "type": kind,
-                             "subscribe_url": body.get("SubscribeURL"),
+                             "subscribe_url": body.get("SubscribeURL") if isinstance(body.get("SubscribeURL"), str)
+                             else None,
                              "message": "mxd does not fetch SubscribeURL (it works offline): open it yourself "
                                         "to confirm the subscription; notifications are then accepted."})
     if kind != "Notification":
@@ -386,16 +401,19 @@ async def inbound_ses(request: Request) -> Response:
     try:
         data = base64.b64decode("".join(content.split()), validate=True)
     except (binascii.Error, ValueError):
-        if (inner.get("receipt") or {}).get("action", {}).get("encoding") == "UTF8":
+        receipt = inner.get("receipt") if isinstance(inner.get("receipt"), dict) else {}
+        action = receipt.get("action") if isinstance(receipt.get("action"), dict) else {}
+        if action.get("encoding") == "UTF8":
             data = content.encode("utf-8")
         else:
             raise _ses_fail("content is not base64", fix="Set the SNS action's encoding to BASE64.") from None
     mail = inner["mail"]
     receipt = inner.get("receipt") if isinstance(inner.get("receipt"), dict) else {}
     recipients = receipt.get("recipients") or mail.get("destination")
-    if not isinstance(recipients, list) or not recipients or not all(isinstance(r, str) for r in recipients):
+    if not isinstance(recipients, list) or not recipients or not all(isinstance(r, str) for r in recipients) \
+            or len(recipients) > MAX_INJECT_RECIPIENTS:
         raise _ses_fail('mail.destination (or receipt.recipients) must list the recipients')
-    source = mail.get("source") if isinstance(mail.get("source"), str) else ""
+    source = mail.get("source") if isinstance(mail.get("source"), str) and len(mail["source"]) <= 500 else ""
     c = ctx(request)
     accepted, refused = await c.db.read(_recipients, principal, c, recipients)
     if not accepted:
