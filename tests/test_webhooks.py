@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import smtplib
 import socket
 import sqlite3
+import subprocess
 import threading
 import time
 from email.message import EmailMessage
@@ -577,3 +579,52 @@ def test_private_and_plain_http_urls_refused(strict, url):
 def test_public_https_url_accepted(strict):
     r = strict.api("POST", "/api/webhooks", json={"url": "https://93.184.215.14/hook", "event_types": ["message.inbound"]})
     assert r.status_code == 201, r.text
+
+
+# ---------------------------------------------------------------- the same on PostgreSQL
+def _psql(statement: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["su", "postgres", "-c", f"psql -q -v ON_ERROR_STOP=1 -c \"{statement}\""],
+                          capture_output=True, text=True, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def pg_url() -> Iterator[str]:
+    if shutil.which("pg_ctlcluster") is None or shutil.which("su") is None:
+        pytest.skip("PostgreSQL (pg_ctlcluster) is not installed")
+    pytest.importorskip("psycopg2")
+    status = subprocess.run(["pg_lsclusters", "-h"], capture_output=True, text=True)
+    if not status.stdout.strip():
+        pytest.skip("no PostgreSQL cluster on this machine")
+    version, cluster = status.stdout.split()[:2]
+    started = subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, cluster, "start"],
+                             capture_output=True, text=True, timeout=120)
+    assert started.returncode in (0, 2), started.stderr          # 2: already running
+    _psql("DROP DATABASE IF EXISTS mxd_webhooks_test")
+    _psql("DROP ROLE IF EXISTS mxd_webhooks_test")
+    assert _psql("CREATE ROLE mxd_webhooks_test WITH LOGIN PASSWORD 'mxd_webhooks_test'").returncode == 0
+    assert _psql("CREATE DATABASE mxd_webhooks_test OWNER mxd_webhooks_test").returncode == 0
+    yield "postgresql://mxd_webhooks_test:mxd_webhooks_test@127.0.0.1/mxd_webhooks_test"
+    _psql("DROP DATABASE IF EXISTS mxd_webhooks_test")
+
+
+@pytest.mark.slow
+def test_delivery_and_retries_on_postgresql(tmp_path, pg_url, receiver):
+    proc = MxdProcess(tmp_path / "data", env={"MXD_STORE_URL": pg_url, "MXD_WEBHOOK_ALLOW_PRIVATE": "true",
+                                              "MXD_WEBHOOK_RETRY_SCHEDULE": "1s"})
+    proc.init()
+    proc.start()
+    try:
+        assert proc.api("POST", "/api/mailboxes", json={"address": "pg@example.test"}).status_code == 201
+        hook = create_hook(proc, receiver.url("/pg"), "pg@example.test")
+        receiver.secrets["/pg"] = [hook["secret"]]
+        receiver.status["/pg"] = 503
+        for i in range(3):
+            send(proc, "pg@example.test", f"on postgres {i}")
+        assert wait_for(lambda: len({r["payload"]["data"]["event_id"] for r in receiver.got("/pg")}) == 3, timeout=60)
+        receiver.status["/pg"] = 200
+        subjects = lambda: sorted({r["payload"]["data"]["subject"] for r in receiver.got("/pg", 200)})   # noqa: E731
+        assert wait_for(lambda: subjects() == ["on postgres 0", "on postgres 1", "on postgres 2"], timeout=60)
+        assert all(r["verified"] == [0] for r in receiver.got("/pg"))
+        assert {503, 200} <= {a["status"] for a in attempts(proc, hook["id"])}
+    finally:
+        proc.stop()
