@@ -42,7 +42,7 @@ def owner_address(email: object) -> str:
         parsed = addr.parse(email)
     except addr.AddressError as exc:
         raise MxdError("invalid_address", f"{email!r} is not a valid address: {exc}") from None
-    return f"{parsed.local}@{parsed.domain}"
+    return parsed.key           # lower case, so the owner is found however the address is typed
 
 
 def _name_and_slug(name: object, slug: object) -> tuple[str, str]:

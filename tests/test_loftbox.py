@@ -311,3 +311,59 @@ async def test_alias_middleware_rewrites_path_and_raw_path():
     await alias({"type": "lifespan"}, None, None)
     assert (seen[0]["path"], seen[0]["raw_path"]) == ("/v1/agents", b"/v1/agents?x=1")
     assert seen[1]["path"] == "/api/v10" and seen[2] == {"type": "lifespan"}
+
+
+# ---------------------------------------------------------------- the store functions, without a daemon
+@pytest.fixture
+def db(tmp_path):
+    from mxd.db import Database
+    database = Database(f"sqlite:///{tmp_path / 'mxd.db'}")
+    database.start()
+    yield database
+    database.close()
+
+
+def test_codes_are_stored_hashed_and_expire(db):
+    import time as _time
+
+    from mxd import orgs as orgs_mod
+    from mxd.store.models import Organization
+
+    org, code, created = db.write_sync(orgs_mod.signup, "Owner@Example.COM", "Owner Org", None)
+    assert created and org.slug == "owner-org" and org.owner_email == "owner@example.com"
+    assert len(code) == 6 and code.isdigit() and code not in org.code_hash
+    assert org.code_expires_at - _time.time() == pytest.approx(orgs_mod.CODE_SECONDS, abs=60)
+
+    wrong = f"{(int(code) + 1) % 10 ** 6:06d}"
+    result = db.write_sync(orgs_mod.verify, "OWNER@example.com", wrong)
+    assert result.error.code == "invalid_code"
+    assert db.write_sync(lambda: Organization.get_by_id(org.id).code_attempts) == 1      # committed
+
+    db.write_sync(lambda: Organization.update(code_expires_at=_time.time() - 1).execute())
+    assert db.write_sync(orgs_mod.verify, "Owner@example.com", code).error.code == "code_expired"
+    _, fresh, created = db.write_sync(orgs_mod.signup, "Owner@example.com", "Owner Org", "owner-org")
+    assert not created
+    done = db.write_sync(orgs_mod.verify, "Owner@example.com", fresh)
+    assert done.error is None and done.token["token"].startswith("mxd_") and done.token["org_id"] == org.id
+    assert db.write_sync(orgs_mod.verify, "Owner@example.com", fresh).error.code == "conflict"
+    assert db.write_sync(orgs_mod.verify, "nobody@example.com", fresh).error.code == "not_found"
+
+
+def test_default_domain_choice(db):
+    from mxd import orgs as orgs_mod
+    from mxd.errors import MxdError
+    from mxd.store import directory
+
+    with pytest.raises(MxdError) as exc:
+        db.write_sync(orgs_mod.default_domain, "")
+    assert exc.value.code == "no_default_domain"
+    db.write_sync(directory.create_domain, "tenant.test", "org_x")       # an organisation's domain never is
+    with pytest.raises(MxdError):
+        db.write_sync(orgs_mod.default_domain, "")
+    db.write_sync(directory.create_domain, "one.test")
+    db.write_sync(directory.create_domain, "two.test")
+    assert db.write_sync(orgs_mod.default_domain, "").name == "one.test"
+    assert db.write_sync(orgs_mod.default_domain, "TWO.test").name == "two.test"
+    with pytest.raises(MxdError) as exc:
+        db.write_sync(orgs_mod.default_domain, "three.test")
+    assert exc.value.code == "no_default_domain"
