@@ -72,7 +72,8 @@ def list_of(name: str) -> dict:
 
 
 _SEND_PROPS: dict[str, dict] = {
-    "from": dict(oneOf=[STR, obj(["address"], address=STR)], description="a mailbox of this server the token may send as"),
+    "from": dict(oneOf=[STR, obj(["address"], address=STR)],
+                 description="a mailbox of this server the token may send as"),
     "from_name": STR, "to": ADDRESSES, "cc": ADDRESSES, "bcc": ADDRESSES, "reply_to": ADDRESSES, "subject": STR,
     "text": STR, "html": STR, "headers": {"type": "object", "additionalProperties": STR},
     "attachments": arr(obj(["filename", "content_base64"], filename=STR,
@@ -492,8 +493,8 @@ OPS: tuple[Op, ...] = (
     Op("GET", "/v1/domains/{domain_id}", "getDomainV1", "One domain", "Domains", "read", response=ref("V1Domain")),
     Op("GET", "/v1/domains/{domain_id}/dns", "domainDnsV1", "The DNS records to publish", "Domains", "read",
        response=ref("V1DnsPlan")),
-    Op("POST", "/v1/domains/{domain_id}/verify", "verifyDomainV1", "Check DNS; the domain becomes verified when it holds",
-       "Domains", "admin", response=ref("V1DomainVerified")),
+    Op("POST", "/v1/domains/{domain_id}/verify", "verifyDomainV1",
+       "Check DNS; the domain becomes verified when it holds", "Domains", "admin", response=ref("V1DomainVerified")),
     Op("GET", "/v1/mailboxes", "listMailboxesV1", "Mailboxes", _ROUTING, "read", response=list_of("V1Mailbox")),
     Op("GET", "/v1/mailboxes/{mailbox_id}", "getMailboxV1", "One mailbox", _ROUTING, "read",
        response=ref("V1Mailbox")),
