@@ -294,6 +294,9 @@ def test_api_v1_alias_serves_every_v1_route(world, orgs):
     assert r.status_code == 201
     assert _get(world, f"/api/v1/mailboxes/{r.json()['id']}/inbox", a).status_code == 200
     assert httpx.get(world.mxd.url("/health"), timeout=30).json()["status"] == "ok"
+    for doc in ("/api/llms.txt", "/api/install.sh", "/api/openapi.json"):
+        r = httpx.get(world.mxd.url(doc), timeout=30)
+        assert r.status_code == 200 and r.content == httpx.get(world.mxd.url(doc[4:]), timeout=30).content
     r = _get(world, "/api/v1/nothing-here", a)
     assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
     assert _get(world, "/api/messages", a).status_code == 200           # /api itself is untouched
@@ -311,6 +314,9 @@ async def test_alias_middleware_rewrites_path_and_raw_path():
     await alias({"type": "lifespan"}, None, None)
     assert (seen[0]["path"], seen[0]["raw_path"]) == ("/v1/agents", b"/v1/agents?x=1")
     assert seen[1]["path"] == "/api/v10" and seen[2] == {"type": "lifespan"}
+    await alias({"type": "http", "path": "/api/llms.txt", "raw_path": b"/api/llms.txt"}, None, None)
+    await alias({"type": "http", "path": "/api/health", "raw_path": b"/api/health"}, None, None)
+    assert seen[3]["path"] == "/llms.txt" and seen[4]["path"] == "/api/health"
 
 
 # ---------------------------------------------------------------- the store functions, without a daemon

@@ -33,18 +33,21 @@ METADATA_KEYS, METADATA_KEY_LEN, METADATA_VALUE_LEN = 20, 40, 500
 
 
 class ApiV1Alias:
-    """Serves /api/v1/... as /v1/...: the prefix-stripping proxy path of loftbox-api.txt, for every /v1 route."""
+    """Serves /api/v1/... as /v1/...: the prefix-stripping proxy path of loftbox-api.txt, for every /v1 route
+    (and the documents it names, /api/openapi.json, /api/llms.txt, /api/install.sh; /api/health is /api's own)."""
 
-    PREFIX, RAW_PREFIX = "/api/v1/", b"/api/v1/"
+    PREFIX = "/api/v1/"
+    DOCUMENTS = frozenset({"/api/openapi.json", "/api/llms.txt", "/api/install.sh"})
 
     def __init__(self, app: Any) -> None:
         self.app = app
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] in ("http", "websocket") and scope["path"].startswith(self.PREFIX):
+        if scope["type"] in ("http", "websocket") and (scope["path"].startswith(self.PREFIX)
+                                                        or scope["path"] in self.DOCUMENTS):
             scope = dict(scope, path=scope["path"][4:])
             raw = scope.get("raw_path")
-            if raw is not None and raw.startswith(self.RAW_PREFIX):
+            if raw is not None and raw.startswith(b"/api/"):
                 scope["raw_path"] = raw[4:]
         await self.app(scope, receive, send)
 
