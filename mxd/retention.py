@@ -161,7 +161,7 @@ async def run(cfg: Config, db: Database, mailbox_ids: list[str] | None = None, n
 
 
 class RetentionSweeper:
-    """Runs `run` every `retention_interval`, first a minute after start."""
+    """Runs `run` every `retention_interval` (0: never), first at most a minute after start."""
 
     FIRST_DELAY = 60.0
 
@@ -172,6 +172,8 @@ class RetentionSweeper:
         self.last_report: dict[str, Any] | None = None
 
     def start(self) -> None:
+        if self.interval <= 0:                     # retention_interval = "0": no background sweep
+            return
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="mxd-retention")
 
     async def _loop(self) -> None:

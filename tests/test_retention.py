@@ -231,3 +231,25 @@ def test_retention_run_over_the_api(tmp_path: Path) -> None:
         assert wait_for(lambda: len(proc.messages()) == 2, timeout=10)
     finally:
         proc.stop()
+
+
+def test_background_sweep_removes_expired_mail(tmp_path: Path) -> None:
+    proc = MxdProcess(tmp_path / "data", env={"MXD_RETENTION_INTERVAL": "1s", "MXD_DEFAULT_RETENTION_DAYS": "2"})
+    proc.init()
+    proc.start()
+    try:
+        assert proc.api("POST", "/api/mailboxes", json={"address": "agent@example.test"}).status_code == 201
+        _send(proc, "agent@example.test", "old one", "capybara")
+        _send(proc, "agent@example.test", "new one", "axolotl")
+        assert len(proc.wait_messages(2, timeout=60)) == 2
+        con = sqlite3.connect(proc.data_dir / "mxd.db", timeout=60)
+        try:
+            con.execute('UPDATE "message" SET "received_at" = "received_at" - ? WHERE "subject" = ?',
+                        (3 * DAY, "old one"))
+            con.commit()
+        finally:
+            con.close()
+        assert wait_for(lambda: [m["subject"] for m in proc.messages()] == ["new one"], timeout=60)
+        assert proc.api("GET", "/api/messages/search", params={"q": "capybara"}).json()["data"] == []
+    finally:
+        proc.stop()
