@@ -466,6 +466,7 @@ def test_rotation_keeps_old_and_new_signatures_valid(server, receiver):
     [request] = wait_for(lambda: receiver.got("/rot"), timeout=60)
     assert request["verified"] == [0, 1]                    # a receiver holding either secret accepts it
     assert [s.split(",")[0] for s in request["headers"]["webhook-signature"].split(" ")] == ["v1", "v1"]
+    assert "whsec_" not in (server.data_dir / "mxd.log").read_text()         # secrets are never logged
 
 
 def test_bad_requests(server, receiver):
