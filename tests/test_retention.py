@@ -4,17 +4,20 @@ SQLite file, and end to end through a real daemon (SMTP in, POST /api/retention/
 from __future__ import annotations
 
 import asyncio
+import shutil
 import smtplib
 import sqlite3
+import subprocess
 import time
 from email.message import EmailMessage
 from pathlib import Path
 
+import peewee
 import pytest
 
 from mxd import outqueue, retention
 from mxd.config import Config
-from mxd.db import Database, execute
+from mxd.db import Database, execute, proxy
 from mxd.ingest import Envelope, Recipient, as_row, store
 from mxd.mime.parse import parse
 from mxd.store import directory, messages
@@ -47,15 +50,43 @@ def _deliver(box_id: str, address: str, data: bytes, age_days: float) -> str:
 
 
 def _fts(message_id: str) -> int:
-    return execute("SELECT COUNT(*) FROM message_fts WHERE message_id = ?", (message_id,)).fetchone()[0]
+    table = "message_fts" if isinstance(proxy.obj, peewee.SqliteDatabase) else "message_search"
+    return execute(f"SELECT COUNT(*) FROM {table} WHERE message_id = ?", (message_id,)).fetchone()[0]
 
 
-@pytest.fixture
-def db(tmp_path: Path):
-    database = Database(f"sqlite:///{tmp_path / 'mxd.db'}")
+def _psql(sql: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["su", "postgres", "-c", f"psql -q -v ON_ERROR_STOP=1 -c \"{sql}\""],
+                          capture_output=True, text=True, timeout=60)
+
+
+def _postgres_url() -> str:
+    """A fresh PostgreSQL database for one test, or a skip when there is no cluster to use."""
+    if shutil.which("pg_ctlcluster") is None or shutil.which("su") is None:
+        pytest.skip("PostgreSQL (pg_ctlcluster) is not installed")
+    pytest.importorskip("psycopg2")
+    status = subprocess.run(["pg_lsclusters", "-h"], capture_output=True, text=True)
+    if not status.stdout.strip():
+        pytest.skip("no PostgreSQL cluster on this machine")
+    version, cluster = status.stdout.split()[:2]
+    started = subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, cluster, "start"],
+                             capture_output=True, text=True, timeout=120)
+    assert started.returncode in (0, 2), started.stderr          # 2: already running
+    _psql("DROP DATABASE IF EXISTS mxd_retention")
+    _psql("DROP ROLE IF EXISTS mxd_retention")
+    assert _psql("CREATE ROLE mxd_retention WITH LOGIN PASSWORD 'mxd_retention'").returncode == 0
+    assert _psql("CREATE DATABASE mxd_retention OWNER mxd_retention").returncode == 0
+    return "postgresql://mxd_retention:mxd_retention@127.0.0.1/mxd_retention"
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)])
+def db(request, tmp_path: Path):
+    url = f"sqlite:///{tmp_path / 'mxd.db'}" if request.param == "sqlite" else _postgres_url()
+    database = Database(url)
     database.start()
     yield database
     database.close()
+    if request.param == "postgresql":
+        _psql("DROP DATABASE IF EXISTS mxd_retention")
 
 
 def test_sweep_removes_expired_mail_and_everything_that_belongs_to_it(db: Database) -> None:
