@@ -147,6 +147,25 @@ def test_verify_per_record_against_right_wrong_and_missing_dns(setup):
     assert r["dns_ok"] is False and r["ready"] is False
 
 
+def test_an_organisation_verifies_its_own_domain(setup):
+    proc, dns = setup
+    con = sqlite3.connect(proc.data_dir / "mxd.db", timeout=60)
+    try:
+        con.execute('INSERT INTO "organization" ("id", "name", "slug", "owner_email", "created_at", "code_attempts") '
+                    "VALUES ('org_dns', 'DNS Org', 'dns-org', 'owner@remote.test', 0, 0)")
+        con.commit()
+    finally:
+        con.close()
+    org = proc.api("POST", "/api/tokens", json={"name": "org", "scopes": ["admin"], "org_id": "org_dns"}).json()["token"]
+    assert proc.api("POST", "/api/domains", token=org, json={"domain": "org.test"}).status_code == 201
+    assert proc.api("PUT", "/api/domains/org.test/readiness", token=org, json={"ready": True}).status_code == 403
+    assert proc.api("POST", "/api/domains/right.test/verify", token=org).status_code == 404
+    _publish(dns, proc.api("GET", "/api/domains/org.test/dns-plan", token=org).json()["records"])
+    r = proc.api("POST", "/api/domains/org.test/verify", token=org).json()
+    assert r["ready"] is True and r["ready_source"] == "dns" and r["org_id"] == "org_dns"
+    assert [(e["domain"], e["org_id"]) for e in _events(proc, "domain.verified")] == [("org.test", "org_dns")]
+
+
 def test_resolver_failure_is_an_error_not_missing(setup):
     proc, dns = setup
     dns.servfail("_dmarc.missing.test")

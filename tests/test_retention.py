@@ -1,6 +1,7 @@
 """Retention: expired messages go with their attachments, search entries, threads and raw bytes; fresh mail,
 mail of mailboxes with a longer retention, and what the queue still needs stay. Against a store on a temp
-SQLite file, and end to end through a real daemon (SMTP in, POST /api/retention/run, search)."""
+SQLite file (and on PostgreSQL when a cluster is there), and end to end through a real daemon (SMTP in,
+back-dated through the daemon's database file, POST /api/retention/run or the background sweep, search)."""
 from __future__ import annotations
 
 import asyncio
