@@ -104,7 +104,8 @@ def test_simulate_goes_through_the_one_ingest_path(server):
     r = proc.api("POST", "/api/inbound/simulate", json={
         "mailbox": "agent@example.test", "raw": base64.b64encode(m.as_bytes()).decode(), "wait": True})
     assert r.status_code == 202
-    assert proc.api("GET", f"/api/messages/{r.json()['message_ids'][0]}").json()["message_id"] == "raw1@x"
+    raw_msg = proc.api("GET", f"/api/messages/{r.json()['message_ids'][0]}").json()
+    assert raw_msg["message_id"] == "raw1@x" and raw_msg["envelope"]["mail_from"] == "bob@remote.test"
     r = proc.api("POST", "/api/inbound/simulate", json={"mailbox": "agent@example.test", "wait": True,
                                                         "raw": "From: c@remote.test\r\nSubject: as text\r\n\r\nhi\r\n"})
     assert proc.api("GET", f"/api/messages/{r.json()['message_ids'][0]}").json()["subject"] == "as text"

@@ -14,6 +14,7 @@ import time
 from datetime import datetime, timezone
 import email.errors
 from email.message import EmailMessage
+from email.parser import BytesHeaderParser
 from email.utils import format_datetime, make_msgid, parseaddr
 from typing import Any
 
@@ -326,6 +327,9 @@ async def inbound_simulate(request: Request) -> Response:
         if not isinstance(body["raw"], str):
             raise MxdError("bad_request", "raw must be a string: base64 or the text of a whole message")
         data = _raw_bytes(body["raw"])
+        if not body.get("from") and not isinstance(body.get("mail_from"), str):     # the raw From, as a sender would
+            header = BytesHeaderParser().parsebytes(data).get("From") or ""
+            envelope_from = parseaddr(str(header))[1][:500]
     else:
         data = _compose(sender, [t for t in to if addr.try_parse(t) is not None], body, c.cfg.hostname)
     env = Envelope(mail_from=envelope_from or "", rcpts=accepted, data=data, source="api",
