@@ -17,7 +17,7 @@ from tests.daemon import MxdProcess, free_port, wait_for
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MxdProcess]:
     """One daemon for the module: example.test ready for outbound, mailboxes agent@ and other@."""
-    proc = MxdProcess(tmp_path_factory.mktemp("cli") / "data")
+    proc = MxdProcess(tmp_path_factory.mktemp("cli") / "data", env={"MXD_WEBHOOK_ALLOW_PRIVATE": "true"})
     proc.init()
     proc.start()
     for box in ("agent@example.test", "other@example.test"):
@@ -169,7 +169,7 @@ def test_send_read_search_reply_and_threads(daemon, tmp_path):
     shown = as_json(daemon, "messages", "show", inbound["id"])
     assert shown == daemon.api("GET", f"/api/messages/{inbound['id']}").json()
     text = ok(daemon, "messages", "show", inbound["id"]).stdout
-    assert "subject:   Quarterly figures" in text and "zanzibar figures are attached" in text
+    assert "\nsubject:    Quarterly figures\n" in text and "zanzibar figures are attached" in text
     raw = ok(daemon, "messages", "show", inbound["id"], "--raw").stdout
     assert "Subject: Quarterly figures" in raw and "DKIM-Signature:" in raw
 
@@ -248,6 +248,8 @@ def test_audit_lists_the_calls(daemon):
     if not route_exists(daemon, "GET", "/api/audit"):
         pytest.skip("GET /api/audit is not served by this build yet")
     ok(daemon, "mailboxes", "add", "audited@example.test")
+    ok(daemon, "send", "--from", "agent@example.test", "--to", "other@example.test", "--subject", "audited",
+       "--text", "x")
     rows = as_json(daemon, "audit", "--limit", "500")
     assert rows == daemon.api("GET", "/api/audit", params={"limit": 500}).json()["data"]
     assert any(r["action"] == "POST /api/mailboxes" and r["result"] == "ok" for r in rows)
@@ -262,8 +264,9 @@ def test_retention_run_waits_with_a_spinner(daemon):
     if not route_exists(daemon, "POST", "/api/retention/run"):
         pytest.skip("POST /api/retention/run is not served by this build yet")
     out = ok(daemon, "retention", "run", "--progress")
-    assert "running retention" in out.stderr
-    json.loads(ok(daemon, "retention", "run", "--json").stdout)
+    assert "running retention" in out.stderr and "running retention took " in out.stderr
+    report = as_json(daemon, "retention", "run", "--mailbox", "agent@example.test")
+    assert report["messages"] == 0 and report["ran_at"].endswith("Z")
 
 
 def test_inbox_poll_and_ack(daemon):
@@ -273,29 +276,61 @@ def test_inbox_poll_and_ack(daemon):
     daemon.api("POST", "/api/send", json={"from": "agent@example.test", "to": "other@example.test",
                                           "subject": "inbox poll", "text": "x"})
     _wait_message(daemon, "other@example.test", "inbox poll")
-    polled = as_json(daemon, "inbox", "poll", box, "--limit", "500")
-    assert polled == daemon.api("GET", f"/v1/mailboxes/{box}/inbox", params={"limit": 500}).json()
+    polled = as_json(daemon, "inbox", "poll", box, "--limit", "100")
+    assert polled == daemon.api("GET", f"/v1/mailboxes/{box}/inbox", params={"limit": 100}).json()
     items = polled.get("data", polled.get("messages")) if isinstance(polled, dict) else polled
     ids = [m["id"] for m in items]
     assert ids
     ok(daemon, "inbox", "ack", box, *ids)
-    after = as_json(daemon, "inbox", "poll", box, "--limit", "500")
+    after = as_json(daemon, "inbox", "poll", box, "--limit", "100")
     left = after.get("data", after.get("messages")) if isinstance(after, dict) else after
     assert not set(ids) & {m["id"] for m in left}
+
+
+class _Receiver(http.server.BaseHTTPRequestHandler):
+    received: list[dict] = []
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        _Receiver.received.append({"headers": dict(self.headers), "body": json.loads(body)})
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
 
 
 def test_webhook_commands(daemon):
     if not route_exists(daemon, "GET", "/api/webhooks"):
         pytest.skip("/api/webhooks is not served by this build yet")
-    out = ok(daemon, "webhooks", "add", "https://hooks.example.test/in", "--event", "message.inbound")
-    assert "shown this once" in out.stderr and "whsec_" in out.stdout
-    listed = as_json(daemon, "webhooks", "list")
-    assert listed == daemon.api("GET", "/api/webhooks").json()["data"]
-    [hook] = [w for w in listed if w["url"] == "https://hooks.example.test/in"]
-    assert "whsec_" not in json.dumps(listed)
-    assert isinstance(as_json(daemon, "webhooks", "attempts", hook["id"]), list)
-    ok(daemon, "webhooks", "delete", hook["id"])
-    assert hook["id"] not in [w["id"] for w in as_json(daemon, "webhooks", "list")]
+    server = http.server.HTTPServer(("127.0.0.1", 0), _Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/hook"
+        out = ok(daemon, "webhooks", "add", url, "--event", "message.inbound", "--mailbox", "other@example.test")
+        assert "shown this once" in out.stderr
+        secret = next(w for w in out.stdout.split() if w.startswith("whsec_"))
+        listed = as_json(daemon, "webhooks", "list")
+        assert listed == daemon.api("GET", "/api/webhooks").json()["data"]
+        [hook] = [w for w in listed if w["url"] == url]
+        assert hook["event_types"] == ["message.inbound"] and secret not in json.dumps(listed)
+        assert hook["id"] in ok(daemon, "webhooks", "list").stdout
+
+        daemon.api("POST", "/api/send", json={"from": "agent@example.test", "to": "other@example.test",
+                                              "subject": "hooked", "text": "x"})
+        tried = wait_for(lambda: as_json(daemon, "webhooks", "attempts", hook["id"]), timeout=60, every=0.5)
+        assert tried and tried[0]["status"] == 200 and tried[0]["event_type"] == "message.inbound"
+        assert tried == daemon.api("GET", f"/api/webhooks/{hook['id']}/attempts").json()["data"]
+        assert "message.inbound" in ok(daemon, "webhooks", "attempts", hook["id"]).stdout
+
+        rotated = ok(daemon, "webhooks", "rotate", hook["id"])
+        assert "whsec_" in rotated.stdout and secret not in rotated.stdout
+        assert as_json(daemon, "webhooks", "delete", hook["id"]) == {"deleted": hook["id"]}
+        assert hook["id"] not in [w["id"] for w in as_json(daemon, "webhooks", "list")]
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def test_queue_and_suppressions(daemon):

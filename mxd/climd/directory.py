@@ -6,7 +6,7 @@ import sys
 from urllib.parse import quote
 
 from mxd.client import Client
-from mxd.climd.output import api_options, clip, fields, print_json, show, table
+from mxd.climd.output import api_options, clip, fields, print_json, show, table, when
 
 
 def seg(value: str) -> str:
@@ -115,7 +115,8 @@ def cmd_catchall(args: argparse.Namespace, api: Client) -> int:
 # ---------------------------------------------------------------- tokens
 TOKEN_COLUMNS = [("ID", lambda t: t["id"]), ("NAME", lambda t: t["name"]), ("SCOPES", lambda t: t["scopes"]),
                  ("MAILBOXES", lambda t: t["mailboxes"] if t.get("mailboxes") is not None else "all"),
-                 ("HINT", lambda t: (t.get("hint") or "") + "…"), ("LAST USED", lambda t: t.get("last_used_at"))]
+                 ("HINT", lambda t: (t.get("hint") or "") + "…"), ("CREATED", lambda t: when(t.get("created_at"))),
+                 ("LAST USED", lambda t: when(t.get("last_used_at")))]
 
 
 def cmd_tokens(args: argparse.Namespace, api: Client) -> int:

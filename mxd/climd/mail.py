@@ -92,19 +92,15 @@ def _sent(answer: dict) -> None:
 
 # ---------------------------------------------------------------- rendering
 def _message(m: dict) -> None:
-    fields(m, [k for k in ("id", "thread_id", "mailbox", "direction", "message_id", "date") if k in m])
-    print(f"from:      {(m.get('from') or {}).get('address', '-')}")
-    for key in ("to", "cc"):
-        if m.get(key):
-            print(f"{key + ':':<10} {', '.join(a['address'] for a in m[key])}")
-    print(f"subject:   {m.get('subject') or ''}")
-    for a in m.get("attachments") or []:
-        print(f"attached:  {a['filename'] or '(unnamed)'} {a['content_type']} {human_size(a['size'] or 0)} {a['id']}")
-    for d in m.get("delivery") or []:
-        print(f"delivery:  {d['recipient']} {d['status']} after {d['attempts']} attempt(s) {d.get('last_reply') or ''}"
-              .rstrip())
+    keys = ("id", "thread_id", "mailbox", "direction", "message_id", "date", "from", "to", "cc", "subject")
+    pairs = [(k, m.get(k)) for k in keys if m.get(k) not in (None, [])]
+    pairs += [("attachment", f"{a['filename'] or '(unnamed)'} {a['content_type']} {human_size(a['size'] or 0)} "
+                             f"{a['id']}") for a in m.get("attachments") or []]
+    pairs += [("delivery", f"{d['recipient']} {d['status']} after {d['attempts']} attempt(s) "
+                           f"{d.get('last_reply') or ''}") for d in m.get("delivery") or []]
+    fields(pairs)
     print()
-    print(m.get("text") or (m.get("html") and "(HTML only; use --json or --raw)") or "")
+    print(m.get("text") or (m.get("html") and "(HTML only: see --json or --raw)") or "")
 
 
 def _thread(t: dict) -> None:

@@ -59,12 +59,12 @@ def table(rows: Sequence[dict], columns: Sequence[Column], empty: str = "(none)"
         print("  ".join(v.ljust(w) for v, w in zip(line[:-1], widths)) + ("  " if len(line) > 1 else "") + line[-1])
 
 
-def fields(obj: dict, keys: Iterable[str] | None = None) -> None:
-    """One `key: value` line per field of an object."""
-    keys = list(keys if keys is not None else obj.keys())
-    width = max((len(k) for k in keys), default=0)
-    for key in keys:
-        print(f"{key + ':':<{width + 1}} {_cell(obj.get(key))}")
+def fields(obj: dict | list[tuple[str, Any]], keys: Iterable[str] | None = None) -> None:
+    """One `key: value` line per field of an object (or per pair of a list, where keys may repeat)."""
+    pairs = obj if isinstance(obj, list) else [(k, obj.get(k)) for k in (keys if keys is not None else obj.keys())]
+    width = max((len(k) for k, _ in pairs), default=0)
+    for key, value in pairs:
+        print(f"{key + ':':<{width + 1}} {_cell(value)}")
 
 
 def _cell(value: Any) -> str:
@@ -82,6 +82,14 @@ def _cell(value: Any) -> str:
 def clip(text: Any, width: int) -> str:
     text = _cell(text)
     return text if len(text) <= width else text[:width - 1] + "…"
+
+
+def when(value: Any) -> str | None:
+    """A time as the API gives it (ISO 8601, or seconds since the epoch) as UTC to the second."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        from datetime import datetime, timezone
+        return datetime.fromtimestamp(value, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return value[:19] + "Z" if isinstance(value, str) and len(value) > 19 else value
 
 
 def human_size(n: float) -> str:
