@@ -160,6 +160,18 @@ def test_organisations_see_only_their_own_and_the_operator_sees_both(world, orgs
     assert _get(world, f"/v1/mailboxes/{box_b['id']}/inbox", admin).status_code == 200
     assert _get(world, "/v1/organization", a).json()["organization"]["slug"] == "org-a"
 
+    # The operator may set an organisation up: the agent and its mailbox then belong to it.
+    org_a = box_a["organization_id"]
+    r = _post(world, "/v1/agents", {"name": "Set Up", "organization_id": org_a}, admin)
+    assert r.status_code == 201 and r.json()["organization_id"] == org_a
+    r = _post(world, f"/v1/agents/{r.json()['id']}/mailboxes", {"local_part": "set-up"}, admin)
+    assert r.status_code == 201 and r.json()["organization_id"] == org_a
+    assert r.json()["id"] in {x["id"] for x in _get(world, "/v1/mailboxes", a).json()["data"]}
+    assert _post(world, "/v1/agents", {"name": "X", "organization_id": "org_nope"}, admin).status_code == 404
+    # An organisation cannot place objects in another one.
+    r = _post(world, "/v1/agents", {"name": "Sneaky", "organization_id": box_b["organization_id"]}, a)
+    assert r.status_code == 404
+
 
 def test_external_id_makes_agent_setup_idempotent(world, orgs):
     a, b = orgs

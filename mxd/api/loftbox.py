@@ -165,8 +165,10 @@ async def organization_get(request: Request) -> Response:
 def _target_org(principal: Principal, body: dict) -> str | None:
     """The organisation a new object belongs to: the caller's, or for the operator, organization_id if given."""
     wanted = body.get("organization_id")
-    if not principal.is_operator or wanted is None:
+    if wanted is None or wanted == principal.org_id:
         return principal.org_id
+    if not principal.is_operator:
+        raise MxdError("not_found", f"organisation {wanted!r} not found", fix="Omit organization_id.")
     if not isinstance(wanted, str) or Organization.get_or_none(Organization.id == wanted) is None:
         raise MxdError("not_found", f"organisation {wanted!r} not found")
     return wanted
