@@ -219,6 +219,10 @@ def test_send_with_attachment_shows_the_upload(daemon, tmp_path):
     first = out.stdout.split()[1]
     msg = as_json(daemon, "messages", "show", _wait_message(daemon, "other@example.test", "With attachment")["id"])
     assert [(a["filename"], a["size"]) for a in msg["attachments"]] == [("report.bin", 256 * 2400)]
+    piped = as_json(daemon, "send", "--from", "agent@example.test", "--to", "other@example.test", "--subject",
+                    "From stdin", "--text-file", "-", stdin="typed into a pipe\n")
+    assert piped["status"] == "queued"
+    assert as_json(daemon, "messages", "show", piped["id"])["text"].strip() == "typed into a pipe"
     replay = as_json(daemon, "send", "--from", "agent@example.test", "--to", "other@example.test", "--subject",
                      "With attachment", "--text", "see attached", "--attach", str(blob),
                      "--idempotency-key", "cli-attach-1")
@@ -424,3 +428,27 @@ def test_client_raises_the_api_error_fields(daemon):
             api.get("/api/domains/nope.test/status")
         assert (err.value.code, err.value.status) == ("not_found", 404) and err.value.fix
         assert [p["data"] for p in api.pages("/api/mailboxes")][0] == api.get("/api/mailboxes")["data"]
+
+
+# ---------------------------------------------------------------- what the commands print
+def test_table_aligns_columns_under_a_header(capsys):
+    from mxd.climd.output import table
+    table([{"a": "x", "b": None, "c": True}, {"a": "longer", "b": ["p@q.test", "r@s.test"], "c": False}],
+          [("A", lambda r: r["a"]), ("B", lambda r: r["b"]), ("C", lambda r: r["c"])])
+    assert capsys.readouterr().out.splitlines() == [
+        "A       B                   C",
+        "x       -                   yes",
+        "longer  p@q.test, r@s.test  no",
+    ]
+    table([], [("A", lambda r: r)], empty="(no rows)")
+    assert capsys.readouterr().out == "(no rows)\n"
+
+
+def test_fields_times_and_sizes(capsys):
+    from mxd.climd.output import fields, human_size, when
+    fields([("id", "msg_1"), ("attachment", "a.txt"), ("attachment", "b.txt")])
+    assert capsys.readouterr().out.splitlines() == ["id:         msg_1", "attachment: a.txt", "attachment: b.txt"]
+    assert when(0) == "1970-01-01T00:00:00Z" and when("2026-11-22T02:45:32.290755Z") == "2026-11-22T02:45:32Z"
+    assert when(None) is None
+    assert [human_size(n) for n in (512, 614400, 2 * 1024 ** 2, 3 * 1024 ** 3)] == \
+        ["512 B", "600.0 KB", "2.0 MB", "3.0 GB"]

@@ -165,7 +165,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         acts.add_parser(name, parents=[common], help=f"{name} a mailbox").add_argument("address")
     q = acts.add_parser("retention", parents=[common], help="show a mailbox's retention, or set it with --days")
     q.add_argument("address")
-    q.add_argument("--days", type=int, help="keep messages this many days")
+    q.add_argument("--days", type=int, help="keep messages this many days (0: the server's default)")
     p.set_defaults(api_func=cmd_mailboxes)
 
     p = sub.add_parser("aliases", help="aliases: list, add, delete")
