@@ -102,8 +102,11 @@ def preflight(cfg: Config, principal: Principal | None, sender: str, recipients:
 
     decision = Decision(who, Sender(box[0], box[1], domain[0], box[2]))
     names = sorted({p.domain for p in parsed})
-    served = {r[0] for r in execute(f'SELECT "name" FROM "domain" WHERE "name" IN ({_marks(len(names))})',
-                                    names).fetchall()}
+    # An organisation's domain is local only once it is ready, or for that organisation itself:
+    # registering a domain must not capture what other senders write to it.
+    served = {r[0] for r in execute(f'SELECT "name" FROM "domain" WHERE "name" IN ({_marks(len(names))}) '
+                                    'AND ("org_id" IS NULL OR "ready" OR "org_id" = ?)',
+                                    [*names, box[2]]).fetchall()}
     snapshot = None
     for rcpt in parsed:
         if rcpt.domain not in served:

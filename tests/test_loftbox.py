@@ -235,6 +235,22 @@ def test_default_domain_and_organisation_domains(world, orgs):
     assert r.status_code == 422 and r.json()["error"]["code"] == "domain_not_ready"
 
 
+def test_registering_a_domain_does_not_capture_other_senders_mail(world, orgs):
+    a, b = orgs
+    r = _post(world, "/v1/domains", {"domain": "example.org"}, b)         # not B's, and not verified
+    assert r.status_code == 201, r.text
+    agent = _post(world, "/v1/agents", {"name": "Catcher", "external_id": "test:catcher"}, b).json()
+    r = _post(world, f"/v1/agents/{agent['id']}/mailboxes", {"local_part": "target", "domain_id": r.json()["id"]}, b)
+    assert r.status_code == 201 and r.json()["address"] == "target@example.org"
+    catcher = r.json()
+    _, box_a = _agent_and_box(world, a, "honest")
+    r = _post(world, "/v1/messages", {"mailbox_id": box_a["id"], "to": ["target@example.org"], "subject": "private",
+                                      "body_text": "for the real target"}, a)
+    assert r.status_code == 201 and r.json()["recipients"][0]["status"] == "queued"     # out to the real MX
+    world.sink.wait("target@example.org", "private")
+    assert _get(world, f"/v1/mailboxes/{catcher['id']}/inbox", b).json()["data"] == []
+
+
 def test_default_domain_from_config(tmp_path):
     def first_box(env: dict[str, str]) -> str:
         proc = MxdProcess(tmp_path / env.get("MXD_DEFAULT_DOMAIN", "none"), domains=["first.test", "second.test"],
