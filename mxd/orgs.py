@@ -46,8 +46,9 @@ def owner_address(email: object) -> str:
 
 
 def _name_and_slug(name: object, slug: object) -> tuple[str, str]:
-    if not isinstance(name, str) or not name.strip() or len(name) > 200:
-        raise MxdError("bad_request", "organization_name must be a non-empty string of at most 200 characters")
+    if (not isinstance(name, str) or not name.strip() or len(name) > 200
+            or any(ord(ch) < 32 or ord(ch) == 127 for ch in name)):
+        raise MxdError("bad_request", "organization_name must be one line of at most 200 characters")
     if slug is None or slug == "":
         slug = slugify(name)
     if not isinstance(slug, str) or not SLUG.match(slug):

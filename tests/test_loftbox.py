@@ -124,6 +124,9 @@ def test_signup_validates_and_protects_slugs(world, orgs):
     assert r.status_code == 400
     r = _post(world, "/v1/auth/signup", {"email": "x@example.com", "organization_name": "X", "slug": "org-a"}, admin)
     assert r.status_code == 409
+    r = _post(world, "/v1/auth/signup", {"email": "x@example.com", "organization_name": "X\r\nBcc: y", "slug": "x"},
+              admin)
+    assert r.status_code == 400
 
 
 # ---------------------------------------------------------------- the organisation boundary
