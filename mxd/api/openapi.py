@@ -21,10 +21,11 @@ ANY = "any"                     # any valid token, whatever its scopes
 ALIAS_PREFIX = "/api/v1"        # /api/v1/... serves the same operations as /v1/...
 ERRORS = (400, 401, 403, 404, 409, 413, 422, 429)
 _STATUS_TEXT = {200: "OK", 201: "Created", 202: "Accepted", 204: "No content", 400: "Bad request",
-                401: "Missing or invalid bearer token", 403: "The token lacks the scope or the right",
-                404: "Not found, or not visible to this token", 409: "Conflict", 413: "Payload too large",
-                422: "Not possible in the current state", 429: "Rate limited (see Retry-After)",
-                503: "Outbound mail is disabled on this server"}
+                401: "Missing or invalid bearer token", 403: "Refused: the token lacks the scope or the right",
+                404: "Not found, or not visible to this token", 405: "Method not allowed", 406: "Not acceptable",
+                409: "Conflict", 413: "Payload too large", 422: "Not possible in the current state",
+                429: "Rate limited (see Retry-After)",
+                503: "Unavailable: outbound mail is disabled, or the service is starting or stopping"}
 
 
 # ---------------------------------------------------------------- schema helpers
@@ -314,7 +315,7 @@ OPS: tuple[Op, ...] = (
     Op("POST", "/api/domains", "createDomain", "Serve a domain (creates its DKIM keys)", "Domains", "admin",
        body=obj(["domain"], domain=STR, name=dict(STR, description="alias of domain"),
                 org_id=dict(STR, description="operator only: the organisation it belongs to")),
-       example={"domain": "example.org"}, status=201, response=ref("Domain"), also=((200, ref("Domain")),)),
+       example={"domain": "example.net"}, status=201, response=ref("Domain"), also=((200, ref("Domain")),)),
     Op("GET", "/api/domains/{domain}", "getDomain", "One domain", "Domains", "read", response=ref("Domain")),
     Op("DELETE", "/api/domains/{domain}", "deleteDomain", "Stop serving a domain", "Domains", "admin", status=204),
     Op("PUT", "/api/domains/{domain}/readiness", "setDomainReadiness",
@@ -363,7 +364,7 @@ OPS: tuple[Op, ...] = (
     Op("GET", "/api/messages/{id}/raw", "getMessageRaw", "The stored bytes (RFC 5322)", _MSGS, "read",
        response=_TEXT, media="message/rfc822"),
     Op("GET", "/api/messages/{id}/attachments/{att}", "getAttachment", "One attachment's content", _MSGS, "read",
-       response=_TEXT, media="application/octet-stream"),
+       response=_TEXT, media="*/*"),
     Op("GET", "/api/threads", "listThreads", "Threads, latest activity first", _MSGS, "read",
        query=PAGED + ("mailbox",), response=page_of("Thread")),
     Op("GET", "/api/threads/{id}", "getThread", "A thread with its messages", _MSGS, "read",
@@ -594,8 +595,6 @@ def operation(op: Op) -> dict:
     for status, schema in op.also:
         out["responses"][str(status)] = _success(status, schema, "application/json")
     for status in op.errors:
-        if op.scope is PUBLIC and status in (401, 403):
-            continue
         out["responses"][str(status)] = _error_response(status)
     if params:
         out["parameters"] = params
@@ -620,7 +619,8 @@ def document(routes: Iterable[BaseRoute], server_url: str) -> dict:
         "info": {"title": "mxd", "version": _version(),
                  "description": "The HTTP API of mxd, a self-hosted mail server. Two dialects share one core: "
                                 "the LiteMX-style `/api/...` routes and the LoftBox-style `/v1/...` routes, "
-                                "which are also served under `/api/v1/...` (same operations, not listed twice). "
+                                "which are also served under `/api/v1/...` (same operations, not listed twice; likewise "
+                                "`/api/openapi.json`, `/api/llms.txt` and `/api/install.sh`). "
                                 "Authenticate with `Authorization: Bearer <token>`; each operation names the "
                                 "scope it needs (`x-mxd-scope`). Scopes: read, search, draft, send, audit, admin; "
                                 "read never implies send. Errors are `{\"error\": {\"code\", \"message\", "
