@@ -12,10 +12,12 @@ or that any queue entry points at.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from typing import Any
 
+from mxd import audit
 from mxd.config import Config
 from mxd.db import Database, execute, proxy
 from mxd.store import search
@@ -182,8 +184,12 @@ class RetentionSweeper:
             await asyncio.sleep(delay)
             delay = self.interval
             try:
-                self.last_report = await run(self.cfg, self.db)
-                if self.last_report["messages"] or self.last_report["inbound_rows"]:
+                self.last_report = report = await run(self.cfg, self.db)
+                if report["messages"] or report["inbound_rows"]:
+                    await self.db.write(functools.partial(
+                        audit.record, "system", "retention.sweep", target="retention", result="ok",
+                        detail={k: report[k] for k in ("messages", "attachments", "threads", "inbound_rows",
+                                                      "raw_bytes")}))
                     log.info("retention removed %d messages, %d raw rows (%d bytes)", self.last_report["messages"],
                              self.last_report["inbound_rows"], self.last_report["raw_bytes"])
             except asyncio.CancelledError:

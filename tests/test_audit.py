@@ -68,9 +68,10 @@ def test_mutating_calls_sends_and_refusals_are_recorded(server):
     admin_id, sender_id, reader_id = _admin_id(proc), _token_id(proc, "sender"), _token_id(proc, "reader")
 
     # The mutating call: who, what, on what, how it went, when.
-    [created] = [r for r in _wait_rows(proc, 2, action="POST /api/mailboxes")
-                 if r["detail"].get("status") == 201 and r["target"] == "/api/mailboxes"][:1]
-    assert (created["actor"], created["result"]) == (admin_id, "ok")
+    rows = [r for r in _wait_rows(proc, 2, action="POST /api/mailboxes") if r["detail"].get("status") == 201]
+    assert [(r["actor"], r["target"], r["result"], r["mailbox"]) for r in rows] == [
+        (admin_id, "/api/mailboxes", "ok", "agent@unready.test"), (admin_id, "/api/mailboxes", "ok", "agent@example.test")]
+    created = rows[1]
     at = datetime.fromisoformat(created["at"].replace("Z", "+00:00")).timestamp()
     assert started - 5 < at < time.time() + 5
     [override] = _wait_rows(proc, 1, action="PUT /api/domains/{domain}/readiness")

@@ -283,5 +283,7 @@ def test_background_sweep_removes_expired_mail(tmp_path: Path) -> None:
             con.close()
         assert wait_for(lambda: [m["subject"] for m in proc.messages()] == ["new one"], timeout=60)
         assert proc.api("GET", "/api/messages/search", params={"q": "capybara"}).json()["data"] == []
+        swept = proc.api("GET", "/api/audit", params={"action": "retention.sweep"}).json()["data"]
+        assert swept and swept[-1]["actor"] == "system" and swept[-1]["detail"]["messages"] == 1
     finally:
         proc.stop()

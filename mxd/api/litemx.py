@@ -96,7 +96,7 @@ def _thread_detail(principal: Principal, thread_id: str) -> dict:
     box = Mailbox.get_or_none(Mailbox.id == thread.mailbox_id) if thread else None
     if thread is None or box is None or not principal.sees(box.address, box.org_id):
         raise MxdError("not_found", "thread not found")
-    rows = list(Message.select().where(Message.thread == thread.id).order_by(Message.date, Message.id))
+    rows = messages.in_thread(thread.id)
     out = messages.thread_dict(thread, box.address)
     out["messages"] = [dict(messages.summary(m, box.address), text=m.text) for m in rows]
     return out
@@ -254,6 +254,7 @@ async def mailboxes_create(request: Request) -> Response:
             raise MxdError("conflict", f"the mailbox {box.address} exists already")
         return box, created
     box, created = await _change_directory(request, work)
+    note_audit(request, mailbox=box.address)
     return JSONResponse(_mailbox_dict(box, ctx(request).cfg), status_code=201 if created else 200)
 
 
@@ -266,10 +267,11 @@ async def mailbox_get(request: Request) -> Response:
 async def mailbox_delete(request: Request) -> Response:
     principal = await authenticate(request, "admin")
 
-    def work() -> None:
+    def work() -> str:
         box = directory.owned_mailbox(principal, request.path_params["mailbox"])
         directory.delete_mailbox(box.id)
-    await _change_directory(request, work)
+        return box.address
+    note_audit(request, mailbox=await _change_directory(request, work))
     return Response(status_code=204)
 
 
