@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, NamedTuple
 
 from mxd.ids import new_id
 from mxd.store import search, threads
@@ -102,25 +102,76 @@ def auth_dict(auth: Any) -> dict:
 
 
 # ---------------------------------------------------------------- reading
+class MessageRow(NamedTuple):
+    """What a list, a search page or a thread shows of a message: the columns `summary` reads, decoded.
+
+    Lists read these with one hand-written query instead of building full models (the body's HTML,
+    headers and authentication results are not read); `get` returns the full Message.
+    """
+    id: str
+    mailbox_id: str
+    thread_id: str | None
+    direction: str
+    message_id: str | None
+    subject: str
+    from_addr: list
+    to_addr: list
+    cc_addr: list
+    date: float | None
+    received_at: float
+    size: int
+    plus_tag: str | None
+    parse_errors: list
+    text: str
+
+
+_ROW_SQL = ('SELECT "id", "mailbox_id", "thread_id", "direction", "message_id", "subject", "from_addr", "to_addr", '
+            '"cc_addr", "date", "received_at", "size", "plus_tag", "parse_errors", "text" FROM "message"')
+
+
+def _rows(sql: str, params: tuple | list) -> list[MessageRow]:
+    loads = json.loads
+    return [MessageRow(r[0], r[1], r[2], r[3], r[4], r[5], None if r[6] is None else loads(r[6]),
+                       None if r[7] is None else loads(r[7]), None if r[8] is None else loads(r[8]), r[9], r[10],
+                       r[11], r[12], None if r[13] is None else loads(r[13]), r[14])
+            for r in execute(sql, params).fetchall()]
+
+
 def list_messages(mailbox_ids: list[str] | None, limit: int, before: str | None,
-                  thread_id: str | None = None) -> list[Message]:
-    query = Message.select().order_by(Message.id.desc())
+                  thread_id: str | None = None) -> list[MessageRow]:
+    """Newest first (by id), at most limit, older than the cursor id `before`."""
+    where: list[str] = []
+    params: list = []
     if mailbox_ids is not None:
-        query = query.where(Message.mailbox.in_(mailbox_ids))
+        if not mailbox_ids:
+            return []
+        where.append(f'"mailbox_id" IN ({",".join("?" * len(mailbox_ids))})')
+        params += mailbox_ids
     if thread_id:
-        query = query.where(Message.thread == thread_id)
+        where.append('"thread_id" = ?')
+        params.append(thread_id)
     if before:
-        query = query.where(Message.id < before)
-    return list(query.limit(limit))
+        where.append('"id" < ?')
+        params.append(before)
+    sql = _ROW_SQL + (" WHERE " + " AND ".join(where) if where else "") + ' ORDER BY "id" DESC LIMIT ?'
+    return _rows(sql, (*params, int(limit)))
+
+
+def in_thread(thread_id: str) -> list[MessageRow]:
+    """A thread's messages, oldest first (by Date, then id)."""
+    return _rows(_ROW_SQL + ' WHERE "thread_id" = ? ORDER BY "date", "id"', (thread_id,))
 
 
 def get(message_id: str) -> Message | None:
     return Message.get_or_none(Message.id == message_id)
 
 
-def by_ids(ids: list[str]) -> list[Message]:
-    rows = {m.id: m for m in Message.select().where(Message.id.in_(ids))} if ids else {}
-    return [rows[i] for i in ids if i in rows]
+def by_ids(ids: list[str]) -> list[MessageRow]:
+    """The messages with these ids, in the order given (ids that do not exist are left out)."""
+    if not ids:
+        return []
+    found = {r.id: r for r in _rows(_ROW_SQL + f' WHERE "id" IN ({",".join("?" * len(ids))})', tuple(ids))}
+    return [found[i] for i in ids if i in found]
 
 
 def raw(msg: Message) -> bytes:
@@ -136,7 +187,7 @@ def _iso(ts: float | None) -> str | None:
     return datetime.fromtimestamp(ts, timezone.utc).isoformat().replace("+00:00", "Z")
 
 
-def summary(msg: Message, mailbox_address: str) -> dict:
+def summary(msg: Message | MessageRow, mailbox_address: str) -> dict:
     text = msg.text or ""
     return {
         "id": msg.id, "thread_id": msg.thread_id, "mailbox": mailbox_address, "direction": msg.direction,
