@@ -6,6 +6,7 @@ threads, indexes and announces it.
 """
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
@@ -250,7 +251,6 @@ def _message_ids(inbound_id: str) -> list[str]:
 
 
 async def _wait_processed(request: Request, inbound_id: str, seconds: float = 10.0) -> list[str]:
-    import asyncio
     db = ctx(request).db
     deadline = time.monotonic() + seconds
     while True:
