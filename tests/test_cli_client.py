@@ -65,6 +65,8 @@ def test_domains_commands(daemon):
     assert "cli.test. " in plan and " IN MX " in plan and "_domainkey.cli.test." in plan
     assert as_json(daemon, "domains", "dns-plan", "cli.test") == daemon.api("GET",
                                                                           "/api/domains/cli.test/dns-plan").json()
+    verified = as_json(daemon, "domains", "verify", "cli.test")     # no DNS answers here: stays not ready
+    assert verified["name"] == "cli.test" and verified["dns_ok"] is False and verified["ready"] is False
     status = as_json(daemon, "domains", "status", "cli.test")
     assert status["name"] == "cli.test" and status["dns_ok"] is False and status["records"]
     text = ok(daemon, "domains", "status", "cli.test").stdout
@@ -219,6 +221,20 @@ def test_send_with_attachment_shows_the_upload(daemon, tmp_path):
     first = out.stdout.split()[1]
     msg = as_json(daemon, "messages", "show", _wait_message(daemon, "other@example.test", "With attachment")["id"])
     assert [(a["filename"], a["size"]) for a in msg["attachments"]] == [("report.bin", 256 * 2400)]
+    att = msg["attachments"][0]["id"]
+    assert f"attachment: report.bin application/octet-stream 600.0 KB {att}" in \
+        ok(daemon, "messages", "show", msg["id"]).stdout
+    saved = tmp_path / "saved.bin"
+    out = ok(daemon, "messages", "attachment", msg["id"], att, "-o", str(saved))
+    assert saved.read_bytes() == blob.read_bytes() and out.stdout.startswith(f"saved {saved} (600.0 KB")
+    here = tmp_path / "here"
+    here.mkdir()
+    full = dict(daemon.env, MXD_URL=daemon.url(""), MXD_TOKEN=daemon.admin_token)
+    for expected in (0, 1):           # the second time the file exists: refused, not overwritten
+        done = subprocess.run([sys.executable, "-m", "mxd.cli", "messages", "attachment", msg["id"], att],
+                              env=full, cwd=here, capture_output=True, text=True, timeout=120)
+        assert done.returncode == expected, done.stderr
+    assert (here / "report.bin").read_bytes() == blob.read_bytes() and "error: file_exists: " in done.stderr
     piped = as_json(daemon, "send", "--from", "agent@example.test", "--to", "other@example.test", "--subject",
                     "From stdin", "--text-file", "-", stdin="typed into a pipe\n")
     assert piped["status"] == "queued"

@@ -126,10 +126,32 @@ def cmd_messages(args: argparse.Namespace, api: Client) -> int:
             sys.stdout.buffer.write(api.request("GET", f"/api/messages/{seg(args.id)}/raw").content)
             return 0
         return show(args, api.get(f"/api/messages/{seg(args.id)}"), _message)
+    if args.action == "attachment":
+        return _save_attachment(args, api)
     body = compose_body(args)
     if args.reply_all:
         body["reply_all"] = True
     return show(args, _post_compose(args, api, f"/api/messages/{seg(args.id)}/reply", body), _sent)
+
+
+def _save_attachment(args: argparse.Namespace, api: Client) -> int:
+    """Write one attachment's bytes to --output (- for stdout), else to its own file name in this directory."""
+    resp = api.request("GET", f"/api/messages/{seg(args.id)}/attachments/{seg(args.attachment_id)}")
+    if args.output == "-":
+        sys.stdout.buffer.write(resp.content)
+        return 0
+    disposition = resp.headers.get("content-disposition", "")
+    suggested = disposition.split('filename="', 1)[1].rstrip('"') if 'filename="' in disposition else ""
+    target = Path(args.output or Path(suggested).name or args.attachment_id)
+    if not args.output and target.exists():
+        raise ApiError("file_exists", f"{target} exists already", fix="Name another file with -o FILE.")
+    try:
+        target.write_bytes(resp.content)
+    except OSError as exc:
+        raise ApiError("file_error", f"cannot write {target}: {exc.strerror}", fix="Name another file with -o FILE.") \
+            from None
+    answer = {"path": str(target), "size": len(resp.content), "content_type": resp.headers.get("content-type")}
+    return show(args, answer, lambda a: print(f"saved {a['path']} ({human_size(a['size'])}, {a['content_type']})"))
 
 
 def cmd_threads(args: argparse.Namespace, api: Client) -> int:
@@ -197,7 +219,7 @@ def _compose_options(p: argparse.ArgumentParser, sender_required: bool = False, 
 def register(sub: argparse._SubParsersAction) -> None:
     common, listing = api_options(), list_options()
 
-    p = sub.add_parser("messages", help="messages: list, search, show, reply")
+    p = sub.add_parser("messages", help="messages: list, search, show, attachment, reply")
     acts = p.add_subparsers(dest="action", required=True)
     q = acts.add_parser("list", parents=[common, listing], help="newest first")
     q.add_argument("--mailbox")
@@ -208,6 +230,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     q = acts.add_parser("show", parents=[common], help="one message (--raw: its RFC 5322 bytes)")
     q.add_argument("id")
     q.add_argument("--raw", action="store_true")
+    q = acts.add_parser("attachment", parents=[common], help="save an attachment (ids are in messages show)")
+    q.add_argument("id")
+    q.add_argument("attachment_id")
+    q.add_argument("-o", "--output", help="the file to write (- for stdout; default: the attachment's name)")
     q = acts.add_parser("reply", parents=[common], help="reply in the message's thread")
     q.add_argument("id")
     q.add_argument("--reply-all", action="store_true")
