@@ -468,3 +468,17 @@ def test_fields_times_and_sizes(capsys):
     assert when(None) is None
     assert [human_size(n) for n in (512, 614400, 2 * 1024 ** 2, 3 * 1024 ** 3)] == \
         ["512 B", "600.0 KB", "2.0 MB", "3.0 GB"]
+
+
+def test_spinner_and_count_lines_go_to_stderr_only_when_wanted(capsys):
+    from mxd.climd.output import Line, Spinner
+    with Spinner("sweeping", True):
+        wait_for(lambda: "sweeping" in capsys.readouterr().err, timeout=30, every=0.05)
+    out = capsys.readouterr()
+    assert out.out == "" and out.err.endswith("\n") and "sweeping took " in out.err
+    with Spinner("quiet", False):
+        pass
+    line = Line(False)
+    line.update("3 messages")
+    line.done("3 messages")
+    assert capsys.readouterr() == ("", "")
