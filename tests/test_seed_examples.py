@@ -317,3 +317,62 @@ def test_every_curl_example_of_both_documents(world, receiver, tmp_path):
 
     assert len(run.seen) == 25
     assert not [c for c in run.seen if "loftbox.net" in c or "workers.dev" in c or "_uuid" in c]
+
+
+# ---------------------------------------------------------------- the installed skills' own commands
+def _sh_blocks(path: Path) -> list[str]:
+    """The shell commands of a SKILL.md: its ```sh blocks that run something (not the settings sample)."""
+    blocks = re.findall(r"```sh\n(.*?)```", path.read_text(), re.S)
+    return [b for b in blocks if re.match(r"(curl|\. ~|mkdir|echo|printf)", b)]
+
+
+def test_the_installed_skills_register_send_and_check_mail(world, tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LOFTBOX_", "MXD_"))}
+    env.update(HOME=str(home), LC_ALL="C")
+    base = world.mxd.url("")
+    done = subprocess.run(["bash", "-o", "pipefail", "-c", f'curl -fsSL "{base}/install.sh" | sh -s -- --agent claude'],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    skills = home / ".claude" / "skills"
+
+    def sh(command: str, **values: str) -> Any:
+        for placeholder, value in values.items():
+            command = command.replace(placeholder, value)
+        out = subprocess.run(["bash", "-c", command], env=env, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, (command, out.stderr)
+        return json.loads(out.stdout) if out.stdout.strip() else None
+
+    owner = "skills-owner@example.com"
+    signup, verify, save_key, lookup, create, save_agent, mailbox, save_box = _sh_blocks(
+        skills / "register-loftbox-mail-agent" / "SKILL.md")
+    answer = sh(signup, OWNER_EMAIL=owner, **{"ORG NAME": "Skill Org", "org-slug": "skill-org"})
+    assert answer["status"] == "verification_sent"
+    code = code_in(world.sink.wait(owner, "verification code")[-1])
+    key = sh(verify, OWNER_EMAIL=owner, **{"123456": code})["api_key"]
+    sh(save_key, **{"mxd_...": key})
+    settings = home / ".config" / "mxd" / "agent.env"
+    assert settings.stat().st_mode & 0o777 == 0o600
+    assert sh(lookup, EXTERNAL_ID="claude:test-host:billing")["data"] == []
+    agent = sh(create, EXTERNAL_ID="claude:test-host:billing")
+    assert sh(create, EXTERNAL_ID="claude:test-host:billing")["id"] == agent["id"]       # registering again
+    assert [a["id"] for a in sh(lookup, EXTERNAL_ID="claude:test-host:billing")["data"]] == [agent["id"]]
+    sh(save_agent, **{"agt_...": agent["id"]})
+    box = sh(mailbox)
+    assert box["address"] == f"billing-agent@{DOMAIN}" and box["agent_id"] == agent["id"]
+    sh(save_box, **{"mbx_...": box["id"], "name@domain": box["address"]})
+    assert f"MXD_TOKEN={key}\n" in settings.read_text() and f"MXD_MAILBOX_ID={box['id']}\n" in settings.read_text()
+
+    [send] = _sh_blocks(skills / "send-loftbox-mail" / "SKILL.md")
+    sent = sh(send, **{"someone@example.com": "reader@example.com"})
+    assert sent["status"] == "queued" and sent["metadata"] == {"task": "short reference"}
+    mail = world.sink.wait("reader@example.com", "Subject")[0]
+    assert str(mail["From"]) == f"Billing Agent <{box['address']}>" and body_text(mail).strip() == "Plain text body."
+
+    _deliver_inbound(world, box["address"], "Reply to billing")
+    poll, ack = _sh_blocks(skills / "check-loftbox-mail" / "SKILL.md")
+    [got] = sh(poll)["data"]
+    assert got["subject"] == "Reply to billing"
+    assert sh(ack, **{"msg_...": got["id"]})["acknowledged"] == [got["id"]]
+    assert sh(poll)["data"] == []
