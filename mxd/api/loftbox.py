@@ -15,7 +15,6 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from mxd import address as addr
 from mxd import agents, domaincheck, inbox, keys, orgs
 from mxd.api.app import Context, authenticate, ctx, json_body, note_audit, page, principal_of
 from mxd.api.litemx import health
