@@ -138,7 +138,7 @@ for dir in $targets; do
             check:installed) echo "installed $name $file" ;;
             check:*) echo "$state $name $file"; stale=1 ;;
             *:installed) echo "up to date $name $file" ;;
-            install:outdated) echo "outdated $name $file (differs from this server's bundle; run with --update to replace)"; stale=1 ;;
+            install:outdated) echo "outdated $name $file (differs from this bundle; --update replaces it)" ;;
             *)
                 mkdir -p "$dir/$name"
                 cp "$tmp" "$file"
