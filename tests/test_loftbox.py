@@ -404,3 +404,38 @@ def test_default_domain_choice(db):
     with pytest.raises(MxdError) as exc:
         db.write_sync(orgs_mod.default_domain, "three.test")
     assert exc.value.code == "no_default_domain"
+
+
+# ---------------------------------------------------------------- install.sh, without a daemon
+def test_install_script_never_overwrites_a_changed_skill_unless_asked(tmp_path):
+    import shutil
+    import subprocess
+
+    from mxd.api import pages
+
+    shell = shutil.which("dash") or shutil.which("sh")
+    script = tmp_path / "install.sh"
+    script.write_text(pages.install_script("https://mail.example.net"))
+    target = tmp_path / "skills dir"
+    env = {"HOME": str(tmp_path / "home"), "PATH": "/usr/bin:/bin"}
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([shell, str(script), *args], env=env, capture_output=True, text=True, timeout=60)
+
+    assert run("--target", str(target), "--check").returncode == 1          # missing: reported, nothing written
+    assert not target.exists()
+    assert run("--target", str(target)).returncode == 0
+    skill = target / "send-loftbox-mail" / "SKILL.md"
+    assert "${MXD_BASE_URL:-https://mail.example.net}/v1/messages" in skill.read_text()
+    skill.write_text(skill.read_text() + "local change\n")
+    out = run("--target", str(target))
+    assert out.returncode == 0 and "outdated send-loftbox-mail" in out.stdout
+    assert skill.read_text().endswith("local change\n")
+    out = run("--target", str(target), "--check")
+    assert out.returncode == 1 and "outdated send-loftbox-mail" in out.stdout
+    assert out.stdout.count("installed ") == 2
+    assert "updated send-loftbox-mail" in run(f"--target={target}", "--update").stdout
+    assert run("--target", str(target), "--check").returncode == 0
+    assert run("--agent", "vim").returncode == 2 and run("--bogus").returncode == 2
+    assert run("--agent", "codex").returncode == 0
+    assert (tmp_path / "home" / ".codex" / "skills" / "check-loftbox-mail" / "SKILL.md").is_file()
