@@ -41,7 +41,13 @@ def _v2_platform(db: pw.Database) -> None:
     db.execute_sql('CREATE INDEX IF NOT EXISTS "message_mailbox_id_acked_at_id" ON "message" ("mailbox_id", "acked_at", "id")')
 
 
-STEPS: list[Callable[[pw.Database], None]] = [_v1_initial, _v2_platform]
+def _v3_thread_order(db: pw.Database) -> None:
+    """Thread lists in index order (newest activity first), for one mailbox or all, cursor as a range."""
+    db.execute_sql('CREATE INDEX IF NOT EXISTS "thread_mailbox_id_last_at_id" ON "thread" ("mailbox_id", "last_at", "id")')
+    db.execute_sql('CREATE INDEX IF NOT EXISTS "thread_last_at_id" ON "thread" ("last_at", "id")')
+
+
+STEPS: list[Callable[[pw.Database], None]] = [_v1_initial, _v2_platform, _v3_thread_order]
 
 
 def current_version(db: pw.Database) -> int:

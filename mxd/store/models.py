@@ -114,6 +114,9 @@ class Thread(BaseModel):
     last_at = pw.DoubleField(default=time.time, index=True)
     message_count = pw.IntegerField(default=0)
 
+    class Meta:
+        indexes = ((("mailbox", "last_at", "id"), False), (("last_at", "id"), False))   # thread lists (v3)
+
 
 class ThreadRef(BaseModel):
     """Every Message-ID a thread has seen, present or ghost (referenced but not received)."""

@@ -9,6 +9,8 @@ within the same mailbox and a bounded window.
 """
 from __future__ import annotations
 
+import peewee as pw
+
 from mxd.db import execute, executemany
 from mxd.ids import new_id
 from mxd.mime.threading import is_reply_subject, normalize_subject
@@ -93,6 +95,6 @@ def list_threads(mailbox_ids: list[str] | None, limit: int, before: str | None) 
     if before:
         anchor = Thread.get_or_none(Thread.id == before)
         if anchor is not None:
-            query = query.where((Thread.last_at < anchor.last_at)
-                                | ((Thread.last_at == anchor.last_at) & (Thread.id < anchor.id)))
+            # a row-value comparison is a range on the (mailbox_id,) last_at, id index (migration v3)
+            query = query.where(pw.Tuple(Thread.last_at, Thread.id) < pw.Tuple(anchor.last_at, anchor.id))
     return list(query.limit(limit))
