@@ -107,7 +107,7 @@ class MxdProcess:
     def api(self, method: str, path: str, token: str | None = None, **kwargs: Any) -> httpx.Response:
         headers = kwargs.pop("headers", {})
         headers["Authorization"] = f"Bearer {token or self.admin_token}"
-        return httpx.request(method, self.url(path), headers=headers, timeout=30, **kwargs)
+        return httpx.request(method, self.url(path), headers=headers, timeout=kwargs.pop("timeout", 30), **kwargs)
 
     def token(self, scopes: list[str], mailboxes: list[str] | None = None, name: str = "agent") -> str:
         """A new scoped token's secret (created with the admin token)."""

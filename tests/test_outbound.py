@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import smtplib
+import socket
 import sqlite3
 import time
 
@@ -281,3 +282,28 @@ def test_queue_api_lists_entries(world):
     body = sender.api("GET", "/api/queue", params={"limit": 5}).json()
     assert body["data"] and {"id", "recipient", "status", "attempts", "last_reply"} <= set(body["data"][0])
     assert httpx.get(sender.url("/api/queue")).status_code == 401
+
+
+def test_large_attachment_is_accepted_and_oversized_bodies_are_refused(world):
+    sender, _, _ = world
+    _ready(sender)
+    blob = bytes(range(256)) * (6 * 1024 * 1024 // 256)        # 6 MB: 8 MB of base64 in the JSON body
+    r = sender.api("POST", "/api/send", json={
+        "from": "agent@example.test", "to": ["other@example.test"], "subject": "big", "text": "see attached",
+        "attachments": [{"filename": "blob.bin", "content": base64.b64encode(blob).decode()}]}, timeout=120)
+    assert r.status_code == 202, r.text
+    # a body declared larger than any send may be is refused before it is read
+    with socket.create_connection(("127.0.0.1", sender.http_port), timeout=30) as sock:
+        sock.sendall(b"POST /api/send HTTP/1.1\r\nHost: mxd\r\nAuthorization: Bearer " + sender.admin_token.encode()
+                     + b"\r\nContent-Type: application/json\r\nContent-Length: 41943040\r\n\r\n{}")
+        answer = sock.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 413 ") and b"payload_too_large" in answer
+
+    # a streamed (chunked) body over the limit of a directory call is cut off at the limit
+    def chunks():
+        yield b'{"address": "'
+        for _ in range(2048):
+            yield b"a" * 1024
+        yield b'@example.test"}'
+    r = sender.api("POST", "/api/mailboxes", content=chunks())
+    assert r.status_code == 413 and r.json()["error"]["code"] == "payload_too_large"

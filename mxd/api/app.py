@@ -22,6 +22,7 @@ from mxd.store.directory import Directory
 
 log = logging.getLogger("mxd.api")
 MAX_BODY = 1024 * 1024
+MAIL_BODY = 32 * 1024 * 1024      # a send or draft: up to 20 MB of attachments, base64 in JSON
 
 
 @dataclass
@@ -124,15 +125,23 @@ class AuditMiddleware:
             log.exception("audit write failed for %s %s", method, path)
 
 
-async def json_body(request: Request) -> dict[str, Any]:
-    raw = await request.body()
-    if len(raw) > MAX_BODY:
-        raise MxdError("payload_too_large", f"request body over {MAX_BODY} bytes")
+async def json_body(request: Request, limit: int = MAX_BODY) -> dict[str, Any]:
+    """The request's JSON object, read no further than `limit` bytes (a bigger body is a 413)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise MxdError("payload_too_large", f"request body over {limit} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise MxdError("payload_too_large", f"request body over {limit} bytes")
+        chunks.append(chunk)
+    raw = b"".join(chunks)
     if not raw:
         return {}
     try:
         body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise MxdError("invalid_json", "the request body is not valid JSON") from None
     if not isinstance(body, dict):
         raise MxdError("invalid_json", "the request body must be a JSON object")

@@ -16,7 +16,7 @@ from starlette.routing import Route
 
 from mxd import address as addr
 from mxd import outqueue, suppression
-from mxd.api.app import Context, authenticate, ctx, json_body, note_audit, page, page_params
+from mxd.api.app import MAIL_BODY, Context, authenticate, ctx, json_body, note_audit, page, page_params
 from mxd.errors import MxdError
 from mxd.ids import new_id
 from mxd.mime.compose import ComposeError, Draft, OutAttachment, compose, envelope_recipients, reply_headers, \
@@ -119,7 +119,7 @@ def _sender(body: dict, fallback: str | None = None) -> str:
 
 async def api_send(request: Request) -> Response:
     principal = await authenticate(request, "send")
-    body = await json_body(request)
+    body = await json_body(request, MAIL_BODY)
     result = await _send_draft(request, principal, draft_from_body(body, _sender(body)), body)
     return JSONResponse(result, status_code=200 if result.get("idempotent_replay") else 202)
 
@@ -158,7 +158,7 @@ def _reply_draft(body: dict, rc: dict) -> Draft:
 
 async def message_reply(request: Request) -> Response:
     principal = await authenticate(request, "send")
-    body = await json_body(request)
+    body = await json_body(request, MAIL_BODY)
     rc = await ctx(request).db.read(_reply_context, principal, request.path_params["id"], None)
     result = await _send_draft(request, principal, _reply_draft(body, rc), body)
     return JSONResponse(result, status_code=200 if result.get("idempotent_replay") else 202)
@@ -166,7 +166,7 @@ async def message_reply(request: Request) -> Response:
 
 async def thread_reply(request: Request) -> Response:
     principal = await authenticate(request, "send")
-    body = await json_body(request)
+    body = await json_body(request, MAIL_BODY)
     rc = await ctx(request).db.read(_reply_context, principal, None, request.path_params["id"])
     result = await _send_draft(request, principal, _reply_draft(body, rc), body)
     return JSONResponse(result, status_code=200 if result.get("idempotent_replay") else 202)
@@ -199,7 +199,7 @@ def _save_draft(principal: Principal, body: dict, thread_id: str | None = None, 
 
 async def drafts_create(request: Request) -> Response:
     principal = await authenticate(request, "draft")
-    body = await json_body(request)
+    body = await json_body(request, MAIL_BODY)
     try:
         return JSONResponse(await ctx(request).db.write(_save_draft, principal, body), status_code=201)
     except ComposeError as exc:
@@ -208,7 +208,7 @@ async def drafts_create(request: Request) -> Response:
 
 async def thread_drafts_create(request: Request) -> Response:
     principal = await authenticate(request, "draft")
-    body = await json_body(request)
+    body = await json_body(request, MAIL_BODY)
     c = ctx(request)
     rc = await c.db.read(_reply_context, principal, None, request.path_params["id"])
     try:
