@@ -110,7 +110,7 @@ def test_missing_or_bad_token_is_401_before_mcp(world):
         assert r.status_code == 401
         assert r.json()["error"]["code"] == "unauthorized" and "Bearer" in r.json()["error"]["fix"]
         assert r.headers["www-authenticate"].startswith("Bearer")
-    assert [row[1] for row in audit_rows(mxd, "mcp")][-3:] == ["unauthorized"] * 3
+    assert [row[1] for row in audit_rows(mxd, "mcp")][-3:] == ["denied"] * 3
 
 
 def test_get_is_405_and_post_speaks_json_rpc(world):
@@ -230,7 +230,7 @@ async def test_send_message_goes_through_the_preflight(world):
         assert err["code"] == "sender_not_allowed" and err["fix"]
     got = wait_for(lambda: [m for m in mxd.messages(OTHER) if m["subject"] == "over mcp"])
     assert len(got) == 1
-    assert audit_rows(mxd, "mcp.send_message")[-1][1] == "sender_not_allowed"
+    assert audit_rows(mxd, "mcp.send_message")[-1][1] == "denied"
     assert (token_id(mxd, "agent"), "ok", AGENT) in audit_rows(mxd, "mcp.send_message")
 
 
@@ -290,7 +290,7 @@ async def test_read_only_token_cannot_send_draft_or_search(world):
         assert (await call(s, "get_message", message_id=inbound["id"]))["id"] == inbound["id"]
     assert not [m for m in mxd.messages(OTHER) if m["subject"] == "no"]
     rid = token_id(mxd, "readonly")
-    assert (rid, "forbidden", None) in audit_rows(mxd, "mcp.send_message")
+    assert (rid, "denied", None) in audit_rows(mxd, "mcp.send_message")
 
 
 async def test_token_limited_to_one_mailbox_sees_nothing_of_another(world):
