@@ -15,6 +15,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Host, Mount, Route
 
 from mxd import tokens
+from mxd.store.webhooks import EVENT_TYPES
 
 PUBLIC: str | None = None       # no token needed
 ANY = "any"                     # any valid token, whatever its scopes
@@ -172,8 +173,8 @@ SCHEMAS: dict[str, dict] = {
     "WebhookAttempt": obj(["id", "event_id", "status"], id=STR, delivery_id=STR, event_id=STR, event_type=STR,
                           at=NTIME, status=dict(null(INT), description="HTTP status; null when no answer"),
                           error=NSTR, duration_ms=INT),
-    "WebhookRequest": obj(["url", "event_types"], url=dict(STR, description="https:// endpoint"),
-                          event_types=arr(STR, minItems=1), mailbox=NSTR, agent_id=NSTR),
+    "WebhookRequest": obj(["url", "event_types"], url=dict(STR, pattern="^https?://", description="https:// endpoint"),
+                          event_types=arr({"enum": list(EVENT_TYPES)}, minItems=1), mailbox=NSTR, agent_id=NSTR),
     "Organization": obj(["id", "name", "slug"], id=STR, name=STR, slug=STR, owner_email=STR, verified=BOOL,
                         verified_at=NTIME, daily_send_cap=null(INT), created_at=NTIME),
     "Limits": obj(daily_send_cap=null(INT), retention_days=INT, max_recipients_per_send=INT),
@@ -619,8 +620,8 @@ def document(routes: Iterable[BaseRoute], server_url: str) -> dict:
         "info": {"title": "mxd", "version": _version(),
                  "description": "The HTTP API of mxd, a self-hosted mail server. Two dialects share one core: "
                                 "the LiteMX-style `/api/...` routes and the LoftBox-style `/v1/...` routes, "
-                                "which are also served under `/api/v1/...` (same operations, not listed twice; likewise "
-                                "`/api/openapi.json`, `/api/llms.txt` and `/api/install.sh`). "
+                                "which are also served under `/api/v1/...` (same operations, not listed "
+                                "twice; likewise `/api/openapi.json`, `/api/llms.txt` and `/api/install.sh`). "
                                 "Authenticate with `Authorization: Bearer <token>`; each operation names the "
                                 "scope it needs (`x-mxd-scope`). Scopes: read, search, draft, send, audit, admin; "
                                 "read never implies send. Errors are `{\"error\": {\"code\", \"message\", "
