@@ -20,14 +20,14 @@ from schemathesis.checks import (content_type_conformance, not_a_server_error, r
                                  status_code_conformance)
 
 from mxd.api import openapi
-from tests.daemon import MxdProcess
+from tests.daemon import MxdProcess, wait_for
 
 pytestmark = pytest.mark.slow
 
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 # Per operation: bounded for a loaded 2-core machine, and the same examples every run. For a deeper search:
 # MXD_SCHEMATHESIS_EXAMPLES=200 MXD_SCHEMATHESIS_RANDOM=1 python -m pytest tests/test_schemathesis.py
-EXAMPLES = int(os.environ.get("MXD_SCHEMATHESIS_EXAMPLES", "10"))
+EXAMPLES = int(os.environ.get("MXD_SCHEMATHESIS_EXAMPLES", "20"))
 RANDOM = bool(os.environ.get("MXD_SCHEMATHESIS_RANDOM"))
 
 
@@ -87,7 +87,8 @@ def real(daemon) -> dict[str, str]:
     m.add_attachment(b"%PDF-1.4 not really", maintype="application", subtype="pdf", filename="a.pdf")
     with smtplib.SMTP("127.0.0.1", proc.mx_port, timeout=30) as s:
         s.send_message(m)
-    found = [x for x in proc.wait_messages(2, "agent@example.test") if x["subject"] == "with attachment"]
+    found = wait_for(lambda: [x for x in proc.messages("agent@example.test") if x["subject"] == "with attachment"],
+                     timeout=60)
     assert found, "the message with an attachment never arrived"
     msg = _ok(proc.api("GET", f"/api/messages/{found[0]['id']}"), "message")
     sent = _ok(proc.api("POST", "/api/send", json={"from": "agent@example.test", "to": ["x@remote.test"],
