@@ -10,7 +10,7 @@ import random
 import time
 
 from mxd import outbox
-from mxd.db import execute
+from mxd.db import execute, executemany
 from mxd.errors import MxdError
 from mxd.ids import new_id
 from mxd.store.models import Message, QueueEntry
@@ -114,8 +114,23 @@ def delivered(entry: QueueEntry, reply: str, host: str, relayed: bool = False) -
 
 
 def delivered_many(batch: list[tuple[QueueEntry, str, str]], relayed: bool) -> None:
+    """`delivered` for many entries: one UPDATE statement for all and one look-up of their mailboxes;
+    each entry still gets its own event."""
+    if not batch:
+        return
+    status, now = ("sent" if relayed else "delivered"), time.time()
+    executemany('UPDATE "queue_entry" SET "status" = ?, "last_reply" = ?, "last_host" = ?, "last_attempt_at" = ?, '
+                '"attempts" = "attempts" + 1, "lease_until" = 0 WHERE "id" = ?',
+                [(status, reply, host, now, entry.id) for entry, reply, host in batch])
+    message_ids = sorted({entry.message_id for entry, _, _ in batch})
+    mailboxes: dict[str, str] = {}
+    for start in range(0, len(message_ids), 500):
+        part = message_ids[start:start + 500]
+        mailboxes.update(execute(f'SELECT "id", "mailbox_id" FROM "message" WHERE "id" IN ({",".join("?" * len(part))})',
+                                 part).fetchall())
     for entry, reply, host in batch:
-        delivered(entry, reply, host, relayed)
+        outbox.emit(f"message.{status}", reply=reply, host=host, mailbox_id=mailboxes.get(entry.message_id),
+                    message_id=entry.message_id, recipient=entry.recipient)
 
 
 def deferred(entry_id: str, reply: str, host: str, delays: list[float]) -> tuple[QueueEntry, bool]:

@@ -14,9 +14,13 @@ import concurrent.futures
 import ctypes
 import json
 import logging
+import functools
 import multiprocessing
 import os
+import pickle
 import signal
+import struct
+import threading
 from typing import Any
 
 from mxd.config import Config
@@ -31,6 +35,7 @@ from mxd.store import messages
 log = logging.getLogger("mxd.pipeline")
 BATCH = 256
 CHUNK = 32
+COALESCE = 0.02
 
 
 def _pending(exclude: set[str], limit: int) -> list[InboundRow]:
@@ -104,14 +109,197 @@ def analyse(items: list[tuple[str, bytes, str, str, str, str, str]], auth_on: bo
 
 def make_workers(cfg: Config, resolver: Resolver) -> concurrent.futures.Executor:
     """The executor for mxd's CPU work (parsing, authenticating, signing): worker processes, so it
-    runs beside the event loop on another core, or threads when `pipeline_processes` is 0."""
+    runs beside the event loop on another core, or threads when `pipeline_processes` is 0.
+    Called on the event loop, which then drives the worker processes' pipes."""
     if cfg.pipeline_processes > 0:
-        return concurrent.futures.ProcessPoolExecutor(
-            cfg.pipeline_processes, mp_context=multiprocessing.get_context("spawn"),
-            initializer=_init_worker, initargs=(cfg.dns_nameservers, cfg.dns_timeout, os.getpid()))
+        return WorkerProcesses(cfg.pipeline_processes, (cfg.dns_nameservers, cfg.dns_timeout, os.getpid()),
+                               asyncio.get_running_loop())
     global _resolver
     _resolver = resolver
     return concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="mxd-cpu")
+
+
+# ---------------------------------------------------------------- worker processes on the event loop
+def _serve(conn: Any, initargs: tuple) -> None:
+    """A worker process: run (seq, fn, args) requests in order, answer (seq, ok, result or exception)."""
+    _init_worker(*initargs)
+    while True:
+        try:
+            request = conn.recv_bytes()
+        except (EOFError, OSError):
+            return                                   # the daemon closed its end: stop
+        seq, fn, args = pickle.loads(request)
+        try:
+            answer = pickle.dumps((seq, True, fn(*args)), pickle.HIGHEST_PROTOCOL)
+        except BaseException as exc:                 # noqa: BLE001 - handed back to the caller
+            try:
+                answer = pickle.dumps((seq, False, exc), pickle.HIGHEST_PROTOCOL)
+            except Exception:
+                answer = pickle.dumps((seq, False, RuntimeError(f"{type(exc).__name__}: {exc}")))
+        try:
+            conn.send_bytes(answer)
+        except OSError:
+            return
+
+
+class _Worker:
+    __slots__ = ("proc", "conn", "fd", "pending", "out", "inbuf")
+
+    def __init__(self, proc: Any, conn: Any) -> None:
+        self.proc, self.conn, self.fd = proc, conn, conn.fileno()
+        self.pending: dict[int, Any] = {}          # concurrent.futures.Future or asyncio.Future
+        self.out = bytearray()                       # framed requests not yet written
+        self.inbuf = bytearray()
+
+
+class WorkerProcesses(concurrent.futures.Executor):
+    """`pipeline_processes` worker processes fed through one socket each, read and written by the event
+    loop itself (add_reader/add_writer): a request costs one write and its answer one read, without the
+    feeder and manager threads (and their wake-ups) of ProcessPoolExecutor. Each process runs its
+    requests in order; a new request goes to the process with the fewest outstanding. A process that
+    dies fails its outstanding requests and is replaced. Frames are multiprocessing.Connection's
+    (a 4-byte big-endian length, then a pickle)."""
+
+    def __init__(self, processes: int, initargs: tuple, loop: asyncio.AbstractEventLoop) -> None:
+        self._ctx = multiprocessing.get_context("spawn")
+        self._initargs = initargs
+        self._loop = loop
+        self._thread = threading.get_ident()
+        self._seq = 0
+        self._closed = False
+        self._workers = [self._start() for _ in range(processes)]
+
+    def _start(self) -> _Worker:
+        parent, child = self._ctx.Pipe(duplex=True)
+        proc = self._ctx.Process(target=_serve, args=(child, self._initargs), name="mxd-worker", daemon=True)
+        proc.start()
+        child.close()
+        worker = _Worker(proc, parent)
+        os.set_blocking(worker.fd, False)
+        self._loop.add_reader(worker.fd, self._readable, worker)
+        return worker
+
+    # --- the Executor interface ---
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> concurrent.futures.Future:
+        if kwargs:
+            fn = functools.partial(fn, **kwargs)
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        if self._closed:
+            raise RuntimeError("cannot schedule new work after shutdown")
+        if threading.get_ident() == self._thread:
+            self._send(future, fn, args)
+        else:
+            self._loop.call_soon_threadsafe(self._send, future, fn, args)
+        return future
+
+    def run(self, fn: Any, *args: Any) -> asyncio.Future:
+        """fn(*args) in a worker process, as an asyncio future; on the event loop only. Cheaper than
+        run_in_executor (no concurrent.futures.Future and no thread-safe hand-over)."""
+        future = self._loop.create_future()
+        if self._closed:
+            raise RuntimeError("cannot schedule new work after shutdown")
+        self._send(future, fn, args)
+        return future
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for worker in self._workers:
+            self._detach(worker)
+            try:
+                worker.conn.close()                  # the process reads EOF and ends
+            except OSError:
+                pass
+            for future in worker.pending.values():
+                if cancel_futures and future.cancel():
+                    continue
+                if not future.done():
+                    future.set_exception(RuntimeError("the worker processes were shut down"))
+            worker.pending.clear()
+        if wait:
+            for worker in self._workers:
+                worker.proc.join(10)
+                if worker.proc.is_alive():
+                    worker.proc.kill()
+
+    # --- on the event loop ---
+    def _send(self, future: Any, fn: Any, args: tuple) -> None:
+        if isinstance(future, concurrent.futures.Future) and not future.set_running_or_notify_cancel():
+            return
+        try:
+            payload = pickle.dumps((self._seq, fn, args), pickle.HIGHEST_PROTOCOL)
+        except Exception as exc:
+            future.set_exception(exc)
+            return
+        worker = min(self._workers, key=lambda w: len(w.pending))
+        worker.pending[self._seq] = future
+        self._seq += 1
+        idle = not worker.out
+        worker.out += struct.pack("!i", len(payload))
+        worker.out += payload
+        if idle:
+            self._writable(worker)                   # nothing was waiting to be written: write now
+
+    def _writable(self, worker: _Worker) -> None:
+        try:
+            sent = os.write(worker.fd, worker.out)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            return self._died(worker)
+        del worker.out[:sent]
+        if worker.out:
+            self._loop.add_writer(worker.fd, self._writable, worker)
+        else:
+            self._loop.remove_writer(worker.fd)
+
+    def _readable(self, worker: _Worker) -> None:
+        try:
+            chunk = os.read(worker.fd, 1 << 20)
+        except BlockingIOError:
+            return
+        except OSError:
+            chunk = b""
+        if not chunk:
+            return self._died(worker)
+        buf = worker.inbuf
+        buf += chunk
+        while len(buf) >= 4:
+            (size,) = struct.unpack_from("!i", buf)
+            start = 4
+            if size == -1:
+                if len(buf) < 12:
+                    break
+                (size,) = struct.unpack_from("!Q", buf, 4)
+                start = 12
+            if len(buf) < start + size:
+                break
+            seq, ok, value = pickle.loads(bytes(buf[start:start + size]))
+            del buf[:start + size]
+            future = worker.pending.pop(seq, None)
+            if future is None or future.done():
+                continue
+            if ok:
+                future.set_result(value)
+            else:
+                future.set_exception(value)
+
+    def _detach(self, worker: _Worker) -> None:
+        self._loop.remove_reader(worker.fd)
+        self._loop.remove_writer(worker.fd)
+
+    def _died(self, worker: _Worker) -> None:
+        self._detach(worker)
+        worker.conn.close()
+        if self._closed:
+            return
+        log.error("a worker process ended (exit code %s); %d requests fail, a new process starts",
+                  worker.proc.exitcode, len(worker.pending))
+        for future in worker.pending.values():
+            if not future.done():
+                future.set_exception(RuntimeError("the worker process ended"))
+        self._workers[self._workers.index(worker)] = self._start()
 
 
 class Pipeline:
@@ -154,6 +342,10 @@ class Pipeline:
                     await asyncio.wait_for(self._wake.wait(), timeout=5.0)
                 except asyncio.TimeoutError:
                     pass
+                else:
+                    # Every send wakes the pipeline (a local recipient is an inbound row); one look at
+                    # the store for a burst of them, not one thread hop per message.
+                    await asyncio.sleep(COALESCE)
                 continue
             busy = True
             for start in range(0, len(rows), CHUNK):
@@ -165,8 +357,9 @@ class Pipeline:
     async def _chunk(self, rows: list[InboundRow]) -> None:
         try:
             items = [(r.id, r.data, r.remote_ip, r.helo, r.mail_from, r.source, r.trace) for r in rows]
-            results = await asyncio.get_running_loop().run_in_executor(
-                self._pool, analyse, items, self.cfg.auth_checks, self.cfg.hostname)
+            run = getattr(self._pool, "run", None)          # WorkerProcesses
+            args = (analyse, items, self.cfg.auth_checks, self.cfg.hostname)
+            results = await (run(*args) if run else asyncio.get_running_loop().run_in_executor(self._pool, *args))
             try:
                 await self.db.write(self._store, rows, results, False)
             except Exception:                       # one bad message: redo the batch one savepoint each

@@ -9,6 +9,7 @@ import asyncio
 import concurrent.futures
 import hashlib
 import json
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -131,8 +132,9 @@ async def send(cfg: Config, db: Database, cpu: concurrent.futures.Executor, prin
     data = normalize_line_endings(out.data)
     domain = out.mail_from.rsplit("@", 1)[-1].lower()
     try:
-        signed, parsed = await asyncio.get_running_loop().run_in_executor(
-            cpu, prepare, str(cfg.dkim_dir), data, domain)
+        args = (prepare, os.path.join(cfg.data_dir, "dkim"), data, domain)   # cfg.dkim_dir, without a Path per send
+        run = getattr(cpu, "run", None)        # mxd.pipeline.WorkerProcesses: straight to the worker process
+        signed, parsed = await (run(*args) if run else asyncio.get_running_loop().run_in_executor(cpu, *args))
     except ValueError as exc:           # no From, or a header that cannot be parsed
         raise MxdError("bad_request", f"the message cannot be signed: {exc}") from None
     idem = None

@@ -19,11 +19,10 @@ from mxd import address as addr
 from mxd import smtpcodes as codes
 from mxd import tokens
 from mxd.config import Config
-from mxd.db import Database
+from mxd.db import Database, execute
 from mxd.errors import MxdError
 from mxd.sending import Outgoing, send
 from mxd.smtpserver.fast import FastSMTP
-from mxd.store.models import Mailbox
 
 log = logging.getLogger("mxd.submission")
 
@@ -65,12 +64,18 @@ class SubmissionHandler:
         if not isinstance(principal, tokens.Principal) or parsed is None:
             return False
         self.db.db.connect(reuse_if_open=True)
-        box = Mailbox.get_or_none(Mailbox.address == parsed.base_key)
-        return box is not None and principal.sees(box.address, box.org_id)
+        row = execute('SELECT "address", "org_id" FROM "mailbox" WHERE "address" = ?', (parsed.base_key,)).fetchone()
+        return row is not None and principal.sees(row[0], row[1])
 
     async def handle_MAIL(self, server: SMTP, session: Session, envelope: SmtpEnvelope, address: str,
                           mail_options: list[str]) -> str:
-        if not self._may_send_as(session.auth_data, address):
+        # The answer for one address holds for the session (its token is fixed after AUTH); the send
+        # path's preflight checks the sender again in the transaction that queues the message.
+        allowed = session.__dict__.setdefault("mxd_send_as", {})
+        ok = allowed.get(address)
+        if ok is None:
+            ok = allowed[address] = self._may_send_as(session.auth_data, address)
+        if not ok:
             return NOT_ALLOWED
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
