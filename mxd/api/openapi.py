@@ -14,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Host, Mount, Route
 
+import mxd
 from mxd import tokens
 from mxd.store.webhooks import EVENT_TYPES
 
@@ -269,6 +270,7 @@ class Op:
     query: tuple[str, ...] = ()
     body: dict | None = None            # JSON request body schema
     example: dict | None = None         # a valid request body
+    body_optional: bool = False         # an empty body means {}
     status: int = 200
     response: dict | None = None        # success body schema; None: no content
     media: str = "application/json"
@@ -355,7 +357,7 @@ OPS: tuple[Op, ...] = (
        response=ref("Catchall")),
     Op("PUT", "/api/catchalls/{domain}", "setCatchall", "Set (or clear, with null) a domain's catch-all", _ROUTING,
        "admin", body=obj(target=NSTR, mailbox=dict(STR, description="alias of target")),
-       example={"target": "agent@example.test"}, response=ref("Catchall")),
+       example={"target": "agent@example.test"}, body_optional=True, response=ref("Catchall")),
     # messages and threads
     Op("GET", "/api/messages", "listMessages", "Messages, newest first", _MSGS, "read",
        query=PAGED + ("mailbox", "thread_id"), response=page_of("MessageSummary")),
@@ -371,11 +373,12 @@ OPS: tuple[Op, ...] = (
     Op("GET", "/api/threads/{id}", "getThread", "A thread with its messages", _MSGS, "read",
        response=ref("ThreadDetail")),
     Op("POST", "/api/messages/{id}/reply", "replyToMessage", "Reply to a message (threading headers set by mxd)",
-       _MSGS, "send", body=ref("ReplyRequest"), example={"text": "Thanks, noted."}, **_SEND),
+       _MSGS, "send", body=ref("ReplyRequest"), example={"text": "Thanks, noted."}, body_optional=True, **_SEND),
     Op("POST", "/api/threads/{id}/reply", "replyToThread", "Reply to the newest message of a thread", _MSGS, "send",
-       body=ref("ReplyRequest"), example={"text": "Thanks, noted."}, **_SEND),
+       body=ref("ReplyRequest"), example={"text": "Thanks, noted."}, body_optional=True, **_SEND),
     Op("POST", "/api/threads/{id}/drafts", "createThreadDraft", "Save a reply draft in a thread", _SENDING, "draft",
-       body=ref("ReplyRequest"), example={"text": "A reply to review."}, status=201, response=ref("Draft")),
+       body=ref("ReplyRequest"), example={"text": "A reply to review."}, body_optional=True, status=201,
+       response=ref("Draft")),
     # drafts and sending
     Op("GET", "/api/drafts", "listDrafts", "Drafts, newest first", _SENDING, "draft", query=PAGED + ("mailbox",),
        response=page_of("Draft")),
@@ -417,7 +420,7 @@ OPS: tuple[Op, ...] = (
        query=("audit_limit", "cursor", "actor", "mailbox", "action", "since", "until", "result"),
        response=page_of("AuditEntry")),
     Op("POST", "/api/retention/run", "runRetention", "Apply retention now (every mailbox administered, or one)",
-       _ADMIN, "admin", body=obj(mailbox=STR), example={"mailbox": "agent@example.test"},
+       _ADMIN, "admin", body=obj(mailbox=STR), example={"mailbox": "agent@example.test"}, body_optional=True,
        response=ref("RetentionReport")),
     # inbound
     Op("POST", "/api/inbound/simulate", "simulateInbound", "Inject a message as if it came from the MX", "Inbound",
@@ -603,7 +606,7 @@ def operation(op: Op) -> dict:
         content: dict[str, Any] = {"schema": op.body}
         if op.example is not None:
             content["example"] = op.example
-        out["requestBody"] = {"required": True, "content": {"application/json": content}}
+        out["requestBody"] = {"required": not op.body_optional, "content": {"application/json": content}}
     return out
 
 
@@ -617,7 +620,7 @@ def document(routes: Iterable[BaseRoute], server_url: str) -> dict:
     tags = sorted({op.tag for op in OPS if op.key in served})
     return {
         "openapi": "3.1.0",
-        "info": {"title": "mxd", "version": _version(),
+        "info": {"title": "mxd", "version": mxd.__version__,
                  "description": "The HTTP API of mxd, a self-hosted mail server. Two dialects share one core: "
                                 "the LiteMX-style `/api/...` routes and the LoftBox-style `/v1/...` routes, "
                                 "which are also served under `/api/v1/...` (same operations, not listed "
@@ -634,14 +637,6 @@ def document(routes: Iterable[BaseRoute], server_url: str) -> dict:
                        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
                                                       "description": "an mxd token (mxd_...)"}}},
     }
-
-
-def _version() -> str:
-    from importlib import metadata
-    try:
-        return metadata.version("mxd")
-    except metadata.PackageNotFoundError:
-        return "0"
 
 
 async def serve(request: Request) -> Response:
