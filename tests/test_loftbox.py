@@ -301,6 +301,16 @@ def test_send_metadata_idempotency_and_reply(world, orgs):
         r = _post(world, "/v1/messages", dict(body, **bad), a)
         assert r.status_code == 400, bad
 
+    # Attachments: a body well over the 1 MB of other JSON calls is still a send.
+    import base64
+    blob = bytes(range(256)) * 6000
+    r = _post(world, "/v1/messages", {"mailbox_id": box["id"], "to": ["files@example.com"], "subject": "Report",
+                                      "body_text": "attached", "attachments": [
+                                          {"filename": "r.bin", "content": base64.b64encode(blob).decode()}]}, a)
+    assert r.status_code == 201, r.text
+    [got] = world.sink.wait("files@example.com", "Report")
+    assert [p.get_content() for p in got.iter_attachments()] == [blob]
+
     # A customer writes in; the agent replies by id and the reply stays in the thread.
     msg = EmailMessage()
     msg["From"], msg["To"], msg["Subject"] = "Pat <pat@example.org>", box["address"], "Question"

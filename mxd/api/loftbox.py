@@ -16,7 +16,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from mxd import agents, domaincheck, inbox, keys, orgs
-from mxd.api.app import Context, authenticate, ctx, json_body, note_audit, page, principal_of
+from mxd.api.app import MAIL_BODY, Context, authenticate, ctx, json_body, note_audit, page, principal_of
 from mxd.api.litemx import health
 from mxd.api.outbound import delivery_status, draft_from_body, send_draft
 from mxd.errors import MxdError
@@ -378,7 +378,7 @@ def _send_context(principal: Principal, mailbox_id: Any, parent_id: Any) -> tupl
 
 async def messages_send(request: Request) -> Response:
     principal = await authenticate(request, "send")
-    body = await json_body(request)
+    body = await json_body(request, MAIL_BODY)
     metadata = _metadata(body.get("metadata"))
     c = ctx(request)
     box, parent = await c.db.read(_send_context, principal, body.get("mailbox_id"), body.get("in_reply_to"))
