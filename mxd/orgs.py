@@ -17,12 +17,15 @@ from dataclasses import dataclass
 
 from mxd import address as addr
 from mxd import tokens
+from mxd.db import execute
 from mxd.errors import MxdError
 from mxd.ids import new_id
 from mxd.store.models import Domain, Organization
 
 CODE_SECONDS = 15 * 60
 MAX_ATTEMPTS = 5
+RESEND_SECONDS = 60             # a new code for the same owner at most this often
+SIGNUPS_PER_IP_PER_HOUR = 10    # sign-up calls from one client address
 SLUG = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,98}[a-z0-9])?$")
 
 
@@ -56,11 +59,29 @@ def _name_and_slug(name: object, slug: object) -> tuple[str, str]:
     return name.strip(), slug
 
 
-def signup(email: object, name: object, slug: object) -> tuple[Organization, str, bool]:
+def _throttle(client_ip: str, now: float) -> None:
+    """Sign-up mails a stranger's address: bound how often one client may make it do so."""
+    if not client_ip:
+        return
+    key, minute = f"signup:{client_ip}", int(now // 60)
+    row = execute('SELECT COALESCE(SUM("count"), 0) FROM "send_count" WHERE "key" = ? AND "bucket" >= ?',
+                  (key, minute - 59)).fetchone()
+    if int(row[0]) >= SIGNUPS_PER_IP_PER_HOUR:
+        raise MxdError("rate_limited", f"at most {SIGNUPS_PER_IP_PER_HOUR} sign-ups per hour from one address",
+                       retry_after=600)
+    execute('INSERT INTO "send_count" ("key", "bucket", "count") VALUES (?, ?, 1) '
+            'ON CONFLICT ("key", "bucket") DO UPDATE SET "count" = "send_count"."count" + 1', (key, minute))
+
+
+def signup(email: object, name: object, slug: object, client_ip: str = "",
+           now: float | None = None) -> tuple[Organization, str, bool]:
     """Create an unverified organisation with a fresh code, or give an unverified one a new code.
 
     Returns (organisation, code, created). A verified owner email, or a slug another organisation
-    holds, is a 409."""
+    holds, is a 409. A new code for the same owner within RESEND_SECONDS, or too many sign-ups from
+    one client address, is a 429 (`client_ip` empty: the operator, not throttled): each new code resets
+    the attempt count, so resends must be slow."""
+    now = time.time() if now is None else now
     owner = owner_address(email)
     name, slug = _name_and_slug(name, slug)
     org = (Organization.select().where(Organization.owner_email == owner)
@@ -71,13 +92,20 @@ def signup(email: object, name: object, slug: object) -> tuple[Organization, str
     taken = Organization.get_or_none(Organization.slug == slug)
     if taken is not None and (org is None or taken.id != org.id):
         raise MxdError("conflict", f"the slug {slug!r} is taken", fix="Choose another slug.")
+    public = bool(client_ip)          # the operator's own sign-ups are not throttled
+    if public and org is not None and org.code_expires_at \
+            and now < org.code_expires_at - CODE_SECONDS + RESEND_SECONDS:
+        wait = int(org.code_expires_at - CODE_SECONDS + RESEND_SECONDS - now) + 1
+        raise MxdError("rate_limited", "a verification code was sent to this address moments ago",
+                       fix=f"Check the mailbox, or ask again in {wait} seconds.", retry_after=wait)
+    _throttle(client_ip, now)
     created = org is None
     if created:
         org = Organization.create(id=new_id("org"), name=name, slug=slug, owner_email=owner)
     else:
         org.name, org.slug = name, slug
     code = f"{secrets.randbelow(10 ** 6):06d}"
-    org.code_hash, org.code_expires_at, org.code_attempts = _code_hash(org.id, code), time.time() + CODE_SECONDS, 0
+    org.code_hash, org.code_expires_at, org.code_attempts = _code_hash(org.id, code), now + CODE_SECONDS, 0
     org.save()
     return org, code, created
 

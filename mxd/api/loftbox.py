@@ -94,6 +94,10 @@ async def system_mail(c: Context, to: str, subject: str, text: str) -> dict:
 
 
 # ---------------------------------------------------------------- sign-up
+def _client_ip(request: Request) -> str:
+    return request.client.host if request.client else ""
+
+
 async def signup(request: Request) -> Response:
     c = ctx(request)
     operator = False
@@ -103,7 +107,7 @@ async def signup(request: Request) -> Response:
         raise MxdError("signup_disabled", "public sign-up is switched off on this server")
     body = await json_body(request)
     org, code, created = await c.db.write(orgs.signup, body.get("email"), body.get("organization_name"),
-                                          body.get("slug"))
+                                          body.get("slug"), "" if operator else _client_ip(request))
     minutes = orgs.CODE_SECONDS // 60
     text = (f"Your verification code for {org.name} ({org.slug}) on {c.cfg.hostname} is:\n\n"
             f"    {code}\n\n"
