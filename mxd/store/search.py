@@ -114,6 +114,8 @@ def _search_fts5(db: pw.Database, q: str, mailbox_ids: list[str] | None, limit: 
         if bound is not None:
             sql += " AND rowid < ?"
             params.append(bound)
+        sql += " AND message_id < ?"       # what the cursor means, whatever was committed since the bisection
+        params.append(before)
     sql += f" ORDER BY rowid DESC LIMIT {int(limit)}"
     return [row[0] for row in db.execute_sql(sql, tuple(params)).fetchall()]
 
