@@ -209,8 +209,8 @@ _LEADING_DOT = re.compile(rb"(?m)^\.")
 def _wire_body(message: bytes) -> bytes:
     """The message as DATA carries it: CRLF line ends, a final CRLF, leading dots doubled
     (RFC 5321 4.5.2), then the terminating ".CRLF"."""
-    rest = message.replace(b"\r\n", b"")
-    if b"\r" in rest or b"\n" in rest:
+    pairs = message.count(b"\r\n")
+    if message.count(b"\n") != pairs or message.count(b"\r") != pairs:     # a bare CR or LF somewhere
         message = _BARE_EOL.sub(b"\r\n", message)
     if not message.endswith(b"\r\n"):
         message += b"\r\n"
