@@ -1,41 +1,21 @@
 """The same daemon on PostgreSQL (the store for several nodes): inbound, threads, search, send and queue."""
 from __future__ import annotations
 
-import shutil
 import smtplib
-import subprocess
 import time
 
 import pytest
 
 from tests.daemon import MxdProcess
+from tests.pg import fresh_database
 
 pytestmark = pytest.mark.slow
 
 
-def _psql(sql: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["su", "postgres", "-c", f"psql -q -v ON_ERROR_STOP=1 -c \"{sql}\""],
-                          capture_output=True, text=True, timeout=60)
-
-
 @pytest.fixture(scope="module")
 def pg_url():
-    if shutil.which("pg_ctlcluster") is None or shutil.which("su") is None:
-        pytest.skip("PostgreSQL (pg_ctlcluster) is not installed")
-    pytest.importorskip("psycopg2")
-    status = subprocess.run(["pg_lsclusters", "-h"], capture_output=True, text=True)
-    if not status.stdout.strip():
-        pytest.skip("no PostgreSQL cluster on this machine")
-    version, cluster = status.stdout.split()[:2]
-    started = subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, cluster, "start"],
-                             capture_output=True, text=True, timeout=120)
-    assert started.returncode in (0, 2), started.stderr          # 2: already running
-    _psql("DROP DATABASE IF EXISTS mxd_test")
-    _psql("DROP ROLE IF EXISTS mxd_test")
-    assert _psql("CREATE ROLE mxd_test WITH LOGIN PASSWORD 'mxd_test'").returncode == 0
-    assert _psql("CREATE DATABASE mxd_test OWNER mxd_test").returncode == 0
-    yield "postgresql://mxd_test:mxd_test@127.0.0.1/mxd_test"
-    _psql("DROP DATABASE IF EXISTS mxd_test")
+    with fresh_database("mxd_test") as url:
+        yield url
 
 
 def test_daemon_on_postgresql(tmp_path, pg_url):

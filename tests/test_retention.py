@@ -5,10 +5,8 @@ back-dated through the daemon's database file, POST /api/retention/run or the ba
 from __future__ import annotations
 
 import asyncio
-import shutil
 import smtplib
 import sqlite3
-import subprocess
 import time
 from email.message import EmailMessage
 from pathlib import Path
@@ -24,6 +22,7 @@ from mxd.mime.parse import parse
 from mxd.store import directory, messages
 from mxd.store.models import Attachment, Inbound, Message, QueueEntry, Thread, ThreadRef
 from tests.daemon import MxdProcess, wait_for
+from tests.pg import fresh_database
 
 DAY = 86400.0
 
@@ -55,39 +54,19 @@ def _fts(message_id: str) -> int:
     return execute(f"SELECT COUNT(*) FROM {table} WHERE message_id = ?", (message_id,)).fetchone()[0]
 
 
-def _psql(sql: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["su", "postgres", "-c", f"psql -q -v ON_ERROR_STOP=1 -c \"{sql}\""],
-                          capture_output=True, text=True, timeout=60)
-
-
-def _postgres_url() -> str:
-    """A fresh PostgreSQL database for one test, or a skip when there is no cluster to use."""
-    if shutil.which("pg_ctlcluster") is None or shutil.which("su") is None:
-        pytest.skip("PostgreSQL (pg_ctlcluster) is not installed")
-    pytest.importorskip("psycopg2")
-    status = subprocess.run(["pg_lsclusters", "-h"], capture_output=True, text=True)
-    if not status.stdout.strip():
-        pytest.skip("no PostgreSQL cluster on this machine")
-    version, cluster = status.stdout.split()[:2]
-    started = subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, cluster, "start"],
-                             capture_output=True, text=True, timeout=120)
-    assert started.returncode in (0, 2), started.stderr          # 2: already running
-    _psql("DROP DATABASE IF EXISTS mxd_retention")
-    _psql("DROP ROLE IF EXISTS mxd_retention")
-    assert _psql("CREATE ROLE mxd_retention WITH LOGIN PASSWORD 'mxd_retention'").returncode == 0
-    assert _psql("CREATE DATABASE mxd_retention OWNER mxd_retention").returncode == 0
-    return "postgresql://mxd_retention:mxd_retention@127.0.0.1/mxd_retention"
-
-
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)])
 def db(request, tmp_path: Path):
-    url = f"sqlite:///{tmp_path / 'mxd.db'}" if request.param == "sqlite" else _postgres_url()
-    database = Database(url)
-    database.start()
-    yield database
-    database.close()
-    if request.param == "postgresql":
-        _psql("DROP DATABASE IF EXISTS mxd_retention")
+    if request.param == "sqlite":
+        database = Database(f"sqlite:///{tmp_path / 'mxd.db'}")
+        database.start()
+        yield database
+        database.close()
+        return
+    with fresh_database("mxd_retention") as url:
+        database = Database(url)
+        database.start()
+        yield database
+        database.close()
 
 
 def test_sweep_removes_expired_mail_and_everything_that_belongs_to_it(db: Database) -> None:

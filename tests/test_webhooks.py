@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import smtplib
 import socket
 import sqlite3
-import subprocess
 import threading
 import time
 from email.message import EmailMessage
@@ -28,6 +26,7 @@ from mxd.store import webhooks as store
 from mxd.store.models import MODELS, Event, Mailbox, Webhook, WebhookAttempt, WebhookDelivery
 from mxd.tokens import Principal
 from tests.daemon import MxdProcess, free_port, wait_for
+from tests.pg import fresh_database
 
 ALL_TYPES = list(store.EVENT_TYPES)
 
@@ -583,29 +582,10 @@ def test_public_https_url_accepted(strict):
 
 
 # ---------------------------------------------------------------- the same on PostgreSQL
-def _psql(statement: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["su", "postgres", "-c", f"psql -q -v ON_ERROR_STOP=1 -c \"{statement}\""],
-                          capture_output=True, text=True, timeout=60)
-
-
 @pytest.fixture(scope="module")
 def pg_url() -> Iterator[str]:
-    if shutil.which("pg_ctlcluster") is None or shutil.which("su") is None:
-        pytest.skip("PostgreSQL (pg_ctlcluster) is not installed")
-    pytest.importorskip("psycopg2")
-    status = subprocess.run(["pg_lsclusters", "-h"], capture_output=True, text=True)
-    if not status.stdout.strip():
-        pytest.skip("no PostgreSQL cluster on this machine")
-    version, cluster = status.stdout.split()[:2]
-    started = subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, cluster, "start"],
-                             capture_output=True, text=True, timeout=120)
-    assert started.returncode in (0, 2), started.stderr          # 2: already running
-    _psql("DROP DATABASE IF EXISTS mxd_webhooks_test")
-    _psql("DROP ROLE IF EXISTS mxd_webhooks_test")
-    assert _psql("CREATE ROLE mxd_webhooks_test WITH LOGIN PASSWORD 'mxd_webhooks_test'").returncode == 0
-    assert _psql("CREATE DATABASE mxd_webhooks_test OWNER mxd_webhooks_test").returncode == 0
-    yield "postgresql://mxd_webhooks_test:mxd_webhooks_test@127.0.0.1/mxd_webhooks_test"
-    _psql("DROP DATABASE IF EXISTS mxd_webhooks_test")
+    with fresh_database("mxd_webhooks_test") as url:
+        yield url
 
 
 @pytest.mark.slow
