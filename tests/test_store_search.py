@@ -109,3 +109,26 @@ def test_cursor_bisection_finds_the_first_row_at_or_after_the_cursor(db: pw.Sqli
                    *(i[:-1] + "0" for i in rng.sample(ids, 20))]:
         brute = db.execute_sql("SELECT min(rowid) FROM message_fts WHERE message_id >= ?", (before,)).fetchone()[0]
         assert search._first_rowid_from(db, before) == brute
+
+
+def test_mailbox_map_follows_removal_and_reuse_of_the_newest_rowid(db: pw.SqliteDatabase) -> None:
+    old = new_id("msg")
+    search.index(db, old, "mbx_a", "old", "", "shared")
+    newest = new_id("msg")
+    search.index(db, newest, "mbx_a", "gone", "", "shared")
+    search.remove(db, [newest])                    # FTS5 hands the freed top rowid to the next row
+    later = new_id("msg")
+    search.index(db, later, "mbx_b", "later", "", "shared")
+    assert search.search(db, "shared", ["mbx_b"], 50, None) == [later]
+    assert search.search(db, "shared", ["mbx_a"], 50, None) == [old]
+    assert search.search(db, "shared", None, 50, None) == [later, old]
+
+
+def test_mailbox_map_is_built_for_an_index_that_predates_it(db: pw.SqliteDatabase) -> None:
+    rng = random.Random(16)
+    kept = _fill(db, 120, rng)
+    db.execute_sql("DELETE FROM search_mailbox")    # as a store indexed before schema v4
+    assert search.search(db, "subject", ["mbx_a"], 500, None) == []
+    search.create_mailbox_map(db)
+    for boxes in (["mbx_a"], ["mbx_b", "mbx_c"]):
+        assert search.search(db, "subject", boxes, 500, None) == _expected(kept, "subject", boxes, None, 500)

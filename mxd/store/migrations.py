@@ -47,7 +47,12 @@ def _v3_thread_order(db: pw.Database) -> None:
     db.execute_sql('CREATE INDEX IF NOT EXISTS "thread_last_at_id" ON "thread" ("last_at", "id")')
 
 
-STEPS: list[Callable[[pw.Database], None]] = [_v1_initial, _v2_platform, _v3_thread_order]
+def _v4_search_mailbox(db: pw.Database) -> None:
+    """Searches within some mailboxes find each match's mailbox in a compact table (SQLite)."""
+    search.create_mailbox_map(db)
+
+
+STEPS: list[Callable[[pw.Database], None]] = [_v1_initial, _v2_platform, _v3_thread_order, _v4_search_mailbox]
 
 
 def current_version(db: pw.Database) -> int:

@@ -32,12 +32,27 @@ def create_index(db: pw.Database) -> None:
         db.execute_sql("CREATE INDEX IF NOT EXISTS message_search_doc ON message_search USING GIN (doc)")
 
 
+def create_mailbox_map(db: pw.Database) -> None:
+    """SQLite: the mailbox of every index row in a compact table (index rowid -> mailbox id).
+
+    A search within some mailboxes joins it to each match before reading anything else; reading the
+    UNINDEXED mailbox_id column instead costs a seek into the content table (which holds the bodies)
+    for every match. Built from the index for an existing store.
+    """
+    if not _is_sqlite(db):
+        return
+    db.execute_sql("CREATE TABLE IF NOT EXISTS search_mailbox (fts_rowid INTEGER PRIMARY KEY, mailbox_id VARCHAR(40) NOT NULL)")
+    db.execute_sql("INSERT OR IGNORE INTO search_mailbox (fts_rowid, mailbox_id) SELECT rowid, mailbox_id FROM message_fts")
+
+
 def index(db: pw.Database, message_id: str, mailbox_id: str, subject: str, addresses: str, body: str) -> None:
     body = body[:MAX_BODY]
     if _is_sqlite(db):
-        db.execute_sql(
+        cursor = db.execute_sql(
             "INSERT INTO message_fts(message_id, mailbox_id, subject, addresses, body) VALUES (?, ?, ?, ?, ?)",
             (message_id, mailbox_id, subject, addresses, body))
+        db.execute_sql("INSERT OR REPLACE INTO search_mailbox (fts_rowid, mailbox_id) VALUES (?, ?)",
+                       (cursor.lastrowid, mailbox_id))
     else:
         db.execute_sql(
             "INSERT INTO message_search(message_id, mailbox_id, doc) VALUES (%s, %s, "
@@ -49,9 +64,18 @@ def index(db: pw.Database, message_id: str, mailbox_id: str, subject: str, addre
 def remove(db: pw.Database, message_ids: list[str]) -> None:
     if not message_ids:
         return
-    marks = ",".join(["?" if _is_sqlite(db) else "%s"] * len(message_ids))
-    table = "message_fts" if _is_sqlite(db) else "message_search"
-    db.execute_sql(f"DELETE FROM {table} WHERE message_id IN ({marks})", tuple(message_ids))
+    if not _is_sqlite(db):
+        marks = ",".join(["%s"] * len(message_ids))
+        db.execute_sql(f"DELETE FROM message_search WHERE message_id IN ({marks})", tuple(message_ids))
+        return
+    marks = ",".join("?" * len(message_ids))
+    rowids = [r[0] for r in db.execute_sql(f"SELECT rowid FROM message_fts WHERE message_id IN ({marks})",
+                                           tuple(message_ids)).fetchall()]
+    for start in range(0, len(rowids), 500):
+        chunk = rowids[start:start + 500]
+        marks = ",".join("?" * len(chunk))
+        db.execute_sql(f"DELETE FROM message_fts WHERE rowid IN ({marks})", tuple(chunk))
+        db.execute_sql(f"DELETE FROM search_mailbox WHERE fts_rowid IN ({marks})", tuple(chunk))
 
 
 def _fts5_query(q: str) -> str:
@@ -104,19 +128,22 @@ def _search_fts5(db: pw.Database, q: str, mailbox_ids: list[str] | None, limit: 
     match = _fts5_query(q)
     if not match:
         return []
-    sql = "SELECT message_id FROM message_fts WHERE message_fts MATCH ?"
+    sql = "SELECT f.message_id FROM message_fts f"
     params: list = [match]
-    if mailbox_ids is not None:
-        sql += f" AND mailbox_id IN ({','.join('?' * len(mailbox_ids))})"
+    if mailbox_ids is not None:             # the mailbox of each match from the compact map, not the content
+        sql += (" JOIN search_mailbox b ON b.fts_rowid = f.rowid WHERE message_fts MATCH ?"
+                f" AND b.mailbox_id IN ({','.join('?' * len(mailbox_ids))})")
         params += mailbox_ids
+    else:
+        sql += " WHERE message_fts MATCH ?"
     if before:
         bound = _first_rowid_from(db, before)
         if bound is not None:
-            sql += " AND rowid < ?"
+            sql += " AND f.rowid < ?"
             params.append(bound)
-        sql += " AND message_id < ?"       # what the cursor means, whatever was committed since the bisection
+        sql += " AND f.message_id < ?"     # what the cursor means, whatever was committed since the bisection
         params.append(before)
-    sql += f" ORDER BY rowid DESC LIMIT {int(limit)}"
+    sql += f" ORDER BY f.rowid DESC LIMIT {int(limit)}"
     return [row[0] for row in db.execute_sql(sql, tuple(params)).fetchall()]
 
 
