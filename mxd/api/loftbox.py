@@ -16,7 +16,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from mxd import agents, domaincheck, inbox, keys, orgs
-from mxd.api.app import MAIL_BODY, Context, authenticate, ctx, json_body, note_audit, page, principal_of
+from mxd.api.app import MAIL_BODY, Context, authenticate, ctx, json_body, note_audit, page, page_params, principal_of
 from mxd.api.litemx import health
 from mxd.api.outbound import delivery_status, draft_from_body, send_draft
 from mxd.errors import MxdError
@@ -179,7 +179,7 @@ def _target_org(principal: Principal, body: dict) -> str | None:
 
 async def agents_list(request: Request) -> Response:
     principal = await authenticate(request, "read")
-    limit, cursor = _limit(request, 50, 500), request.query_params.get("cursor") or None
+    limit, cursor = page_params(request)
     rows = await ctx(request).db.read(agents.list_agents, principal, request.query_params.get("external_id"),
                                       limit, cursor)
     return JSONResponse(page([agents.to_dict(a) for a in rows], limit, len(rows), rows[-1].id if rows else None))
@@ -429,20 +429,9 @@ async def message_get(request: Request) -> Response:
 
 
 # ---------------------------------------------------------------- inbox polling
-def _limit(request: Request, default: int, most: int) -> int:
-    raw = request.query_params.get("limit")
-    try:
-        limit = default if raw is None else int(raw)
-    except ValueError:
-        raise MxdError("bad_request", "limit must be an integer") from None
-    if not 1 <= limit <= most:
-        raise MxdError("bad_request", f"limit must be between 1 and {most}")
-    return limit
-
-
 async def inbox_poll(request: Request) -> Response:
     principal = await authenticate(request, "read")
-    limit = _limit(request, INBOX_DEFAULT, INBOX_MOST)
+    limit, _ = page_params(request, INBOX_DEFAULT, INBOX_MOST)
 
     def work() -> dict:
         box = _visible_mailbox(principal, request.path_params["mailbox_id"])

@@ -29,7 +29,8 @@ from mxd.tokens import Principal
 MAX_ATTACHMENT_BYTES = 20 * 1024 * 1024
 
 
-def _list(value: Any, name: str) -> list[str]:
+def address_list(value: Any, name: str) -> list[str]:
+    """An address or a list of addresses from a JSON body, as a list."""
     if value is None:
         return []
     if isinstance(value, str):
@@ -78,9 +79,9 @@ def draft_from_body(body: dict, sender: str, *, in_reply_to: str | None = None,
     if not isinstance(headers, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in headers.items()):
         raise MxdError("bad_request", "headers must be an object of strings")
     return Draft(
-        from_addr=sender, from_name=_str(body, "from_name") or "", to=_list(body.get("to"), "to"),
-        cc=_list(body.get("cc"), "cc"), bcc=_list(body.get("bcc"), "bcc"),
-        reply_to=_list(body.get("reply_to"), "reply_to"), subject=_str(body, "subject") or "",
+        from_addr=sender, from_name=_str(body, "from_name") or "", to=address_list(body.get("to"), "to"),
+        cc=address_list(body.get("cc"), "cc"), bcc=address_list(body.get("bcc"), "bcc"),
+        reply_to=address_list(body.get("reply_to"), "reply_to"), subject=_str(body, "subject") or "",
         text=_str(body, "text"), html=_str(body, "html"), attachments=_attachments(body.get("attachments")),
         headers=headers, in_reply_to=in_reply_to, references=references or [])
 

@@ -28,6 +28,7 @@ from mxd import address as addr
 from mxd import audit, retention, tokens
 from mxd.api.app import authenticate, ctx, json_body, note_audit, page, page_params, principal_of
 from mxd.api.litemx import _domain_dict, _mailbox_dict, _visible_ids, effective_retention
+from mxd.api.outbound import address_list
 from mxd.config import parse_hostport
 from mxd.errors import MxdError
 from mxd.ingest import Envelope, Recipient, ingest, received_header
@@ -260,16 +261,6 @@ async def _wait_processed(request: Request, inbound_id: str, seconds: float = 10
         await asyncio.sleep(0.05)
 
 
-def _as_list(value: Any, name: str) -> list[str]:
-    if value is None:
-        return []
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, list) and all(isinstance(v, str) for v in value):
-        return value
-    raise MxdError("bad_request", f"{name} must be an address or a list of addresses")
-
-
 def _raw_bytes(value: str) -> bytes:
     """A whole RFC 5322 message given as base64 or as text."""
     compact = "".join(value.split())
@@ -306,7 +297,7 @@ async def inbound_simulate(request: Request) -> Response:
     {"raw": base64 or text of a whole message}. Returns the inbound id (and the message ids with "wait")."""
     principal = await authenticate(request, "admin")
     body = await json_body(request)
-    to = _as_list(body.get("to"), "to") + _as_list(body.get("mailbox"), "mailbox")
+    to = address_list(body.get("to"), "to") + address_list(body.get("mailbox"), "mailbox")
     if not to:
         raise MxdError("bad_request", 'body must name the recipients: {"to": ["agent@example.com"]} or {"mailbox": ...}')
     if len(to) > MAX_INJECT_RECIPIENTS:
