@@ -21,6 +21,7 @@ import pickle
 import signal
 import struct
 import threading
+import time
 from typing import Any
 
 from mxd.config import Config
@@ -167,6 +168,7 @@ class WorkerProcesses(concurrent.futures.Executor):
         self._thread = threading.get_ident()
         self._seq = 0
         self._closed = False
+        self._deaths: list[float] = []
         self._workers = [self._start() for _ in range(processes)]
 
     def _start(self) -> _Worker:
@@ -232,6 +234,9 @@ class WorkerProcesses(concurrent.futures.Executor):
         except Exception as exc:
             future.set_exception(exc)
             return
+        if not self._workers:
+            future.set_exception(RuntimeError("no worker process is running"))
+            return
         worker = min(self._workers, key=lambda w: len(w.pending))
         worker.pending[self._seq] = future
         self._seq += 1
@@ -286,6 +291,8 @@ class WorkerProcesses(concurrent.futures.Executor):
                 future.set_exception(value)
 
     def _detach(self, worker: _Worker) -> None:
+        if self._loop.is_closed():
+            return
         self._loop.remove_reader(worker.fd)
         self._loop.remove_writer(worker.fd)
 
@@ -299,7 +306,13 @@ class WorkerProcesses(concurrent.futures.Executor):
         for future in worker.pending.values():
             if not future.done():
                 future.set_exception(RuntimeError("the worker process ended"))
-        self._workers[self._workers.index(worker)] = self._start()
+        now = time.monotonic()
+        self._deaths = [t for t in self._deaths if now - t < 60] + [now]
+        if len(self._deaths) > 5:                   # a process that cannot live: stop replacing it
+            log.error("worker processes keep ending; CPU work fails until mxd is restarted")
+            self._workers.remove(worker)
+        else:
+            self._workers[self._workers.index(worker)] = self._start()
 
 
 class Pipeline:

@@ -185,15 +185,23 @@ class _Pipe(asyncio.Protocol):
     async def replies(self, count: int, timeout: float) -> list[tuple[int, str]]:
         """The next `count` replies, in order; raises when the session breaks or times out."""
         if len(self._replies) < count and self._error is None:
+            loop = asyncio.get_running_loop()
             self._want = count
-            self._waiter = asyncio.get_running_loop().create_future()
+            self._waiter = waiter = loop.create_future()
+            timer = loop.call_later(timeout, self._timed_out, waiter)   # lighter than asyncio.wait_for
             try:
-                await asyncio.wait_for(self._waiter, timeout)
+                await waiter
             finally:
+                timer.cancel()
                 self._waiter = None
         if len(self._replies) < count:
             raise self._error or EOFError("the connection was closed")
         return [self._replies.popleft() for _ in range(count)]
+
+    @staticmethod
+    def _timed_out(waiter: asyncio.Future) -> None:
+        if not waiter.done():
+            waiter.set_exception(asyncio.TimeoutError())
 
     def write(self, data: bytes) -> None:
         if not self.is_open:

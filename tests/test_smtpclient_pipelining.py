@@ -149,3 +149,21 @@ async def test_server_gone_mid_session_is_a_broken_connection() -> None:
         assert (e.value.permanent, e.value.stage) == (False, "mail")
         assert not conn.is_open
         await conn.close()
+
+
+async def test_silent_server_times_out() -> None:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 x\r\n")
+        await reader.readline()
+        writer.write(b"250-x\r\n250 PIPELINING\r\n")
+        await reader.readuntil(b"DATA\r\n")
+        await asyncio.sleep(30)                                 # no reply to the group
+    server = await asyncio.start_server(handle, "127.0.0.1", 0, family=socket.AF_INET)
+    async with server:
+        port = server.sockets[0].getsockname()[1]
+        conn = await Connection.open("127.0.0.1", port, helo_name="out.example.com", timeout=1)
+        with pytest.raises(DeliveryError) as e:
+            await conn.send("a@example.com", ["b@example.org"], MSG)
+        assert (e.value.permanent, e.value.stage, e.value.text) == (False, "mail", "timed out")
+        assert not conn.is_open
+        await conn.close()
