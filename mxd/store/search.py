@@ -141,10 +141,13 @@ def _search_fts5(db: pw.Database, q: str, mailbox_ids: list[str] | None, limit: 
         if bound is not None:
             sql += " AND f.rowid < ?"
             params.append(bound)
-        sql += " AND f.message_id < ?"     # what the cursor means, whatever was committed since the bisection
-        params.append(before)
+        else:                               # every id sorted below the cursor; newer rows may have come since
+            sql += " AND f.message_id < ?"
+            params.append(before)
     sql += f" ORDER BY f.rowid DESC LIMIT {int(limit)}"
-    return [row[0] for row in db.execute_sql(sql, tuple(params)).fetchall()]
+    found = [row[0] for row in db.execute_sql(sql, tuple(params)).fetchall()]
+    # The rowid bound is the cursor while rowid order is id order; never hand out what is not older.
+    return [i for i in found if i < before] if before else found
 
 
 def _first_rowid_from(db: pw.Database, message_id: str) -> int | None:
