@@ -43,7 +43,8 @@ def _v2_platform(db: pw.Database) -> None:
 
 def _v3_thread_order(db: pw.Database) -> None:
     """Thread lists in index order (newest activity first), for one mailbox or all, cursor as a range."""
-    db.execute_sql('CREATE INDEX IF NOT EXISTS "thread_mailbox_id_last_at_id" ON "thread" ("mailbox_id", "last_at", "id")')
+    db.execute_sql('CREATE INDEX IF NOT EXISTS "thread_mailbox_id_last_at_id" '
+                   'ON "thread" ("mailbox_id", "last_at", "id")')
     db.execute_sql('CREATE INDEX IF NOT EXISTS "thread_last_at_id" ON "thread" ("last_at", "id")')
 
 

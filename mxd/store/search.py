@@ -1,8 +1,8 @@
 """Full-text search over subject, addresses and body text: the one place that knows the index.
 
-SQLite uses an FTS5 table; PostgreSQL a tsvector column with a GIN index. The
-query language is the same for both: words (all must match), "quoted phrases",
-a trailing * for a prefix, and the fields from:, to:, subject:.
+SQLite uses an FTS5 table (and a small table of each index row's mailbox); PostgreSQL a
+tsvector column with a GIN index. The query language is the same for both: words (all must
+match), "quoted phrases", a trailing * for a prefix, and the fields from:, to:, subject:.
 """
 from __future__ import annotations
 
@@ -41,8 +41,10 @@ def create_mailbox_map(db: pw.Database) -> None:
     """
     if not _is_sqlite(db):
         return
-    db.execute_sql("CREATE TABLE IF NOT EXISTS search_mailbox (fts_rowid INTEGER PRIMARY KEY, mailbox_id VARCHAR(40) NOT NULL)")
-    db.execute_sql("INSERT OR IGNORE INTO search_mailbox (fts_rowid, mailbox_id) SELECT rowid, mailbox_id FROM message_fts")
+    db.execute_sql("CREATE TABLE IF NOT EXISTS search_mailbox ("
+                   "fts_rowid INTEGER PRIMARY KEY, mailbox_id VARCHAR(40) NOT NULL)")
+    db.execute_sql("INSERT OR IGNORE INTO search_mailbox (fts_rowid, mailbox_id) "
+                   "SELECT rowid, mailbox_id FROM message_fts")
 
 
 def index(db: pw.Database, message_id: str, mailbox_id: str, subject: str, addresses: str, body: str) -> None:
