@@ -65,7 +65,8 @@ _signers: dict[str, Signers] = {}
 
 
 def prepare(dkim_dir: str, data: bytes, domain: str) -> tuple[bytes, Any]:
-    """Sign (and parse) a message: CPU work, run in a worker process beside the event loop."""
+    """Normalise line ends, sign and parse a message: CPU work, run in a worker process beside the event loop."""
+    data = normalize_line_endings(data)
     signers = _signers.get(dkim_dir)
     if signers is None:
         signers = _signers[dkim_dir] = Signers(Path(dkim_dir))
@@ -129,10 +130,9 @@ async def send(cfg: Config, db: Database, cpu: concurrent.futures.Executor, prin
 
     `cpu` runs the signing and parsing (mxd's worker processes).
     """
-    data = normalize_line_endings(out.data)
     domain = out.mail_from.rsplit("@", 1)[-1].lower()
     try:
-        args = (prepare, os.path.join(cfg.data_dir, "dkim"), data, domain)   # cfg.dkim_dir, without a Path per send
+        args = (prepare, os.path.join(cfg.data_dir, "dkim"), out.data, domain)   # cfg.dkim_dir, without a Path per send
         run = getattr(cpu, "run", None)        # mxd.pipeline.WorkerProcesses: straight to the worker process
         signed, parsed = await (run(*args) if run else asyncio.get_running_loop().run_in_executor(cpu, *args))
     except ValueError as exc:           # no From, or a header that cannot be parsed
