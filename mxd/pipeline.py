@@ -154,12 +154,12 @@ class _Worker:
 
 
 class WorkerProcesses(concurrent.futures.Executor):
-    """`pipeline_processes` worker processes fed through one socket each, read and written by the event
-    loop itself (add_reader/add_writer): a request costs one write and its answer one read, without the
-    feeder and manager threads (and their wake-ups) of ProcessPoolExecutor. Each process runs its
-    requests in order; a new request goes to the process with the fewest outstanding. A process that
-    dies fails its outstanding requests and is replaced. Frames are multiprocessing.Connection's
-    (a 4-byte big-endian length, then a pickle)."""
+    """Up to `pipeline_processes` worker processes, started when work comes, each fed through one
+    socket that the event loop itself reads and writes (add_reader/add_writer): a request costs one
+    write and its answer one read, without the feeder and manager threads (and their wake-ups) of
+    ProcessPoolExecutor. Each process runs its requests in order; a new request goes to the process
+    with the fewest outstanding. A process that dies fails its outstanding requests and is replaced.
+    Frames are multiprocessing.Connection's (a 4-byte big-endian length, then a pickle)."""
 
     def __init__(self, processes: int, initargs: tuple, loop: asyncio.AbstractEventLoop) -> None:
         self._ctx = multiprocessing.get_context("spawn")
@@ -168,8 +168,10 @@ class WorkerProcesses(concurrent.futures.Executor):
         self._thread = threading.get_ident()
         self._seq = 0
         self._closed = False
+        self._broken = False
         self._deaths: list[float] = []
-        self._workers = [self._start() for _ in range(processes)]
+        self._size = processes
+        self._workers: list[_Worker] = []            # started on demand, as ProcessPoolExecutor does
 
     def _start(self) -> _Worker:
         parent, child = self._ctx.Pipe(duplex=True)
@@ -234,9 +236,17 @@ class WorkerProcesses(concurrent.futures.Executor):
         except Exception as exc:
             future.set_exception(exc)
             return
-        if not self._workers:
-            future.set_exception(RuntimeError("no worker process is running"))
+        if self._broken:
+            future.set_exception(RuntimeError("worker processes keep ending; restart mxd"))
             return
+        if len(self._workers) < self._size and all(w.pending for w in self._workers):
+            try:
+                self._workers.append(self._start())
+            except Exception as exc:
+                if not self._workers:
+                    future.set_exception(exc)
+                    return
+                log.exception("starting another worker process failed")
         worker = min(self._workers, key=lambda w: len(w.pending))
         worker.pending[self._seq] = future
         self._seq += 1
@@ -310,6 +320,7 @@ class WorkerProcesses(concurrent.futures.Executor):
         self._deaths = [t for t in self._deaths if now - t < 60] + [now]
         if len(self._deaths) > 5:                   # a process that cannot live: stop replacing it
             log.error("worker processes keep ending; CPU work fails until mxd is restarted")
+            self._broken = True
             self._workers.remove(worker)
         else:
             self._workers[self._workers.index(worker)] = self._start()

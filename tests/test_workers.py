@@ -59,8 +59,10 @@ async def test_signing_runs_in_the_worker(tmp_path) -> None:
 
 async def test_shutdown_ends_the_processes() -> None:
     workers = await _workers(2)
+    assert workers._workers == []                     # no process until there is work
+    await asyncio.gather(*[workers.run(os.getpid) for _ in range(4)])
     procs = [w.proc for w in workers._workers]
-    await workers.run(os.getpid)
+    assert len(procs) == 2 and all(p.is_alive() for p in procs)
     workers.shutdown(wait=True)
     assert all(not p.is_alive() for p in procs)
     with pytest.raises(RuntimeError):
