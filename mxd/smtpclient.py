@@ -198,6 +198,11 @@ class _Pipe(asyncio.Protocol):
             raise self._error or EOFError("the connection was closed")
         return [self._replies.popleft() for _ in range(count)]
 
+    def discard_unsolicited(self) -> None:
+        """Forget replies that no command asked for (a server's parting 421, a stray line), so they
+        cannot be taken for the answers to the next group."""
+        self._replies.clear()
+
     @staticmethod
     def _timed_out(waiter: asyncio.Future) -> None:
         if not waiter.done():
@@ -521,6 +526,7 @@ class Connection:
     async def _pipe_rset(self) -> None:
         pipe = self._pipe
         assert pipe is not None
+        pipe.discard_unsolicited()
         try:   # RFC 5321 4.1.1.5: abort the unfinished transaction before the next one
             pipe.write(b"RSET\r\n")
             [(code, text)] = await pipe.replies(1, self.timeout)
@@ -549,6 +555,7 @@ class Connection:
             return self._all(recipients, 553, "5.6.7", "non-ASCII address and the server does not offer SMTPUTF8")
         self._dirty = True
         stage = "mail"
+        pipe.discard_unsolicited()
         try:
             pipe.write(wire)
             replies = await pipe.replies(len(group), self.timeout)

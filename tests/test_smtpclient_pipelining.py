@@ -167,3 +167,37 @@ async def test_silent_server_times_out() -> None:
         assert (e.value.permanent, e.value.stage, e.value.text) == (False, "mail", "timed out")
         assert not conn.is_open
         await conn.close()
+
+
+async def test_a_server_closing_an_idle_session_is_seen_as_closed() -> None:
+    """A server's parting 421 while the connection waits for mail is not read as the next reply."""
+    closed = asyncio.Event()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 x\r\n")
+        await reader.readline()
+        writer.write(b"250-x\r\n250 PIPELINING\r\n")
+        await reader.readuntil(b"DATA\r\n")
+        writer.write(b"250 ok\r\n250 ok\r\n354 go\r\n")
+        await reader.readuntil(b"\r\n.\r\n")
+        writer.write(b"250 queued\r\n")
+        await asyncio.sleep(0.2)
+        writer.write(b"421 4.4.2 idle too long, closing\r\n")    # unsolicited, then the end
+        await writer.drain()
+        writer.close()
+        closed.set()
+    server = await asyncio.start_server(handle, "127.0.0.1", 0, family=socket.AF_INET)
+    async with server:
+        port = server.sockets[0].getsockname()[1]
+        conn = await Connection.open("127.0.0.1", port, helo_name="out.example.com", timeout=10)
+        assert [r.ok for r in await conn.send("a@example.com", ["b@example.org"], MSG)] == [True]
+        await asyncio.wait_for(closed.wait(), 10)
+        for _ in range(100):
+            if not conn.is_open:
+                break
+            await asyncio.sleep(0.02)
+        assert not conn.is_open
+        with pytest.raises(DeliveryError) as e:
+            await conn.send("a@example.com", ["c@example.org"], MSG)
+        assert (e.value.permanent, e.value.stage) == (False, "mail")
+        await conn.close()

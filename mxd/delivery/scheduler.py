@@ -201,6 +201,8 @@ class Scheduler:
                         return
                     if not queue:
                         continue
+                if not conn.is_open:
+                    return               # closed by the server while idle: the rest waits for another lane
                 entry = queue.popleft()
                 taken[entry.id] = entry
                 data = self._data.get(entry.id)
