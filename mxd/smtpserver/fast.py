@@ -13,6 +13,9 @@ _SIMPLE_PATH = re.compile(r"\s*<((?:[A-Za-z0-9!#$&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-
                           r"@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+)?)>(.*)\Z", re.S)
 
 
+_TERMINATOR = b"\r\n.\r\n"
+
+
 class FastSMTP(SMTP):
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
         # The common <local@domain> form without the stdlib header parser (the slowest step of a
@@ -23,7 +26,7 @@ class FastSMTP(SMTP):
         return super()._getaddr(arg)
 
     async def smtp_DATA(self, arg: str) -> None:
-        """DATA read in chunks up to each ".<CRLF>" instead of line by line (the MX's hot loop).
+        """DATA read in one piece up to <CRLF>.<CRLF> instead of line by line (the MX's hot loop).
 
         The rules are aiosmtpd's: only <CRLF>.<CRLF> ends the data (RFC 5321 4.1.1.4; a bare CR or
         LF next to the dot never does), lines over 1000 octets plus the transparency dot give 500
@@ -42,33 +45,43 @@ class FastSMTP(SMTP):
         await self.push("354 End data with <CR><LF>.<CR><LF>")
         reader = self._reader
         limit = self.data_size_limit or 0
-        data = bytearray()
+        # The DATA line's own CRLF starts the terminator of an empty message: count it in, drop it after.
+        data = bytearray(b"\r\n")
         too_much = False
 
-        async def take(separator: bytes) -> None:
-            nonlocal data, too_much
-            try:
-                data += await reader.readuntil(separator)
-            except asyncio.LimitOverrunError as exc:
-                data += await reader.readexactly(exc.consumed)
-            if limit and len(data) > limit + 5:
+        def note_size() -> None:
+            nonlocal too_much
+            if limit and len(data) > limit + 7:
                 too_much = True
                 del data[:-5]                    # drain, keeping only what may start the terminator
 
         saved = reader._limit
-        reader._limit = 1 << 20                  # read up to each ".<CRLF>", not up to each line
+        reader._limit = 1 << 20                  # read up to the terminator, not up to each line
         try:
-            # The DATA line's own CRLF comes before the dot of an empty message.
-            while not data.endswith(b"\r\n"):
-                await take(b"\r\n")
-            if data == b".\r\n":
-                data.clear()
-            else:
-                while not data.endswith(b"\r\n.\r\n"):
-                    await take(b".\r\n")
-                del data[-3:]                    # the terminator's ".<CRLF>"; its CRLF ends the last line
+            while True:
+                # A terminator that began in what is read already: read exactly what would complete it
+                # (never more, so that the next pipelined command stays in the reader).
+                k = next((k for k in (4, 3, 2, 1) if data.endswith(_TERMINATOR[:k])), 0)
+                if k:
+                    want = _TERMINATOR[k:]
+                    got = await reader.readexactly(len(want))
+                    data += got
+                    note_size()
+                    if got == want:
+                        break
+                    continue
+                try:
+                    data += await reader.readuntil(_TERMINATOR)
+                except asyncio.LimitOverrunError as exc:
+                    data += await reader.readexactly(exc.consumed)
+                note_size()
+                if data.endswith(_TERMINATOR):
+                    break
         finally:
             reader._limit = saved
+        if not too_much:
+            del data[-3:]                        # the terminator's ".<CRLF>"; its CRLF ends the last line
+            del data[:2]
         lines = bytes(data).split(b"\r\n")
         if too_much:
             await self.push("552 Error: Too much mail data")
