@@ -113,9 +113,16 @@ def create_mailbox(address: str, display_name: str = "", retention_days: int | N
     existing = Mailbox.get_or_none(Mailbox.address == parsed.key)
     if existing:
         return existing, False
+    owner = domain.org_id if org_id is _DOMAIN_ORG else org_id
+    # RFC 5321 4.5.1 / RFC 2142: postmaster@ and abuse@ reach the domain's owner, never a tenant of it
+    if parsed.local.lower() in REQUIRED_LOCALS and owner != domain.org_id:
+        raise MxdError("conflict", f"{parsed.key} is reserved for the domain's owner", status=409)
+    if Alias.select().where(Alias.address == parsed.key).exists():      # a mailbox would shadow the alias
+        raise MxdError("conflict", f"{parsed.key} is an alias already", status=409,
+                       fix="Delete the alias first (DELETE /api/aliases/{alias}), or choose another address.")
     box = Mailbox.create(id=new_id("mbx"), address=parsed.key, domain=domain,
                          display_name=display_name or "", retention_days=retention_days,
-                         org_id=domain.org_id if org_id is _DOMAIN_ORG else org_id, agent_id=agent_id)
+                         org_id=owner, agent_id=agent_id)
     return box, True
 
 
