@@ -8,7 +8,6 @@ import time
 from typing import Any
 
 from mxd.db import execute
-from mxd.errors import MxdError
 from mxd.ids import new_id
 from mxd.store.models import Audit
 
@@ -24,14 +23,13 @@ def record(actor: str, action: str, *, org_id: str | None = None, target: str = 
     return audit_id
 
 
-def result_of(err: MxdError | None, status: int | None = None) -> str:
+def result_of(status: int, code: str | None = None) -> str:
     """The result column for an outcome: ok, denied (a refused token or scope: 401/403), or the error code."""
-    status = err.status if err is not None else status
-    if status is None or status < 400:
+    if status < 400:
         return "ok"
     if status in (401, 403):
         return "denied"
-    return err.code if err is not None else "error"
+    return code or "error"
 
 
 def query(*, org_id: str | None = None, everyone: bool = False, actor: str | None = None,

@@ -159,5 +159,5 @@ def _blocked(principal: Principal | None, out: Outgoing, exc: MxdError) -> None:
     outbox.emit("message.blocked", mailbox_id=row[0] if row else None, sender=out.mail_from,
                 recipients=out.recipients[:100], code=exc.code, reason=exc.message, source=out.source)
     audit.record(principal.token_id if principal else "mxd", "send", org_id=row[1] if row else None,
-                 mailbox=out.mail_from.lower(), result=exc.code,
-                 detail={"source": out.source, "recipients": len(out.recipients), "reason": exc.message})
+                 mailbox=out.mail_from.lower(), result=audit.result_of(exc.status, exc.code),
+                 detail={"code": exc.code, "source": out.source, "recipients": len(out.recipients), "reason": exc.message})

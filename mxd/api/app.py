@@ -114,7 +114,7 @@ class AuditMiddleware:
         extra: dict = dict(scope.get("mxd.audit") or {})
         route = scope.get("route")
         action = extra.pop("action", None) or f"{method} {getattr(route, 'path', path)}"
-        result = "ok" if status < 400 else ("denied" if status in (401, 403) else extra.get("code", "error"))
+        result = audit.result_of(status, extra.get("code"))
         context: Context = scope["app"].state.ctx
         try:
             await context.db.write(functools.partial(

@@ -128,7 +128,7 @@ async def _call(tc: ToolContext, tool: str, scope: str, work: Work, *, mutating:
         if mutating:
             await _audit(c, request, f"mcp.{tool}", "ok", note)
         return _result(data)
-    await _audit(c, request, f"mcp.{tool}", audit.result_of(err), note, err)
+    await _audit(c, request, f"mcp.{tool}", audit.result_of(err.status, err.code), note, err)
     return _result(err.to_dict(), error=True)
 
 
@@ -475,7 +475,7 @@ class _Endpoint:
         try:
             await principal_of(request)
         except MxdError as err:
-            await _audit(app_ctx(request), request, "mcp", audit.result_of(err), {}, err)
+            await _audit(app_ctx(request), request, "mcp", audit.result_of(err.status, err.code), {}, err)
             response = error_response(err)
             response.headers["WWW-Authenticate"] = 'Bearer realm="mxd"'
             await response(scope, receive, send)
