@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import ctypes
 import logging
 import queue
 import threading
@@ -96,11 +97,14 @@ class Database:
 
     def _read(self, fn: Callable[..., T], args: tuple) -> T:
         # WAL readers see the last committed state; each pool thread keeps its own connection.
+        if self.db.is_closed():
+            name_thread("mxd-read")
         self.db.connect(reuse_if_open=True)
         return fn(*args)
 
     # ---------------------------------------------------------------- writer
     def _write_loop(self) -> None:
+        name_thread("mxd-writer")
         self.db.connect(reuse_if_open=True)
         stop = False
         while not stop:
@@ -145,6 +149,14 @@ class Database:
                 loop.call_soon_threadsafe(_settle_all, settled)
             except RuntimeError:  # loop closed during shutdown
                 pass
+
+
+def name_thread(name: str) -> None:
+    """Give the running thread its name in the kernel too (top -H, /proc/PID/task/*/comm); Linux only."""
+    try:
+        ctypes.CDLL(None).prctl(15, name.encode()[:15], 0, 0, 0)     # PR_SET_NAME
+    except (OSError, AttributeError):
+        pass
 
 
 def _settle(fut: Any, ok: bool, value: Any) -> None:
