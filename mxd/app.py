@@ -99,7 +99,7 @@ class Daemon:
         resolver = make_resolver(cfg.dns_nameservers, cfg.dns_timeout)
 
         self.workers = make_workers(cfg, resolver)
-        self.pipeline = Pipeline(cfg, self.db, self.workers)
+        self.pipeline = Pipeline(cfg, self.db, self.workers, on_queued=lambda: self.scheduler.notify())
         self.pipeline.start()
         self.scheduler = Scheduler(cfg, self.db, resolver, on_local=self.pipeline.notify)
         self.scheduler.start()
@@ -114,7 +114,7 @@ class Daemon:
         if mx_sock is not None:
             self.mx = MxServer(cfg, MxHandler(cfg, self.db, directory, self.pipeline.notify), tls)
             await self.mx.start_on(mx_sock)
-        self.submission = SubmissionServer(cfg, SubmissionHandler(cfg, self.db, self.workers, queued), tls)
+        self.submission = SubmissionServer(cfg, SubmissionHandler(cfg, self.db, queued), tls)
         await self.submission.start_on(sub_sock, subs_sock)
         app = create_app(Context(cfg, self.db, directory, self.workers, queued, resolver))
         self.mcp = await mcp.start(app)             # the MCP SDK's session manager, for the daemon's lifetime

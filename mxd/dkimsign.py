@@ -194,6 +194,12 @@ def relaxed_body(body: bytes) -> bytes:
     return correct_empty_body(strip_trailing_lines(b"\r\n".join(out)))
 
 
+def check_header(message: bytes) -> None:
+    """Raise ValueError when `sign` could not parse the message's header (its body is not read)."""
+    end = message.find(b"\r\n\r\n")
+    _split(normalize_crlf(message if end < 0 else message[:end + 4]))
+
+
 def _split(message: bytes) -> tuple[list[tuple[bytes, bytes]], bytes]:
     """(header fields, body) as dkimpy's rfc822_parse sees them; only the header block is split into lines."""
     if message.startswith(b"\r\n"):

@@ -25,11 +25,14 @@ class Recipient:
     mailbox_ids: tuple[str, ...]
     tag: str | None = None
     bounce_entry: str | None = None   # set when the address is a VERP return path of a queue entry
+    send: dict | None = None          # a sent copy: what is left to do once it is signed (mxd.sending)
 
     def to_json(self) -> dict:
         out = {"address": self.address, "mailbox_ids": list(self.mailbox_ids), "tag": self.tag}
         if self.bounce_entry:
             out["bounce_entry"] = self.bounce_entry
+        if self.send is not None:
+            out["send"] = self.send
         return out
 
 
@@ -91,6 +94,12 @@ def received_header(*, helo: str, remote_ip: str, hostname: str, protocol: str, 
 
 _INSERT = ('INSERT INTO "inbound" ("id", "received_at", "source", "mail_from", "rcpts", "remote_ip", "helo", "tls", '
            '"data", "trace", "processed") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)')
+
+
+def with_trace(trace: str, data: bytes) -> bytes:
+    """The message as stored whole: the header fields mxd put in front (trace: Received and
+    Authentication-Results on the way in, DKIM-Signature on the way out), then the bytes taken in."""
+    return trace.encode("utf-8", "surrogateescape") + bytes(data)
 
 
 def as_row(env: Envelope) -> InboundRow:

@@ -6,6 +6,10 @@ a separate process (`pipeline_processes`, the GIL would otherwise share one
 core with the SMTP listener); each batch's results are then written through
 the writer, one savepoint per message. A message that cannot be parsed is
 still delivered, raw, with its parse error.
+
+A message taken in by SMTP submission is an unprocessed inbound row too (source
+"outbound"): here it is DKIM-signed and parsed, then `mxd.sending.complete`
+files it in the sender's mailbox and queues it.
 """
 from __future__ import annotations
 
@@ -22,8 +26,9 @@ import signal
 import struct
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
+from mxd import sending
 from mxd.config import Config
 from mxd.db import Database, execute, proxy
 from mxd.delivery.bounces import bounce_received
@@ -73,10 +78,19 @@ def release_memory() -> None:
         pass
 
 
-def _analyse_one(item: tuple[str, bytes, str, str, str, str, str], auth_on: bool, authserv_id: str
-                 ) -> tuple[Any, Any, str]:
+def _analyse_one(item: tuple[str, bytes, str, str, str, str, str], auth_on: bool, authserv_id: str,
+                 dkim_dir: str) -> tuple[Any, Any, str]:
     from mxd.authn import authenticate
     inbound_id, data, ip, helo, mail_from, source, trace = item
+    if source == "outbound":                   # a submitted message: its DKIM fields become its trace
+        try:
+            dkim, parsed = sending.prepare(dkim_dir, data, mail_from.rsplit("@", 1)[-1].lower())
+            return parsed, None, dkim
+        except Exception as exc:               # checked when it was accepted; never lose the message if it fails
+            log.exception("signing %s failed; it is sent unsigned", inbound_id)
+            parsed = parse(data)
+            parsed.errors.append(f"not DKIM-signed: {type(exc).__name__}: {exc}"[:300])
+            return parsed, None, ""
     try:
         parsed = parse(data)
     except Exception:                          # parse() is not meant to raise; never lose the message if it does
@@ -93,19 +107,22 @@ def _analyse_one(item: tuple[str, bytes, str, str, str, str, str], auth_on: bool
     return parsed, auth, trace
 
 
-def analyse(items: list[tuple[str, bytes, str, str, str, str, str]], auth_on: bool, authserv_id: str
-            ) -> list[tuple[Any, Any, str]]:
+def analyse(items: list[tuple[str, bytes, str, str, str, str, str]], auth_on: bool, authserv_id: str,
+            dkim_dir: str = "") -> list[tuple[Any, Any, str]]:
     """(parsed, auth, trace) per (id, data, remote_ip, helo, mail_from, source, trace); never raises.
+
+    A sent copy (source "outbound") is signed instead of authenticated: its trace is then its
+    DKIM-Signature fields.
 
     With auth checks on, the items run on threads, so that one slow DNS answer does not hold up
     the rest of the batch.
     """
     global _threads
     if not auth_on or len(items) == 1:
-        return [_analyse_one(item, auth_on, authserv_id) for item in items]
+        return [_analyse_one(item, auth_on, authserv_id, dkim_dir) for item in items]
     if _threads is None:
         _threads = concurrent.futures.ThreadPoolExecutor(16, thread_name_prefix="mxd-auth")
-    return list(_threads.map(lambda item: _analyse_one(item, auth_on, authserv_id), items))
+    return list(_threads.map(lambda item: _analyse_one(item, auth_on, authserv_id, dkim_dir), items))
 
 
 def make_workers(cfg: Config, resolver: Resolver) -> concurrent.futures.Executor:
@@ -327,8 +344,9 @@ class WorkerProcesses(concurrent.futures.Executor):
 
 
 class Pipeline:
-    def __init__(self, cfg: Config, db: Database, workers: concurrent.futures.Executor) -> None:
-        self.cfg, self.db = cfg, db
+    def __init__(self, cfg: Config, db: Database, workers: concurrent.futures.Executor,
+                 on_queued: Callable[[], None] | None = None) -> None:
+        self.cfg, self.db, self.on_queued = cfg, db, on_queued
         self.window = cfg.thread_subject_window_days * 86400.0
         self._wake = asyncio.Event()
         self._pool = workers
@@ -382,12 +400,14 @@ class Pipeline:
         try:
             items = [(r.id, r.data, r.remote_ip, r.helo, r.mail_from, r.source, r.trace) for r in rows]
             run = getattr(self._pool, "run", None)          # WorkerProcesses
-            args = (analyse, items, self.cfg.auth_checks, self.cfg.hostname)
+            args = (analyse, items, self.cfg.auth_checks, self.cfg.hostname, os.path.join(self.cfg.data_dir, "dkim"))
             results = await (run(*args) if run else asyncio.get_running_loop().run_in_executor(self._pool, *args))
             try:
                 await self.db.write(self._store, rows, results, False)
             except Exception:                       # one bad message: redo the batch one savepoint each
                 await self.db.write(self._store, rows, results, True)
+            if self.on_queued is not None and any(r.source == "outbound" for r in rows):
+                self.on_queued()                    # sent copies completed: their queue entries are due
         except Exception:
             log.exception("processing %d inbound messages failed; they will be retried", len(rows))
             await asyncio.sleep(1.0)
@@ -421,6 +441,9 @@ class Pipeline:
                 execute('UPDATE "inbound" SET "processed" = ? WHERE "id" = ?', (True, row.id))
 
     def _store_one(self, row: InboundRow, parsed: Any, auth: Any, trace: str) -> None:
+        if row.source == "outbound":
+            sending.complete(self.cfg, row, trace, parsed)
+            return
         messages.deliver(row, parsed, auth, trace, self.window)
         for rcpt in row.rcpts:
             if rcpt.get("bounce_entry"):

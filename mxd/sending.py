@@ -1,7 +1,8 @@
 """The one send path: preflight, DKIM-sign, store the sent copy, queue remote recipients, ingest local ones.
 
-SMTP submission and the HTTP API (and later MCP and the CLI) hand a finished,
-CRLF-normalised message to `send`; nothing else puts mail on the queue.
+The HTTP API (and MCP and the CLI) hand a finished message to `send`, SMTP
+submission to `submit`; both take the same two steps, `accept` and `complete`
+(see below), and nothing else puts mail on the queue.
 """
 from __future__ import annotations
 
@@ -16,11 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mxd import audit, keys, outbox, outqueue, policy
+from mxd import audit, dkimsign, keys, outbox, outqueue, policy
 from mxd.config import Config
 from mxd.db import Database, execute
-from mxd.dkimsign import Signer
 from mxd.errors import MxdError
+from mxd.ids import new_id
 from mxd.ingest import Envelope, Recipient, as_row, normalize_line_endings, received_header, store
 from mxd.mime.parse import parse
 from mxd.store import messages
@@ -46,37 +47,107 @@ class Signers:
 
     def __init__(self, dkim_dir: Path) -> None:
         self.dkim_dir = dkim_dir
-        self._cache: dict[str, tuple[float, Signer | None]] = {}
+        self._cache: dict[str, tuple[float, dkimsign.Signer | None]] = {}
         self._lock = threading.Lock()
 
-    def sign(self, data: bytes, domain: str) -> bytes:
+    def fields(self, data: bytes, domain: str) -> bytes:
+        """The DKIM-Signature fields for `data` (b"" when the domain has no active key)."""
         stamp = keys.manifest_mtime(self.dkim_dir, domain)
         with self._lock:
             cached = self._cache.get(domain)
             if cached is None or cached[0] != stamp:
                 active = [k for k in keys.load_dkim_keys(self.dkim_dir, domain) if k.state == keys.ACTIVE] \
                     if stamp else []
-                cached = self._cache[domain] = (stamp, Signer(active) if active else None)
+                cached = self._cache[domain] = (stamp, dkimsign.Signer(active) if active else None)
         signer = cached[1]
-        return signer.sign(data, domain) + data if signer else data
+        return signer.sign(data, domain) if signer else b""
 
 
 _signers: dict[str, Signers] = {}
 
 
-def prepare(dkim_dir: str, data: bytes, domain: str) -> tuple[bytes, Any]:
-    """Normalise line ends, sign and parse a message: CPU work, run in a worker process beside the event loop."""
+def prepare(dkim_dir: str, data: bytes, domain: str) -> tuple[str, Any]:
+    """(the DKIM-Signature fields for the message, the parsed message): CPU work, run in a worker process
+    beside the event loop. The fields go in front of the line-end-normalised message; "" for a domain
+    without keys. Raises ValueError for a message that cannot be signed (no From, a broken header)."""
     data = normalize_line_endings(data)
     signers = _signers.get(dkim_dir)
     if signers is None:
         signers = _signers[dkim_dir] = Signers(Path(dkim_dir))
-    signed = signers.sign(data, domain) if domain else data
-    return signed, parse(data)
+    fields = signers.fields(data, domain) if domain else b""
+    return fields.decode("ascii"), parse(data)
 
 
-def _persist(cfg: Config, principal: Principal | None, out: Outgoing, signed: bytes, parsed: Any,
-             idem: tuple[str, str] | None) -> dict:
-    """Runs in the writer: idempotency, preflight, then every row of the send in one transaction."""
+def authors_of(data: bytes) -> list[str]:
+    """The From addresses of a message, read from its header alone (the same parser as the full parse).
+    Raises ValueError for a header that signing could not parse."""
+    end = data.find(b"\r\n\r\n")
+    head = data if end < 0 else data[:end + 4]
+    dkimsign.check_header(head)
+    return [a.address for a in parse(head).from_]
+
+
+# ---------------------------------------------------------------- the two steps of a send
+# accept: preflight, then the unsigned message (with what is left to do) stored as a sent copy not yet
+#         processed, the send counted and audited. Once that commits the message is ours: SMTP says 250.
+# complete: with its DKIM fields and parse, the sent copy becomes a message in the sender's mailbox
+#         (thread, index), one queue entry per remote recipient, an inbound row per local one.
+# POST /api/send (and MCP, CLI) signs first and runs both in one transaction, for an answer that names the
+# thread and queue entries; SMTP submission runs accept alone and the inbound pipeline completes the sent
+# copy in batches (after a crash too: it is an unprocessed inbound row like any other).
+
+def accept(cfg: Config, principal: Principal | None, out: Outgoing, authors: list[str]) -> tuple[Any, dict]:
+    """Runs in the writer: preflight and the durable unsigned copy; returns (its inbound row, the answer so far)."""
+    decision = policy.preflight(cfg, principal, out.mail_from, out.recipients, authors)
+    sender, box = str(decision.sender), decision.mailbox
+    message_id = new_id("msg")
+    plan = {"message_id": message_id, "mailbox_id": box.mailbox_id, "domain": box.domain,
+            "remote": decision.remote, "hold": decision.hold_reason,
+            "local": [[rcpt, list(found.mailbox_ids), found.tag] for rcpt, found in decision.local]}
+    copy = Envelope(mail_from=sender, rcpts=[Recipient(box.mailbox_address, (box.mailbox_id,), send=plan)],
+                    data=out.data, remote_ip=out.remote_ip, source="outbound")
+    store(copy)
+    if decision.remote:
+        policy.record(box, decision.remote)
+    status = "held" if decision.hold_reason else "queued"
+    audit.record(principal.token_id if principal else "mxd", "send", org_id=box.org_id, target=message_id,
+                 mailbox=box.mailbox_address, result=status,
+                 detail={"source": out.source, "remote": len(decision.remote), "local": len(decision.local),
+                         "hold_reason": decision.hold_reason})
+    return as_row(copy), {"id": message_id, "status": status, "hold_reason": decision.hold_reason}
+
+
+def complete(cfg: Config, row: Any, dkim: str, parsed: Any) -> dict | None:
+    """Runs in the writer: a sent copy accepted earlier becomes a message and queue entries.
+
+    `row` is its ingest.InboundRow, `dkim` the DKIM-Signature fields (kept as the row's trace, so the
+    signed message is trace + data everywhere it is read), `parsed` its parse or None. Returns
+    {"thread_id", "recipients"}, or None when it was completed already."""
+    done = execute('SELECT "processed" FROM "inbound" WHERE "id" = ?', (row.id,)).fetchone()
+    if done is None or done[0]:
+        return None
+    plan = row.rcpts[0]["send"]
+    created = messages.deliver(row, parsed, None, dkim, cfg.thread_subject_window_days * 86400.0,
+                               direction="out", message_id=plan["message_id"])
+    entries = outqueue.add(plan["message_id"], plan["mailbox_id"], row.id, row.mail_from, plan["domain"],
+                           plan["remote"], cfg.seconds("queue_lifetime"), plan["hold"])
+    signed = dkim.encode("ascii") + row.data
+    now = time.time()
+    for rcpt, mailbox_ids, tag in plan["local"]:
+        env = Envelope(mail_from=row.mail_from, rcpts=[Recipient(rcpt, tuple(mailbox_ids), tag)],
+                       data=signed, remote_ip=row.remote_ip, source="local")
+        env.received = received_header(helo=cfg.hostname, remote_ip=row.remote_ip or "127.0.0.1",
+                                       hostname=cfg.hostname, protocol="LOCAL", rcpt=rcpt, queue_id=env.id,
+                                       when=now)
+        store(env)
+    return {"thread_id": created[0][1] if created else None,
+            "recipients": entries + [{"address": rcpt, "status": "delivered", "queue_id": None}
+                                     for rcpt, _, _ in plan["local"]]}
+
+
+def _send_now(cfg: Config, principal: Principal | None, out: Outgoing, dkim: str, parsed: Any,
+              idem: tuple[str, str] | None) -> dict:
+    """Runs in the writer: idempotency, then accept and complete in one transaction."""
     if idem is not None:
         row = Idempotency.get_or_none(Idempotency.key == idem[0])
         if row is not None and row.created_at > time.time() - IDEMPOTENCY_SECONDS:
@@ -86,38 +157,24 @@ def _persist(cfg: Config, principal: Principal | None, out: Outgoing, signed: by
         if row is not None:
             row.delete_instance()
     authors = [a.address for a in parsed.from_] if parsed is not None else []
-    decision = policy.preflight(cfg, principal, out.mail_from, out.recipients, authors)
-    sender, box = str(decision.sender), decision.mailbox
-    now = time.time()
-    copy = Envelope(mail_from=sender, rcpts=[Recipient(box.mailbox_address, (box.mailbox_id,))], data=signed,
-                    remote_ip=out.remote_ip, source="outbound", received_at=now)
-    store(copy)
-    [(message_id, thread_id)] = messages.deliver(as_row(copy), parsed, None, "",
-                                                 cfg.thread_subject_window_days * 86400.0, direction="out")
-    entries = outqueue.add(message_id, box.mailbox_id, copy.id, sender, box.domain, decision.remote,
-                           cfg.seconds("queue_lifetime"), decision.hold_reason)
-    if decision.remote:
-        policy.record(box, decision.remote)
-    for rcpt, found in decision.local:
-        env = Envelope(mail_from=sender, rcpts=[Recipient(rcpt, found.mailbox_ids, found.tag)],
-                       data=signed, remote_ip=out.remote_ip, source="local")
-        env.received = received_header(helo=cfg.hostname, remote_ip=out.remote_ip or "127.0.0.1",
-                                       hostname=cfg.hostname, protocol="LOCAL", rcpt=rcpt, queue_id=env.id,
-                                       when=now)
-        store(env)
-    result = {
-        "id": message_id, "thread_id": thread_id, "message_id": parsed.message_id if parsed else None,
-        "status": "held" if decision.hold_reason else "queued", "hold_reason": decision.hold_reason,
-        "recipients": entries + [{"address": rcpt, "status": "delivered", "queue_id": None}
-                                 for rcpt, _ in decision.local],
-    }
-    audit.record(principal.token_id if principal else "mxd", "send", org_id=box.org_id, target=message_id,
-                 mailbox=box.mailbox_address, result=result["status"],
-                 detail={"source": out.source, "remote": len(decision.remote), "local": len(decision.local),
-                         "hold_reason": decision.hold_reason})
+    copy, answer = accept(cfg, principal, out, authors)
+    done = complete(cfg, copy, dkim, parsed)
+    assert done is not None
+    result = {"id": answer["id"], "thread_id": done["thread_id"],
+              "message_id": parsed.message_id if parsed else None, "status": answer["status"],
+              "hold_reason": answer["hold_reason"], "recipients": done["recipients"]}
     if idem is not None:
         Idempotency.create(key=idem[0], body_hash=idem[1], status=202, response=result)
     return result
+
+
+def _accept_submitted(cfg: Config, principal: Principal | None, out: Outgoing) -> dict:
+    """Runs in the writer: accept for SMTP submission, the From addresses read from the header."""
+    try:
+        authors = authors_of(out.data)
+    except ValueError as exc:
+        raise MxdError("bad_request", f"the message cannot be signed: {exc}") from None
+    return accept(cfg, principal, out, authors)[1]
 
 
 def body_hash(body: Any) -> str:
@@ -126,23 +183,31 @@ def body_hash(body: Any) -> str:
 
 async def send(cfg: Config, db: Database, cpu: concurrent.futures.Executor, principal: Principal | None,
                out: Outgoing, idempotency_key: str | None = None, idempotency_body: Any = None) -> dict:
-    """Sign and persist one outgoing message; returns once it is durably queued.
-
-    `cpu` runs the signing and parsing (mxd's worker processes).
-    """
+    """Sign and persist one outgoing message; returns once it is durably queued, with its thread and
+    queue entries (the HTTP API, MCP and the CLI). `cpu` runs the signing and parsing (mxd's worker processes)."""
     domain = out.mail_from.rsplit("@", 1)[-1].lower()
     try:
         args = (prepare, os.path.join(cfg.data_dir, "dkim"), out.data, domain)   # cfg.dkim_dir, without a Path per send
         run = getattr(cpu, "run", None)        # mxd.pipeline.WorkerProcesses: straight to the worker process
-        signed, parsed = await (run(*args) if run else asyncio.get_running_loop().run_in_executor(cpu, *args))
+        dkim, parsed = await (run(*args) if run else asyncio.get_running_loop().run_in_executor(cpu, *args))
     except ValueError as exc:           # no From, or a header that cannot be parsed
         raise MxdError("bad_request", f"the message cannot be signed: {exc}") from None
     idem = None
     if idempotency_key:
         owner = principal.token_id if principal else "mxd"
         idem = (f"{owner}:{idempotency_key[:200]}", body_hash(idempotency_body))
+    return await _refusals_recorded(db, principal, out, db.write(_send_now, cfg, principal, out, dkim, parsed, idem))
+
+
+async def submit(cfg: Config, db: Database, principal: Principal | None, out: Outgoing) -> dict:
+    """Accept one message from SMTP submission: returns {"id", "status", "hold_reason"} once the
+    unsigned message and the preflight's decision are committed; the inbound pipeline signs and queues it."""
+    return await _refusals_recorded(db, principal, out, db.write(_accept_submitted, cfg, principal, out))
+
+
+async def _refusals_recorded(db: Database, principal: Principal | None, out: Outgoing, write: Any) -> dict:
     try:
-        return await db.write(_persist, cfg, principal, out, signed, parsed, idem)
+        return await write
     except MxdError as exc:
         if exc.code in BLOCKING_CODES:
             await db.write(_blocked, principal, out, exc)

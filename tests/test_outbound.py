@@ -234,6 +234,51 @@ def test_submission_587_sends_with_a_send_token(world):
     assert [d["result"] for d in detail["auth"]["dkim"]] == ["pass", "pass"]
 
 
+def test_submission_files_the_sent_copy_and_delivers_local_and_remote(world):
+    """The 250 names the message; the sent copy (signed: its raw form starts with both DKIM-Signature
+    fields), the local recipient's copy and the remote one all follow."""
+    sender, receiver, _ = world
+    token = sender.token(["send"], ["agent@example.test"])
+    message = (b"From: agent@example.test\r\nTo: bob@peer.test, other@example.test\r\n"
+               b"Subject: both ways\r\nMessage-ID: <both-ways@example.test>\r\n\r\nto both\r\n")
+    with smtplib.SMTP("127.0.0.1", sender.submission_port, timeout=10) as s:
+        s.starttls(context=insecure_tls())
+        s.login("agent@example.test", token)
+        s.mail("agent@example.test")
+        s.rcpt("bob@peer.test")
+        s.rcpt("other@example.test")
+        code, reply = s.data(message)
+    assert code == 250
+    message_id = reply.decode().split()[-1]
+    assert message_id.startswith("msg_")
+    copy = wait_for(lambda: (lambda r: r.json() if r.status_code == 200 else None)(
+        sender.api("GET", f"/api/messages/{message_id}")))
+    assert copy and copy["subject"] == "both ways" and copy["direction"] == "out"
+    assert [d["recipient"] for d in copy["delivery"]] == ["bob@peer.test"]     # remote ones are queued
+    raw = sender.api("GET", f"/api/messages/{message_id}/raw").content
+    assert raw.startswith(b"DKIM-Signature:") and raw.count(b"DKIM-Signature:") == 2
+    assert raw.endswith(b"to both\r\n")
+    assert wait_for(lambda: [m for m in sender.messages("other@example.test") if m["subject"] == "both ways"])
+    [got] = _received(receiver, "both ways")
+    detail = receiver.api("GET", f"/api/messages/{got['id']}").json()
+    assert [d["result"] for d in detail["auth"]["dkim"]] == ["pass", "pass"]
+
+
+def test_submission_refuses_a_message_that_cannot_be_signed(world):
+    """A header that cannot be parsed is refused at DATA, before any 250; the session goes on."""
+    sender, receiver, _ = world
+    token = sender.token(["send"], ["agent@example.test"])
+    with smtplib.SMTP("127.0.0.1", sender.submission_port, timeout=10) as s:
+        s.starttls(context=insecure_tls())
+        s.login("agent@example.test", token)
+        with pytest.raises(smtplib.SMTPDataError) as err:
+            s.sendmail("agent@example.test", ["bob@peer.test"],
+                       b"From: agent@example.test\r\nnot a header line\r\nSubject: broken\r\n\r\nbody\r\n")
+        assert err.value.smtp_code >= 500
+        s.sendmail("agent@example.test", ["bob@peer.test"], _submission_message("after the broken one"))
+    assert len(_received(receiver, "after the broken one")) == 1
+
+
 def test_submission_465_implicit_tls(world):
     sender, receiver, _ = world
     token = sender.token(["send"], ["agent@example.test"])

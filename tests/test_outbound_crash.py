@@ -1,4 +1,5 @@
 """kill -9 in the middle of outbound delivery loses nothing: 2,000 messages, a crash after ~500, a restart.
+(And below: kill -9 after SMTP submission's 250s but before the messages were signed and queued.)
 
 A counting aiosmtpd MX (crash.test, 127.0.0.13) records every (Message-ID,
 recipient) it accepts. Its DATA replies wait at a gate until all 2,000 sends
@@ -12,7 +13,10 @@ delivered.
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import signal
+import smtplib
 import sqlite3
 import threading
 import time
@@ -25,8 +29,9 @@ import httpx
 import pytest
 from aiosmtpd.controller import Controller
 
-from tests.daemon import MxdProcess, free_port
+from tests.daemon import MxdProcess, free_port, wait_for
 from tests.dnsserver import DNSServer
+from tests.smtp import insecure_tls
 
 pytestmark = pytest.mark.slow
 
@@ -160,3 +165,90 @@ def test_kill9_during_delivery_loses_nothing(tmp_path):
         db.close()
     assert {mid: rows.get(mid) for mid, _ in accepted} == {mid: "delivered" for mid, _ in accepted}
     assert time.monotonic() - started < 90
+
+
+# ---------------------------------------------------------------- submission: 250 before signing
+SUBMITTED = 300
+
+
+def _pending_submissions(db_path: Path) -> int:
+    db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=30)
+    try:
+        return db.execute("SELECT count(*) FROM inbound WHERE source = 'outbound' AND NOT processed").fetchone()[0]
+    finally:
+        db.close()
+
+
+def _worker_pids(pid: int) -> list[int]:
+    out = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        out += [int(c) for c in (task / "children").read_text().split()]
+    return out
+
+
+def test_kill9_after_submission_250s_before_signing_loses_nothing(tmp_path):
+    """SMTP submission answers 250 once the unsigned message and its preflight decision are committed;
+    signing, the sent copy and the queue entries follow in the pipeline. Here the worker process that
+    signs is stopped (SIGSTOP), 300 messages get their 250, mxd is killed with SIGKILL, and after a
+    restart every one of them is signed and delivered exactly once."""
+    port = free_port(PEER_IP)
+    dns = DNSServer({"crash.test": {"MX": [(10, "mx.crash.test")]}, "mx.crash.test": {"A": [PEER_IP]}}).start()
+    peer = CountingPeer(PEER_IP, port)
+    peer.gate.set()
+    peer.controller.start()
+    m = MxdProcess(tmp_path / "data", env={
+        "MXD_DNS_NAMESERVERS": dns.nameserver, "MXD_DNS_TIMEOUT": "2", "MXD_OUTBOUND_MX_PORT": str(port),
+        "MXD_DAILY_SEND_CAP": "100000", "MXD_RATE_PER_MAILBOX_PER_MINUTE": "100000",
+        "MXD_RATE_PER_DOMAIN_PER_MINUTE": "100000", "MXD_RATE_PER_RECIPIENT_PER_HOUR": "100000"})
+    db_path = m.data_dir / "mxd.db"
+    try:
+        m.init()
+        m.start()
+        assert m.api("POST", "/api/mailboxes", json={"address": SENDER}).status_code == 201
+        assert m.api("PUT", "/api/domains/example.test/readiness", json={"ready": True}).status_code == 200
+        r = m.api("POST", "/api/tokens", json={"name": "s", "scopes": ["send"], "mailboxes": [SENDER]})
+        token = r.json()["token"]
+
+        def session(numbers: list[int]) -> list[str]:
+            ids = []
+            with smtplib.SMTP("127.0.0.1", m.submission_port, timeout=30) as s:
+                s.starttls(context=insecure_tls())
+                s.login(SENDER, token)
+                for i in numbers:
+                    body = (f"From: {SENDER}\r\nTo: <user{i:04d}@crash.test>\r\nSubject: submitted {i}\r\n"
+                            f"Message-ID: <sub-{i}@example.test>\r\n\r\nmessage {i}\r\n").encode()
+                    s.mail(SENDER)
+                    s.rcpt(f"user{i:04d}@crash.test")
+                    code, reply = s.data(body)
+                    assert code == 250, reply
+                    ids.append(reply.decode().split()[-1])
+            return ids
+
+        session([0])                                           # the worker process exists once this is out
+        assert wait_for(lambda: peer.count() == 1, 30)
+        workers = _worker_pids(m.proc.pid)
+        assert workers
+        for pid in workers:
+            os.kill(pid, signal.SIGSTOP)
+        with ThreadPoolExecutor(4) as pool:
+            accepted = [i for ids in pool.map(session, [list(range(1, SUBMITTED + 1))[k::4] for k in range(4)])
+                        for i in ids]
+        assert len(set(accepted)) == SUBMITTED
+        m.kill9()
+        assert _pending_submissions(db_path) == SUBMITTED      # all of them had their 250 and nothing more
+        assert peer.count() == 1
+
+        m.start()
+        assert wait_for(lambda: peer.count() >= SUBMITTED + 1, 60), f"only {peer.count()} arrived"
+        assert wait_for(lambda: _queue_counts(db_path).get("delivered") == SUBMITTED + 1, 30), _queue_counts(db_path)
+        assert _pending_submissions(db_path) == 0
+        for message_id in accepted[:5]:                        # the ids in the 250 replies are the sent copies
+            r = m.api("GET", f"/api/messages/{message_id}")
+            assert r.status_code == 200 and r.json()["delivery"][0]["status"] == "delivered"
+    finally:
+        m.stop()
+        peer.controller.stop()
+        dns.stop()
+    by_rcpt = Counter(rcpt for _, rcpt in peer.received)
+    assert by_rcpt == Counter({f"user{i:04d}@crash.test": 1 for i in range(SUBMITTED + 1)})
+    assert {mid for mid, _ in peer.received} == {f"<sub-{i}@example.test>" for i in range(SUBMITTED + 1)}

@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 from mxd import outqueue, suppression
 from mxd.config import Config
 from mxd.delivery.dsn import FailedRecipient, build_dsn
-from mxd.ingest import Envelope, Recipient, store
+from mxd.ingest import Envelope, Recipient, store, with_trace
 from mxd.store.models import Inbound, Mailbox, Message, QueueEntry
 
 _STATUS = re.compile(r"\b([245])\.(\d{1,3})\.(\d{1,3})\b")
@@ -48,7 +48,8 @@ def fail_and_bounce(cfg: Config, entry_id: str, reply: str, host: str, action: s
     mailbox = Mailbox.get_or_none(Mailbox.id == message.mailbox_id) if message else None
     if mailbox is None:
         return
-    original = bytes(Inbound.get_by_id(entry.inbound_id).data)
+    inbound = Inbound.get_by_id(entry.inbound_id)
+    original = with_trace(inbound.trace, inbound.data)
     dsn = build_dsn(
         reporting_mta=cfg.hostname, original_envelope_id=entry.message_id, original_message=original,
         original_mail_from=entry.mail_from, to_addr=mailbox.address, from_addr=f"MAILER-DAEMON@{cfg.hostname}",

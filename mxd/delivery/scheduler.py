@@ -20,6 +20,7 @@ from mxd.config import Config, parse_hostport
 from mxd.db import Database, execute
 from mxd.delivery import bounces
 from mxd.delivery.mx import NullMX, Target, resolve_targets
+from mxd.ingest import with_trace
 from mxd.resolver import Resolver
 from mxd.smtpclient import Connection, DeliveryError
 from mxd.store.models import QueueEntry
@@ -287,14 +288,14 @@ def _lease(limit: int) -> tuple[list[QueueEntry], dict[str, bytes], float | None
     ids = sorted({e.inbound_id for e in entries})
     data = {}
     if ids:
-        rows = execute(f'SELECT "id", "data" FROM "inbound" WHERE "id" IN ({",".join("?" * len(ids))})', ids)
-        data = {row[0]: bytes(row[1]) for row in rows.fetchall()}
+        rows = execute(f'SELECT "id", "trace", "data" FROM "inbound" WHERE "id" IN ({",".join("?" * len(ids))})', ids)
+        data = {row[0]: with_trace(row[1], row[2]) for row in rows.fetchall()}
     return entries, data, outqueue.next_due() if len(entries) < limit else None
 
 
 def _message_bytes(inbound_id: str) -> bytes:
-    row = execute('SELECT "data" FROM "inbound" WHERE "id" = ?', (inbound_id,)).fetchone()
-    return bytes(row[0]) if row else b""
+    row = execute('SELECT "trace", "data" FROM "inbound" WHERE "id" = ?', (inbound_id,)).fetchone()
+    return with_trace(row[0], row[1]) if row else b""
 
 
 def conn_host(conn: Connection) -> str:

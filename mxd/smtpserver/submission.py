@@ -2,12 +2,12 @@
 
 AUTH PLAIN or LOGIN with a mailbox address and a token holding `send` for it.
 The envelope sender and every From address must be mailboxes the token may
-send as (550 5.7.1 otherwise); the message then takes the one send path.
+send as (550 5.7.1 otherwise); the message then takes the one send path
+(`mxd.sending.submit`: 250 once it and the preflight's decision are committed).
 """
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import logging
 import socket
 import ssl
@@ -21,7 +21,7 @@ from mxd import tokens
 from mxd.config import Config
 from mxd.db import Database, execute
 from mxd.errors import MxdError
-from mxd.sending import Outgoing, send
+from mxd.sending import Outgoing, submit
 from mxd.smtpserver.fast import FastSMTP
 
 log = logging.getLogger("mxd.submission")
@@ -31,8 +31,8 @@ AUTH_FAILED = "535 5.7.8 Authentication credentials invalid"
 
 
 class SubmissionHandler:
-    def __init__(self, cfg: Config, db: Database, workers: concurrent.futures.Executor, on_queued: Any) -> None:
-        self.cfg, self.db, self.workers, self.on_queued = cfg, db, workers, on_queued
+    def __init__(self, cfg: Config, db: Database, on_queued: Any) -> None:
+        self.cfg, self.db, self.on_queued = cfg, db, on_queued
 
     # aiosmtpd calls the authenticator synchronously on the event loop; the lookup is one indexed row.
     def authenticator(self, server: SMTP, session: Session, envelope: SmtpEnvelope, mechanism: str,
@@ -96,7 +96,7 @@ class SubmissionHandler:
         out = Outgoing(mail_from=envelope.mail_from, recipients=list(envelope.rcpt_tos),
                        data=envelope.original_content or b"", source="submission", remote_ip=str(peer[0]))
         try:
-            result = await send(self.cfg, self.db, self.workers, session.auth_data, out)
+            result = await submit(self.cfg, self.db, session.auth_data, out)
         except MxdError as exc:
             return f"{exc.smtp} ({exc.code}: {exc.message})"[:500]
         except Exception:

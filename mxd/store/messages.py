@@ -6,6 +6,7 @@ from datetime import datetime, timezone
 from typing import Any, NamedTuple
 
 from mxd.ids import new_id
+from mxd.ingest import with_trace
 from mxd.store import search, threads
 from mxd import outbox
 from mxd.store.models import Attachment, Inbound, Message, Thread
@@ -30,13 +31,14 @@ def _json(value: Any) -> str:
 
 
 def deliver(inbound: Any, parsed: Any, auth: Any, trace: str, window_seconds: float,
-            direction: str = "in") -> list[tuple[str, str]]:
+            direction: str = "in", message_id: str | None = None) -> list[tuple[str, str]]:
     """Create one message per distinct recipient mailbox; returns (message id, thread id) for each.
 
     Runs in the writer's transaction. `inbound` is an ingest.InboundRow (or an Inbound model).
 
     `parsed` is a mxd.mime.parse.Parsed (or None when parsing itself failed),
-    `auth` an AuthResults or None. Marks the inbound row processed. Hand-written
+    `auth` an AuthResults or None. `message_id` is the id for the (first) message when
+    it was handed out already (a sent copy). Marks the inbound row processed. Hand-written
     SQL: this runs for every message that arrives.
     """
     row = execute('SELECT "processed" FROM "inbound" WHERE "id" = ?', (inbound.id,)).fetchone()
@@ -69,7 +71,7 @@ def deliver(inbound: Any, parsed: Any, auth: Any, trace: str, window_seconds: fl
     for mailbox_id, rcpt in targets.items():
         if mailbox_id not in existing:
             continue                                # the mailbox was deleted after RCPT
-        msg_id = new_id("msg")
+        msg_id, message_id = message_id or new_id("msg"), None
         thread_id = threads.assign(mailbox_id, fields["message_id"], fields["in_reply_to"], fields["references"],
                                    fields["subject"], when, window_seconds)
         values = {
@@ -178,7 +180,7 @@ def raw(msg: Message) -> bytes:
     inbound = Inbound.get_or_none(Inbound.id == msg.inbound_id)
     if inbound is None:
         return b""
-    return inbound.trace.encode("utf-8", "surrogateescape") + bytes(inbound.data)
+    return with_trace(inbound.trace, inbound.data)
 
 
 def _iso(ts: float | None) -> str | None:
