@@ -194,10 +194,11 @@ def relaxed_body(body: bytes) -> bytes:
     return correct_empty_body(strip_trailing_lines(b"\r\n".join(out)))
 
 
-def check_header(message: bytes) -> None:
-    """Raise ValueError when `sign` could not parse the message's header (its body is not read)."""
+def header_fields(message: bytes) -> list[tuple[bytes, bytes]]:
+    """The message's header fields (name, raw value) as `sign` reads them, its body unread.
+    Raises ValueError for a header `sign` could not parse."""
     end = message.find(b"\r\n\r\n")
-    _split(normalize_crlf(message if end < 0 else message[:end + 4]))
+    return _split(normalize_crlf(message if end < 0 else message[:end + 4]))[0]
 
 
 def _split(message: bytes) -> tuple[list[tuple[bytes, bytes]], bytes]:

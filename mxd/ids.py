@@ -6,7 +6,6 @@ so ids made by one process sort in creation order (used as list cursors).
 """
 from __future__ import annotations
 
-import base64
 import secrets
 import threading
 import time
@@ -17,7 +16,7 @@ _last_ms = 0
 _last_rand = 0
 
 
-_TO_CROCKFORD = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", _ALPHABET.encode())
+_PAIRS = [a + b for a in _ALPHABET for b in _ALPHABET]       # 10 bits -> two characters
 
 
 def new_id(prefix: str) -> str:
@@ -33,4 +32,5 @@ def new_id(prefix: str) -> str:
         rand = _last_rand
     # 50 bits of time then 70 bits of counter: 24 base32 characters, big-endian, so ids sort by time.
     value = (ms << 70) | (rand & ((1 << 70) - 1))
-    return prefix + "_" + base64.b32encode(value.to_bytes(15, "big")).translate(_TO_CROCKFORD).decode()
+    pairs = _PAIRS
+    return prefix + "_" + "".join([pairs[(value >> shift) & 1023] for shift in range(110, -1, -10)])

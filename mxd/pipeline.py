@@ -45,11 +45,16 @@ COALESCE = 0.02
 
 
 def _pending(exclude: set[str], limit: int) -> list[InboundRow]:
+    """Up to `limit` unprocessed rows, oldest first, leaving out those in `exclude` (in flight): their
+    ids first, so that rows in flight are not read again whole."""
+    ids = [r[0] for r in execute('SELECT "id" FROM "inbound" WHERE "processed" = ? ORDER BY "id" LIMIT ?',
+                                 (False, limit + len(exclude))).fetchall() if r[0] not in exclude][:limit]
+    if not ids:
+        return []
     rows = execute('SELECT "id", "received_at", "source", "mail_from", "rcpts", "remote_ip", "helo", "data", "trace" '
-                   'FROM "inbound" WHERE "processed" = ? ORDER BY "id" LIMIT ?', (False, limit + len(exclude)))
-    out = [InboundRow(r[0], r[1], r[2], r[3], json.loads(r[4]), r[5], r[6], bytes(r[7]), r[8])
-           for r in rows.fetchall() if r[0] not in exclude]
-    return out[:limit]
+                   f'FROM "inbound" WHERE "id" IN ({",".join("?" * len(ids))}) ORDER BY "id"', ids)
+    return [InboundRow(r[0], r[1], r[2], r[3], json.loads(r[4]), r[5], r[6], bytes(r[7]), r[8])
+            for r in rows.fetchall()]
 
 
 # ---------------------------------------------------------------- the analysis (runs in a worker process)

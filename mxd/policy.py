@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from mxd import address as addr
 from mxd.config import Config
-from mxd.db import execute
+from mxd.db import execute, executemany
 from mxd.errors import MxdError
 from mxd.store.directory import Resolution, load_snapshot
 from mxd.tokens import Principal
@@ -125,10 +125,12 @@ def preflight(cfg: Config, principal: Principal | None, sender: str, recipients:
 
 
 # ---------------------------------------------------------------- counters
-def _sum(key: str, since_bucket: int) -> int:
-    row = execute('SELECT COALESCE(SUM("count"), 0) FROM "send_count" WHERE "key" = ? AND "bucket" >= ?',
-                  (key, since_bucket)).fetchone()
-    return int(row[0])
+def _sums(windows: list[tuple[str, int]]) -> dict[str, int]:
+    """SUM(count) for each (key, first bucket) at once, in one statement; a key never counted is absent."""
+    where = " OR ".join(['("key" = ? AND "bucket" >= ?)'] * len(windows))
+    rows = execute(f'SELECT "key", SUM("count") FROM "send_count" WHERE {where} GROUP BY "key"',
+                   [value for window in windows for value in window]).fetchall()
+    return {key: int(total) for key, total in rows}
 
 
 def _counter_keys(sender: Sender, remote: list[str]) -> list[tuple[str, int, int]]:
@@ -136,20 +138,24 @@ def _counter_keys(sender: Sender, remote: list[str]) -> list[tuple[str, int, int
     now = time.time()
     minute, hour = int(now // 60), int(now // 3600)
     out = [(_day_key(sender.org_id), hour, len(remote)), (f"mbx:{sender.mailbox_id}", minute, len(remote))]
+    out += [(f"rcpt:{rcpt.lower()}", minute, 1) for rcpt in remote]
+    out += [(f"dom:{name}", minute, n) for name, n in _per_domain(remote).items()]
+    return out
+
+
+def _per_domain(remote: list[str]) -> dict[str, int]:
     domains: dict[str, int] = {}
     for rcpt in remote:
-        domains[rcpt.rsplit("@", 1)[1]] = domains.get(rcpt.rsplit("@", 1)[1], 0) + 1
-        out.append((f"rcpt:{rcpt.lower()}", minute, 1))
-    out += [(f"dom:{name}", minute, n) for name, n in domains.items()]
-    return out
+        name = rcpt.rsplit("@", 1)[1]
+        domains[name] = domains.get(name, 0) + 1
+    return domains
 
 
 def record(sender: Sender, remote: list[str]) -> None:
     """Count a send that was accepted (in the same transaction as its queue rows)."""
-    for key, bucket, n in _counter_keys(sender, remote):
-        execute('INSERT INTO "send_count" ("key", "bucket", "count") VALUES (?, ?, ?) '
+    executemany('INSERT INTO "send_count" ("key", "bucket", "count") VALUES (?, ?, ?) '
                 'ON CONFLICT ("key", "bucket") DO UPDATE SET "count" = "send_count"."count" + excluded."count"',
-                (key, bucket, n))
+                _counter_keys(sender, remote))
 
 
 def prune(now: float | None = None) -> int:
@@ -168,25 +174,27 @@ def _limits(cfg: Config, mailbox: Sender, remote: list[str]) -> None:
     if mailbox.org_id:
         row = execute('SELECT "daily_send_cap" FROM "organization" WHERE "id" = ?', (mailbox.org_id,)).fetchone()
         cap = row[0] if row and row[0] is not None else cap
-    day = _sum(_day_key(mailbox.org_id), hour - 23)
+    domains = _per_domain(remote)
+    day_key, box_key = _day_key(mailbox.org_id), f"mbx:{mailbox.mailbox_id}"
+    # A minute window is the current and the previous minute bucket: never more lenient than the limit.
+    counts = _sums([(day_key, hour - 23), (box_key, minute - 1)]
+                   + [(f"dom:{name}", minute - 1) for name in domains]
+                   + [(f"rcpt:{rcpt.lower()}", minute - 59) for rcpt in dict.fromkeys(remote)])
+    day = counts.get(day_key, 0)
     if day + len(remote) > cap:
         raise MxdError("daily_cap_reached", f"{day} recipients in the last 24 hours; the cap is {cap}",
                        retry_after=int(3600 - now % 3600) + 1)
-    # A minute window is the current and the previous minute bucket: never more lenient than the limit.
-    sent = _sum(f"mbx:{mailbox.mailbox_id}", minute - 1)
+    sent = counts.get(box_key, 0)
     if sent + len(remote) > cfg.rate_per_mailbox_per_minute:
         raise MxdError("rate_limited", f"{mailbox.mailbox_address} sent to {sent} recipients in the last minute "
                        f"(limit {cfg.rate_per_mailbox_per_minute})", retry_after=int(60 - now % 60) + 1)
-    domains: dict[str, int] = {}
-    for rcpt in remote:
-        domains[rcpt.rsplit("@", 1)[1]] = domains.get(rcpt.rsplit("@", 1)[1], 0) + 1
     for name, extra in domains.items():
-        count = _sum(f"dom:{name}", minute - 1)
+        count = counts.get(f"dom:{name}", 0)
         if count + extra > cfg.rate_per_domain_per_minute:
             raise MxdError("rate_limited", f"{count} recipients at {name} in the last minute "
                            f"(limit {cfg.rate_per_domain_per_minute})", retry_after=int(60 - now % 60) + 1)
     for rcpt in remote:
-        count = _sum(f"rcpt:{rcpt.lower()}", minute - 59)
+        count = counts.get(f"rcpt:{rcpt.lower()}", 0)
         if count + 1 > cfg.rate_per_recipient_per_hour:
             raise MxdError("rate_limited", f"{count} messages to {rcpt} in the last hour "
                            f"(limit {cfg.rate_per_recipient_per_hour})", retry_after=600)

@@ -11,6 +11,7 @@ import concurrent.futures
 import hashlib
 import json
 import os
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -78,20 +79,34 @@ def prepare(dkim_dir: str, data: bytes, domain: str) -> tuple[str, Any]:
     return fields.decode("ascii"), parse(data)
 
 
+_ATOMS = r"[A-Za-z0-9!#$&'*+/=?^_`{|}~-]+"
+_SIMPLE_ADDRESS = _ATOMS + r"(?:\." + _ATOMS + r")*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+"
+# One From field in its everyday forms: addr, <addr>, Name <addr>, "Name" <addr>, with an ASCII name of
+# words (no comment, group, second address, escape or encoded quoting to get wrong).
+_SIMPLE_FROM = re.compile(r'[ \t]*(?:(?:"[^"\\\r\n]*"|[A-Za-z0-9 \t.!#$%&\'*+/=?^_`{|}~-]*?)[ \t]*<('
+                          + _SIMPLE_ADDRESS + r')>|(' + _SIMPLE_ADDRESS + r'))[ \t]*')
+
+
 def authors_of(data: bytes) -> list[str]:
-    """The From addresses of a message, read from its header alone (the same parser as the full parse).
+    """The From addresses of a message, read from its header alone: the everyday forms directly,
+    anything else by the full parser (`mxd.mime.parse`), so the answer is the parser's either way.
     Raises ValueError for a header that signing could not parse."""
+    fields = dkimsign.header_fields(data)
+    froms = [value for name, value in fields if name.lower() == b"from"]
+    if len(froms) == 1:
+        simple = _SIMPLE_FROM.fullmatch(froms[0].replace(b"\r\n", b"").decode("ascii", "replace"))
+        if simple:
+            return [simple.group(1) or simple.group(2)]
     end = data.find(b"\r\n\r\n")
-    head = data if end < 0 else data[:end + 4]
-    dkimsign.check_header(head)
-    return [a.address for a in parse(head).from_]
+    return [a.address for a in parse(data if end < 0 else data[:end + 4]).from_]
 
 
 # ---------------------------------------------------------------- the two steps of a send
 # accept: preflight, then the unsigned message (with what is left to do) stored as a sent copy not yet
-#         processed, the send counted and audited. Once that commits the message is ours: SMTP says 250.
+#         processed, and the send counted. Once that commits the message is ours: SMTP says 250.
 # complete: with its DKIM fields and parse, the sent copy becomes a message in the sender's mailbox
-#         (thread, index), one queue entry per remote recipient, an inbound row per local one.
+#         (thread, index), one queue entry per remote recipient, an inbound row per local one; the send
+#         is audited (at the time it was accepted).
 # POST /api/send (and MCP, CLI) signs first and runs both in one transaction, for an answer that names the
 # thread and queue entries; SMTP submission runs accept alone and the inbound pipeline completes the sent
 # copy in batches (after a crash too: it is an unprocessed inbound row like any other).
@@ -103,17 +118,15 @@ def accept(cfg: Config, principal: Principal | None, out: Outgoing, authors: lis
     message_id = new_id("msg")
     plan = {"message_id": message_id, "mailbox_id": box.mailbox_id, "domain": box.domain,
             "remote": decision.remote, "hold": decision.hold_reason,
-            "local": [[rcpt, list(found.mailbox_ids), found.tag] for rcpt, found in decision.local]}
+            "local": [[rcpt, list(found.mailbox_ids), found.tag] for rcpt, found in decision.local],
+            "actor": principal.token_id if principal else "mxd", "org_id": box.org_id,
+            "mailbox": box.mailbox_address, "source": out.source}
     copy = Envelope(mail_from=sender, rcpts=[Recipient(box.mailbox_address, (box.mailbox_id,), send=plan)],
                     data=out.data, remote_ip=out.remote_ip, source="outbound")
     store(copy)
     if decision.remote:
         policy.record(box, decision.remote)
     status = "held" if decision.hold_reason else "queued"
-    audit.record(principal.token_id if principal else "mxd", "send", org_id=box.org_id, target=message_id,
-                 mailbox=box.mailbox_address, result=status,
-                 detail={"source": out.source, "remote": len(decision.remote), "local": len(decision.local),
-                         "hold_reason": decision.hold_reason})
     return as_row(copy), {"id": message_id, "status": status, "hold_reason": decision.hold_reason}
 
 
@@ -140,6 +153,10 @@ def complete(cfg: Config, row: Any, dkim: str, parsed: Any) -> dict | None:
                                        hostname=cfg.hostname, protocol="LOCAL", rcpt=rcpt, queue_id=env.id,
                                        when=now)
         store(env)
+    audit.record(plan["actor"], "send", org_id=plan["org_id"], target=plan["message_id"], mailbox=plan["mailbox"],
+                 result="held" if plan["hold"] else "queued", at=row.received_at,
+                 detail={"source": plan["source"], "remote": len(plan["remote"]), "local": len(plan["local"]),
+                         "hold_reason": plan["hold"]})
     return {"thread_id": created[0][1] if created else None,
             "recipients": entries + [{"address": rcpt, "status": "delivered", "queue_id": None}
                                      for rcpt, _, _ in plan["local"]]}
