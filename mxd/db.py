@@ -4,11 +4,17 @@ All writes go through `Database.write`, which runs callables on one writer
 thread. The writer takes every callable that is waiting, runs each inside its
 own savepoint of one transaction and commits once (group commit): a caller's
 future resolves only after that commit is durable, so "250 after fsync" holds
-while hundreds of messages share one fsync. Reads run on a small thread pool.
+while hundreds of messages share one fsync. Bulk work (the pipeline filing
+messages, fan-outs, sweeps) is marked `bulk`: such jobs run one per
+transaction, taking turns with everything else, so a client waiting for its
+250 never waits behind a queue of bulk work. Reads run on a small thread pool.
+With SQLite a checkpointer thread moves the WAL into the database file in the
+background, so that no commit pays for a checkpoint.
 """
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import ctypes
 import logging
@@ -26,6 +32,7 @@ proxy = peewee.DatabaseProxy()
 """Models bind to this; `Database` initialises it."""
 
 MAX_BATCH = 512
+CHECKPOINT_EVERY = 1.0           # seconds between background WAL checkpoints (SQLite)
 
 
 def connect_url(url: str) -> peewee.Database:
@@ -38,6 +45,7 @@ def connect_url(url: str) -> peewee.Database:
             "busy_timeout": 30000,
             "cache_size": -8000,        # KiB per connection; the writer and each reader thread have one
             "temp_store": "memory",
+            "wal_autocheckpoint": 10000,  # pages; a backstop: Database checkpoints in the background
         }, check_same_thread=False)
     else:
         db = connect(url)
@@ -45,10 +53,11 @@ def connect_url(url: str) -> peewee.Database:
 
 
 class _Job:
-    __slots__ = ("fn", "args", "future", "loop")
+    __slots__ = ("fn", "args", "future", "loop", "bulk")
 
-    def __init__(self, fn: Callable[..., Any], args: tuple, future: Any, loop: asyncio.AbstractEventLoop | None) -> None:
-        self.fn, self.args, self.future, self.loop = fn, args, future, loop
+    def __init__(self, fn: Callable[..., Any], args: tuple, future: Any, loop: asyncio.AbstractEventLoop | None,
+                 bulk: bool = False) -> None:
+        self.fn, self.args, self.future, self.loop, self.bulk = fn, args, future, loop, bulk
 
 
 class Database:
@@ -58,6 +67,8 @@ class Database:
         proxy.initialize(self.db)
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
+        self._checkpointer: threading.Thread | None = None
+        self._stopping = threading.Event()
         self._readers = concurrent.futures.ThreadPoolExecutor(readers, thread_name_prefix="mxd-read")
 
     # ---------------------------------------------------------------- lifecycle
@@ -67,8 +78,15 @@ class Database:
             migrations.migrate(self.db)
         self._writer = threading.Thread(target=self._write_loop, name="mxd-writer", daemon=True)
         self._writer.start()
+        if isinstance(self.db, peewee.SqliteDatabase):
+            self._checkpointer = threading.Thread(target=self._checkpoint_loop, name="mxd-checkpoint", daemon=True)
+            self._checkpointer.start()
 
     def close(self) -> None:
+        self._stopping.set()
+        if self._checkpointer is not None:
+            self._checkpointer.join(timeout=30)
+            self._checkpointer = None
         if self._writer is not None:
             self._jobs.put(None)
             self._writer.join(timeout=30)
@@ -78,11 +96,12 @@ class Database:
             self.db.close()
 
     # ---------------------------------------------------------------- API
-    async def write(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run fn(*args) in the writer's transaction; return once it is committed."""
+    async def write(self, fn: Callable[..., T], *args: Any, bulk: bool = False) -> T:
+        """Run fn(*args) in the writer's transaction; return once it is committed.
+        `bulk`: work nobody is waiting on, which must not delay those who are."""
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        self._jobs.put(_Job(fn, args, future, loop))
+        self._jobs.put(_Job(fn, args, future, loop, bulk))
         return await future
 
     def write_sync(self, fn: Callable[..., T], *args: Any) -> T:
@@ -106,23 +125,47 @@ class Database:
     def _write_loop(self) -> None:
         name_thread("mxd-writer")
         self.db.connect(reuse_if_open=True)
-        stop = False
-        while not stop:
-            job = self._jobs.get()
-            if job is None:
-                break
-            batch = [job]
-            while len(batch) < MAX_BATCH:
+        urgent: list[_Job] = []
+        bulk: collections.deque[_Job] = collections.deque()
+        stopping = False
+        while True:
+            # Take everything waiting; block only when there is nothing left to do.
+            block = not urgent and not bulk and not stopping
+            while len(urgent) < MAX_BATCH:
                 try:
-                    nxt = self._jobs.get_nowait()
+                    job = self._jobs.get() if block else self._jobs.get_nowait()
                 except queue.Empty:
                     break
-                if nxt is None:
-                    stop = True
-                    break
-                batch.append(nxt)
-            self._run_batch(batch)
+                block = False
+                if job is None:
+                    stopping = True
+                elif job.bulk:
+                    bulk.append(job)
+                else:
+                    urgent.append(job)
+            # Turns: every job waiting that is not bulk in one transaction, then one bulk job in another.
+            if urgent:
+                self._run_batch(urgent)
+                urgent = []
+            if bulk:
+                self._run_batch([bulk.popleft()])
+            elif stopping and not urgent:
+                break
         self.db.close()
+
+    def _checkpoint_loop(self) -> None:
+        """SQLite: copy committed WAL frames into the database file every second, beside the writer (a
+        PASSIVE checkpoint never blocks it); the writer's own automatic checkpoint is only a backstop."""
+        name_thread("mxd-checkpoint")
+        self.db.connect(reuse_if_open=True)
+        try:
+            while not self._stopping.wait(CHECKPOINT_EVERY):
+                try:
+                    self.db.execute_sql("PRAGMA wal_checkpoint(PASSIVE)")
+                except peewee.DatabaseError:
+                    log.exception("checkpoint failed")
+        finally:
+            self.db.close()
 
     def _run_batch(self, batch: list[_Job]) -> None:
         results: list[tuple[bool, Any]] = []

@@ -40,7 +40,8 @@ from mxd.store import messages
 
 log = logging.getLogger("mxd.pipeline")
 BATCH = 256
-CHUNK = 32
+CHUNK = 32          # messages per request to a worker process
+STORE = 8           # messages per writer job
 COALESCE = 0.02
 
 
@@ -407,10 +408,8 @@ class Pipeline:
             run = getattr(self._pool, "run", None)          # WorkerProcesses
             args = (analyse, items, self.cfg.auth_checks, self.cfg.hostname, os.path.join(self.cfg.data_dir, "dkim"))
             results = await (run(*args) if run else asyncio.get_running_loop().run_in_executor(self._pool, *args))
-            try:
-                await self.db.write(self._store, rows, results, False)
-            except Exception:                       # one bad message: redo the batch one savepoint each
-                await self.db.write(self._store, rows, results, True)
+            await asyncio.gather(*(self._store_part(rows[i:i + STORE], results[i:i + STORE])
+                                   for i in range(0, len(rows), STORE)))
             if self.on_queued is not None and any(r.source == "outbound" for r in rows):
                 self.on_queued()                    # sent copies completed: their queue entries are due
         except Exception:
@@ -420,6 +419,13 @@ class Pipeline:
             self._inflight.difference_update(r.id for r in rows)
             self._slots.release()
             self._wake.set()
+
+    async def _store_part(self, rows: list[InboundRow], results: list[tuple[Any, Any, str]]) -> None:
+        """A few messages per writer job (bulk: each job then waits its turn behind clients' writes)."""
+        try:
+            await self.db.write(self._store, rows, results, False, bulk=True)
+        except Exception:                       # one bad message: redo the part one savepoint each
+            await self.db.write(self._store, rows, results, True, bulk=True)
 
     def _store(self, rows: list[InboundRow], results: list[tuple[Any, Any, str]], careful: bool) -> None:
         """Runs in the writer: the messages, and for a bounce to a VERP address, the queue entry's fate.

@@ -147,13 +147,13 @@ async def run(cfg: Config, db: Database, mailbox_ids: list[str] | None = None, n
     for box_id, address, days in await db.read(mailboxes_due, cfg.default_retention_days, mailbox_ids):
         cutoff = now - days * DAY
         while True:
-            part = await db.write(sweep_batch, box_id, cutoff, batch)
+            part = await db.write(sweep_batch, box_id, cutoff, batch, bulk=True)
             _add(report, part, address)
             if part["messages"] < batch:
                 break
     if mailbox_ids is None:
         while True:
-            part = await db.write(sweep_orphans, now - ORPHAN_GRACE, batch)
+            part = await db.write(sweep_orphans, now - ORPHAN_GRACE, batch, bulk=True)
             _add(report, part)
             if part["inbound_rows"] < batch:
                 break

@@ -29,7 +29,7 @@ from mxd.store import webhooks as store
 log = logging.getLogger("mxd.webhooks")
 
 POLL_SECONDS = 1.0
-FAN_OUT_BATCH = 500
+FAN_OUT_BATCH = 200
 MAX_IN_FLIGHT = 32          # deliveries under way at once
 PER_WEBHOOK = 4             # of which at most this many to one endpoint, so a slow one cannot starve the rest
 KEEP_SECONDS = 30 * 86400   # finished deliveries and attempts are listed for this long
@@ -206,9 +206,9 @@ class WebhookWorker:
             try:
                 if time.monotonic() - pruned > PRUNE_EVERY:
                     pruned = time.monotonic()
-                    await self.db.write(store.prune, time.time() - max(KEEP_SECONDS, 2 * self.lifetime))
+                    await self.db.write(store.prune, time.time() - max(KEEP_SECONDS, 2 * self.lifetime), bulk=True)
                 if await self.db.read(store.unfanned):
-                    more = await self.db.write(store.fan_out, FAN_OUT_BATCH) >= FAN_OUT_BATCH
+                    more = await self.db.write(store.fan_out, FAN_OUT_BATCH, bulk=True) >= FAN_OUT_BATCH
                 await self._dispatch()
             except Exception:                  # the worker outlives any one bad pass
                 log.exception("webhook pass failed")

@@ -19,6 +19,7 @@ from typing import Any
 from peewee import fn
 
 from mxd import outbox
+from mxd.db import execute
 from mxd.errors import MxdError
 from mxd.ids import new_id
 from mxd.store import directory
@@ -193,32 +194,40 @@ def unfanned() -> bool:
 def fan_out(limit: int = 500) -> int:
     """One delivery row per matching enabled webhook for the oldest un-fanned events, which are then
     marked fanned out, all in the caller's (the writer's) transaction. Returns how many events were taken."""
+    hooks = list(Webhook.select().where(Webhook.enabled == True))   # noqa: E712
+    if not hooks:                              # owed to no one: only marked (no event is read whole)
+        ids = [r[0] for r in execute('SELECT "id" FROM "event" WHERE "fanned_out" = ? ORDER BY "id" LIMIT ?',
+                                     (False, limit)).fetchall()]
+        _mark_fanned_out(ids)
+        return len(ids)
     events = list(Event.select().where(Event.fanned_out == False).order_by(Event.id).limit(limit))   # noqa: E712
     if not events:
         return 0
-    hooks = list(Webhook.select().where(Webhook.enabled == True))   # noqa: E712
-    if hooks:
-        box_ids = list({e.mailbox_id for e in events if e.mailbox_id})
-        owners = {b.id: (b.org_id, b.agent_id) for b in Mailbox.select(Mailbox.id, Mailbox.org_id, Mailbox.agent_id)
-                  .where(Mailbox.id.in_(box_ids))} if box_ids else {}
-        now = time.time()
-        rows = []
-        for event in events:
-            if event.mailbox_id in owners:
-                org_id, agent_id = owners[event.mailbox_id]
-            else:                              # domain.verified names its organisation in data
-                org_id, agent_id = (event.data or {}).get("org_id"), None
-            for hook in hooks:
-                if matches(hook, event.type, event.mailbox_id, org_id, agent_id):
-                    rows.append({"id": new_id("whd"), "webhook_id": hook.id, "event_id": event.id,
-                                 "status": "pending", "attempts": 0, "next_attempt_at": now, "created_at": now,
-                                 "last_error": ""})
-        for start in range(0, len(rows), 100):
-            WebhookDelivery.insert_many(rows[start:start + 100]).execute()
-    ids = [e.id for e in events]
-    for start in range(0, len(ids), 500):
-        Event.update(fanned_out=True).where(Event.id.in_(ids[start:start + 500])).execute()
+    box_ids = list({e.mailbox_id for e in events if e.mailbox_id})
+    owners = {b.id: (b.org_id, b.agent_id) for b in Mailbox.select(Mailbox.id, Mailbox.org_id, Mailbox.agent_id)
+              .where(Mailbox.id.in_(box_ids))} if box_ids else {}
+    now = time.time()
+    rows = []
+    for event in events:
+        if event.mailbox_id in owners:
+            org_id, agent_id = owners[event.mailbox_id]
+        else:                                  # domain.verified names its organisation in data
+            org_id, agent_id = (event.data or {}).get("org_id"), None
+        for hook in hooks:
+            if matches(hook, event.type, event.mailbox_id, org_id, agent_id):
+                rows.append({"id": new_id("whd"), "webhook_id": hook.id, "event_id": event.id,
+                             "status": "pending", "attempts": 0, "next_attempt_at": now, "created_at": now,
+                             "last_error": ""})
+    for start in range(0, len(rows), 100):
+        WebhookDelivery.insert_many(rows[start:start + 100]).execute()
+    _mark_fanned_out([e.id for e in events])
     return len(events)
+
+
+def _mark_fanned_out(ids: list[str]) -> None:
+    for start in range(0, len(ids), 500):
+        part = ids[start:start + 500]
+        execute(f'UPDATE "event" SET "fanned_out" = ? WHERE "id" IN ({",".join("?" * len(part))})', (True, *part))
 
 
 # ---------------------------------------------------------------- delivery
