@@ -76,6 +76,8 @@ def preflight(cfg: Config, principal: Principal | None, sender: str, recipients:
             raise MxdError("sender_not_allowed", "the message has no From address")
         for author in authors:
             parsed_author = addr.try_parse(author)
+            if parsed_author is not None and parsed_author.base_key == who.base_key:
+                continue                           # the envelope sender's mailbox, checked above
             row = execute('SELECT "address", "org_id" FROM "mailbox" WHERE "address" = ?',
                           (parsed_author.base_key,)).fetchone() if parsed_author else None
             if row is None or (principal is not None and not principal.sees(row[0], row[1])):

@@ -141,7 +141,7 @@ def complete(cfg: Config, row: Any, dkim: str, parsed: Any) -> dict | None:
         return None
     plan = row.rcpts[0]["send"]
     created = messages.deliver(row, parsed, None, dkim, cfg.thread_subject_window_days * 86400.0,
-                               direction="out", message_id=plan["message_id"])
+                               direction="out", message_id=plan["message_id"], unprocessed=True)
     entries = outqueue.add(plan["message_id"], plan["mailbox_id"], row.id, row.mail_from, plan["domain"],
                            plan["remote"], cfg.seconds("queue_lifetime"), plan["hold"])
     signed = dkim.encode("ascii") + row.data
