@@ -136,8 +136,10 @@ def make_workers(cfg: Config, resolver: Resolver) -> concurrent.futures.Executor
     runs beside the event loop on another core, or threads when `pipeline_processes` is 0.
     Called on the event loop, which then drives the worker processes' pipes."""
     if cfg.pipeline_processes > 0:
-        return WorkerProcesses(cfg.pipeline_processes, (cfg.dns_nameservers, cfg.dns_timeout, os.getpid()),
-                               asyncio.get_running_loop())
+        workers = WorkerProcesses(cfg.pipeline_processes, (cfg.dns_nameservers, cfg.dns_timeout, os.getpid()),
+                                  asyncio.get_running_loop())
+        workers.prestart()
+        return workers
     global _resolver
     _resolver = resolver
     return concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="mxd-cpu")
@@ -194,7 +196,7 @@ class WorkerProcesses(concurrent.futures.Executor):
         self._broken = False
         self._deaths: list[float] = []
         self._size = processes
-        self._workers: list[_Worker] = []            # started on demand, as ProcessPoolExecutor does
+        self._workers: list[_Worker] = []            # started on demand (the daemon starts one at once: prestart)
 
     def _start(self) -> _Worker:
         parent, child = self._ctx.Pipe(duplex=True)
@@ -205,6 +207,12 @@ class WorkerProcesses(concurrent.futures.Executor):
         os.set_blocking(worker.fd, False)
         self._loop.add_reader(worker.fd, self._readable, worker)
         return worker
+
+    def prestart(self) -> None:
+        """Start one process now (its imports run while the daemon starts), so that the first message
+        does not wait for it."""
+        if not self._workers and not self._closed:
+            self._workers.append(self._start())
 
     # --- the Executor interface ---
     def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> concurrent.futures.Future:
