@@ -1,10 +1,13 @@
-"""The database handle: SQLite (WAL, synchronous=FULL) or PostgreSQL, one writer thread, reader threads.
+"""The database handle: SQLite (WAL) or PostgreSQL, one writer thread, reader threads.
 
 All writes go through `Database.write`, which runs callables on one writer
 thread. The writer takes every callable that is waiting, runs each inside its
 own savepoint of one transaction and commits once (group commit): a caller's
 future resolves only after that commit is durable, so "250 after fsync" holds
-while hundreds of messages share one fsync. Bulk work (the pipeline filing
+while hundreds of messages share one fsync. With SQLite the fsync is not the
+writer's: a syncer thread fsyncs the WAL behind it and then answers every
+transaction committed before that fsync began, so the writer goes on with the
+next transaction while the disk works. Bulk work (the pipeline filing
 messages, fan-outs, sweeps) is marked `bulk`: such jobs run one per
 transaction, taking turns with everything else, so a client waiting for its
 250 never waits behind a queue of bulk work. Reads run on a small thread pool.
@@ -18,6 +21,7 @@ import collections
 import concurrent.futures
 import ctypes
 import logging
+import os
 import queue
 import threading
 from typing import Any, Callable, TypeVar
@@ -35,12 +39,17 @@ MAX_BATCH = 512
 CHECKPOINT_EVERY = 1.0           # seconds between background WAL checkpoints (SQLite)
 
 
-def connect_url(url: str) -> peewee.Database:
-    """Open a peewee database for a URL; SQLite gets the durable pragmas."""
+def connect_url(url: str, wal_synced_by_caller: bool = False) -> peewee.Database:
+    """Open a peewee database for a URL; SQLite gets the durable pragmas.
+
+    `wal_synced_by_caller`: commits do not fsync the WAL themselves (synchronous=NORMAL), because
+    the caller (Database's syncer) fsyncs it before anyone is told a commit happened."""
     if url.startswith("sqlite:"):
         db = connect(url, pragmas={
             "journal_mode": "wal",
-            "synchronous": 2,          # FULL: a committed transaction survives power loss in WAL mode
+            # FULL: a commit fsyncs the WAL; NORMAL when Database's syncer does (see Database._sync_loop).
+            # Either way a committed transaction that was acknowledged survives power loss.
+            "synchronous": 1 if wal_synced_by_caller else 2,
             "foreign_keys": 1,
             "busy_timeout": 30000,
             "cache_size": -8000,        # KiB per connection; the writer and each reader thread have one
@@ -63,8 +72,13 @@ class _Job:
 class Database:
     def __init__(self, url: str, readers: int = 4) -> None:
         self.url = url
-        self.db = connect_url(url)
+        probe = connect_url(url)
+        path = getattr(probe, "database", "") if isinstance(probe, peewee.SqliteDatabase) else ""
+        self._wal_path = f"{path}-wal" if path and path != ":memory:" and not path.startswith("file:") else ""
+        self.db = connect_url(url, wal_synced_by_caller=bool(self._wal_path))
         proxy.initialize(self.db)
+        self._synced: queue.SimpleQueue[tuple[list[_Job], list[tuple[bool, Any]]] | None] = queue.SimpleQueue()
+        self._syncer: threading.Thread | None = None
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
         self._checkpointer: threading.Thread | None = None
@@ -76,6 +90,9 @@ class Database:
         from mxd.store import migrations  # the schema lives with the models
         with self.db.connection_context():
             migrations.migrate(self.db)
+        if self._wal_path:
+            self._syncer = threading.Thread(target=self._sync_loop, name="mxd-sync", daemon=True)
+            self._syncer.start()
         self._writer = threading.Thread(target=self._write_loop, name="mxd-writer", daemon=True)
         self._writer.start()
         if isinstance(self.db, peewee.SqliteDatabase):
@@ -91,6 +108,10 @@ class Database:
             self._jobs.put(None)
             self._writer.join(timeout=30)
             self._writer = None
+        if self._syncer is not None:
+            self._synced.put(None)
+            self._syncer.join(timeout=30)
+            self._syncer = None
         self._readers.shutdown(wait=True)
         if not self.db.is_closed():
             self.db.close()
@@ -181,18 +202,62 @@ class Database:
         except Exception as exc:                        # the commit itself failed: nobody's write is durable
             log.exception("commit failed")
             results = [(False, exc)] * len(batch)
-        # One wake-up per event loop for the whole batch, not one per job.
-        by_loop: dict[Any, list[tuple[Any, bool, Any]]] = {}
-        for job, (ok, value) in zip(batch, results):
-            if job.loop is None:
-                _settle(job.future, ok, value)
-            else:
-                by_loop.setdefault(job.loop, []).append((job.future, ok, value))
-        for loop, settled in by_loop.items():
+        if self._syncer is not None:
+            self._synced.put((batch, results))          # told once the WAL is on disk
+        else:
+            _answer(batch, results)
+
+    def _sync_loop(self) -> None:
+        """SQLite: group commit across transactions. The writer commits without fsync and goes on with
+        the next transaction; this thread fsyncs the WAL (one fdatasync for every transaction committed
+        before it started) and only then answers their callers, so no one hears "committed" (a 250, a
+        202) before the transaction is on disk, while the writer never waits for the disk."""
+        name_thread("mxd-sync")
+        fd = -1
+        stop = False
+        while not stop:
+            item = self._synced.get()
+            done = []
+            while item is not None:
+                done.append(item)
+                try:
+                    item = self._synced.get_nowait()
+                except queue.Empty:
+                    break
+            stop = item is None
+            if not done:
+                continue
+            error: Exception | None = None
             try:
-                loop.call_soon_threadsafe(_settle_all, settled)
-            except RuntimeError:  # loop closed during shutdown
-                pass
+                if fd < 0 or os.fstat(fd).st_ino != os.stat(self._wal_path).st_ino:
+                    if fd >= 0:
+                        os.close(fd)
+                    fd = os.open(self._wal_path, os.O_RDONLY)
+                os.fdatasync(fd)
+            except FileNotFoundError:
+                pass                                    # no WAL (yet): every commit so far is in the database file
+            except OSError as exc:                      # what was committed may not be on disk: say so
+                log.exception("fsync of the write-ahead log failed")
+                error = exc
+            for batch, results in done:
+                _answer(batch, [(False, error)] * len(batch) if error else results)
+        if fd >= 0:
+            os.close(fd)
+
+
+def _answer(batch: list[_Job], results: list[tuple[bool, Any]]) -> None:
+    """Hand each job's result to its caller: one wake-up per event loop for the whole batch."""
+    by_loop: dict[Any, list[tuple[Any, bool, Any]]] = {}
+    for job, (ok, value) in zip(batch, results):
+        if job.loop is None:
+            _settle(job.future, ok, value)
+        else:
+            by_loop.setdefault(job.loop, []).append((job.future, ok, value))
+    for loop, settled in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_settle_all, settled)
+        except RuntimeError:  # loop closed during shutdown
+            pass
 
 
 def name_thread(name: str) -> None:
