@@ -240,7 +240,10 @@ class Database:
                 log.exception("fsync of the write-ahead log failed")
                 error = exc
             for batch, results in done:
-                _answer(batch, [(False, error)] * len(batch) if error else results)
+                try:
+                    _answer(batch, [(False, error)] * len(batch) if error else results)
+                except Exception:                       # never let one answer stop the syncer
+                    log.exception("answering a committed transaction failed")
         if fd >= 0:
             os.close(fd)
 
