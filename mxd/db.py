@@ -19,12 +19,13 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import contextlib
 import ctypes
 import logging
 import os
 import queue
 import threading
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Iterator, TypeVar
 
 import peewee
 from playhouse.db_url import connect
@@ -191,17 +192,25 @@ class Database:
 
     def _run_batch(self, batch: list[_Job]) -> None:
         results: list[tuple[bool, Any]] = []
-        try:
-            with self.db.atomic():
-                for job in batch:
-                    try:
-                        with self.db.atomic():          # a savepoint: one job's failure spares the others
-                            results.append((True, job.fn(*job.args)))
-                    except Exception as exc:            # noqa: BLE001 - handed to the caller
-                        results.append((False, exc))
-        except Exception as exc:                        # the commit itself failed: nobody's write is durable
-            log.exception("commit failed")
-            results = [(False, exc)] * len(batch)
+        if len(batch) == 1:                             # alone: its failure rolls back the transaction itself
+            job = batch[0]
+            try:
+                with self.db.atomic():
+                    results.append((True, job.fn(*job.args)))
+            except Exception as exc:                    # noqa: BLE001 - the job's or the commit's: handed over
+                results = [(False, exc)]
+        else:
+            try:
+                with self.db.atomic():
+                    for number, job in enumerate(batch):
+                        try:
+                            with _savepoint(self.db, f"job{number}"):  # one job's failure spares the others
+                                results.append((True, job.fn(*job.args)))
+                        except Exception as exc:        # noqa: BLE001 - handed to the caller
+                            results.append((False, exc))
+            except Exception as exc:                    # the commit itself failed: nobody's write is durable
+                log.exception("commit failed")
+                results = [(False, exc)] * len(batch)
         if self._syncer is not None:
             self._synced.put((batch, results))          # told once the WAL is on disk
         else:
@@ -261,6 +270,19 @@ def _answer(batch: list[_Job], results: list[tuple[bool, Any]]) -> None:
             loop.call_soon_threadsafe(_settle_all, settled)
         except RuntimeError:  # loop closed during shutdown
             pass
+
+
+@contextlib.contextmanager
+def _savepoint(db: peewee.Database, name: str) -> Iterator[None]:
+    """A savepoint by a fixed name (peewee's own makes a uuid4 for each)."""
+    db.execute_sql(f"SAVEPOINT {name}")
+    try:
+        yield
+    except BaseException:
+        db.execute_sql(f"ROLLBACK TO SAVEPOINT {name}")
+        db.execute_sql(f"RELEASE SAVEPOINT {name}")
+        raise
+    db.execute_sql(f"RELEASE SAVEPOINT {name}")
 
 
 def name_thread(name: str) -> None:

@@ -77,3 +77,44 @@ def test_many_writers_share_fsyncs(tmp_path, monkeypatch):
         assert 1 <= len(calls) < 40                 # several commits answered per fsync
     finally:
         database.close()
+
+
+def _insert_then_fail(name: str) -> None:
+    _create(name)
+    raise ValueError(f"{name} failed after writing")
+
+
+def test_a_failing_job_leaves_nothing_and_spares_the_others(tmp_path):
+    """Alone in its transaction or batched with others, a job that raises keeps none of its writes;
+    the jobs beside it in the same transaction are committed."""
+    import pytest
+
+    database = Database(f"sqlite:///{tmp_path / 'mxd.db'}")
+    database.start()
+    try:
+        database.write_sync(_create, "setup")
+        with pytest.raises(ValueError):
+            database.write_sync(_insert_then_fail, "alone")
+        gate = threading.Event()
+        blocker = threading.Thread(target=database.write_sync, args=(lambda: gate.wait(10),))
+        blocker.start()                              # holds the writer, so the next jobs queue up as one batch
+        time.sleep(0.1)
+        errors: list[BaseException] = []
+
+        def run(fn, name):
+            try:
+                database.write_sync(fn, name)
+            except ValueError as exc:
+                errors.append(exc)
+        threads = [threading.Thread(target=run, args=(fn, name)) for fn, name in
+                   [(_create, "a"), (_insert_then_fail, "b"), (_create, "c")]]
+        for t in threads:
+            t.start()
+        time.sleep(0.1)
+        gate.set()
+        for t in threads + [blocker]:
+            t.join(10)
+        names = sorted(r[0] for r in database.db.execute_sql('SELECT "v" FROM "t"').fetchall())
+        assert names == ["a", "c", "setup"] and len(errors) == 1
+    finally:
+        database.close()
