@@ -8,6 +8,7 @@ import pytest
 
 from tests.daemon import MxdProcess
 from tests.pg import fresh_database
+from tests.smtp import insecure_tls
 
 pytestmark = pytest.mark.slow
 
@@ -52,5 +53,23 @@ def test_daemon_on_postgresql(tmp_path, pg_url):
                 break
             time.sleep(0.2)
         assert [e["recipient"] for e in entries] == ["bob@remote.test"] and entries[0]["status"] == "deferred"
+
+        # SMTP submission: 250 after accept, then the pipeline signs, files and queues it (on PostgreSQL too)
+        token = proc.token(["send"], ["agent@example.test"])
+        with smtplib.SMTP("127.0.0.1", proc.submission_port, timeout=10) as s:
+            s.starttls(context=insecure_tls())
+            s.login("agent@example.test", token)
+            s.mail("agent@example.test")
+            s.rcpt("carol@remote.test")
+            s.rcpt("other@example.test")
+            code, reply = s.data(b"From: agent@example.test\r\nTo: carol@remote.test\r\nSubject: submitted on pg"
+                                 b"\r\n\r\nvia 587\r\n")
+        assert code == 250
+        sent_id = reply.decode().split()[-1]
+        assert len([m for m in proc.wait_messages(2, "other@example.test") if m["subject"] == "submitted on pg"]) == 1
+        detail = proc.api("GET", f"/api/messages/{sent_id}").json()
+        assert detail["direction"] == "out" and [d["recipient"] for d in detail["delivery"]] == ["carol@remote.test"]
+        raw = proc.api("GET", f"/api/messages/{sent_id}/raw").content
+        assert raw.count(b"DKIM-Signature:") == 2 and raw.endswith(b"via 587\r\n")
     finally:
         proc.stop()
