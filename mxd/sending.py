@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import hashlib
 import json
 import os
@@ -186,7 +187,10 @@ def _send_now(cfg: Config, principal: Principal | None, out: Outgoing, dkim: str
 
 
 def _accept_submitted(cfg: Config, principal: Principal | None, out: Outgoing) -> dict:
-    """Runs in the writer: accept for SMTP submission, the From addresses read from the header."""
+    """Runs in the writer: accept for SMTP submission, the From addresses read from the header of the
+    message as it will be stored and signed (line ends normalised first: a bare CR must not hide a
+    second From field from this check and then become one)."""
+    out = dataclasses.replace(out, data=normalize_line_endings(out.data))
     try:
         authors = authors_of(out.data)
     except ValueError as exc:

@@ -279,6 +279,22 @@ def test_submission_refuses_a_message_that_cannot_be_signed(world):
     assert len(_received(receiver, "after the broken one")) == 1
 
 
+@pytest.mark.parametrize("separator", [b"\r", b"\n", b"\r\n"])
+def test_submission_refuses_a_second_from_hidden_behind_a_bare_line_end(world, separator):
+    """The From check reads the message as it will be stored and signed: a bare CR or LF becomes a line
+    end there, so a second From written after one must be checked too (other@ is not the token's)."""
+    sender, receiver, _ = world
+    token = sender.token(["send"], ["agent@example.test"])
+    with smtplib.SMTP("127.0.0.1", sender.submission_port, timeout=10) as s:
+        s.starttls(context=insecure_tls())
+        s.login("agent@example.test", token)
+        with pytest.raises(smtplib.SMTPDataError) as err:
+            s.sendmail("agent@example.test", ["bob@peer.test"],
+                       b"From: agent@example.test" + separator + b"From: other@example.test\r\n"
+                       b"Subject: hidden from\r\n\r\nbody\r\n")
+        assert err.value.smtp_code == 550 and b"sender_not_allowed" in err.value.smtp_error
+
+
 def test_submission_465_implicit_tls(world):
     sender, receiver, _ = world
     token = sender.token(["send"], ["agent@example.test"])
