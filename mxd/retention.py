@@ -157,9 +157,18 @@ async def run(cfg: Config, db: Database, mailbox_ids: list[str] | None = None, n
             _add(report, part)
             if part["inbound_rows"] < batch:
                 break
+        await db.write(prune_replay_keys, now - KEY_DAYS * DAY, bulk=True)
     report["duration_ms"] = int((time.monotonic() - started) * 1000)
     report["ran_at"] = now
     return report
+
+
+KEY_DAYS = 2     # Idempotency-Key and SES message-id records replay for 24 hours; kept a day longer
+
+
+def prune_replay_keys(before: float) -> int:
+    """Runs in the writer: forget replay records (idempotent sends, SES message ids) older than `before`."""
+    return execute('DELETE FROM "idempotency" WHERE "created_at" < ?', (before,)).rowcount
 
 
 class RetentionSweeper:

@@ -153,10 +153,23 @@ def test_ses_notification_is_ingested(server):
     assert detail["envelope"]["mail_from"] == "carol@remote.test" and detail["message_id"] == "ses1@remote.test"
 
     # SNS can only carry HTTP Basic credentials (in the subscription URL): the password is the token.
+    first_id = r.json()["inbound_id"]
+    assert r.json()["duplicate"] is False
     basic = base64.b64encode(f"sns:{proc.admin_token}".encode()).decode()
     r = httpx.post(proc.url("/api/inbound/ses"), json=_ses(raw, ["agent@example.test"]),
                    headers={"Authorization": f"Basic {basic}"}, timeout=30)
     assert r.status_code == 202, r.text
+    # SNS delivers at least once: the same SES message again is acknowledged and not stored twice
+    assert r.json()["duplicate"] is True and r.json()["inbound_id"] == first_id
+    other = _ses(raw, ["agent@example.test"])
+    inner = json.loads(other["Message"])
+    inner["mail"]["messageId"] = "another-ses-message"
+    other["Message"] = json.dumps(inner)
+    r = httpx.post(proc.url("/api/inbound/ses"), json=other, headers={"Authorization": f"Basic {basic}"}, timeout=30)
+    assert r.status_code == 202 and r.json()["duplicate"] is False and r.json()["inbound_id"] != first_id
+    wait_for(lambda: len(proc.api("GET", "/api/messages/search", params={"q": "papaya"}).json()["data"]) >= 2)
+    time.sleep(0.5)
+    assert len(proc.api("GET", "/api/messages/search", params={"q": "papaya"}).json()["data"]) == 2
     bad = base64.b64encode(b"sns:mxd_wrong").decode()
     assert httpx.post(proc.url("/api/inbound/ses"), json=_ses(raw, ["agent@example.test"]),
                       headers={"Authorization": f"Basic {bad}"}, timeout=30).status_code == 401

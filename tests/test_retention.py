@@ -266,3 +266,23 @@ def test_background_sweep_removes_expired_mail(tmp_path: Path) -> None:
         assert swept and swept[-1]["actor"] == "system" and swept[-1]["detail"]["messages"] == 1
     finally:
         proc.stop()
+
+
+def test_replay_keys_are_forgotten_after_two_days(tmp_path):
+    """Idempotency-Key and SES message-id records replay for 24 hours; the sweep drops them after two days."""
+    import time as _time
+
+    from mxd.db import Database
+    from mxd.retention import prune_replay_keys
+    from mxd.store.models import Idempotency
+
+    database = Database(f"sqlite:///{tmp_path / 'mxd.db'}")
+    database.start()
+    try:
+        now = _time.time()
+        database.write_sync(lambda: [Idempotency.create(key=k, body_hash="", status=202, response={}, created_at=t)
+                                     for k, t in (("old", now - 3 * 86400), ("recent", now - 3600))])
+        assert database.write_sync(prune_replay_keys, now - 2 * 86400) == 1
+        assert [r.key for r in database.write_sync(lambda: list(Idempotency.select()))] == ["recent"]
+    finally:
+        database.close()

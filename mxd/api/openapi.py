@@ -165,7 +165,8 @@ SCHEMAS: dict[str, dict] = {
     "InboundAccepted": obj(["inbound_id", "status", "recipients"], inbound_id=STR, status={"const": "accepted"},
                            recipients=arr(STR), refused=arr(obj(["address", "code"], address=STR, code=STR)),
                            message_ids=dict(arr(STR), description="with \"wait\": the stored messages"),
-                           ses_message_id=NSTR),
+                           ses_message_id=NSTR, duplicate=dict(BOOL, description=(
+                               "SES: this SES message was stored already (an SNS retry); inbound_id is the first one"))),
     "Webhook": obj(["id", "url", "event_types", "enabled"], id=STR, url=STR, event_types=arr(STR), org_id=NSTR,
                    agent_id=NSTR, mailbox_id=NSTR, mailbox=NSTR, enabled=BOOL, disabled_reason=NSTR,
                    previous_secret_expires_at=NTIME, created_at=NTIME),

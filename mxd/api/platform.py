@@ -31,9 +31,10 @@ from mxd.api.litemx import _domain_dict, _mailbox_dict, _visible_ids, effective_
 from mxd.api.outbound import address_list
 from mxd.config import parse_hostport
 from mxd.errors import MxdError
-from mxd.ingest import Envelope, Recipient, ingest, received_header
+from mxd.ingest import Envelope, Recipient, ingest, received_header, store
+from mxd.sending import IDEMPOTENCY_SECONDS
 from mxd.store import directory
-from mxd.store.models import Mailbox, Message, Organization
+from mxd.store.models import Idempotency, Mailbox, Message, Organization
 from mxd.tokens import Principal
 
 MAX_RETENTION_DAYS = 36500
@@ -237,14 +238,34 @@ def _refuse(refused: list[dict]) -> MxdError:
                     fix="Send to a mailbox, alias or catch-all of a domain this server serves (GET /api/mailboxes).")
 
 
-async def _store(request: Request, env: Envelope, protocol: str) -> None:
+async def _store(request: Request, env: Envelope, protocol: str, once_key: str | None = None) -> str | None:
+    """Make the message durable and wake the pipeline. With `once_key`, a message stored under that key
+    in the last 24 hours is not stored again: returns the first one's inbound id (else None)."""
     c = ctx(request)
     env.received = received_header(helo=env.helo or "api", remote_ip=env.remote_ip or "127.0.0.1",
                                    hostname=c.cfg.hostname, protocol=protocol,
                                    rcpt=env.rcpts[0].address if len(env.rcpts) == 1 else None,
                                    queue_id=env.id, when=env.received_at)
-    await ingest(c.db, env)
-    c.queued()                       # wakes the pipeline, which parses, threads, indexes and announces it
+    if once_key is None:
+        await ingest(c.db, env)
+        first = None
+    else:
+        first = await c.db.write(_store_once, once_key, env)
+    if first is None:
+        c.queued()                   # wakes the pipeline, which parses, threads, indexes and announces it
+    return first
+
+
+def _store_once(key: str, env: Envelope) -> str | None:
+    """Runs in the writer: store env unless `key` was stored within IDEMPOTENCY_SECONDS; the first inbound id if so."""
+    row = Idempotency.get_or_none(Idempotency.key == key)
+    if row is not None and row.created_at > time.time() - IDEMPOTENCY_SECONDS:
+        return str(row.response.get("inbound_id"))
+    if row is not None:
+        row.delete_instance()
+    store(env)
+    Idempotency.create(key=key, body_hash="", status=202, response={"inbound_id": env.id})
+    return None
 
 
 def _message_ids(inbound_id: str) -> list[str]:
@@ -415,11 +436,14 @@ async def inbound_ses(request: Request) -> Response:
         raise _refuse(refused)
     env = Envelope(mail_from=source, rcpts=accepted, data=data, source="ses", helo="amazonses.com",
                    remote_ip=request.client.host if request.client else "")
-    await _store(request, env, "SES")
-    note_audit(request, mailbox=",".join(sorted({r.address.lower() for r in accepted}))[:320], inbound_id=env.id,
-               ses_message_id=str(mail.get("messageId") or "")[:200])
-    return JSONResponse({"inbound_id": env.id, "status": "accepted", "ses_message_id": mail.get("messageId"),
-                         "recipients": [r.address for r in accepted], "refused": refused}, status_code=202)
+    # SNS delivers at least once: the same SES message again (a retry, or a second topic) is stored once.
+    ses_id = mail.get("messageId") if isinstance(mail.get("messageId"), str) and mail["messageId"] else None
+    first = await _store(request, env, "SES", once_key=f"ses:{ses_id[:250]}" if ses_id else None)
+    note_audit(request, mailbox=",".join(sorted({r.address.lower() for r in accepted}))[:320],
+               inbound_id=first or env.id, ses_message_id=str(ses_id or "")[:200], duplicate=first is not None)
+    return JSONResponse({"inbound_id": first or env.id, "status": "accepted", "ses_message_id": ses_id,
+                         "duplicate": first is not None, "recipients": [r.address for r in accepted],
+                         "refused": refused}, status_code=202)
 
 
 def routes() -> list[BaseRoute]:
