@@ -99,7 +99,7 @@ _INSERT = ('INSERT INTO "inbound" ("id", "received_at", "source", "mail_from", "
 def with_trace(trace: str, data: bytes) -> bytes:
     """The message as stored whole: the header fields mxd put in front (trace: Received and
     Authentication-Results on the way in, DKIM-Signature on the way out), then the bytes taken in."""
-    return trace.encode("utf-8", "surrogateescape") + bytes(data)
+    return (trace or "").encode("utf-8", "surrogateescape") + bytes(data)
 
 
 def as_row(env: Envelope) -> InboundRow:

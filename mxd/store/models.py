@@ -91,7 +91,8 @@ class Alias(BaseModel):
 
 class Inbound(BaseModel):
     """The raw bytes and envelope of one message as mxd took it in: from the MX, the API,
-    local delivery, or its own outbound path (source "outbound", stored already processed)."""
+    local delivery, or its own outbound path (source "outbound": the unsigned sent copy, processed once the
+    pipeline or the send transaction has signed, filed and queued it)."""
     id = pw.CharField(primary_key=True, max_length=40)
     received_at = pw.DoubleField(default=time.time)
     source = pw.CharField(max_length=20, default="smtp")
@@ -101,7 +102,7 @@ class Inbound(BaseModel):
     helo = pw.CharField(max_length=512, default="")
     tls = pw.BooleanField(default=False)
     data = pw.BlobField()
-    trace = pw.TextField(default="")        # Received + Authentication-Results, prepended on output
+    trace = pw.TextField(default="")        # Received + Authentication-Results (DKIM-Signature on a sent copy), prepended on output
     processed = pw.BooleanField(default=False, index=True)
 
 
