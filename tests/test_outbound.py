@@ -7,11 +7,13 @@ Authentication-Results (both DKIM signatures, SPF, DMARC).
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import smtplib
 import socket
 import sqlite3
 import time
+from typing import Iterator
 
 import httpx
 import pytest
@@ -211,6 +213,15 @@ def _submission_message(subject: str, sender: str = "agent@example.test") -> byt
     return (f"From: {sender}\r\nTo: bob@peer.test\r\nSubject: {subject}\r\n\r\nsubmitted body\r\n").encode()
 
 
+@contextlib.contextmanager
+def _logged_in(sender: MxdProcess, token: str) -> Iterator[smtplib.SMTP]:
+    """A submission session on 587: STARTTLS, then AUTH as agent@example.test with `token`."""
+    with smtplib.SMTP("127.0.0.1", sender.submission_port, timeout=10) as s:
+        s.starttls(context=insecure_tls())
+        s.login("agent@example.test", token)
+        yield s
+
+
 def test_submission_587_requires_starttls_before_auth(world):
     sender, _, _ = world
     with smtplib.SMTP("127.0.0.1", sender.submission_port, timeout=10) as s:
@@ -225,9 +236,7 @@ def test_submission_587_requires_starttls_before_auth(world):
 def test_submission_587_sends_with_a_send_token(world):
     sender, receiver, _ = world
     token = sender.token(["send"], ["agent@example.test"])
-    with smtplib.SMTP("127.0.0.1", sender.submission_port, timeout=10) as s:
-        s.starttls(context=insecure_tls())
-        s.login("agent@example.test", token)
+    with _logged_in(sender, token) as s:
         s.sendmail("agent@example.test", ["bob@peer.test"], _submission_message("via 587"))
     [got] = _received(receiver, "via 587")
     detail = receiver.api("GET", f"/api/messages/{got['id']}").json()
@@ -241,9 +250,7 @@ def test_submission_files_the_sent_copy_and_delivers_local_and_remote(world):
     token = sender.token(["send"], ["agent@example.test"])
     message = (b"From: agent@example.test\r\nTo: bob@peer.test, other@example.test\r\n"
                b"Subject: both ways\r\nMessage-ID: <both-ways@example.test>\r\n\r\nto both\r\n")
-    with smtplib.SMTP("127.0.0.1", sender.submission_port, timeout=10) as s:
-        s.starttls(context=insecure_tls())
-        s.login("agent@example.test", token)
+    with _logged_in(sender, token) as s:
         s.mail("agent@example.test")
         s.rcpt("bob@peer.test")
         s.rcpt("other@example.test")
@@ -268,9 +275,7 @@ def test_submission_refuses_a_message_that_cannot_be_signed(world):
     """A header that cannot be parsed is refused at DATA, before any 250; the session goes on."""
     sender, receiver, _ = world
     token = sender.token(["send"], ["agent@example.test"])
-    with smtplib.SMTP("127.0.0.1", sender.submission_port, timeout=10) as s:
-        s.starttls(context=insecure_tls())
-        s.login("agent@example.test", token)
+    with _logged_in(sender, token) as s:
         with pytest.raises(smtplib.SMTPDataError) as err:
             s.sendmail("agent@example.test", ["bob@peer.test"],
                        b"From: agent@example.test\r\nnot a header line\r\nSubject: broken\r\n\r\nbody\r\n")
@@ -285,9 +290,7 @@ def test_submission_refuses_a_second_from_hidden_behind_a_bare_line_end(world, s
     end there, so a second From written after one must be checked too (other@ is not the token's)."""
     sender, receiver, _ = world
     token = sender.token(["send"], ["agent@example.test"])
-    with smtplib.SMTP("127.0.0.1", sender.submission_port, timeout=10) as s:
-        s.starttls(context=insecure_tls())
-        s.login("agent@example.test", token)
+    with _logged_in(sender, token) as s:
         with pytest.raises(smtplib.SMTPDataError) as err:
             s.sendmail("agent@example.test", ["bob@peer.test"],
                        b"From: agent@example.test" + separator + b"From: other@example.test\r\n"
@@ -326,9 +329,7 @@ def test_submission_refuses_bad_credentials(world, case):
 def test_submission_refuses_sending_as_another_mailbox(world):
     sender, _, _ = world
     token = sender.token(["send"], ["agent@example.test"])
-    with smtplib.SMTP("127.0.0.1", sender.submission_port, timeout=10) as s:
-        s.starttls(context=insecure_tls())
-        s.login("agent@example.test", token)
+    with _logged_in(sender, token) as s:
         code, msg = s.docmd("MAIL", "FROM:<other@example.test>")
         assert code == 550 and b"5.7.1" in msg
         s.rset()

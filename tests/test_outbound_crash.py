@@ -65,6 +65,21 @@ class CountingPeer:
             return len(self.received)
 
 
+def _sender(tmp_path: Path, dns: DNSServer, port: int, **env: str) -> MxdProcess:
+    """mxd sending to the peer on `port` (MX found through `dns`), without send caps in the way."""
+    return MxdProcess(tmp_path / "data", env={
+        "MXD_DNS_NAMESERVERS": dns.nameserver, "MXD_DNS_TIMEOUT": "2", "MXD_OUTBOUND_MX_PORT": str(port),
+        "MXD_DAILY_SEND_CAP": "100000", "MXD_RATE_PER_MAILBOX_PER_MINUTE": "100000",
+        "MXD_RATE_PER_DOMAIN_PER_MINUTE": "100000", "MXD_RATE_PER_RECIPIENT_PER_HOUR": "100000", **env})
+
+
+def _start_ready(m: MxdProcess) -> None:
+    m.init()
+    m.start()
+    assert m.api("POST", "/api/mailboxes", json={"address": SENDER}).status_code == 201
+    assert m.api("PUT", "/api/domains/example.test/readiness", json={"ready": True}).status_code == 200
+
+
 def _queue_counts(db_path: Path) -> dict[str, int]:
     db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=30)
     try:
@@ -89,16 +104,10 @@ def test_kill9_during_delivery_loses_nothing(tmp_path):
     dns = DNSServer({"crash.test": {"MX": [(10, "mx.crash.test")]}, "mx.crash.test": {"A": [PEER_IP]}}).start()
     peer = CountingPeer(PEER_IP, port)
     peer.controller.start()
-    m = MxdProcess(tmp_path / "data", env={
-        "MXD_DNS_NAMESERVERS": dns.nameserver, "MXD_DNS_TIMEOUT": "2", "MXD_OUTBOUND_MX_PORT": str(port),
-        "MXD_RETRY_SCHEDULE": "1s", "MXD_DAILY_SEND_CAP": "100000", "MXD_RATE_PER_MAILBOX_PER_MINUTE": "100000",
-        "MXD_RATE_PER_DOMAIN_PER_MINUTE": "100000", "MXD_RATE_PER_RECIPIENT_PER_HOUR": "100000"})
+    m = _sender(tmp_path, dns, port, MXD_RETRY_SCHEDULE="1s")
     db_path = m.data_dir / "mxd.db"
     try:
-        m.init()
-        m.start()
-        assert m.api("POST", "/api/mailboxes", json={"address": SENDER}).status_code == 201
-        assert m.api("PUT", "/api/domains/example.test/readiness", json={"ready": True}).status_code == 200
+        _start_ready(m)
 
         local = threading.local()
 
@@ -196,16 +205,10 @@ def test_kill9_after_submission_250s_before_signing_loses_nothing(tmp_path):
     peer = CountingPeer(PEER_IP, port)
     peer.gate.set()
     peer.controller.start()
-    m = MxdProcess(tmp_path / "data", env={
-        "MXD_DNS_NAMESERVERS": dns.nameserver, "MXD_DNS_TIMEOUT": "2", "MXD_OUTBOUND_MX_PORT": str(port),
-        "MXD_DAILY_SEND_CAP": "100000", "MXD_RATE_PER_MAILBOX_PER_MINUTE": "100000",
-        "MXD_RATE_PER_DOMAIN_PER_MINUTE": "100000", "MXD_RATE_PER_RECIPIENT_PER_HOUR": "100000"})
+    m = _sender(tmp_path, dns, port)
     db_path = m.data_dir / "mxd.db"
     try:
-        m.init()
-        m.start()
-        assert m.api("POST", "/api/mailboxes", json={"address": SENDER}).status_code == 201
-        assert m.api("PUT", "/api/domains/example.test/readiness", json={"ready": True}).status_code == 200
+        _start_ready(m)
         r = m.api("POST", "/api/tokens", json={"name": "s", "scopes": ["send"], "mailboxes": [SENDER]})
         token = r.json()["token"]
 
