@@ -114,7 +114,7 @@ class Daemon:
         if mx_sock is not None:
             self.mx = MxServer(cfg, MxHandler(cfg, self.db, directory, self.pipeline.notify), tls)
             await self.mx.start_on(mx_sock)
-        self.submission = SubmissionServer(cfg, SubmissionHandler(cfg, self.db, queued), tls)
+        self.submission = SubmissionServer(cfg, SubmissionHandler(cfg, self.db, self.pipeline.notify), tls)
         await self.submission.start_on(sub_sock, subs_sock)
         app = create_app(Context(cfg, self.db, directory, self.workers, queued, resolver))
         self.mcp = await mcp.start(app)             # the MCP SDK's session manager, for the daemon's lifetime

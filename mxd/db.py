@@ -28,7 +28,7 @@ import threading
 from typing import Any, Callable, Iterator, TypeVar
 
 import peewee
-from playhouse.db_url import connect
+from playhouse.db_url import connect, parse as parse_url
 
 log = logging.getLogger("mxd.db")
 T = TypeVar("T")
@@ -73,8 +73,7 @@ class _Job:
 class Database:
     def __init__(self, url: str, readers: int = 4) -> None:
         self.url = url
-        probe = connect_url(url)
-        path = getattr(probe, "database", "") if isinstance(probe, peewee.SqliteDatabase) else ""
+        path = parse_url(url).get("database", "") if url.startswith("sqlite:") else ""
         self._wal_path = f"{path}-wal" if path and path != ":memory:" and not path.startswith("file:") else ""
         self.db = connect_url(url, wal_synced_by_caller=bool(self._wal_path))
         proxy.initialize(self.db)

@@ -137,12 +137,11 @@ def complete(cfg: Config, row: Any, dkim: str, parsed: Any) -> dict | None:
     `row` is its ingest.InboundRow, `dkim` the DKIM-Signature fields (kept as the row's trace, so the
     signed message is trace + data everywhere it is read), `parsed` its parse or None. Returns
     {"thread_id", "recipients"}, or None when it was completed already."""
-    done = execute('SELECT "processed" FROM "inbound" WHERE "id" = ?', (row.id,)).fetchone()
-    if done is None or done[0]:
-        return None
     plan = row.rcpts[0]["send"]
     created = messages.deliver(row, parsed, None, dkim, cfg.thread_subject_window_days * 86400.0,
-                               direction="out", message_id=plan["message_id"], unprocessed=True)
+                               direction="out", message_id=plan["message_id"])
+    if created is None:
+        return None
     entries = outqueue.add(plan["message_id"], plan["mailbox_id"], row.id, row.mail_from, plan["domain"],
                            plan["remote"], cfg.seconds("queue_lifetime"), plan["hold"])
     signed = dkim.encode("ascii") + row.data
@@ -163,17 +162,24 @@ def complete(cfg: Config, row: Any, dkim: str, parsed: Any) -> dict | None:
                                      for rcpt, _, _ in plan["local"]]}
 
 
+def replay_record(key: str) -> Idempotency | None:
+    """Runs in the writer: what was answered under `key` (an Idempotency-Key, an SES message id) within
+    IDEMPOTENCY_SECONDS, or None; an older record is dropped, so the key is free again."""
+    row = Idempotency.get_or_none(Idempotency.key == key)
+    if row is not None and row.created_at <= time.time() - IDEMPOTENCY_SECONDS:
+        row.delete_instance()
+        return None
+    return row
+
+
 def _send_now(cfg: Config, principal: Principal | None, out: Outgoing, dkim: str, parsed: Any,
               idem: tuple[str, str] | None) -> dict:
     """Runs in the writer: idempotency, then accept and complete in one transaction."""
-    if idem is not None:
-        row = Idempotency.get_or_none(Idempotency.key == idem[0])
-        if row is not None and row.created_at > time.time() - IDEMPOTENCY_SECONDS:
-            if row.body_hash != idem[1]:
-                raise MxdError("idempotency_conflict", "this Idempotency-Key was used with a different body")
-            return dict(row.response, idempotent_replay=True)
-        if row is not None:
-            row.delete_instance()
+    row = replay_record(idem[0]) if idem is not None else None
+    if row is not None:
+        if row.body_hash != idem[1]:
+            raise MxdError("idempotency_conflict", "this Idempotency-Key was used with a different body")
+        return dict(row.response, idempotent_replay=True)
     authors = [a.address for a in parsed.from_] if parsed is not None else []
     copy, answer = accept(cfg, principal, out, authors)
     done = complete(cfg, copy, dkim, parsed)

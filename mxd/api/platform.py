@@ -32,7 +32,7 @@ from mxd.api.outbound import address_list
 from mxd.config import parse_hostport
 from mxd.errors import MxdError
 from mxd.ingest import Envelope, Recipient, ingest, received_header, store
-from mxd.sending import IDEMPOTENCY_SECONDS
+from mxd.sending import replay_record
 from mxd.store import directory
 from mxd.store.models import Idempotency, Mailbox, Message, Organization
 from mxd.tokens import Principal
@@ -257,12 +257,10 @@ async def _store(request: Request, env: Envelope, protocol: str, once_key: str |
 
 
 def _store_once(key: str, env: Envelope) -> str | None:
-    """Runs in the writer: store env unless `key` was stored within IDEMPOTENCY_SECONDS; the first inbound id if so."""
-    row = Idempotency.get_or_none(Idempotency.key == key)
-    if row is not None and row.created_at > time.time() - IDEMPOTENCY_SECONDS:
-        return str(row.response.get("inbound_id"))
+    """Runs in the writer: store env unless `key` was stored within the replay window; the first inbound id if so."""
+    row = replay_record(key)
     if row is not None:
-        row.delete_instance()
+        return str(row.response.get("inbound_id"))
     store(env)
     Idempotency.create(key=key, body_hash="", status=202, response={"inbound_id": env.id})
     return None

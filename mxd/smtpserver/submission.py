@@ -31,8 +31,9 @@ AUTH_FAILED = "535 5.7.8 Authentication credentials invalid"
 
 
 class SubmissionHandler:
-    def __init__(self, cfg: Config, db: Database, on_queued: Any) -> None:
-        self.cfg, self.db, self.on_queued = cfg, db, on_queued
+    def __init__(self, cfg: Config, db: Database, on_accepted: Any) -> None:
+        # on_accepted wakes the pipeline, which signs, files and queues (and then wakes delivery)
+        self.cfg, self.db, self.on_accepted = cfg, db, on_accepted
 
     # aiosmtpd calls the authenticator synchronously on the event loop; the lookup is one indexed row.
     def authenticator(self, server: SMTP, session: Session, envelope: SmtpEnvelope, mechanism: str,
@@ -102,7 +103,7 @@ class SubmissionHandler:
         except Exception:
             log.exception("submission failed")
             return codes.TEMP_FAILURE
-        self.on_queued()
+        self.on_accepted()
         return codes.QUEUED.format(result["id"])
 
 

@@ -31,21 +31,20 @@ def _json(value: Any) -> str:
 
 
 def deliver(inbound: Any, parsed: Any, auth: Any, trace: str, window_seconds: float,
-            direction: str = "in", message_id: str | None = None, unprocessed: bool = False) -> list[tuple[str, str]]:
-    """Create one message per distinct recipient mailbox; returns (message id, thread id) for each.
+            direction: str = "in", message_id: str | None = None) -> list[tuple[str, str]] | None:
+    """Create one message per distinct recipient mailbox; returns (message id, thread id) for each,
+    or None when the inbound row was processed already (another worker got there first).
 
     Runs in the writer's transaction. `inbound` is an ingest.InboundRow (or an Inbound model).
 
     `parsed` is a mxd.mime.parse.Parsed (or None when parsing itself failed),
     `auth` an AuthResults or None. `message_id` is the id for the (first) message when
-    it was handed out already (a sent copy); `unprocessed` says the caller saw the row unprocessed
-    in this transaction already. Marks the inbound row processed. Hand-written
+    it was handed out already (a sent copy). Marks the inbound row processed. Hand-written
     SQL: this runs for every message that arrives.
     """
-    if not unprocessed:
-        row = execute('SELECT "processed" FROM "inbound" WHERE "id" = ?', (inbound.id,)).fetchone()
-        if row is None or row[0]:
-            return []                               # another worker got here first
+    row = execute('SELECT "processed" FROM "inbound" WHERE "id" = ?', (inbound.id,)).fetchone()
+    if row is None or row[0]:
+        return None
     targets: dict[str, dict] = {}
     for rcpt in inbound.rcpts:
         for mid in rcpt["mailbox_ids"]:
