@@ -2,7 +2,9 @@
 them signed per the Standard Webhooks spec, retrying with backoff; a 410 disables the endpoint.
 
 Target addresses are checked when a webhook is made and again on every connection: the host is
-resolved once, every address it resolves to must be public (unless webhook_allow_private), and the
+resolved once, every address it resolves to must be public (unless webhook_allow_private; the rule is
+`mxd.netcheck.refusal`, which also judges the IPv4 address inside 6to4, Teredo, NAT64 and other
+IPv6 forms), and the
 connection goes to an address that was checked, so a name that changes its answer between the check
 and the connection (DNS rebinding) cannot reach loopback, private or link-local services.
 """
@@ -23,6 +25,7 @@ import standardwebhooks
 from mxd.config import Config, parse_duration
 from mxd.db import Database
 from mxd.errors import MxdError
+from mxd.netcheck import refusal
 from mxd.resolver import Resolver
 from mxd.store import webhooks as store
 
@@ -40,17 +43,6 @@ USER_AGENT = "mxd-webhooks/1"
 # ---------------------------------------------------------------- target addresses
 class UrlRefused(Exception):
     """The webhook URL may not be used: bad scheme, or a host that is not a public address."""
-
-
-def refusal(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
-    """Why an address is no webhook target ("loopback", "private", ...), or None when it is public."""
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    for attr, kind in (("is_loopback", "loopback"), ("is_link_local", "link-local"), ("is_multicast", "multicast"),
-                       ("is_unspecified", "unspecified"), ("is_reserved", "reserved"), ("is_private", "private")):
-        if getattr(ip, attr):
-            return kind
-    return None if ip.is_global else "non-public"
 
 
 async def resolve(host: str, port: int, allow_private: bool, timeout: float = 10.0) -> list[str]:
@@ -75,7 +67,7 @@ async def resolve(host: str, port: int, allow_private: bool, timeout: float = 10
         for ip in found:
             kind = refusal(ip)
             if kind:
-                raise UrlRefused(f"{host} resolves to {ip}, a {kind} address")
+                raise UrlRefused(f"{host} resolves to {ip}, not a public address ({kind})")
     return [str(ip) for ip in found]
 
 

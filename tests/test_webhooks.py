@@ -277,7 +277,8 @@ def test_payload_is_signed_with_both_secrets_during_rotation(memory_store):
 @pytest.mark.parametrize("address, kind", [
     ("127.0.0.1", "loopback"), ("::1", "loopback"), ("10.1.2.3", "private"), ("192.168.1.1", "private"),
     ("172.16.0.9", "private"), ("169.254.169.254", "link-local"), ("fe80::1", "link-local"),
-    ("224.0.0.1", "multicast"), ("0.0.0.0", "unspecified"), ("::ffff:127.0.0.1", "loopback"),
+    ("224.0.0.1", "multicast"), ("0.0.0.0", "unspecified"),
+    ("::ffff:127.0.0.1", "IPv4-mapped of 127.0.0.1, loopback"),
     ("fd00::1", "private"), ("100.64.0.1", "non-public"), ("240.0.0.1", "reserved"),
     ("93.184.215.14", None), ("2606:4700:4700::1111", None)])
 def test_address_classes(address, kind):
