@@ -185,7 +185,7 @@ class MxHandler:
                                        protocol=protocol, rcpt=rcpts[0].address if len(rcpts) == 1 else None,
                                        queue_id=env.id, when=env.received_at)
         try:
-            await ingest(self.db, env)
+            await ingest(self.db, env, authserv_id=self.cfg.hostname)   # RFC 8601 5: no forged verdict of ours
         except Exception:
             log.exception("could not store a message from %s", env.remote_ip)
             return codes.TEMP_FAILURE
