@@ -27,9 +27,11 @@ from mxd.db import Database
 from mxd.errors import MxdError
 from mxd.netcheck import refusal
 from mxd.resolver import Resolver
+from mxd.secretbox import for_dir
 from mxd.store import webhooks as store
 
 log = logging.getLogger("mxd.webhooks")
+logging.getLogger("httpx").setLevel(logging.WARNING)   # its INFO line per request carries the URL, often a secret
 
 POLL_SECONDS = 1.0
 FAN_OUT_BATCH = 200
@@ -155,6 +157,7 @@ class WebhookWorker:
 
     def __init__(self, cfg: Config, db: Database, resolver: Resolver) -> None:
         self.cfg, self.db, self.resolver = cfg, db, resolver
+        self.box = for_dir(cfg.data_dir)           # webhook secrets are stored sealed (mxd.secretbox)
         self.delays = [parse_duration(d, "webhook_retry_schedule") for d in cfg.webhook_retry_schedule]
         self.lifetime = cfg.seconds("webhook_lifetime")
         self._wake = asyncio.Event()
@@ -192,6 +195,12 @@ class WebhookWorker:
             await self._client.aclose()
 
     async def _run(self) -> None:
+        try:
+            sealed = await self.db.write(store.seal_plain, self.box)
+            if sealed:
+                log.info("sealed the secrets of %d webhooks stored in clear by an earlier mxd", sealed)
+        except Exception:
+            log.exception("sealing webhook secrets stored in clear failed; they still sign")
         pruned = -PRUNE_EVERY
         while not self._stopping:
             more = False
@@ -216,7 +225,8 @@ class WebhookWorker:
         room = MAX_IN_FLIGHT - len(self._inflight)
         if room <= 0 or self._stopping:
             return
-        jobs, gone = await self.db.read(store.due, time.time(), PER_WEBHOOK, MAX_IN_FLIGHT, frozenset(self._inflight))
+        jobs, gone = await self.db.read(store.due, time.time(), PER_WEBHOOK, MAX_IN_FLIGHT, frozenset(self._inflight),
+                                        self.box)
         if gone:
             await self.db.write(store.cancel, gone, "the webhook was disabled or deleted, or the event is gone")
         per_hook: dict[str, int] = {}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import smtplib
 import socket
 import sqlite3
@@ -23,6 +24,7 @@ from standardwebhooks.webhooks import WebhookVerificationError
 from mxd import webhooks
 from mxd.db import proxy
 from mxd.store import webhooks as store
+from mxd.secretbox import SecretBox
 from mxd.store.models import MODELS, Event, Mailbox, Webhook, WebhookAttempt, WebhookDelivery
 from mxd.tokens import Principal
 from tests.daemon import MxdProcess, free_port, wait_for
@@ -258,11 +260,13 @@ def test_payload_is_signed_with_both_secrets_during_rotation(memory_store):
     _box("mbx_op", None, None)
     _hook("whk_1")
     operator = Principal("tok_op", "admin", frozenset({"admin"}), None, None)
-    old = Webhook.get_by_id("whk_1").secret
-    hook, new = store.rotate(operator, "whk_1")
+    old = Webhook.get_by_id("whk_1").secret                  # stored in clear, as by an mxd before sealing
+    box = SecretBox(os.urandom(32))
+    hook, new = store.rotate(operator, "whk_1", box=box)
     assert new != old and new.startswith("whsec_")
-    assert store.signing_secrets(hook, time.time()) == [old, new]
-    assert store.signing_secrets(hook, time.time() + store.ROTATION_GRACE + 1) == [new]
+    assert hook.secret.startswith("sealed:v1:") and hook.previous_secret.startswith("sealed:v1:")
+    assert store.signing_secrets(hook, time.time(), box) == [old, new]
+    assert store.signing_secrets(hook, time.time() + store.ROTATION_GRACE + 1, box) == [new]
     body = json.dumps({"type": "message.inbound", "timestamp": "2026-01-01T00:00:00Z", "data": {}})
     headers = webhooks.sign_headers("evt_1", body, [old, new])
     assert len(headers["webhook-signature"].split(" ")) == 2
