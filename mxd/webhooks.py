@@ -3,10 +3,10 @@ them signed per the Standard Webhooks spec, retrying with backoff; a 410 disable
 
 Target addresses are checked when a webhook is made and again on every connection: the host is
 resolved once, every address it resolves to must be public (unless webhook_allow_private; the rule is
-`mxd.netcheck.refusal`, which also judges the IPv4 address inside 6to4, Teredo, NAT64 and other
-IPv6 forms), and the
-connection goes to an address that was checked, so a name that changes its answer between the check
-and the connection (DNS rebinding) cannot reach loopback, private or link-local services.
+`mxd.netcheck.refusal`, which also judges the IPv4 address inside 6to4, Teredo, NAT64 and other IPv6
+forms), and the connection goes to an address that was checked, so a name that changes its answer
+between the check and the connection (DNS rebinding) cannot reach loopback, private or link-local
+services. Secrets are stored sealed (mxd.secretbox) and opened only to sign.
 """
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""Webhook rows: endpoints and their secrets, the deliveries owed to them (fanned out from event rows),
-every attempt, and which events a webhook gets. Runs on the store's threads; no network here.
+"""Webhook rows: endpoints and their secrets (sealed by mxd.secretbox, opened only to sign), the
+deliveries owed to them (fanned out from event rows), every attempt, and which events a webhook gets.
+Runs on the store's threads; no network here.
 
 A webhook belongs to an organisation (org_id; None: the operator's) and optionally to one agent
 (events of the mailboxes whose agent_id matches) or one mailbox. An organisation's webhook without
