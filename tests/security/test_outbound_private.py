@@ -38,8 +38,8 @@ def world(tmp_path: Path) -> Iterator[tuple[MxdProcess, MailSink]]:
         "MXD_DNS_NAMESERVERS": dns.nameserver, "MXD_DNS_TIMEOUT": "2", "MXD_OUTBOUND_MX_PORT": str(sink.port),
         "MXD_OUTBOUND_ALLOW_PRIVATE": "false", "MXD_RETRY_SCHEDULE": "1s", "MXD_DELAY_WARNING": "0"})
     proc.init()
-    proc.start()
     try:
+        proc.start()
         assert proc.api("POST", "/api/mailboxes", json={"address": SENDER}).status_code == 201
         assert proc.api("PUT", "/api/domains/example.test/readiness", json={"ready": True}).status_code == 200
         yield proc, sink
@@ -82,8 +82,8 @@ def test_allowed_when_the_operator_says_so(tmp_path: Path) -> None:
         "MXD_DNS_NAMESERVERS": dns.nameserver, "MXD_DNS_TIMEOUT": "2", "MXD_OUTBOUND_MX_PORT": str(sink.port),
         "MXD_OUTBOUND_ALLOW_PRIVATE": "true"})
     proc.init()
-    proc.start()
     try:
+        proc.start()
         assert proc.api("POST", "/api/mailboxes", json={"address": SENDER}).status_code == 201
         assert proc.api("PUT", "/api/domains/example.test/readiness", json={"ready": True}).status_code == 200
         assert _outcome(proc, "bob@loop.test")["status"] == "delivered"
@@ -101,8 +101,8 @@ def test_the_smart_host_is_the_operators_choice(tmp_path: Path) -> None:
         "MXD_SMART_HOST": f"{SINK_IP}:{sink.port}", "MXD_SMART_HOST_TLS": "none",
         "MXD_OUTBOUND_ALLOW_PRIVATE": "false"})
     proc.init()
-    proc.start()
     try:
+        proc.start()
         assert proc.api("POST", "/api/mailboxes", json={"address": SENDER}).status_code == 201
         assert proc.api("PUT", "/api/domains/example.test/readiness", json={"ready": True}).status_code == 200
         assert _outcome(proc, "bob@lan.test")["status"] == "sent"            # the relay took it
