@@ -36,9 +36,12 @@ def cmd_init(args: argparse.Namespace) -> int:
     config_path = Path(args.config) if args.config else data / "mxd.toml"
     created_config = False
     if not config_path.exists():
-        config_path.write_text("# mxd configuration; every key is documented in config/mxd.example.toml\n"
-                               + config_mod.to_toml(cfg))
-        config_path.chmod(0o600)
+        text = "# mxd configuration; every key is documented in config/mxd.example.toml\n" + config_mod.to_toml(cfg)
+        # 0600 from the start, whatever the umask: it may hold the smart host's password
+        fd = os.open(config_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
+        with os.fdopen(fd, "w") as fh:
+            os.fchmod(fd, 0o600)
+            fh.write(text)
         created_config = True
 
     if not cfg.tls_cert:

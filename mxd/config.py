@@ -109,6 +109,8 @@ class Config:
     """TCP port of recipients' MX hosts (tests point it elsewhere)."""
     smart_host: str = ""
     """host:port of a relay for all outbound mail (for networks that block port 25). Empty: direct to MX."""
+    outbound_allow_private: bool = False
+    """Deliver to MX hosts at loopback, private, link-local or other non-public addresses (for tests and LANs). The smart host is always allowed."""
     smart_host_tls: str = "required"
     """TLS to the smart host: "required" (STARTTLS), "implicit" (port 465 style), "opportunistic" or "none"."""
     smart_host_username: str = ""

@@ -33,11 +33,42 @@ from playhouse.db_url import connect, parse as parse_url
 log = logging.getLogger("mxd.db")
 T = TypeVar("T")
 
+
+class _WithoutParameters(logging.Filter):
+    """peewee logs every query with its parameters at DEBUG: webhook secrets, token hashes, message
+    bytes. The query is kept, the parameters never reach a handler."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, tuple) and len(record.msg) == 2:
+            record.msg, record.args = str(record.msg[0]), ()
+        return True
+
+
+logging.getLogger("peewee").addFilter(_WithoutParameters())
+
 proxy = peewee.DatabaseProxy()
 """Models bind to this; `Database` initialises it."""
 
 MAX_BATCH = 512
 CHECKPOINT_EVERY = 1.0           # seconds between background WAL checkpoints (SQLite)
+
+
+def private_files(path: str) -> None:
+    """Make the SQLite store readable by mxd's user alone (0600) whatever the umask: it holds all mail.
+    SQLite gives its -wal and -shm files the database file's mode, so the database file is made first
+    (an empty file is an empty database); files from an earlier, looser run are tightened."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
+    os.close(fd)
+    for name in (path, f"{path}-wal", f"{path}-shm", f"{path}-journal"):
+        try:
+            mode = os.stat(name).st_mode & 0o777
+            if mode & 0o077:
+                os.chmod(name, mode & 0o700)
+                log.info("%s was readable by others (mode %o): now %o", name, mode, mode & 0o700)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:            # another user's file: say so, it is the operator's to fix
+            log.warning("%s: cannot make it private: %s", name, exc.strerror)
 
 
 def connect_url(url: str, wal_synced_by_caller: bool = False) -> peewee.Database:
@@ -75,6 +106,8 @@ class Database:
         self.url = url
         path = parse_url(url).get("database", "") if url.startswith("sqlite:") else ""
         self._wal_path = f"{path}-wal" if path and path != ":memory:" and not path.startswith("file:") else ""
+        if self._wal_path:
+            private_files(path)
         self.db = connect_url(url, wal_synced_by_caller=bool(self._wal_path))
         proxy.initialize(self.db)
         self._synced: queue.SimpleQueue[tuple[list[_Job], list[tuple[bool, Any]]] | None] = queue.SimpleQueue()

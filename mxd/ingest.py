@@ -152,8 +152,115 @@ def store(env: Envelope, processed: bool = False, receipt: str | None = None) ->
     return env.id
 
 
-async def ingest(db: Database, env: Envelope) -> str:
-    """Make the message durable; returns its inbound id once committed."""
+_AR_NAME = b"authentication-results"
+
+
+def _skip_cfws(text: str, i: int) -> int:
+    """The index after the folding white space and (nested) comments at text[i:] (RFC 5322 3.2.2)."""
+    depth = 0
+    while i < len(text):
+        c = text[i]
+        if c == "\\" and depth:
+            i += 2
+            continue
+        if c == "(":
+            depth += 1
+        elif c == ")" and depth:
+            depth -= 1
+        elif not depth and c not in " \t\r\n":
+            break
+        i += 1
+    return i
+
+
+def authserv_id_of(value: str) -> str:
+    """The authserv-id an Authentication-Results field body starts with (RFC 8601 2.2: a token or a
+    quoted-string after optional CFWS), lower case, without a final dot; "" when there is none."""
+    i = _skip_cfws(value, 0)
+    if value[i:i + 1] == '"':
+        out = []
+        i += 1
+        while i < len(value) and value[i] != '"':
+            if value[i] == "\\":
+                i += 1
+            out.append(value[i:i + 1])
+            i += 1
+        found = "".join(out)
+    else:
+        end = i
+        while end < len(value) and value[end] not in ' \t\r\n;()"':
+            end += 1
+        found = value[i:end]
+    return found.strip().rstrip(".").lower()
+
+
+def _head_length(data: bytes) -> int:
+    """Where the header block ends (after the CRLF of its last field), given CRLF line ends."""
+    end = data.find(b"\r\n\r\n")
+    return len(data) if end < 0 else end + 2
+
+
+def remove_auth_results(data: bytes, own_id: str) -> bytes:
+    """The message without the Authentication-Results fields that claim to come from `own_id`
+    (RFC 8601 5: mxd's own verdict is added after, and a receiver must be able to trust every
+    field with its name). Field names and ids are compared case-insensitively; folded fields go
+    whole; fields of other authserv-ids, the body and DKIM signatures that do not cover these
+    fields (they normally do not) are left as they were.
+
+    `data` is as it came in: returned as it is when its header does not mention the field name (the
+    everyday message costs one search of its header), else with its line ends normalised first, so
+    that a bare CR or LF cannot hide a field that the store would then show."""
+    region = data[:_head_length(data)]       # at least the header, after normalisation too
+    if b"\0" in region:
+        region = region.replace(b"\0", b"")
+    if _AR_NAME not in region.lower():
+        return data
+    data = normalize_line_endings(data)
+    if data.startswith(b"\r\n"):             # no header at all
+        return data
+    head_len = _head_length(data)
+    own = own_id.strip().rstrip(".").lower()
+    kept: list[bytes] = []
+    field: list[bytes] = []
+    removed = False
+
+    def flush() -> None:
+        nonlocal removed
+        if not field:
+            return
+        first = field[0]
+        colon = first.find(b":")
+        if colon > 0 and first[:colon].rstrip(b" \t").lower() == _AR_NAME:
+            value = (first[colon + 1:] + b"".join(field[1:])).decode("latin-1")
+            if authserv_id_of(value) == own:
+                removed = True
+                field.clear()
+                return
+        kept.extend(field)
+        field.clear()
+
+    pos = 0
+    while pos < head_len:
+        nl = data.find(b"\r\n", pos, head_len)
+        line_end = head_len if nl < 0 else nl + 2
+        line = data[pos:line_end]
+        if line[:1] not in (b" ", b"\t"):        # a new field starts; a continuation line joins the one before
+            flush()
+        field.append(line)
+        pos = line_end
+    flush()
+    if not removed:
+        return data
+    return b"".join(kept) + data[head_len:]
+
+
+async def ingest(db: Database, env: Envelope, *, authserv_id: str = "") -> str:
+    """Make the message durable; returns its inbound id once committed.
+
+    `authserv_id`, for mail from outside: the Authentication-Results fields naming it are removed
+    first (`remove_auth_results`), here rather than in the writer thread."""
+    if authserv_id:
+        env.data = remove_auth_results(env.data, authserv_id)
     return await db.write(store, env)
 
 
@@ -169,9 +276,11 @@ def store_once(env: Envelope, key: str | None, since: float) -> tuple[str, bool]
     return env.id, False
 
 
-async def ingest_once(db: Database, env: Envelope, window: float) -> tuple[str, bool]:
+async def ingest_once(db: Database, env: Envelope, window: float, *, authserv_id: str = "") -> tuple[str, bool]:
     """`ingest` for SMTP clients, which retry a message whose 250 they did not see: a transmission
     repeated within `window` seconds is not stored again (RFC 5321 6.1 leaves this duplicate to the
     receiver to avoid). Returns (inbound id, whether it was a repeat) once committed."""
     key = receipt_key(env) if window > 0 else None
+    if authserv_id:
+        env.data = remove_auth_results(env.data, authserv_id)
     return await db.write(store_once, env, key, env.received_at - window)

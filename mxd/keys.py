@@ -321,6 +321,40 @@ def _self_signed(hostname: str) -> tuple[bytes, bytes]:
     return key_pem, cert.public_bytes(serialization.Encoding.PEM)
 
 
+# ---------------------------------------------------------------- the key that seals stored secrets
+
+def ensure_secret_key(path: Path) -> bytes:
+    """The 32-byte key kept (base64) in `path`, mode 0600; made on first use, never replaced."""
+    path = Path(path)
+    if not path.exists():
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:
+            _write_new(path, base64.b64encode(secrets.token_bytes(32)) + b"\n")
+        except FileExistsError:
+            pass                            # another process made it first: use that one
+    private_mode(path)
+    try:
+        key = base64.b64decode(path.read_bytes().strip(), validate=True)
+    except ValueError:
+        key = b""
+    if len(key) != 32:
+        raise KeyMaterialError(f"{path}: expected 32 bytes of base64")
+    return key
+
+
+def private_mode(path: Path) -> None:
+    """Take away group and other permissions of an existing file (one made by an older mxd, or under a
+    loose umask); a file owned by another user is left and reported."""
+    try:
+        mode = os.stat(path).st_mode & 0o777
+        if mode & 0o077:
+            os.chmod(path, mode & 0o700)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise KeyMaterialError(f"{path}: cannot make it private (mode 0600): {exc.strerror}") from None
+
+
 # ---------------------------------------------------------------- files
 
 def _write_tmp(path: Path, data: bytes, mode: int) -> Path:

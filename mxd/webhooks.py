@@ -2,9 +2,11 @@
 them signed per the Standard Webhooks spec, retrying with backoff; a 410 disables the endpoint.
 
 Target addresses are checked when a webhook is made and again on every connection: the host is
-resolved once, every address it resolves to must be public (unless webhook_allow_private), and the
-connection goes to an address that was checked, so a name that changes its answer between the check
-and the connection (DNS rebinding) cannot reach loopback, private or link-local services.
+resolved once, every address it resolves to must be public (unless webhook_allow_private; the rule is
+`mxd.netcheck.refusal`, which also judges the IPv4 address inside 6to4, Teredo, NAT64 and other IPv6
+forms), and the connection goes to an address that was checked, so a name that changes its answer
+between the check and the connection (DNS rebinding) cannot reach loopback, private or link-local
+services. Secrets are stored sealed (mxd.secretbox) and opened only to sign.
 """
 from __future__ import annotations
 
@@ -23,10 +25,13 @@ import standardwebhooks
 from mxd.config import Config, parse_duration
 from mxd.db import Database
 from mxd.errors import MxdError
+from mxd.netcheck import refusal
 from mxd.resolver import Resolver
+from mxd.secretbox import for_dir
 from mxd.store import webhooks as store
 
 log = logging.getLogger("mxd.webhooks")
+logging.getLogger("httpx").setLevel(logging.WARNING)   # its INFO line per request carries the URL, often a secret
 
 POLL_SECONDS = 1.0
 FAN_OUT_BATCH = 200
@@ -40,17 +45,6 @@ USER_AGENT = "mxd-webhooks/1"
 # ---------------------------------------------------------------- target addresses
 class UrlRefused(Exception):
     """The webhook URL may not be used: bad scheme, or a host that is not a public address."""
-
-
-def refusal(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
-    """Why an address is no webhook target ("loopback", "private", ...), or None when it is public."""
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    for attr, kind in (("is_loopback", "loopback"), ("is_link_local", "link-local"), ("is_multicast", "multicast"),
-                       ("is_unspecified", "unspecified"), ("is_reserved", "reserved"), ("is_private", "private")):
-        if getattr(ip, attr):
-            return kind
-    return None if ip.is_global else "non-public"
 
 
 async def resolve(host: str, port: int, allow_private: bool, timeout: float = 10.0) -> list[str]:
@@ -75,7 +69,7 @@ async def resolve(host: str, port: int, allow_private: bool, timeout: float = 10
         for ip in found:
             kind = refusal(ip)
             if kind:
-                raise UrlRefused(f"{host} resolves to {ip}, a {kind} address")
+                raise UrlRefused(f"{host} resolves to {ip}, not a public address ({kind})")
     return [str(ip) for ip in found]
 
 
@@ -163,6 +157,7 @@ class WebhookWorker:
 
     def __init__(self, cfg: Config, db: Database, resolver: Resolver) -> None:
         self.cfg, self.db, self.resolver = cfg, db, resolver
+        self.box = for_dir(cfg.data_dir)           # webhook secrets are stored sealed (mxd.secretbox)
         self.delays = [parse_duration(d, "webhook_retry_schedule") for d in cfg.webhook_retry_schedule]
         self.lifetime = cfg.seconds("webhook_lifetime")
         self._wake = asyncio.Event()
@@ -200,6 +195,12 @@ class WebhookWorker:
             await self._client.aclose()
 
     async def _run(self) -> None:
+        try:
+            sealed = await self.db.write(store.seal_plain, self.box)
+            if sealed:
+                log.info("sealed the secrets of %d webhooks stored in clear by an earlier mxd", sealed)
+        except Exception:
+            log.exception("sealing webhook secrets stored in clear failed; they still sign")
         pruned = -PRUNE_EVERY
         while not self._stopping:
             more = False
@@ -224,7 +225,8 @@ class WebhookWorker:
         room = MAX_IN_FLIGHT - len(self._inflight)
         if room <= 0 or self._stopping:
             return
-        jobs, gone = await self.db.read(store.due, time.time(), PER_WEBHOOK, MAX_IN_FLIGHT, frozenset(self._inflight))
+        jobs, gone = await self.db.read(store.due, time.time(), PER_WEBHOOK, MAX_IN_FLIGHT, frozenset(self._inflight),
+                                        self.box)
         if gone:
             await self.db.write(store.cancel, gone, "the webhook was disabled or deleted, or the event is gone")
         per_hook: dict[str, int] = {}

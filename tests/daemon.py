@@ -46,6 +46,7 @@ class MxdProcess:
             "MXD_SUBMISSION_LISTEN": f"127.0.0.1:{self.submission_port}",
             "MXD_SUBMISSIONS_LISTEN": f"127.0.0.1:{self.submissions_port}",
             "MXD_DNS_NAMESERVERS": "127.0.0.1:1", "MXD_DNS_TIMEOUT": "0.5", "MXD_LOG_LEVEL": "WARNING",
+            "MXD_OUTBOUND_ALLOW_PRIVATE": "true",          # every test MX is on loopback
         })
         self.env.update(env or {})
         self.domains = list(domains)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import smtplib
 import socket
 import sqlite3
@@ -23,6 +24,7 @@ from standardwebhooks.webhooks import WebhookVerificationError
 from mxd import webhooks
 from mxd.db import proxy
 from mxd.store import webhooks as store
+from mxd.secretbox import SecretBox
 from mxd.store.models import MODELS, Event, Mailbox, Webhook, WebhookAttempt, WebhookDelivery
 from mxd.tokens import Principal
 from tests.daemon import MxdProcess, free_port, wait_for
@@ -258,11 +260,13 @@ def test_payload_is_signed_with_both_secrets_during_rotation(memory_store):
     _box("mbx_op", None, None)
     _hook("whk_1")
     operator = Principal("tok_op", "admin", frozenset({"admin"}), None, None)
-    old = Webhook.get_by_id("whk_1").secret
-    hook, new = store.rotate(operator, "whk_1")
+    old = Webhook.get_by_id("whk_1").secret                  # stored in clear, as by an mxd before sealing
+    box = SecretBox(os.urandom(32))
+    hook, new = store.rotate(operator, "whk_1", box=box)
     assert new != old and new.startswith("whsec_")
-    assert store.signing_secrets(hook, time.time()) == [old, new]
-    assert store.signing_secrets(hook, time.time() + store.ROTATION_GRACE + 1) == [new]
+    assert hook.secret.startswith("sealed:v1:") and hook.previous_secret.startswith("sealed:v1:")
+    assert store.signing_secrets(hook, time.time(), box) == [old, new]
+    assert store.signing_secrets(hook, time.time() + store.ROTATION_GRACE + 1, box) == [new]
     body = json.dumps({"type": "message.inbound", "timestamp": "2026-01-01T00:00:00Z", "data": {}})
     headers = webhooks.sign_headers("evt_1", body, [old, new])
     assert len(headers["webhook-signature"].split(" ")) == 2
@@ -277,7 +281,8 @@ def test_payload_is_signed_with_both_secrets_during_rotation(memory_store):
 @pytest.mark.parametrize("address, kind", [
     ("127.0.0.1", "loopback"), ("::1", "loopback"), ("10.1.2.3", "private"), ("192.168.1.1", "private"),
     ("172.16.0.9", "private"), ("169.254.169.254", "link-local"), ("fe80::1", "link-local"),
-    ("224.0.0.1", "multicast"), ("0.0.0.0", "unspecified"), ("::ffff:127.0.0.1", "loopback"),
+    ("224.0.0.1", "multicast"), ("0.0.0.0", "unspecified"),
+    ("::ffff:127.0.0.1", "IPv4-mapped of 127.0.0.1, loopback"),
     ("fd00::1", "private"), ("100.64.0.1", "non-public"), ("240.0.0.1", "reserved"),
     ("93.184.215.14", None), ("2606:4700:4700::1111", None)])
 def test_address_classes(address, kind):

@@ -3,11 +3,13 @@ list delivery attempts; in the /api dialect and the LoftBox /v1 agent dialect. T
 webhooks; an organisation's token sees and manages only its organisation's."""
 from __future__ import annotations
 
+import functools
+
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from mxd import webhooks
+from mxd import secretbox, webhooks
 from mxd.api.app import authenticate, ctx, json_body, note_audit, page, page_params
 from mxd.errors import MxdError
 from mxd.store import webhooks as store
@@ -30,7 +32,8 @@ async def _create(request: Request, agent_id: str | None = None) -> Response:
         agent_id = body.get("agent_id")
         if agent_id is not None and not isinstance(agent_id, str):
             raise MxdError("bad_request", "agent_id must be a string")
-    hook, secret = await c.db.write(store.create, principal, url, event_types, body.get("mailbox"), agent_id)
+    hook, secret = await c.db.write(functools.partial(store.create, box=secretbox.for_dir(c.cfg.data_dir)),
+                                    principal, url, event_types, body.get("mailbox"), agent_id)
     view = (await _views(request, [hook]))[0]
     if view["mailbox"]:
         note_audit(request, mailbox=view["mailbox"])
@@ -71,7 +74,9 @@ async def delete(request: Request) -> Response:
 
 async def rotate(request: Request) -> Response:
     principal = await authenticate(request, "admin")
-    hook, secret = await ctx(request).db.write(store.rotate, principal, request.path_params["id"])
+    c = ctx(request)
+    hook, secret = await c.db.write(functools.partial(store.rotate, box=secretbox.for_dir(c.cfg.data_dir)),
+                                    principal, request.path_params["id"])
     return JSONResponse(dict((await _views(request, [hook]))[0], secret=secret))
 
 

@@ -1,7 +1,8 @@
 """Routing owns the step from a recipient domain to the hosts and addresses to try, in order (RFC 5321 5.1, RFC 7505).
 
 Loopback and private addresses are returned like any other: refusing them is a
-policy decision for the caller (the test suite delivers to 127.0.0.x). Removing
+policy decision for the caller (the scheduler's `public_targets`, unless
+outbound_allow_private; the test suite delivers to 127.0.0.x). Removing
 mxd's own host from the list (RFC 5321 5.1, last paragraphs) is also the caller's.
 """
 from __future__ import annotations

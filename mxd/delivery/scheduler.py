@@ -19,8 +19,9 @@ from mxd import outqueue, policy
 from mxd.config import Config, parse_hostport
 from mxd.db import Database, execute
 from mxd.delivery import bounces
-from mxd.delivery.mx import NullMX, Target, resolve_targets
+from mxd.delivery.mx import NoRoute, NullMX, Target, resolve_targets
 from mxd.ingest import with_trace
+from mxd.netcheck import refusal
 from mxd.resolver import Resolver
 from mxd.smtpclient import Connection, DeliveryError
 from mxd.store.models import QueueEntry
@@ -137,7 +138,10 @@ class Scheduler:
         if self.cfg.smart_host:
             host, port = parse_hostport(self.cfg.smart_host, "smart_host")
             return [Target(host, [host], 0)], port
-        return await resolve_targets(domain, self.resolver), self.cfg.outbound_mx_port
+        targets = await resolve_targets(domain, self.resolver)
+        if not self.cfg.outbound_allow_private:
+            targets = public_targets(domain, targets)
+        return targets, self.cfg.outbound_mx_port
 
     async def _connect(self, targets: list[Target], port: int) -> tuple[Connection | None, DeliveryError | None]:
         cfg, last = self.cfg, None
@@ -279,6 +283,31 @@ class Scheduler:
             await self.db.write(bounces.fail_and_bounce, self.cfg, entry.id, entry.last_reply, entry.last_host,
                                 "delayed")
             self.on_local()
+
+
+def public_targets(domain: str, targets: list[Target]) -> list[Target]:
+    """The targets with only their public addresses (mxd.netcheck); raises NoRoute (550 5.4.4) when none is
+    left. An MX at loopback or on a private network would let whoever controls a domain's DNS make mxd
+    talk to services on this host or its LAN (a relay that trusts its network, say); like Exim's
+    ignore_target_hosts, such hosts are skipped, and a domain with no other host fails for good."""
+    kept: list[Target] = []
+    refused: list[str] = []
+    for target in targets:
+        public = []
+        for ip in target.addresses:
+            why = refusal(ip)
+            if why is None:
+                public.append(ip)
+            else:
+                refused.append(f"{target.host} {ip} ({why})")
+        if public:
+            kept.append(Target(target.host, public, target.preference))
+    if not kept:
+        raise NoRoute(True, 550, "5.4.4", f"no public address for {domain}: {', '.join(refused)[:300]}; "
+                      "non-public MX addresses are refused (outbound_allow_private is off)", None, "dns")
+    if refused:
+        log.info("%s: skipping non-public MX addresses %s", domain, ", ".join(refused)[:300])
+    return kept
 
 
 def _lease(limit: int) -> tuple[list[QueueEntry], dict[str, bytes], float | None]:

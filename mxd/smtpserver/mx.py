@@ -119,7 +119,8 @@ class MxHandler:
         return codes.QUEUED.format(inbound_id)
 
     async def _commit(self, env: Envelope) -> tuple[str, bool]:
-        inbound_id, repeat = await ingest_once(self.db, env, self.cfg.seconds("duplicate_window"))
+        inbound_id, repeat = await ingest_once(self.db, env, self.cfg.seconds("duplicate_window"),
+                                               authserv_id=self.cfg.hostname)   # RFC 8601 5: no forged verdict of ours
         if repeat:
             log.info("%s sent %s again (a retry after a lost reply?): answered 250, not stored twice",
                      env.remote_ip, inbound_id)

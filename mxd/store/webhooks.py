@@ -1,5 +1,6 @@
-"""Webhook rows: endpoints and their secrets, the deliveries owed to them (fanned out from event rows),
-every attempt, and which events a webhook gets. Runs on the store's threads; no network here.
+"""Webhook rows: endpoints and their secrets (sealed by mxd.secretbox, opened only to sign), the
+deliveries owed to them (fanned out from event rows), every attempt, and which events a webhook gets.
+Runs on the store's threads; no network here.
 
 A webhook belongs to an organisation (org_id; None: the operator's) and optionally to one agent
 (events of the mailboxes whose agent_id matches) or one mailbox. An organisation's webhook without
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import random
 import re
 import secrets
@@ -22,10 +24,13 @@ from mxd import outbox
 from mxd.db import execute
 from mxd.errors import MxdError
 from mxd.ids import new_id
+from mxd.secretbox import SecretBox, SecretError, is_sealed, open_value
 from mxd.store import directory
 from mxd.store.messages import _iso
 from mxd.store.models import Agent, Event, Mailbox, Message, Webhook, WebhookAttempt, WebhookDelivery
 from mxd.tokens import Principal
+
+log = logging.getLogger("mxd.webhooks")
 
 # The tracker's list first; the other outbox types may be subscribed to as well.
 EVENT_TYPES = ("message.inbound", "message.delivered", "message.failed", "message.deferred", "message.blocked",
@@ -33,6 +38,7 @@ EVENT_TYPES = ("message.inbound", "message.delivered", "message.failed", "messag
     t for t in outbox.TYPES if t not in ("message.inbound", "message.delivered", "message.failed",
                                           "message.deferred", "message.blocked", "message.held", "domain.verified"))
 SECRET_PREFIX = "whsec_"
+_UNOPENED: set[str] = set()      # webhooks whose sealed secret did not open, reported once
 ROTATION_GRACE = 24 * 3600.0     # the previous secret still signs for this long after a rotation
 SNIPPET = 200
 MAX_URL = 2000
@@ -65,8 +71,9 @@ def owned_agent(principal: Principal, agent_id: str) -> Agent:
 
 
 def create(principal: Principal, url: str, event_types: list[str], mailbox: str | None = None,
-           agent_id: str | None = None) -> tuple[Webhook, str]:
-    """A new enabled webhook of the principal's organisation; returns it and its secret (shown once)."""
+           agent_id: str | None = None, *, box: SecretBox) -> tuple[Webhook, str]:
+    """A new enabled webhook of the principal's organisation; returns it and its secret (shown once, and
+    stored sealed by `box`)."""
     mailbox_id = None
     if mailbox is not None and agent_id is not None:
         raise MxdError("bad_request", "give mailbox or agent_id, not both")
@@ -74,17 +81,18 @@ def create(principal: Principal, url: str, event_types: list[str], mailbox: str 
         if not isinstance(mailbox, str):
             raise MxdError("bad_request", "mailbox must be an address or a mailbox id")
         try:
-            box = directory.get_mailbox(mailbox)
+            found = directory.get_mailbox(mailbox)
         except MxdError:
-            box = None
-        if box is None or not principal.sees(box.address, box.org_id):
+            found = None
+        if found is None or not principal.sees(found.address, found.org_id):
             raise MxdError("not_found", f"mailbox {mailbox!r} not found")
-        mailbox_id = box.id
+        mailbox_id = found.id
     if agent_id is not None:
         agent_id = owned_agent(principal, agent_id).id
     secret = new_secret()
-    hook = Webhook.create(id=new_id("whk"), org_id=principal.org_id, agent_id=agent_id, mailbox_id=mailbox_id,
-                          url=url, event_types=event_types, secret=secret, enabled=True)
+    hook_id = new_id("whk")
+    hook = Webhook.create(id=hook_id, org_id=principal.org_id, agent_id=agent_id, mailbox_id=mailbox_id,
+                          url=url, event_types=event_types, secret=box.seal(secret, _context(hook_id)), enabled=True)
     return hook, secret
 
 
@@ -115,12 +123,14 @@ def delete(principal: Principal, hook_id: str) -> None:
     hook.delete_instance()
 
 
-def rotate(principal: Principal, hook_id: str, grace: float = ROTATION_GRACE) -> tuple[Webhook, str]:
+def rotate(principal: Principal, hook_id: str, grace: float = ROTATION_GRACE, *,
+           box: SecretBox) -> tuple[Webhook, str]:
     """A new secret; the one it replaces still signs (a second signature) for `grace` seconds."""
     hook = get(principal, hook_id)
     secret = new_secret()
-    Webhook.update(secret=secret, previous_secret=hook.secret, previous_expires_at=time.time() + grace).where(
-        Webhook.id == hook.id).execute()
+    previous = hook.secret if is_sealed(hook.secret) else box.seal(hook.secret, _context(hook.id))
+    Webhook.update(secret=box.seal(secret, _context(hook.id)), previous_secret=previous,
+                   previous_expires_at=time.time() + grace).where(Webhook.id == hook.id).execute()
     return Webhook.get_by_id(hook.id), secret
 
 
@@ -131,11 +141,31 @@ def enable(principal: Principal, hook_id: str) -> Webhook:
     return Webhook.get_by_id(hook.id)
 
 
-def signing_secrets(hook: Webhook, now: float) -> list[str]:
-    """The secrets a delivery is signed with now: the previous one while its grace lasts, then the current."""
-    if hook.previous_secret and (hook.previous_expires_at or 0) > now:
-        return [hook.previous_secret, hook.secret]
-    return [hook.secret]
+def _context(hook_id: str) -> str:
+    return f"webhook {hook_id}"           # a sealed secret opens only in its own webhook's row
+
+
+def signing_secrets(hook: Webhook, now: float, box: SecretBox | None = None) -> list[str]:
+    """The secrets a delivery is signed with now: the previous one while its grace lasts, then the current.
+    Sealed ones are opened with `box` (SecretError when they do not open)."""
+    stored = [hook.previous_secret, hook.secret] if hook.previous_secret and (hook.previous_expires_at or 0) > now \
+        else [hook.secret]
+    return [open_value(value, _context(hook.id), box) for value in stored]
+
+
+def seal_plain(box: SecretBox) -> int:
+    """Seal the secrets stored in clear by an mxd from before sealing; returns how many webhooks changed."""
+    changed = 0
+    for hook in Webhook.select(Webhook.id, Webhook.secret, Webhook.previous_secret):
+        values = {}
+        if not is_sealed(hook.secret):
+            values["secret"] = box.seal(hook.secret, _context(hook.id))
+        if hook.previous_secret and not is_sealed(hook.previous_secret):
+            values["previous_secret"] = box.seal(hook.previous_secret, _context(hook.id))
+        if values:
+            Webhook.update(**values).where(Webhook.id == hook.id).execute()
+            changed += 1
+    return changed
 
 
 def attempts(principal: Principal, hook_id: str, limit: int, before: str | None) -> list[tuple[WebhookAttempt, str]]:
@@ -268,8 +298,8 @@ def payload(event: Event, mailbox_address: str | None, message: Message | None) 
     return {"type": event.type, "timestamp": _iso(event.created_at), "data": data}
 
 
-def due(now: float, per_webhook: int, webhooks: int,
-        skip: set[str] | frozenset[str] = frozenset()) -> tuple[list[Job], list[str]]:
+def due(now: float, per_webhook: int, webhooks: int, skip: set[str] | frozenset[str] = frozenset(),
+        box: SecretBox | None = None) -> tuple[list[Job], list[str]]:
     """Pending deliveries whose time has come (not in `skip`) with their bodies: at most `per_webhook`
     of each of the `webhooks` endpoints that have waited longest, so that an endpoint with a backlog
     does not hold up the others; and the ids of deliveries that can no longer be made."""
@@ -292,17 +322,27 @@ def due(now: float, per_webhook: int, webhooks: int,
     msgs = {m.id: m for m in Message.select().where(Message.id.in_(msg_ids))} if msg_ids else {}
     boxes = mailbox_addresses([e.mailbox_id for e in events.values()])
     bodies: dict[str, str] = {}
+    signing: dict[str, list[str] | None] = {}
     jobs, gone = [], []
     for row in rows:
         hook, event = hooks.get(row.webhook_id), events.get(row.event_id)
         if hook is None or event is None or not hook.enabled:
             gone.append(row.id)
             continue
+        if hook.id not in signing:
+            try:
+                signing[hook.id] = signing_secrets(hook, now, box)
+            except SecretError as exc:     # left pending: it goes out once the right key file is in place
+                signing[hook.id] = None
+                if hook.id not in _UNOPENED:
+                    _UNOPENED.add(hook.id)
+                    log.error("%s; copy %s from the node that made it", exc, "DATA_DIR/secrets.key")
+        if signing[hook.id] is None:
+            continue
         if event.id not in bodies:
             bodies[event.id] = json.dumps(payload(event, boxes.get(event.mailbox_id), msgs.get(event.message_id)),
                                           separators=(",", ":"))
-        jobs.append(Job(row.id, hook.id, event.id, hook.url, signing_secrets(hook, now), bodies[event.id],
-                        row.attempts))
+        jobs.append(Job(row.id, hook.id, event.id, hook.url, signing[hook.id] or [], bodies[event.id], row.attempts))
     return jobs, gone
 
 

@@ -1,0 +1,110 @@
+"""Threat: a sender from outside writes its own `Authentication-Results: <mxd's hostname>; dkim=pass
+dmarc=pass` into the header. Mail clients, filters and agents that read the stored message trust fields
+naming mxd's authserv-id as mxd's own verdict, so a forged one makes a spoofed message look verified.
+
+RFC 8601 5: mxd removes every Authentication-Results field naming its authserv-id (compared without
+regard to case, after comments, quoted or with a version, folded or not, whatever the case of the field
+name) from mail taken in by the MX, before storing it; fields of other authserv-ids and the body stay,
+and a DKIM signature that does not cover those fields still verifies.
+"""
+from __future__ import annotations
+
+import email
+import email.policy
+import smtplib
+import time
+from typing import Iterator
+
+import dkim
+import pytest
+
+from mxd import keys
+from mxd.ingest import authserv_id_of, remove_auth_results
+from tests.daemon import MxdProcess
+from tests.dnsserver import DNSServer
+
+OURS = "mx.example.test"
+FORGED = (
+    b"Authentication-Results: mx.example.test; dkim=pass header.d=bank.test; dmarc=pass header.from=bank.test\r\n"
+    b"authentication-results :\r\n\t(forged (nested)) MX.Example.TEST 1;\r\n spf=pass smtp.mailfrom=ceo@bank.test\r\n"
+    b'AUTHENTICATION-RESULTS: "mx.example.test."; dmarc=pass\r\n'
+)
+KEPT = (
+    b"Authentication-Results: relay.remote.test; spf=pass smtp.mailfrom=alice@remote.test\r\n"
+    b"Authentication-Results: mx.example.test.evil.test; spf=pass\r\n"
+)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[MxdProcess, list[keys.DkimKey]]]:
+    base = tmp_path_factory.mktemp("ar")
+    signing = keys.generate_dkim_keys(base / "dkim", "remote.test")
+    zone = {"remote.test": {"TXT": ["v=spf1 ip4:127.0.0.0/8 -all"], "A": ["127.0.0.1"]},
+            "_dmarc.remote.test": {"TXT": ["v=DMARC1; p=reject"]}}
+    for k in signing:
+        zone[k.dns_name] = {"TXT": [k.public_dns_value]}
+    dns = DNSServer(zone)
+    dns.start()
+    proc = MxdProcess(base / "data", env={"MXD_DNS_NAMESERVERS": dns.nameserver, "MXD_DNS_TIMEOUT": "2"},
+                      hostname=OURS)
+    proc.init()
+    proc.start()
+    assert proc.api("POST", "/api/mailboxes", json={"address": "agent@example.test"}).status_code == 201
+    yield proc, signing
+    proc.stop()
+    dns.stop()
+
+
+def _sign(message: bytes, signing: list[keys.DkimKey]) -> bytes:
+    for k in signing:
+        algo = b"ed25519-sha256" if k.algorithm == keys.ED25519 else b"rsa-sha256"
+        message = dkim.sign(message, k.selector.encode(), b"remote.test", keys.dkim_private_for_dkimpy(k),
+                            signature_algorithm=algo, include_headers=[b"from", b"to", b"subject", b"date"]) + message
+    return message
+
+
+def _received(proc: MxdProcess, data: bytes, subject: str) -> tuple[dict, bytes]:
+    with smtplib.SMTP("127.0.0.1", proc.mx_port) as s:
+        s.sendmail("alice@remote.test", ["agent@example.test"], data)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        for m in proc.messages("agent@example.test"):
+            if m["subject"] == subject:
+                detail = proc.api("GET", f"/api/messages/{m['id']}").json()
+                return detail, proc.api("GET", f"/api/messages/{m['id']}/raw").content
+        time.sleep(0.1)
+    raise AssertionError("message not processed")
+
+
+def test_forged_verdicts_are_removed_and_the_signature_still_verifies(world) -> None:
+    proc, signing = world
+    message = (b"From: Alice <alice@remote.test>\r\nTo: agent@example.test\r\n"
+               b"Subject: forged verdict\r\nDate: Sun, 22 Nov 2026 10:00:00 +0000\r\n"
+               b"Message-ID: <ar1@remote.test>\r\n\r\n"
+               b"Authentication-Results: mx.example.test; this line is body text\r\n")
+    # added on the way, after signing, as a relay or the sender itself would: the signature does not cover them
+    detail, raw = _received(proc, FORGED + KEPT + _sign(message, signing), "forged verdict")
+    parsed = email.message_from_bytes(raw, policy=email.policy.compat32)
+    ids = [authserv_id_of(str(v)) for v in parsed.get_all("Authentication-Results")]
+    assert ids == [OURS, "relay.remote.test", "mx.example.test.evil.test"]     # ours (first) and the others'
+    assert raw.startswith(b"Authentication-Results: mx.example.test;")
+    assert KEPT in raw and b"header.d=bank.test" not in raw and b"ceo@bank.test" not in raw
+    assert raw.endswith(b"\r\n\r\nAuthentication-Results: mx.example.test; this line is body text\r\n")
+    assert detail["authentication_results"].count("dkim=pass") == 2        # the signature survived
+    assert detail["auth"]["dmarc"] == "pass"
+
+
+def test_mail_without_the_field_is_stored_as_it_came(world) -> None:
+    proc, _ = world
+    message = (b"From: alice@remote.test\r\nTo: agent@example.test\r\nSubject: plain\r\n"
+               b"X-Note: authentication results are discussed below\r\n\r\nAuthentication-Results: in the body\r\n")
+    _, raw = _received(proc, message, "plain")
+    assert raw.endswith(message)
+
+
+def test_a_bare_line_end_cannot_hide_a_forged_field() -> None:
+    # the store normalises a bare CR or LF to CRLF, which would make this a field of its own
+    data = b"X-A: 1\rAuthentication-Results: mx.example.test; dkim=pass\nSubject: s\r\n\r\nbody\r\n"
+    assert remove_auth_results(data, OURS) == b"X-A: 1\r\nSubject: s\r\n\r\nbody\r\n"
+    hidden = b"Authentica\0tion-Results: mx.example.test; dkim=pass\r\nSubject: s\r\n\r\nbody\r\n"
+    assert remove_auth_results(hidden, OURS) == b"Subject: s\r\n\r\nbody\r\n"
