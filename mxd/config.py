@@ -76,6 +76,13 @@ class Config:
     """Concurrent SMTP connections in all."""
     smtp_timeout: float = 300.0
     """Seconds of client silence before an SMTP session is closed (RFC 5321 4.5.3.2.7)."""
+    duplicate_window: str = "1d"
+    """A message an SMTP client sends again within this time (same client IP, envelope, Message-ID and
+    size: a retry after a lost reply) is answered 250 and not stored twice. 0 turns this off."""
+    max_auth_failures: int = 3
+    """Failed SMTP AUTH attempts in one session before it is closed with 421."""
+    auth_failures_per_ip: int = 10
+    """Failed SMTP AUTH attempts from one client IP per 10 minutes; beyond it AUTH gets 421 at once."""
     data_line_endings: str = "normalize"
     """What to do with a bare CR, bare LF or NUL in DATA: "normalize" (to CRLF; NUL removed) or "reject" (550 5.6.0)."""
 
@@ -185,7 +192,8 @@ class Config:
             parse_hostport(ns, "dns_nameservers", default_port=53)
         if self.data_line_endings not in ("normalize", "reject"):
             raise ConfigError('data_line_endings: must be "normalize" or "reject"')
-        for key in ("max_message_size", "max_recipients", "max_errors", "max_connections_per_ip", "max_connections"):
+        for key in ("max_message_size", "max_recipients", "max_errors", "max_connections_per_ip", "max_connections",
+                    "max_auth_failures", "auth_failures_per_ip"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key}: must be a positive integer")
         if not self.hostname:
@@ -203,6 +211,7 @@ class Config:
         if self.delay_warning:
             parse_duration(self.delay_warning, "delay_warning")
         parse_duration(self.retention_interval, "retention_interval")
+        parse_duration(self.duplicate_window, "duplicate_window")
         parse_duration(self.webhook_lifetime, "webhook_lifetime")
         if not self.webhook_retry_schedule:
             raise ConfigError("webhook_retry_schedule: needs at least one delay")

@@ -6,6 +6,7 @@ authentication, threading and indexing happen after, in `mxd.pipeline`.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import time
@@ -93,7 +94,7 @@ def received_header(*, helo: str, remote_ip: str, hostname: str, protocol: str, 
 
 
 _INSERT = ('INSERT INTO "inbound" ("id", "received_at", "source", "mail_from", "rcpts", "remote_ip", "helo", "tls", '
-           '"data", "trace", "processed") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)')
+           '"data", "trace", "processed", "receipt") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)')
 
 
 def with_trace(trace: str, data: bytes) -> bytes:
@@ -108,15 +109,69 @@ def as_row(env: Envelope) -> InboundRow:
                       (env.received + "\r\n") if env.received else "")
 
 
-def store(env: Envelope, processed: bool = False) -> str:
+_HEADER_SCAN = 65536          # the Message-ID is looked for in this much of the header block, no further
+
+
+def message_id_of(data: bytes) -> bytes | None:
+    """The Message-ID field's value (unfolded, stripped), found by a bounded scan without regular expressions."""
+    end = data.find(b"\r\n\r\n", 0, _HEADER_SCAN)
+    head = data[:end if end >= 0 else _HEADER_SCAN]
+    lower = head.lower()
+    start = 0 if lower.startswith(b"message-id:") else lower.find(b"\r\nmessage-id:")
+    if start < 0:
+        return None
+    start = lower.index(b":", start) + 1
+    value = bytearray()
+    while True:
+        stop = head.find(b"\r\n", start)
+        value += head[start:stop if stop >= 0 else len(head)]
+        if stop < 0 or head[stop + 2:stop + 3] not in (b" ", b"\t"):
+            break
+        start = stop + 2
+    return bytes(value).strip() or None
+
+
+def receipt_key(env: Envelope) -> str | None:
+    """What makes a retried transmission of the same message recognisable: the client, the envelope, the
+    Message-ID and the size. None without a Message-ID (two such messages may be meant as two)."""
+    message_id = message_id_of(env.data)
+    if message_id is None:
+        return None
+    parts = [env.remote_ip.encode(), env.mail_from.lower().encode("utf-8", "surrogateescape"),
+             *sorted(r.address.lower().encode("utf-8", "surrogateescape") for r in env.rcpts),
+             message_id, str(len(env.data)).encode()]
+    return hashlib.sha256(b"\0".join(parts)).hexdigest()[:40]
+
+
+def store(env: Envelope, processed: bool = False, receipt: str | None = None) -> str:
     """Insert one Inbound row; runs inside the writer's transaction (hand-written SQL: this is the hot path)."""
     execute(_INSERT, (env.id, env.received_at, env.source, env.mail_from,
                       json.dumps([r.to_json() for r in env.rcpts], separators=(",", ":")), env.remote_ip,
                       env.helo[:512], env.tls, normalize_line_endings(env.data),
-                      (env.received + "\r\n") if env.received else "", processed))
+                      (env.received + "\r\n") if env.received else "", processed, receipt))
     return env.id
 
 
 async def ingest(db: Database, env: Envelope) -> str:
     """Make the message durable; returns its inbound id once committed."""
     return await db.write(store, env)
+
+
+def store_once(env: Envelope, key: str | None, since: float) -> tuple[str, bool]:
+    """Insert the row unless the same transmission (`receipt_key`) was stored after `since`:
+    (inbound id, True) for a repeat, whose first copy stands."""
+    if key is not None:
+        row = execute('SELECT "id" FROM "inbound" WHERE "receipt" = ? AND "received_at" > ? LIMIT 1',
+                      (key, since)).fetchone()
+        if row is not None:
+            return row[0], True
+    store(env, receipt=key)
+    return env.id, False
+
+
+async def ingest_once(db: Database, env: Envelope, window: float) -> tuple[str, bool]:
+    """`ingest` for SMTP clients, which retry a message whose 250 they did not see: a transmission
+    repeated within `window` seconds is not stored again (RFC 5321 6.1 leaves this duplicate to the
+    receiver to avoid). Returns (inbound id, whether it was a repeat) once committed."""
+    key = receipt_key(env) if window > 0 else None
+    return await db.write(store_once, env, key, env.received_at - window)

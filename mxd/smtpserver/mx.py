@@ -10,94 +10,24 @@ import asyncio
 import logging
 import socket
 import ssl
-import time
-from typing import Any, Callable
+from typing import Callable
 
 from aiosmtpd.smtp import SMTP, Envelope as SmtpEnvelope, Session
 
-from mxd.smtpserver.fast import FastSMTP
-
 from mxd import address as addr
-from mxd import outqueue
+from mxd import outbox, outqueue
 from mxd import smtpcodes as codes
 from mxd.config import Config
 from mxd.db import Database
-from mxd.ingest import Envelope, Recipient, has_bare_line_endings, ingest, received_header
+from mxd.ingest import Envelope, Recipient, has_bare_line_endings, ingest_once, received_header
+from mxd.smtpserver.base import Limits, ListenerSMTP, stop_sessions
 from mxd.store.directory import Directory
 
 log = logging.getLogger("mxd.mx")
 logging.getLogger("mail.log").setLevel(logging.WARNING)   # aiosmtpd logs every command at INFO
 
 
-class Limits:
-    """Connections in flight, in all and per client IP."""
-
-    def __init__(self, total: int, per_ip: int) -> None:
-        self.total, self.per_ip = total, per_ip
-        self.by_ip: dict[str, int] = {}
-        self.count = 0
-
-    def enter(self, ip: str) -> bool:
-        if self.count >= self.total or self.by_ip.get(ip, 0) >= self.per_ip:
-            return False
-        self.count += 1
-        self.by_ip[ip] = self.by_ip.get(ip, 0) + 1
-        return True
-
-    def leave(self, ip: str) -> None:
-        self.count -= 1
-        left = self.by_ip.get(ip, 1) - 1
-        if left:
-            self.by_ip[ip] = left
-        else:
-            self.by_ip.pop(ip, None)
-
-
-class MxSMTP(FastSMTP):
-    """aiosmtpd's SMTP with connection limits, an error budget and graceful shutdown."""
-
-    def __init__(self, handler: "MxHandler", *, limits: Limits, live: set, max_errors: int, **kwargs: Any) -> None:
-        super().__init__(handler, **kwargs)
-        self.limits, self.live, self.max_errors = limits, live, max_errors
-        self.errors = 0
-        self.peer_ip = ""
-        self.admitted = False
-        self.closing = False
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        if self.transport is None:                     # a new connection, not the STARTTLS upgrade
-            peer = transport.get_extra_info("peername") or ("", 0)
-            self.peer_ip = str(peer[0])
-            if self.closing or not self.limits.enter(self.peer_ip):
-                reply = codes.SHUTTING_DOWN if self.closing else codes.TOO_MANY_CONNECTIONS
-                transport.write(reply.encode() + b"\r\n")
-                transport.close()
-                return
-            self.admitted = True
-            self.live.add(self)
-        super().connection_made(transport)
-
-    def connection_lost(self, error: Exception | None) -> None:
-        if self.admitted:
-            self.admitted = False
-            self.limits.leave(self.peer_ip)
-            self.live.discard(self)
-            super().connection_lost(error)
-
-    def eof_received(self) -> bool | None:
-        if not self.admitted:
-            return False
-        return super().eof_received()
-
-    async def push(self, status: Any) -> None:
-        await super().push(status)
-        text = status if isinstance(status, str) else status.decode("latin-1")
-        if text[:1] in ("4", "5") and not text.startswith("421") and self.transport is not None:
-            self.errors += 1
-            if self.errors >= self.max_errors:
-                await super().push(codes.TOO_MANY_ERRORS)
-                self.transport.close()
-
+class MxSMTP(ListenerSMTP):
     async def smtp_RCPT(self, arg: str | None) -> None:
         # aiosmtpd drops a source route (<@a:b@c>) and keeps b@c; mxd refuses it outright
         # (RFC 5321 4.1.1.3 and C.: routes are obsolete and a relay trick).
@@ -105,16 +35,6 @@ class MxSMTP(FastSMTP):
             await self.push(codes.RELAY_DENIED)
             return
         await super().smtp_RCPT(arg)
-
-    @property
-    def in_transaction(self) -> bool:
-        return bool(self.envelope is not None and self.envelope.mail_from)
-
-    def close_idle(self) -> None:
-        """Shutdown: say 421 to a session that is not inside a mail transaction."""
-        if self.transport is not None and not self.in_transaction:
-            self._writer.write(codes.SHUTTING_DOWN.encode() + b"\r\n")
-            self.transport.close()
 
 
 class MxHandler:
@@ -184,13 +104,41 @@ class MxHandler:
         env.received = received_header(helo=env.helo, remote_ip=env.remote_ip, hostname=self.cfg.hostname,
                                        protocol=protocol, rcpt=rcpts[0].address if len(rcpts) == 1 else None,
                                        queue_id=env.id, when=env.received_at)
+        # The commit runs to its end whatever becomes of the session, and wakes the pipeline itself.
+        commit = asyncio.ensure_future(self._commit(env))
         try:
-            await ingest(self.db, env)
+            inbound_id, _ = await asyncio.shield(commit)
+        except asyncio.CancelledError:          # the connection was reset while the commit ran
+            commit.add_done_callback(lambda done: self._unacknowledged(done, env))
+            raise
         except Exception:
             log.exception("could not store a message from %s", env.remote_ip)
             return codes.TEMP_FAILURE
-        self.on_ingest()
-        return codes.QUEUED.format(env.id)
+        if not getattr(server, "connected", True):
+            self._unacknowledged(commit, env)
+        return codes.QUEUED.format(inbound_id)
+
+    async def _commit(self, env: Envelope) -> tuple[str, bool]:
+        inbound_id, repeat = await ingest_once(self.db, env, self.cfg.seconds("duplicate_window"))
+        if repeat:
+            log.info("%s sent %s again (a retry after a lost reply?): answered 250, not stored twice",
+                     env.remote_ip, inbound_id)
+        else:
+            self.on_ingest()
+        return inbound_id, repeat
+
+    def _unacknowledged(self, commit: "asyncio.Future[tuple[str, bool]]", env: Envelope) -> None:
+        """The message is stored but its 250 could not be sent: the client will likely send it again
+        (and `ingest_once` will know it). Logged, and recorded as an event for the operator."""
+        if commit.cancelled() or commit.exception() is not None:
+            return
+        inbound_id, repeat = commit.result()
+        log.warning("%s: stored %s but the connection was gone before its 250", env.remote_ip, inbound_id)
+
+        def record() -> None:
+            outbox.emit("inbound.unacknowledged", inbound_id=inbound_id, remote_ip=env.remote_ip,
+                        mail_from=env.mail_from, rcpts=[r.address for r in env.rcpts], repeat=repeat)
+        asyncio.ensure_future(self.db.write(record))
 
 
 class MxServer:
@@ -221,15 +169,4 @@ class MxServer:
         if self.server is None:
             return
         self.server.close()
-        deadline = time.monotonic() + grace
-        while True:
-            for session in list(self.live):
-                session.closing = True
-                session.close_idle()
-            if not self.live or time.monotonic() > deadline:
-                break
-            await asyncio.sleep(0.05)
-        for session in list(self.live):
-            if session.transport is not None:
-                session.transport.close()
-        await asyncio.sleep(0)
+        await stop_sessions(self.live, grace)

@@ -53,7 +53,17 @@ def _v4_search_mailbox(db: pw.Database) -> None:
     search.create_mailbox_map(db)
 
 
-STEPS: list[Callable[[pw.Database], None]] = [_v1_initial, _v2_platform, _v3_thread_order, _v4_search_mailbox]
+def _v5_inbound_receipt(db: pw.Database) -> None:
+    """A retried SMTP transmission is recognised by its receipt key (ingest.receipt_key)."""
+    from playhouse.migrate import SchemaMigrator, migrate as run
+
+    if "receipt" not in {c.name for c in db.get_columns("inbound")}:
+        run(SchemaMigrator.from_database(db).add_column("inbound", "receipt", models.Inbound.receipt))
+    db.execute_sql('CREATE INDEX IF NOT EXISTS "inbound_receipt_received_at" ON "inbound" ("receipt", "received_at")')
+
+
+STEPS: list[Callable[[pw.Database], None]] = [_v1_initial, _v2_platform, _v3_thread_order, _v4_search_mailbox,
+                                              _v5_inbound_receipt]
 
 
 def current_version(db: pw.Database) -> int:

@@ -104,6 +104,10 @@ class Inbound(BaseModel):
     data = pw.BlobField()
     trace = pw.TextField(default="")        # Received + Authentication-Results (DKIM-Signature on a sent copy), prepended on output
     processed = pw.BooleanField(default=False, index=True)
+    receipt = pw.CharField(max_length=40, null=True)   # ingest.receipt_key of an SMTP transmission (v5)
+
+    class Meta:
+        indexes = ((("receipt", "received_at"), False),)
 
 
 class Thread(BaseModel):
