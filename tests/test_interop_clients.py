@@ -79,12 +79,14 @@ def _message(subject: str, sender: str = SENDER, to: str = MAILBOX) -> bytes:
     return m.as_bytes(policy=email.policy.SMTP)
 
 
-def _stored(mxd: MxdProcess, subject: str, mailbox: str = MAILBOX, count: int = 1) -> list[dict]:
-    """The copies of `subject` in `mailbox` once `count` arrived and a moment passed without more."""
-    wait_for(lambda: len([m for m in mxd.messages(mailbox) if m["subject"] == subject]) >= count, timeout=15,
-             every=0.05)
-    time.sleep(0.3)
-    return [m for m in mxd.messages(mailbox) if m["subject"] == subject]
+def _copies(mxd: MxdProcess, subjects: list[str], mailbox: str = MAILBOX) -> dict[str, int]:
+    """How many copies of each subject `mailbox` holds, once each arrived and a moment passed without more."""
+    def count() -> dict[str, int]:
+        found = [m["subject"] for m in mxd.messages(mailbox)]
+        return {subject: found.count(subject) for subject in subjects}
+    wait_for(lambda: all(count().values()), timeout=15, every=0.05)
+    time.sleep(0.3)                                  # a second copy would show up now
+    return count()
 
 
 def _swaks(*args: str) -> str:
@@ -117,7 +119,8 @@ def test_swaks_to_the_mx(mxd, mode):
     assert [r for r in _replies(transcript, "250") if "queued as" in r] and \
         len([r for r in _replies(transcript, "250") if "queued as" in r]) == 1, transcript
     assert len(_replies(transcript, "221")) == 1, transcript
-    [stored] = _stored(mxd, subject)
+    assert _copies(mxd, [subject]) == {subject: 1}
+    [stored] = [m for m in mxd.messages(MAILBOX) if m["subject"] == subject]
     assert mxd.api("GET", f"/api/messages/{stored['id']}").json()["text"].strip() == "swaks body"
 
 
@@ -132,8 +135,7 @@ def test_smtplib_several_messages_in_one_session(mxd):
             code, reply = s.data(_message(subject))
             assert code == 250 and QUEUED.match(reply.decode()), reply
         assert s.quit()[0] == 221
-    for subject in subjects:
-        assert len(_stored(mxd, subject)) == 1, subject
+    assert _copies(mxd, subjects) == dict.fromkeys(subjects, 1)
 
 
 def test_aiosmtplib_pipelines_over_starttls(mxd):
@@ -151,14 +153,13 @@ def test_aiosmtplib_pipelines_over_starttls(mxd):
         return results
     for errors, reply in asyncio.run(send()):
         assert errors == {} and QUEUED.match(reply), reply
-    for subject in subjects:
-        assert len(_stored(mxd, subject)) == 1, subject
+    assert _copies(mxd, subjects) == dict.fromkeys(subjects, 1)
 
 
 # ---------------------------------------------------------------- submission (587 STARTTLS, 465 TLS)
 def _submitted(mxd: MxdProcess, subject: str) -> None:
     """One sent copy in the sender's mailbox, one delivered copy in the local recipient's."""
-    assert len(_stored(mxd, subject, LOCAL_RCPT)) == 1
+    assert _copies(mxd, [subject], LOCAL_RCPT) == {subject: 1}
     sent = [m for m in mxd.messages(MAILBOX) if m["subject"] == subject]
     assert len(sent) == 1 and sent[0]["direction"] == "out", sent
 
