@@ -203,8 +203,14 @@ def test_exim_relays_one_message_stored_once_and_acknowledged(world, domain):
     rcpt = f"agent@{domain}"
     subject = f"exim to mxd over {domain}"
     wire, message_id = _message(rcpt, subject)
-    exim.submit(wire, SENDER, rcpt)                  # -odi: the first delivery attempt is over on return
+    # -odi: the first delivery attempt is over on return; -v: its SMTP dialogue on stderr
+    dialogue = exim.submit(wire, SENDER, rcpt, verbose=True).stderr.decode(errors="replace")
     xid = _exim_id(exim, message_id)
+    # Exim sent QUIT behind the dot and stopped sending; mxd still answered both, in order
+    assert re.search(r"^\s*SMTP>> \.\n\s*SMTP[>+]> QUIT\n", dialogue, re.M), dialogue   # before any reply
+    if domain == "plain.test":
+        assert re.search(r"^\s*SMTP\+> QUIT\n\s*SMTP\(shutdown\)>>\n", dialogue, re.M), dialogue
+    assert re.search(r"^cmdlog: '.*:DATA:250:250:354:\.:QUIT:250:221'$", dialogue, re.M), dialogue
     lines = exim.message_log(xid)
     delivered = [x for x in lines if " => " in x]
     assert len(delivered) == 1, "\n".join(lines)

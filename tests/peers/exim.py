@@ -391,12 +391,14 @@ class EximPeer:
 
     # ------------------------------------------------------------ sending
     def submit(self, message: bytes, sender: str, recipients: list[str] | str, *, background: bool = False,
-               timeout: float = 60) -> subprocess.CompletedProcess:
+               verbose: bool = False, timeout: float = 60) -> subprocess.CompletedProcess:
         """`exim4 -odi -f SENDER RCPT... < message`: accept and deliver at once (in the foreground, so the
         first delivery attempt is over when this returns); background=True only queues it (`-odq`) for the
-        daemon's queue runner."""
+        daemon's queue runner. verbose=True (`-v`) puts the SMTP dialogue of the delivery on stderr:
+        `SMTP>>` sent, `SMTP|>` and `SMTP+>` sent pipelined, `SMTP<<` received, and a `cmdlog:` summary."""
         rcpts = [recipients] if isinstance(recipients, str) else list(recipients)
-        out = self.run("-odq" if background else "-odi", "-f", sender, *rcpts, input=message, timeout=timeout)
+        flags = ["-odq" if background else "-odi"] + (["-v"] if verbose else [])
+        out = self.run(*flags, "-f", sender, *rcpts, input=message, timeout=timeout)
         if out.returncode != 0:
             raise EximError(f"exim submission exited {out.returncode}: {out.stderr.decode(errors='replace')}\n"
                             f"{self.log()[-3000:]}")
