@@ -5,8 +5,9 @@ Debian's exim4 packages conflict with postfix, so they are never installed: `fet
 `dpkg -x` into CACHE (`$MXD_TEST_CACHE/exim`, default /var/cache/mxd-tests/exim) and builds an ld.so.cache
 that also covers the unpacked libraries; later calls reuse the cache. Exim re-executes itself from its
 compiled-in path /usr/sbin/exim4, so every Exim command runs inside `unshare -m` with the unpacked /usr/sbin,
-that ld.so.cache and the peer's own resolv.conf bind-mounted over the real ones: the mounts exist only in that
-namespace and Postfix is untouched (the unpacked /usr/sbin hides the real one there; Exim needs nothing else).
+that ld.so.cache, the peer's own resolv.conf and a passwd/group that name Exim's compiled-in user Debian-exim
+bind-mounted over the real ones: the mounts exist only in that namespace and Postfix is untouched (the
+unpacked /usr/sbin hides the real one there; Exim needs nothing else).
 
 Each EximPeer owns its config, spool, log and Maildir under `workdir`, listens on listen_host:listen_port,
 relays each of `routes`' domains to a fixed host:port (`Route`), is the final destination of `local_domains`
