@@ -7,6 +7,7 @@ need=()
 for pair in postfix:postfix swaks:swaks opendkim-testmsg:opendkim-tools nsd:nsd; do
     command -v "${pair%%:*}" >/dev/null 2>&1 || [ -x "/usr/sbin/${pair%%:*}" ] || need+=("${pair#*:}")
 done
+perl -MNet::SSLeay -e1 >/dev/null 2>&1 || need+=(libnet-ssleay-perl)     # swaks --tls
 if [ ${#need[@]} -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     echo 'postfix postfix/main_mailer_type select No configuration' | debconf-set-selections
@@ -15,4 +16,7 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 python3 -m pip install -q -e '.[test]'
+# Exim conflicts with Postfix: its packages are downloaded and unpacked into a cache, never installed
+# (tests/peers/exim.py; quick once cached). Without them the Exim tests skip and say why.
+python3 -m tests.peers.exim >/dev/null || true
 python3 -m pytest -q -p no:cacheprovider "$@"
