@@ -66,6 +66,17 @@ def test_ehlo_advertises_extensions(server):
     c.close()
 
 
+def test_the_mx_offers_no_auth_even_over_tls(server):
+    c = RawSMTP("127.0.0.1", server.mx_port)
+    c.cmd("EHLO client.test")
+    assert c.cmd("STARTTLS").startswith("220")
+    c.starttls()
+    ehlo = c.cmd("EHLO client.test")
+    assert "AUTH" not in ehlo, ehlo
+    assert c.cmd("AUTH PLAIN AGFAYg==").startswith("502 5.5.1")
+    c.close()
+
+
 def test_smtplib_delivers_and_api_reads_it(server):
     _send(server, _msg("smtplib hello", body="the body text\n"))
     [summary] = _find(server, "smtplib hello")

@@ -36,6 +36,9 @@ class MxSMTP(ListenerSMTP):
             return
         await super().smtp_RCPT(arg)
 
+    async def smtp_AUTH(self, arg: str) -> None:
+        await self.push("502 5.5.1 AUTH is not offered here; submit mail on the submission port")
+
 
 class MxHandler:
     """aiosmtpd handler hooks: each returns the full reply line."""
@@ -47,7 +50,9 @@ class MxHandler:
                           responses: list[str]) -> list[str]:
         session.host_name = hostname
         # aiosmtpd does not advertise these itself; both are honoured (RFC 2920, RFC 2034).
-        return responses[:-1] + ["250-PIPELINING", "250-ENHANCEDSTATUSCODES", responses[-1]]
+        # The MX takes no logins (submission does, on its own ports): AUTH is neither offered nor accepted.
+        kept = [r for r in responses[:-1] if not r[4:].upper().startswith("AUTH")]
+        return kept + ["250-PIPELINING", "250-ENHANCEDSTATUSCODES", responses[-1]]
 
     async def handle_MAIL(self, server: SMTP, session: Session, envelope: SmtpEnvelope, address: str,
                           mail_options: list[str]) -> str:
