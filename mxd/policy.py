@@ -97,8 +97,9 @@ def preflight(cfg: Config, principal: Principal | None, sender: str, recipients:
         if rcpt.key not in {p.key for p in parsed}:
             parsed.append(rcpt)
     keys = [p.key for p in parsed]
-    suppressed = [r[0] for r in execute(f'SELECT "address" FROM "suppression" WHERE "address" IN ({_marks(len(keys))})',
-                                        keys).fetchall()]
+    # Suppressions are the sending organisation's own (the operator's: org_id "").
+    suppressed = [r[0] for r in execute('SELECT "address" FROM "suppression" WHERE "org_id" = ? AND '
+                                        f'"address" IN ({_marks(len(keys))})', [box[2] or "", *keys]).fetchall()]
     if suppressed:
         raise MxdError("recipient_suppressed", f"suppressed recipients: {', '.join(sorted(suppressed))}")
 

@@ -53,7 +53,35 @@ def _v4_search_mailbox(db: pw.Database) -> None:
     search.create_mailbox_map(db)
 
 
-STEPS: list[Callable[[pw.Database], None]] = [_v1_initial, _v2_platform, _v3_thread_order, _v4_search_mailbox]
+def _v5_forged_bounces(db: pw.Database) -> None:
+    """Suppressions per organisation; tagged VERP return paths.
+
+    The suppression table is rebuilt with (org_id, address) as its key: rows from before were
+    server-wide and become the operator's own ("": mailboxes without an organisation), so no
+    organisation inherits suppressions that anyone could have forged. Entries not yet delivered
+    get a tagged return path (bounces+<id>.<tag>@domain) under the server's new VERP secret; an
+    untagged VERP address is refused from now on, also for mail delivered before this step.
+    """
+    from mxd import outqueue
+
+    columns = {c.name for c in db.get_columns("suppression")}
+    if "org_id" not in columns:
+        db.execute_sql('ALTER TABLE "suppression" RENAME TO "suppression_v4"')
+        db.create_tables([models.Suppression])
+        db.execute_sql('INSERT INTO "suppression" ("org_id", "address", "reason", "detail", "created_at") '
+                       'SELECT \'\', "address", "reason", "detail", "created_at" FROM "suppression_v4"')
+        db.execute_sql('DROP TABLE "suppression_v4"')
+    secret = outqueue.verp_secret(create=True)
+    assert secret is not None
+    for entry in models.QueueEntry.select(models.QueueEntry.id, models.QueueEntry.return_path).where(
+            models.QueueEntry.status.in_(("queued", "deferred", "held"))):
+        domain = entry.return_path.rsplit("@", 1)[-1]
+        models.QueueEntry.update(return_path=outqueue.return_path(entry.id, domain, secret)).where(
+            models.QueueEntry.id == entry.id).execute()
+
+
+STEPS: list[Callable[[pw.Database], None]] = [_v1_initial, _v2_platform, _v3_thread_order, _v4_search_mailbox,
+                                              _v5_forged_bounces]
 
 
 def current_version(db: pw.Database) -> int:
