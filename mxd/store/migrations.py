@@ -54,7 +54,7 @@ def _v4_search_mailbox(db: pw.Database) -> None:
 
 
 def _v5_forged_bounces(db: pw.Database) -> None:
-    """Suppressions per organisation; tagged VERP return paths.
+    """Suppressions per organisation; sign-up code lock-outs; tagged VERP return paths.
 
     The suppression table is rebuilt with (org_id, address) as its key: rows from before were
     server-wide and become the operator's own ("": mailboxes without an organisation), so no
@@ -62,6 +62,8 @@ def _v5_forged_bounces(db: pw.Database) -> None:
     get a tagged return path (bounces+<id>.<tag>@domain) under the server's new VERP secret; an
     untagged VERP address is refused from now on, also for mail delivered before this step.
     """
+    from playhouse.migrate import SchemaMigrator, migrate as run
+
     from mxd import outqueue
 
     columns = {c.name for c in db.get_columns("suppression")}
@@ -71,6 +73,9 @@ def _v5_forged_bounces(db: pw.Database) -> None:
         db.execute_sql('INSERT INTO "suppression" ("org_id", "address", "reason", "detail", "created_at") '
                        'SELECT \'\', "address", "reason", "detail", "created_at" FROM "suppression_v4"')
         db.execute_sql('DROP TABLE "suppression_v4"')
+    if "code_locked_until" not in {c.name for c in db.get_columns("organization")}:
+        run(SchemaMigrator.from_database(db).add_column("organization", "code_locked_until",
+                                                        models.Organization.code_locked_until))
     secret = outqueue.verp_secret(create=True)
     assert secret is not None
     for entry in models.QueueEntry.select(models.QueueEntry.id, models.QueueEntry.return_path).where(

@@ -38,7 +38,8 @@ class Organization(BaseModel):
     daily_send_cap = pw.IntegerField(null=True)                   # None: the server's daily_send_cap
     code_hash = pw.CharField(max_length=128, null=True)           # signup verification code (hashed)
     code_expires_at = pw.DoubleField(null=True)
-    code_attempts = pw.IntegerField(default=0)
+    code_attempts = pw.IntegerField(default=0)                   # wrong codes since sign-up (a resend keeps them)
+    code_locked_until = pw.DoubleField(null=True)                 # after each MAX_ATTEMPTS wrong codes
 
 
 class Agent(BaseModel):
