@@ -434,9 +434,11 @@ async def inbound_ses(request: Request) -> Response:
         raise _refuse(refused)
     env = Envelope(mail_from=source, rcpts=accepted, data=data, source="ses", helo="amazonses.com",
                    remote_ip=request.client.host if request.client else "")
-    # SNS delivers at least once: the same SES message again (a retry, or a second topic) is stored once.
+    # SNS delivers at least once: the same SES message again (a retry, or a second topic) is stored once,
+    # per organisation: the id is the caller's word, so one tenant's ids never make another's "duplicates".
     ses_id = mail.get("messageId") if isinstance(mail.get("messageId"), str) and mail["messageId"] else None
-    first = await _store(request, env, "SES", once_key=f"ses:{ses_id[:250]}" if ses_id else None)
+    once_key = f"ses:{principal.org_id or '-'}:{ses_id[:250]}" if ses_id else None
+    first = await _store(request, env, "SES", once_key=once_key)
     note_audit(request, mailbox=",".join(sorted({r.address.lower() for r in accepted}))[:320],
                inbound_id=first or env.id, ses_message_id=str(ses_id or "")[:200], duplicate=first is not None)
     return JSONResponse({"inbound_id": first or env.id, "status": "accepted", "ses_message_id": ses_id,
