@@ -22,6 +22,7 @@ from mxd import address as addr
 from mxd.config import Config
 from mxd.db import execute, executemany
 from mxd.errors import MxdError
+from mxd.outqueue import is_return_path
 from mxd.store.directory import Resolution, load_snapshot
 from mxd.tokens import Principal
 
@@ -123,7 +124,7 @@ def preflight(cfg: Config, principal: Principal | None, sender: str, recipients:
             continue
         snapshot = snapshot or load_snapshot()
         found = snapshot.resolve(rcpt)
-        if found.kind != "local":
+        if found.kind != "local" or is_return_path(rcpt.local):     # a return path is no mailbox's plus-address
             raise MxdError("unknown_recipient", f"{rcpt} does not exist on this server")
         decision.local.append((str(rcpt), found))
 

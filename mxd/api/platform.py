@@ -32,6 +32,7 @@ from mxd.api.outbound import address_list
 from mxd.config import parse_hostport
 from mxd.errors import MxdError
 from mxd.ingest import Envelope, Recipient, ingest, received_header, store
+from mxd.outqueue import is_return_path
 from mxd.sending import replay_record
 from mxd.store import directory
 from mxd.store.models import Idempotency, Mailbox, Message, Organization
@@ -217,7 +218,7 @@ def _recipients(principal: Principal, c: Any, addresses: list[str]) -> tuple[lis
             refused.append({"address": text, "code": "invalid_address"})
             continue
         found = c.directory.resolve(parsed)
-        if found.kind != "local":
+        if found.kind != "local" or is_return_path(parsed.local):     # a return path is no mailbox's plus-address
             refused.append({"address": text, "code": "domain_not_served" if found.kind == "foreign"
                             else "unknown_recipient"})
             continue

@@ -205,6 +205,12 @@ def test_a_return_path_that_names_no_entry_is_refused_not_plus_addressed(world):
     for address in (path, f"bounces+q_{'0' * 24}@{DOMAIN}", f"bounces+anything@{DOMAIN}", f"BOUNCES+x.y@{DOMAIN}"):
         code, reply = _rcpt(world, "", address)
         assert (code, reply[:5]) == (550, b"5.1.1"), (address, code, reply)
+    # Nor by the other ways in: a local send, an injected message.
+    r = world.mxd.api("POST", "/api/send", json={"from": OPERATOR_BOX, "to": f"bounces+anything@{DOMAIN}",
+                                                 "subject": "local", "text": "x"})
+    assert r.status_code == 422 and r.json()["error"]["code"] == "unknown_recipient", r.text
+    r = world.mxd.api("POST", "/api/inbound/simulate", json={"to": path, "subject": "injected", "text": "x"})
+    assert r.status_code == 422 and r.json()["error"]["code"] == "unknown_recipient", r.text
     if made:
         time.sleep(0.5)
         assert world.mxd.messages(f"bounces@{DOMAIN}") == []
