@@ -41,8 +41,9 @@ def verp_secret(create: bool = False) -> bytes | None:
     if row is None:
         if not create:
             return None
+        # Not cached yet: the transaction that makes it may still roll back (migration 5 makes it at start).
         Meta.insert(key=_SECRET_KEY, value=secrets.token_hex(32)).on_conflict_ignore().execute()
-        row = Meta.get(Meta.key == _SECRET_KEY)
+        return bytes.fromhex(Meta.get(Meta.key == _SECRET_KEY).value)
     _secrets[db] = bytes.fromhex(row.value)
     return _secrets[db]
 

@@ -68,11 +68,14 @@ def _v5_forged_bounces(db: pw.Database) -> None:
 
     columns = {c.name for c in db.get_columns("suppression")}
     if "org_id" not in columns:
-        db.execute_sql('ALTER TABLE "suppression" RENAME TO "suppression_v4"')
+        # Read, drop, re-create (a renamed table keeps its index names on PostgreSQL, which the new one needs).
+        rows = db.execute_sql('SELECT "address", "reason", "detail", "created_at" FROM "suppression"').fetchall()
+        db.execute_sql('DROP TABLE "suppression"')
         db.create_tables([models.Suppression])
-        db.execute_sql('INSERT INTO "suppression" ("org_id", "address", "reason", "detail", "created_at") '
-                       'SELECT \'\', "address", "reason", "detail", "created_at" FROM "suppression_v4"')
-        db.execute_sql('DROP TABLE "suppression_v4"')
+        for start in range(0, len(rows), 500):
+            models.Suppression.insert_many([("", *row) for row in rows[start:start + 500]], fields=[
+                models.Suppression.org_id, models.Suppression.address, models.Suppression.reason,
+                models.Suppression.detail, models.Suppression.created_at]).execute()
     if "code_locked_until" not in {c.name for c in db.get_columns("organization")}:
         run(SchemaMigrator.from_database(db).add_column("organization", "code_locked_until",
                                                         models.Organization.code_locked_until))
