@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import socket
 import tomllib
 from dataclasses import dataclass, field
@@ -44,6 +45,8 @@ class Config:
     # --- identity ---
     hostname: str = field(default_factory=_fqdn)
     """The name this host greets with (EHLO/banner) and writes into Received headers."""
+    public_url: str = ""
+    """Base URL of the HTTP API as clients reach it (https://mail.example.com), for links in mail mxd sends. Empty: mail names paths only. Never taken from a request's Host header."""
 
     # --- listeners ---
     mx_listen: str = "0.0.0.0:25"
@@ -147,6 +150,12 @@ class Config:
     """Domain of mailboxes created without one (POST /v1/agents/{id}/mailboxes without domain_id). Empty: the first domain created."""
     signup_enabled: bool = False
     """Allow public sign-up of organisations (POST /v1/auth/signup). Off: only the operator creates them."""
+    signup_rate_per_ip_per_hour: int = 10
+    """Public sign-ups accepted from one client address per hour."""
+    signup_rate_per_hour: int = 60
+    """Public sign-ups accepted per hour from all clients together (each mails a stranger's address)."""
+    system_mail_daily_cap: int = 500
+    """Mail mxd sends itself (sign-up codes, welcome notices) per rolling 24 hours: a budget of its own, apart from every daily_send_cap."""
     default_retention_days: int = 7
     """Days a mailbox keeps messages when it sets no retention of its own (0: forever)."""
     retention_interval: str = "1h"
@@ -219,6 +228,12 @@ class Config:
             raise ConfigError("webhook_retry_schedule: needs at least one delay")
         for item in self.webhook_retry_schedule:
             parse_duration(item, "webhook_retry_schedule")
+        if self.public_url and not _PUBLIC_URL.fullmatch(self.public_url):
+            raise ConfigError("public_url: must be http:// or https://, a host name, and optionally a port and path "
+                              "(no spaces, query or fragment), e.g. https://mail.example.com")
+        for key in ("signup_rate_per_ip_per_hour", "signup_rate_per_hour", "system_mail_daily_cap"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"{key}: must be 0 or a positive integer")
         if self.default_retention_days < 0:
             raise ConfigError("default_retention_days: must be 0 (forever) or a positive number of days")
 
@@ -230,6 +245,8 @@ class Config:
     def retry_delays(self) -> list[float]:
         return [parse_duration(v, "retry_schedule") for v in self.retry_schedule]
 
+
+_PUBLIC_URL = re.compile(r"https?://[A-Za-z0-9.-]+(?::[0-9]{1,5})?(?:/[A-Za-z0-9._~/-]*)?")
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 

@@ -15,7 +15,7 @@ Policy choices:
   to postmaster@<domain>, which mxd always serves (RFC 5321 4.5.1); being in
   the same domain it needs no RFC 7489 7.1 authorisation record.
 - The return path is the sending domain itself: bounces come back to the VERP
-  address ``bounces+<queue id>@<domain>`` (RFC 5321 4.4), so the domain's MX
+  address ``bounces+<queue id>.<tag>@<domain>`` (RFC 5321 4.4), so the domain's MX
   receives them and its SPF record is the one checked against MAIL FROM; no
   separate return-path host is needed, and SPF aligns with the From domain
   (RFC 7489 3.1.2).
@@ -112,7 +112,7 @@ class PlannedRecord:
     record: DnsRecord
     kind: str
     required: bool = True
-    return_path: bool = False        # also serves the VERP return path (bounces+<id>@domain)
+    return_path: bool = False        # also serves the VERP return path (bounces+<id>.<tag>@domain)
 
     def to_json(self) -> dict:
         return dict(self.record.to_json(), kind=self.kind, required=self.required,
@@ -161,7 +161,7 @@ def plan(domain: str, hostname: str, dkim_keys: list[DkimKey], ipv4: str | None 
 def return_path(domain: str) -> dict:
     """How bounces find their way back: the VERP address form and the records that serve it."""
     domain = normalize_domain(domain)
-    return {"domain": domain, "address": f"bounces+<queue id>@{domain}",
+    return {"domain": domain, "address": f"bounces+<queue id>.<tag>@{domain}",
             "records": [f"MX {domain}", f"TXT {domain} (SPF)"],
             "note": "The return path is the sending domain itself: its MX receives bounces and its SPF "
                     "record authorises the envelope sender, aligned with the From domain for DMARC."}

@@ -6,37 +6,85 @@ lease runs out; nothing accepted for delivery is lost.
 """
 from __future__ import annotations
 
+import hashlib
+import hmac
 import random
+import secrets
 import time
+import weakref
+from typing import Any
 
 from mxd import outbox
-from mxd.db import execute, executemany
+from mxd.db import execute, executemany, proxy
 from mxd.errors import MxdError
-from mxd.ids import new_id
-from mxd.store.models import Message, QueueEntry
+from mxd.ids import ALPHABET, new_id
+from mxd.store.models import Message, Meta, QueueEntry
 
 LEASE_SECONDS = 300.0
 ACTIVE = ("queued", "deferred")
 
 
-def return_path(entry_id: str, sender_domain: str) -> str:
-    """VERP: a bounce to this address names its queue entry (message and recipient)."""
-    return f"bounces+{entry_id}@{sender_domain}"
+VERP_PREFIX = "bounces+"
+_TAG_CHARS = 16                                  # 80 bits of HMAC-SHA256: not guessable over SMTP
+_SECRET_KEY = "verp_secret"
+_secrets: "weakref.WeakKeyDictionary[Any, bytes]" = weakref.WeakKeyDictionary()
 
 
-def entry_from_return_path(local_part: str) -> str | None:
-    if local_part.lower().startswith("bounces+q_"):
-        return local_part.split("+", 1)[1].lower()
-    return None
+def verp_secret(create: bool = False) -> bytes | None:
+    """The server's key for VERP tags, kept in the store (one for all nodes); made on first use in the
+    writer (`create`), None in a reader before it exists. Cached per database."""
+    db = proxy.obj
+    cached = _secrets.get(db)
+    if cached is not None:
+        return cached
+    row = Meta.get_or_none(Meta.key == _SECRET_KEY)
+    if row is None:
+        if not create:
+            return None
+        # Not cached yet: the transaction that makes it may still roll back (migration 5 makes it at start).
+        Meta.insert(key=_SECRET_KEY, value=secrets.token_hex(32)).on_conflict_ignore().execute()
+        return bytes.fromhex(Meta.get(Meta.key == _SECRET_KEY).value)
+    _secrets[db] = bytes.fromhex(row.value)
+    return _secrets[db]
 
 
-def bounce_target(local_part: str) -> tuple[str, str] | None:
-    """(entry id, sender mailbox id) for a VERP return path, or None. Runs in a reader."""
-    entry_id = entry_from_return_path(local_part)
+def verp_tag(secret: bytes, entry_id: str, domain: str) -> str:
+    digest = hmac.new(secret, f"{entry_id.lower()}@{domain.lower()}".encode(), hashlib.sha256).digest()
+    value = int.from_bytes(digest[:10], "big")
+    return "".join(ALPHABET[(value >> shift) & 31] for shift in range(75, -1, -5))[:_TAG_CHARS]
+
+
+def return_path(entry_id: str, sender_domain: str, secret: bytes) -> str:
+    """VERP: bounces+<entry id>.<tag>@domain names its queue entry (message and recipient); the tag, an
+    HMAC of id and domain under the server's secret, proves mxd wrote it, so no one can make up (or work
+    out from their own) the return path of a message they did not receive."""
+    return f"{VERP_PREFIX}{entry_id}.{verp_tag(secret, entry_id, sender_domain)}@{sender_domain}"
+
+
+def is_return_path(local_part: str) -> bool:
+    """Whether a local part is in the VERP namespace (bounces+...): such an address is a queue entry's
+    return path or nothing; it never falls back to plus-addressing a mailbox called bounces."""
+    return local_part.lower().startswith(VERP_PREFIX)
+
+
+def entry_from_return_path(local_part: str, domain: str, secret: bytes | None) -> str | None:
+    """The queue entry id of a VERP local part whose tag checks out, else None."""
+    if not is_return_path(local_part) or secret is None:
+        return None
+    entry_id, dot, tag = local_part[len(VERP_PREFIX):].lower().rpartition(".")
+    if not dot or not entry_id.startswith("q_") or len(tag) != _TAG_CHARS:
+        return None
+    return entry_id if hmac.compare_digest(tag, verp_tag(secret, entry_id, domain)) else None
+
+
+def bounce_target(local_part: str, domain: str) -> tuple[str, str] | None:
+    """(entry id, sender mailbox id) for a VERP return path with a valid tag whose entry is still in the
+    queue, or None (refused at RCPT). Runs in a reader."""
+    entry_id = entry_from_return_path(local_part, domain, verp_secret())
     if not entry_id:
         return None
     entry = QueueEntry.get_or_none(QueueEntry.id == entry_id)
-    if entry is None:
+    if entry is None or entry.return_path.lower() != f"{local_part}@{domain}".lower():
         return None
     mailbox_id = Message.select(Message.mailbox).where(Message.id == entry.message_id).scalar()
     return (entry.id, mailbox_id) if mailbox_id else None
@@ -54,9 +102,10 @@ def add(message_id: str, mailbox_id: str, inbound_id: str, mail_from: str, sende
     now = time.time()
     status = "held" if hold_reason else "queued"
     out = []
+    secret = verp_secret(create=True)
     for rcpt in recipients:
-        entry_id = new_id("q")
-        execute(_INSERT, (entry_id, message_id, inbound_id, mail_from, return_path(entry_id, sender_domain), rcpt,
+        entry_id = new_id("q", unguessable=True)
+        execute(_INSERT, (entry_id, message_id, inbound_id, mail_from, return_path(entry_id, sender_domain, secret), rcpt,
                           rcpt.rsplit("@", 1)[1].lower(), status, now, now, now + lifetime, "", "", False,
                           hold_reason))
         outbox.emit("message.held" if hold_reason else "message.queued", mailbox_id=mailbox_id,

@@ -32,7 +32,6 @@ from mxd import sending
 from mxd.config import Config
 from mxd.db import Database, execute, proxy
 from mxd.delivery.bounces import bounce_received
-from mxd.delivery.dsn import parse_dsn
 from mxd.ingest import InboundRow
 from mxd.mime.parse import parse
 from mxd.resolver import Resolver, make_resolver
@@ -466,4 +465,4 @@ class Pipeline:
         messages.deliver(row, parsed, auth, trace, self.window)
         for rcpt in row.rcpts:
             if rcpt.get("bounce_entry"):
-                bounce_received(rcpt["bounce_entry"], parse_dsn(row.data))
+                bounce_received(rcpt["bounce_entry"], row.mail_from, row.data)

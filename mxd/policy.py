@@ -7,6 +7,11 @@ follows are consistent. Each refusal is an MxdError with a stable code.
 Rate limits and the daily cap read per-minute (and per-hour) counters kept in
 the send_count table, so a check costs a few indexed rows however much mail
 went out. Hand-written SQL: this runs for every message sent.
+
+Mail mxd sends itself (principal None: sign-up codes, welcome notices) has a
+budget of its own, `system_mail_daily_cap`, and counters of its own: what
+strangers can make mxd send never uses up the operator's or an organisation's
+daily cap or rate limits.
 """
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ from mxd import address as addr
 from mxd.config import Config
 from mxd.db import execute, executemany
 from mxd.errors import MxdError
+from mxd.outqueue import is_return_path
 from mxd.store.directory import Resolution, load_snapshot
 from mxd.tokens import Principal
 
@@ -27,6 +33,7 @@ class Sender:
     mailbox_address: str
     domain: str
     org_id: str | None = None
+    system: bool = False             # mxd's own notices: counted against system_mail_daily_cap only
 
 
 def _day_key(org_id: str | None) -> str:
@@ -97,12 +104,13 @@ def preflight(cfg: Config, principal: Principal | None, sender: str, recipients:
         if rcpt.key not in {p.key for p in parsed}:
             parsed.append(rcpt)
     keys = [p.key for p in parsed]
-    suppressed = [r[0] for r in execute(f'SELECT "address" FROM "suppression" WHERE "address" IN ({_marks(len(keys))})',
-                                        keys).fetchall()]
+    # Suppressions are the sending organisation's own (the operator's: org_id "").
+    suppressed = [r[0] for r in execute('SELECT "address" FROM "suppression" WHERE "org_id" = ? AND '
+                                        f'"address" IN ({_marks(len(keys))})', [box[2] or "", *keys]).fetchall()]
     if suppressed:
         raise MxdError("recipient_suppressed", f"suppressed recipients: {', '.join(sorted(suppressed))}")
 
-    decision = Decision(who, Sender(box[0], box[1], domain[0], box[2]))
+    decision = Decision(who, Sender(box[0], box[1], domain[0], box[2], system=principal is None))
     names = sorted({p.domain for p in parsed})
     # An organisation's domain is local only once it is ready, or for that organisation itself:
     # registering a domain must not capture what other senders write to it.
@@ -116,7 +124,7 @@ def preflight(cfg: Config, principal: Principal | None, sender: str, recipients:
             continue
         snapshot = snapshot or load_snapshot()
         found = snapshot.resolve(rcpt)
-        if found.kind != "local":
+        if found.kind != "local" or is_return_path(rcpt.local):     # a return path is no mailbox's plus-address
             raise MxdError("unknown_recipient", f"{rcpt} does not exist on this server")
         decision.local.append((str(rcpt), found))
 
@@ -139,6 +147,8 @@ def _counter_keys(sender: Sender, remote: list[str]) -> list[tuple[str, int, int
     """(key, bucket, increment) for one send: per-minute buckets, and per-hour for the daily cap."""
     now = time.time()
     minute, hour = int(now // 60), int(now // 3600)
+    if sender.system:
+        return [(SYSTEM_DAY_KEY, hour, len(remote))] + [(f"sysrcpt:{rcpt.lower()}", minute, 1) for rcpt in remote]
     out = [(_day_key(sender.org_id), hour, len(remote)), (f"mbx:{sender.mailbox_id}", minute, len(remote))]
     out += [(f"rcpt:{rcpt.lower()}", minute, 1) for rcpt in remote]
     out += [(f"dom:{name}", minute, n) for name, n in _per_domain(remote).items()]
@@ -164,12 +174,36 @@ def prune(now: float | None = None) -> int:
     """Drop counters older than two days (the daily cap looks back 24 hours)."""
     now = time.time() if now is None else now
     minute_limit, hour_limit = int((now - 2 * 86400) // 60), int((now - 2 * 86400) // 3600)
-    cur = execute('DELETE FROM "send_count" WHERE ("key" LIKE ? AND "bucket" < ?) OR ("key" NOT LIKE ? AND "bucket" < ?)',
-                  ("orgh:%", hour_limit, "orgh:%", minute_limit))
+    cur = execute('DELETE FROM "send_count" WHERE ("key" LIKE ? AND "bucket" < ?) OR ("key" = ? AND "bucket" < ?) '
+                  'OR ("key" NOT LIKE ? AND "key" <> ? AND "bucket" < ?)',
+                  ("orgh:%", hour_limit, SYSTEM_DAY_KEY, hour_limit, "orgh:%", SYSTEM_DAY_KEY, minute_limit))
     return cur.rowcount
 
 
+SYSTEM_DAY_KEY = "sysh"
+
+
+def _system_limits(cfg: Config, remote: list[str]) -> None:
+    """mxd's own notices: their daily budget, and the per-recipient hourly limit, on counters of their own."""
+    now = time.time()
+    minute, hour = int(now // 60), int(now // 3600)
+    counts = _sums([(SYSTEM_DAY_KEY, hour - 23)] + [(f"sysrcpt:{rcpt.lower()}", minute - 59)
+                                                    for rcpt in dict.fromkeys(remote)])
+    day = counts.get(SYSTEM_DAY_KEY, 0)
+    if day + len(remote) > cfg.system_mail_daily_cap:
+        raise MxdError("daily_cap_reached", f"mxd sent {day} notices in the last 24 hours; its own budget "
+                       f"(system_mail_daily_cap) is {cfg.system_mail_daily_cap}",
+                       retry_after=int(3600 - now % 3600) + 1)
+    for rcpt in remote:
+        count = counts.get(f"sysrcpt:{rcpt.lower()}", 0)
+        if count + 1 > cfg.rate_per_recipient_per_hour:
+            raise MxdError("rate_limited", f"{count} notices to {rcpt} in the last hour "
+                           f"(limit {cfg.rate_per_recipient_per_hour})", retry_after=600)
+
+
 def _limits(cfg: Config, mailbox: Sender, remote: list[str]) -> None:
+    if mailbox.system:
+        return _system_limits(cfg, remote)
     now = time.time()
     minute, hour = int(now // 60), int(now // 3600)
     cap = cfg.daily_send_cap

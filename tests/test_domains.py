@@ -75,7 +75,7 @@ def test_dns_plan_lists_required_and_recommended_records(setup):
     mx = _by_key(plan)[("MX", "example.test")]
     assert mx["value"] == "10 mx.example.test" and mx["return_path"] is True
     assert mx["zone_line"] == "example.test. 3600 IN MX 10 mx.example.test."
-    assert body["return_path"]["address"] == "bounces+<queue id>@example.test"
+    assert body["return_path"]["address"] == "bounces+<queue id>.<tag>@example.test"
     assert body["mta_sts"]["policy_url"] == "https://mta-sts.example.test/.well-known/mta-sts.txt"
     assert "mx: mx.example.test" in body["mta_sts"]["policy"]
     assert proc.api("GET", "/api/domains/nowhere.test/dns-plan").status_code == 404

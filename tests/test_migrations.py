@@ -1,6 +1,7 @@
 """Schema migrations: a store at version 1 is brought to the current version without losing rows."""
 from __future__ import annotations
 
+import re
 import sqlite3
 from pathlib import Path
 
@@ -65,3 +66,39 @@ def test_newer_store_is_refused(tmp_path: Path) -> None:
         raise AssertionError("a store from a newer mxd was opened")
     finally:
         db.close()
+
+
+def test_v4_store_gets_suppressions_per_organisation_and_tagged_return_paths(tmp_path: Path) -> None:
+    path = tmp_path / "mxd.db"
+    db = Database(f"sqlite:///{path}")
+    db.start()
+    db.close()
+    con = sqlite3.connect(path)
+    con.execute('DROP TABLE "suppression"')
+    con.execute('CREATE TABLE "suppression" ("address" VARCHAR(512) NOT NULL PRIMARY KEY, "reason" VARCHAR(64) '
+                'NOT NULL, "detail" TEXT NOT NULL, "created_at" REAL NOT NULL)')
+    con.execute("""INSERT INTO "suppression" VALUES ('gone@remote.test', 'hard_bounce', '550', 1)""")
+    con.execute('ALTER TABLE "organization" DROP COLUMN "code_locked_until"')
+    con.execute("""DELETE FROM "meta" WHERE "key" = 'verp_secret'""")
+    for entry_id, status in (("q_queued", "queued"), ("q_delivered", "delivered")):
+        con.execute('INSERT INTO "queue_entry" ("id", "message_id", "inbound_id", "mail_from", "return_path", '
+                    '"recipient", "domain", "status", "attempts", "created_at", "next_attempt_at", "expires_at", '
+                    '"lease_until", "last_reply", "last_host", "delay_notified") '
+                    "VALUES (?, 'msg_x', 'inb_x', 'a@example.test', ?, 'b@remote.test', 'remote.test', ?, 0, 1, 1, "
+                    "2, 0, '', '', 0)", (entry_id, f"bounces+{entry_id}@example.test", status))
+    con.execute("""UPDATE "meta" SET "value" = '4' WHERE "key" = 'schema_version'""")
+    con.commit()
+    con.close()
+
+    db = Database(f"sqlite:///{path}")
+    db.start()
+    db.close()
+    con = sqlite3.connect(path)
+    assert con.execute('SELECT "org_id", "address", "reason" FROM "suppression"').fetchall() == \
+        [("", "gone@remote.test", "hard_bounce")]
+    paths = dict(con.execute('SELECT "id", "return_path" FROM "queue_entry"').fetchall())
+    assert re.fullmatch(r"bounces\+q_queued\.[0-9a-z]{16}@example\.test", paths["q_queued"]), paths
+    assert paths["q_delivered"] == "bounces+q_delivered@example.test"
+    assert con.execute("""SELECT 1 FROM "meta" WHERE "key" = 'verp_secret'""").fetchone()
+    assert "code_locked_until" in {r[1] for r in con.execute('PRAGMA table_info("organization")')}
+    con.close()

@@ -107,7 +107,7 @@ def delivered(world) -> bytes:
 def test_postfix_stored_the_message(delivered):
     msg = email.message_from_bytes(delivered, policy=email.policy.default)
     assert msg["Delivered-To"] == RECIPIENT
-    assert re.fullmatch(r"<bounces\+q_[0-9a-z]+@example\.test>", msg["Return-Path"]), msg["Return-Path"]
+    assert re.fullmatch(r"<bounces\+q_[0-9a-z]+\.[0-9a-z]{16}@example\.test>", msg["Return-Path"]), msg["Return-Path"]
     assert msg["Subject"] == "Grüße via Postfix" and msg["From"].addresses[0].addr_spec == SENDER
     assert msg.get_body(("plain",)).get_content().startswith("plain body")
     # Postfix's own trace field on top: the client it saw (mxd), by its EHLO name and address

@@ -73,8 +73,10 @@ def _limits(c: Context, org: Organization | None) -> dict:
             "max_recipients_per_send": c.cfg.max_recipients_per_send}
 
 
-def _base_url(request: Request) -> str:
-    return str(request.base_url).rstrip("/")
+def _public_base(c: Context) -> str:
+    """The configured public_url for links in mail mxd sends (empty: the mail names paths only). Never the
+    request's Host header: a stranger would choose the link mxd signs and mails."""
+    return c.cfg.public_url.rstrip("/")
 
 
 # ---------------------------------------------------------------- mail from mxd itself
@@ -107,14 +109,18 @@ async def signup(request: Request) -> Response:
         raise MxdError("signup_disabled", "public sign-up is switched off on this server")
     body = await json_body(request)
     org, code, created = await c.db.write(orgs.signup, body.get("email"), body.get("organization_name"),
-                                          body.get("slug"), "" if operator else _client_ip(request))
+                                          body.get("slug"), "" if operator else _client_ip(request), None,
+                                          c.cfg.signup_rate_per_ip_per_hour, c.cfg.signup_rate_per_hour)
     minutes = orgs.CODE_SECONDS // 60
-    text = (f"Your verification code for {org.name} ({org.slug}) on {c.cfg.hostname} is:\n\n"
+    # Only mxd's own words: the organisation's name and slug, and the address as typed, are a stranger's
+    # text, which this mail (signed for the server's domain) must not carry to the address it names.
+    text = (f"Someone asked to sign up an organisation on {c.cfg.hostname} with this email address as its owner.\n\n"
+            f"The verification code is:\n\n"
             f"    {code}\n\n"
             f"It expires in {minutes} minutes and allows {orgs.MAX_ATTEMPTS} attempts. Verify with:\n\n"
-            f"    POST {_base_url(request)}/v1/auth/signup/verify\n"
-            f"    {{\"email\": \"{org.owner_email}\", \"verification_token\": \"<the code>\"}}\n\n"
-            "If you did not ask for this, ignore this message.\n")
+            f"    POST {_public_base(c)}/v1/auth/signup/verify\n"
+            f"    {{\"email\": \"<this address>\", \"verification_token\": \"<the code>\"}}\n\n"
+            "If you did not ask for this, ignore this message: nothing happens without the code.\n")
     try:
         sent = await system_mail(c, org.owner_email, f"Your verification code: {code}", text)
     except MxdError as exc:            # the organisation waits unverified; signing up again retries the mail
@@ -135,15 +141,16 @@ async def signup_verify(request: Request) -> Response:
         raise result.error
     org, key = result.org, result.token
     limits = _limits(c, org)
-    base = _base_url(request)
-    text = (f"Welcome to {c.cfg.hostname}. The organisation {org.name} ({org.slug}) is verified.\n\n"
+    base = _public_base(c)
+    text = (f"Welcome to {c.cfg.hostname}. The organisation this address signed up is verified.\n\n"
             f"Its first API key was shown once, in the answer to the verification call; keep it server-side.\n\n"
             f"Limits:\n"
             f"  - {limits['daily_send_cap']} outgoing recipients per rolling 24 hours\n"
             f"  - at most {limits['max_recipients_per_send']} recipients per message\n"
             f"  - mailboxes keep messages {limits['retention_days']} days unless set otherwise\n\n"
-            f"API guide: {base}/llms.txt\nAgent skills: curl -fsSL {base}/install.sh | sh\n\n"
-            "Larger limits, more keys and billing are arranged with the server's operator.\n")
+            + (f"API guide: {base}/llms.txt\nAgent skills: curl -fsSL {base}/install.sh | sh\n\n" if base else
+               "API guide: GET /llms.txt on this server's API\nAgent skills: GET /install.sh on this server's API\n\n")
+            + "Larger limits, more keys and billing are arranged with the server's operator.\n")
     try:
         sent = await system_mail(c, org.owner_email, f"Welcome to {c.cfg.hostname}", text)
         welcome = {"status": sent["status"], "message_id": sent["id"]}

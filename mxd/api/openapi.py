@@ -150,7 +150,8 @@ SCHEMAS: dict[str, dict] = {
     "QueueEntry": obj(["id", "message_id", "recipient", "status"], id=STR, message_id=STR, recipient=STR, domain=STR,
                       status=STR, attempts=INT, created_at=NTIME, next_attempt_at=NTIME, last_attempt_at=NTIME,
                       expires_at=NTIME, last_reply=NSTR, last_host=NSTR, hold_reason=NSTR),
-    "Suppression": obj(["address", "reason"], address=STR, reason=STR, detail=NSTR, created_at=NTIME),
+    "Suppression": obj(["address", "reason"], address=STR, organization_id=NSTR, reason=STR, detail=NSTR,
+                       created_at=NTIME),
     "AuditEntry": obj(["id", "at", "actor", "action", "result"], id=STR, at=TIME, actor=STR, org_id=NSTR,
                       action=STR, target=NSTR, mailbox=NSTR, result=STR, detail=ANYOBJ),
     "SendRequest": obj(["from", "to"], **_SEND_PROPS),
@@ -253,6 +254,7 @@ QUERY_PARAMS: dict[str, dict] = {
     "result": {"schema": STR, "description": "ok, denied, or an error code"},
     "since": {"schema": STR, "description": "ISO 8601 or epoch seconds"},
     "until": {"schema": STR, "description": "ISO 8601 or epoch seconds"},
+    "organization_id": {"schema": STR, "description": "only this organisation's (empty: the operator's own)"},
 }
 PAGED = ("limit", "cursor")
 
@@ -400,13 +402,15 @@ OPS: tuple[Op, ...] = (
        operator=True, response=ref("QueueEntry")),
     Op("DELETE", "/api/queue/{id}", "dropQueueEntry", "Drop a queue entry", _QUEUE, "admin", operator=True,
        status=204),
-    Op("GET", "/api/suppressions", "listSuppressions", "The suppression list", _QUEUE, "admin", operator=True,
-       query=PAGED, response=page_of("Suppression")),
-    Op("POST", "/api/suppressions", "addSuppression", "Suppress an address", _QUEUE, "admin", operator=True,
-       body=obj(["address"], address=STR, reason=STR, detail=STR), example={"address": "bounced@example.org"},
-       status=201, response=ref("Suppression")),
-    Op("DELETE", "/api/suppressions/{address}", "deleteSuppression", "Remove an address from the suppression list",
-       _QUEUE, "admin", operator=True, status=204),
+    Op("GET", "/api/suppressions", "listSuppressions", "The suppression lists (each organisation's, the operator's)",
+       _QUEUE, "admin", operator=True, query=(*PAGED, "organization_id"), response=page_of("Suppression")),
+    Op("POST", "/api/suppressions", "addSuppression", "Suppress an address for one organisation (or the operator's "
+       "own mailboxes)", _QUEUE, "admin", operator=True,
+       body=obj(["address"], address=STR, organization_id=NSTR, reason=STR, detail=STR),
+       example={"address": "bounced@example.org"}, status=201, response=ref("Suppression")),
+    Op("DELETE", "/api/suppressions/{address}", "deleteSuppression", "Remove an address from the suppression lists "
+       "(every organisation's, or organization_id's)", _QUEUE, "admin", operator=True,
+       query=("organization_id",), status=204),
     # tokens, audit, retention
     Op("GET", "/api/tokens", "listTokens", "Live tokens of this organisation (all, for the operator)", _ADMIN,
        "admin", response=list_of("Token")),

@@ -23,7 +23,7 @@ from mxd.mime.compose import ComposeError, Draft, OutAttachment, compose, envelo
     reply_subject
 from mxd.sending import Outgoing, send
 from mxd.store import directory, messages
-from mxd.store.models import Draft as DraftRow, Mailbox, Message, QueueEntry, Thread
+from mxd.store.models import Draft as DraftRow, Mailbox, Message, Organization, QueueEntry, Thread
 from mxd.tokens import Principal
 
 MAX_ATTACHMENT_BYTES = 20 * 1024 * 1024
@@ -303,27 +303,43 @@ async def queue_delete(request: Request) -> Response:
     return Response(status_code=204)
 
 
+def _suppression_org(value: Any) -> str | None:
+    """organization_id of a suppression call: an organisation's id, or null/"" for the operator's own mailboxes."""
+    if value in (None, ""):
+        return None
+    if not isinstance(value, str) or Organization.get_or_none(Organization.id == value) is None:
+        raise MxdError("not_found", f"organisation {value!r} not found")
+    return value
+
+
 async def suppressions_list(request: Request) -> Response:
     await authenticate(request, "admin", operator=True)
     limit, cursor = page_params(request)
-    rows = await ctx(request).db.read(suppression.list_all, limit, cursor)
+    wanted = request.query_params.get("organization_id")
+    rows = await ctx(request).db.read(suppression.list_all, limit, cursor, wanted or None, wanted is None)
     return JSONResponse(page([suppression.to_dict(r) for r in rows], limit, len(rows),
-                             rows[-1].address if rows else None))
+                             suppression.cursor(rows[-1]) if rows else None))
 
 
 async def suppressions_add(request: Request) -> Response:
+    """Suppress an address for one organisation (organization_id), or for the operator's own mailboxes."""
     await authenticate(request, "admin", operator=True)
     body = await json_body(request)
     if not isinstance(body.get("address"), str):
         raise MxdError("bad_request", "body must hold {\"address\": ...}")
-    row = await ctx(request).db.write(suppression.add, body["address"], str(body.get("reason") or "operator"),
-                                      str(body.get("detail") or ""))
+
+    def work() -> Any:
+        return suppression.add(body["address"], str(body.get("reason") or "operator"), str(body.get("detail") or ""),
+                               _suppression_org(body.get("organization_id")))
+    row = await ctx(request).db.write(work)
     return JSONResponse(suppression.to_dict(row), status_code=201)
 
 
 async def suppression_delete(request: Request) -> Response:
+    """Lift a suppression for every organisation, or with ?organization_id= for that one only."""
     await authenticate(request, "admin", operator=True)
-    await ctx(request).db.write(suppression.remove, request.path_params["address"])
+    wanted = request.query_params.get("organization_id")
+    await ctx(request).db.write(suppression.remove, request.path_params["address"], wanted or None, wanted is None)
     return Response(status_code=204)
 
 

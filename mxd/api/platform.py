@@ -32,6 +32,7 @@ from mxd.api.outbound import address_list
 from mxd.config import parse_hostport
 from mxd.errors import MxdError
 from mxd.ingest import Envelope, Recipient, ingest, received_header, store
+from mxd.outqueue import is_return_path
 from mxd.sending import replay_record
 from mxd.store import directory
 from mxd.store.models import Idempotency, Mailbox, Message, Organization
@@ -217,7 +218,7 @@ def _recipients(principal: Principal, c: Any, addresses: list[str]) -> tuple[lis
             refused.append({"address": text, "code": "invalid_address"})
             continue
         found = c.directory.resolve(parsed)
-        if found.kind != "local":
+        if found.kind != "local" or is_return_path(parsed.local):     # a return path is no mailbox's plus-address
             refused.append({"address": text, "code": "domain_not_served" if found.kind == "foreign"
                             else "unknown_recipient"})
             continue
@@ -434,9 +435,11 @@ async def inbound_ses(request: Request) -> Response:
         raise _refuse(refused)
     env = Envelope(mail_from=source, rcpts=accepted, data=data, source="ses", helo="amazonses.com",
                    remote_ip=request.client.host if request.client else "")
-    # SNS delivers at least once: the same SES message again (a retry, or a second topic) is stored once.
+    # SNS delivers at least once: the same SES message again (a retry, or a second topic) is stored once,
+    # per organisation: the id is the caller's word, so one tenant's ids never make another's "duplicates".
     ses_id = mail.get("messageId") if isinstance(mail.get("messageId"), str) and mail["messageId"] else None
-    first = await _store(request, env, "SES", once_key=f"ses:{ses_id[:250]}" if ses_id else None)
+    once_key = f"ses:{principal.org_id or '-'}:{ses_id[:250]}" if ses_id else None
+    first = await _store(request, env, "SES", once_key=once_key)
     note_audit(request, mailbox=",".join(sorted({r.address.lower() for r in accepted}))[:320],
                inbound_id=first or env.id, ses_message_id=str(ses_id or "")[:200], duplicate=first is not None)
     return JSONResponse({"inbound_id": first or env.id, "status": "accepted", "ses_message_id": ses_id,

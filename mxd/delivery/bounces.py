@@ -1,7 +1,12 @@
-"""Bounces: a failed or delayed recipient becomes a DSN in the sender's mailbox; a hard bounce is suppressed.
+"""Bounces: a failed or delayed recipient becomes a DSN in the sender's mailbox; a hard bounce is suppressed
+for the sender's organisation.
 
-Also the way back: a DSN arriving at a VERP return path (bounces+<entry>@domain)
-marks its queue entry failed and suppresses the recipient.
+Also the way back: a DSN arriving at a VERP return path (bounces+<entry>.<tag>@domain,
+checked at RCPT) marks its queue entry failed and suppresses the recipient, but only a
+real one: sent with the null reverse-path (RFC 5321 4.5.5), a multipart/report of
+report-type delivery-status (RFC 6522, RFC 3464) that says "Action: failed" for that
+entry's recipient. Anything else sent to a return path (an auto-reply, a person's reply,
+a delay notice) is filed in the sender's mailbox as mail and changes nothing.
 """
 from __future__ import annotations
 
@@ -10,7 +15,7 @@ from datetime import datetime, timezone
 
 from mxd import outqueue, suppression
 from mxd.config import Config
-from mxd.delivery.dsn import FailedRecipient, build_dsn
+from mxd.delivery.dsn import FailedRecipient, build_dsn, is_delivery_report, parse_dsn
 from mxd.ingest import Envelope, Recipient, store, with_trace
 from mxd.store.models import Inbound, Mailbox, Message, QueueEntry
 
@@ -39,7 +44,7 @@ def fail_and_bounce(cfg: Config, entry_id: str, reply: str, host: str, action: s
         entry = outqueue.failed(entry_id, reply, host)
         status = status_of(reply, True)
         if is_hard_bounce(status):
-            suppression.add(entry.recipient, "hard_bounce", reply)
+            suppression.add(entry.recipient, "hard_bounce", reply, suppression.org_of_entry_sender(entry.message_id))
     else:
         entry = QueueEntry.get_by_id(entry_id)
         outqueue.mark_delay_notified(entry_id)
@@ -62,18 +67,28 @@ def fail_and_bounce(cfg: Config, entry_id: str, reply: str, host: str, action: s
     store(Envelope(mail_from="", rcpts=[Recipient(mailbox.address, (mailbox.id,))], data=dsn, source="local"))
 
 
-def bounce_received(entry_id: str, report: list[dict]) -> None:
-    """A DSN came back to a VERP address after the remote MX had said 250: fail the entry, suppress hard bounces."""
+def _same_address(reported: object, recipient: str) -> bool:
+    return isinstance(reported, str) and reported.strip().lower() == recipient.strip().lower()
+
+
+def bounce_received(entry_id: str, mail_from: str, raw: bytes) -> bool:
+    """A message came back to a VERP address after the remote MX had said 250. If it is a DSN that
+    fails this entry's recipient, fail the entry and suppress a hard bounce; returns whether it did."""
+    if mail_from not in ("", "<>"):
+        return False                              # RFC 3464 2: a DSN has a null return path; this is mail
     entry = QueueEntry.get_or_none(QueueEntry.id == entry_id)
-    if entry is None:
-        return
-    failed = [r for r in report if str(r.get("action", "")).lower() == "failed"]
-    if not failed and report:
-        return                                   # a delay or success notice: nothing to change
-    detail = failed[0] if failed else {}
+    if entry is None or not is_delivery_report(raw):
+        return False
+    failed = [r for r in parse_dsn(raw) if r.get("action") == "failed"
+              and (_same_address(r.get("final_recipient"), entry.recipient)
+                   or _same_address(r.get("original_recipient"), entry.recipient))]
+    if not failed:
+        return False                              # a delay or success notice, or about someone else
+    detail = failed[0]
     status = str(detail.get("status") or "5.0.0")
     reply = f"bounced after delivery: {status} {detail.get('diagnostic') or ''}".strip()
     if entry.status != "failed":
         outqueue.failed(entry_id, reply, entry.last_host)
     if is_hard_bounce(status):
-        suppression.add(entry.recipient, "hard_bounce", reply)
+        suppression.add(entry.recipient, "hard_bounce", reply, suppression.org_of_entry_sender(entry.message_id))
+    return True

@@ -5,6 +5,8 @@ import re
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from email.parser import BytesHeaderParser
+from email.policy import compat32
 from email.utils import format_datetime
 
 from mxd.mime.compose import address_list, encode_text, entity, multipart, unstructured
@@ -19,6 +21,7 @@ _FALLBACK = re.compile(   # a delivery-status part found by its header when the 
     rb"^content-type:[ \t]*message/(?:global-)?delivery-status\b[^\n]*\n(?:[^\n]+\n)*?\r?\n(.*?)(?=^--|\Z)",
     re.I | re.M | re.S)
 _MSGID = re.compile(r"<([^<>\s]+)>")
+_HEAD_LIMIT = 64 * 1024                  # a report's own header section is short
 
 
 @dataclass
@@ -222,6 +225,19 @@ def _typed_value(value: str | None) -> str | None:
     value = (m.group(2) if m else value).strip()
     value = re.sub(r"\s*\([^()]*\)\s*$", "", value).strip().strip("<>").strip()   # a trailing comment
     return value or None
+
+
+def is_delivery_report(raw: bytes) -> bool:
+    """Whether a message is, at its top level, multipart/report with report-type delivery-status (RFC 6522 3,
+    RFC 3464 2) or global-delivery-status (RFC 6533): what a bounce must be before it may change anything."""
+    head = _header_section(raw[:_HEAD_LIMIT])
+    try:
+        msg = BytesHeaderParser(policy=compat32).parsebytes(head)
+        report_type = msg.get_param("report-type")
+        return (msg.get_content_type() == "multipart/report" and isinstance(report_type, str)
+                and report_type.strip().lower() in ("delivery-status", "global-delivery-status"))
+    except Exception:                     # a header section no parser can read is no report
+        return False
 
 
 def parse_dsn(raw: bytes) -> list[dict]:

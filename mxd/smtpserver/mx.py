@@ -78,12 +78,15 @@ class MxHandler:
                                           or '"' in address or "[" in address) else codes.BAD_ADDRESS
         if self.directory.stale():
             await self.db.read(self.directory.refresh)
-        # A bounce coming back to a VERP return path reaches the sender's mailbox.
-        target = await self.db.read(outqueue.bounce_target, parsed.local) \
-            if parsed.domain in self.directory.domains and outqueue.entry_from_return_path(parsed.local) else None
+        # A bounce coming back to a VERP return path reaches the sender's mailbox; a made-up, stale or
+        # untagged one is no one's (never plus-addressed to a mailbox called bounces).
+        verp = parsed.domain in self.directory.domains and outqueue.is_return_path(parsed.local)
+        target = await self.db.read(outqueue.bounce_target, parsed.local, parsed.domain) if verp else None
         found = self.directory.resolve(parsed)
         if target is not None:
             rcpts.append(Recipient(address, (target[1],), None, bounce_entry=target[0]))
+        elif verp:
+            return codes.UNKNOWN_USER
         elif found.kind == "foreign":
             return codes.RELAY_DENIED
         elif found.kind == "unknown":

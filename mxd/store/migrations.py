@@ -53,7 +53,42 @@ def _v4_search_mailbox(db: pw.Database) -> None:
     search.create_mailbox_map(db)
 
 
-def _v5_inbound_receipt(db: pw.Database) -> None:
+def _v5_forged_bounces(db: pw.Database) -> None:
+    """Suppressions per organisation; sign-up code lock-outs; tagged VERP return paths.
+
+    The suppression table is rebuilt with (org_id, address) as its key: rows from before were
+    server-wide and become the operator's own ("": mailboxes without an organisation), so no
+    organisation inherits suppressions that anyone could have forged. Entries not yet delivered
+    get a tagged return path (bounces+<id>.<tag>@domain) under the server's new VERP secret; an
+    untagged VERP address is refused from now on, also for mail delivered before this step.
+    """
+    from playhouse.migrate import SchemaMigrator, migrate as run
+
+    from mxd import outqueue
+
+    columns = {c.name for c in db.get_columns("suppression")}
+    if "org_id" not in columns:
+        # Read, drop, re-create (a renamed table keeps its index names on PostgreSQL, which the new one needs).
+        rows = db.execute_sql('SELECT "address", "reason", "detail", "created_at" FROM "suppression"').fetchall()
+        db.execute_sql('DROP TABLE "suppression"')
+        db.create_tables([models.Suppression])
+        for start in range(0, len(rows), 500):
+            models.Suppression.insert_many([("", *row) for row in rows[start:start + 500]], fields=[
+                models.Suppression.org_id, models.Suppression.address, models.Suppression.reason,
+                models.Suppression.detail, models.Suppression.created_at]).execute()
+    if "code_locked_until" not in {c.name for c in db.get_columns("organization")}:
+        run(SchemaMigrator.from_database(db).add_column("organization", "code_locked_until",
+                                                        models.Organization.code_locked_until))
+    secret = outqueue.verp_secret(create=True)
+    assert secret is not None
+    for entry in models.QueueEntry.select(models.QueueEntry.id, models.QueueEntry.return_path).where(
+            models.QueueEntry.status.in_(("queued", "deferred", "held"))):
+        domain = entry.return_path.rsplit("@", 1)[-1]
+        models.QueueEntry.update(return_path=outqueue.return_path(entry.id, domain, secret)).where(
+            models.QueueEntry.id == entry.id).execute()
+
+
+def _v6_inbound_receipt(db: pw.Database) -> None:
     """A retried SMTP transmission is recognised by its receipt key (ingest.receipt_key)."""
     from playhouse.migrate import SchemaMigrator, migrate as run
 
@@ -63,7 +98,7 @@ def _v5_inbound_receipt(db: pw.Database) -> None:
 
 
 STEPS: list[Callable[[pw.Database], None]] = [_v1_initial, _v2_platform, _v3_thread_order, _v4_search_mailbox,
-                                              _v5_inbound_receipt]
+                                              _v5_forged_bounces, _v6_inbound_receipt]
 
 
 def current_version(db: pw.Database) -> int:

@@ -38,7 +38,8 @@ class Organization(BaseModel):
     daily_send_cap = pw.IntegerField(null=True)                   # None: the server's daily_send_cap
     code_hash = pw.CharField(max_length=128, null=True)           # signup verification code (hashed)
     code_expires_at = pw.DoubleField(null=True)
-    code_attempts = pw.IntegerField(default=0)
+    code_attempts = pw.IntegerField(default=0)                   # wrong codes since sign-up (a resend keeps them)
+    code_locked_until = pw.DoubleField(null=True)                 # after each MAX_ATTEMPTS wrong codes
 
 
 class Agent(BaseModel):
@@ -258,7 +259,7 @@ class QueueEntry(BaseModel):
     message = pw.ForeignKeyField(Message, backref="queue", on_delete="CASCADE")
     inbound = pw.ForeignKeyField(Inbound, on_delete="CASCADE")     # the signed bytes
     mail_from = pw.CharField(max_length=512)                        # the sender as the author wrote it
-    return_path = pw.CharField(max_length=512)                      # VERP: bounces+<entry id>@<sender domain>
+    return_path = pw.CharField(max_length=512)                      # VERP: bounces+<entry id>.<tag>@<sender domain>
     recipient = pw.CharField(max_length=512)
     domain = pw.CharField(max_length=255, index=True)
     status = pw.CharField(max_length=16, index=True)                # queued deferred held sent delivered failed
@@ -275,10 +276,15 @@ class QueueEntry(BaseModel):
 
 
 class Suppression(BaseModel):
-    address = pw.CharField(primary_key=True, max_length=512)
+    """An address one organisation sends no more mail to (org_id "": the operator's own mailboxes)."""
+    org_id = pw.CharField(max_length=40, default="")
+    address = pw.CharField(max_length=512)
     reason = pw.CharField(max_length=64)
     detail = pw.TextField(default="")
     created_at = pw.DoubleField(default=time.time)
+
+    class Meta:
+        primary_key = pw.CompositeKey("org_id", "address")
 
 
 class SendCount(BaseModel):
