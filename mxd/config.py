@@ -8,6 +8,7 @@ naming the key.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import socket
 import tomllib
@@ -50,6 +51,14 @@ class Config:
     """host:port of the inbound MX listener. Empty string disables it."""
     http_listen: str = "127.0.0.1:8025"
     """host:port of the HTTP API."""
+    trusted_proxies: list[str] = field(default_factory=list)
+    """Addresses or networks (CIDR) of reverse proxies whose X-Forwarded-For and X-Forwarded-Proto are believed.
+    Empty: none, the client is the connecting address."""
+    http_header_timeout: float = 10.0
+    """Seconds an HTTP client has to send a request's headers (from connecting, or from its previous answer),
+    and the longest pause allowed while it sends a body."""
+    http_keepalive_timeout: float = 5.0
+    """Seconds an idle HTTP keep-alive connection is kept open after an answer."""
 
     # --- DNS ---
     dns_nameservers: list[str] = field(default_factory=list)
@@ -210,6 +219,14 @@ class Config:
             parse_duration(item, "webhook_retry_schedule")
         if self.default_retention_days < 0:
             raise ConfigError("default_retention_days: must be 0 (forever) or a positive number of days")
+        for key in ("http_header_timeout", "http_keepalive_timeout"):
+            if not getattr(self, key) > 0:
+                raise ConfigError(f"{key}: must be a positive number of seconds")
+        for item in self.trusted_proxies:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ConfigError(f"trusted_proxies: {item!r} is not an address or network (CIDR)") from None
 
     def seconds(self, key: str) -> float:
         value = getattr(self, key)

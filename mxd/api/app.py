@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
 from mxd import audit, tokens
@@ -177,6 +177,13 @@ async def _http_error(request: Request, exc: Exception) -> Response:
                         status_code=exc.status_code)
 
 
+async def _disconnected(request: Request, exc: Exception) -> Response:
+    """The client went away (or was cut off by mxd.api.httpconn) before its body was complete: nobody reads
+    this answer, and it is no server error."""
+    note_audit(request, code="client_disconnected")
+    return error_response(MxdError("bad_request", "the client closed the connection before its request was complete"))
+
+
 async def _internal_error(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     return error_response(MxdError("internal", "internal error"))
@@ -191,7 +198,9 @@ def create_app(context: Context) -> Starlette:
     routes = (litemx.routes() + outbound.routes() + platform.routes() + webhooks.routes()
               + loftbox.routes() + pages.routes() + mcp.routes()
               + [Route("/openapi.json", openapi.serve, methods=["GET"])])
-    app = Starlette(routes=routes, middleware=[Middleware(loftbox.ApiV1Alias), Middleware(AuditMiddleware)], exception_handlers={
-        MxdError: _mxd_error, HTTPException: _http_error, Exception: _internal_error})
+    app = Starlette(routes=routes, middleware=[Middleware(loftbox.ApiV1Alias), Middleware(AuditMiddleware)],
+                    exception_handlers={
+        MxdError: _mxd_error, HTTPException: _http_error, ClientDisconnect: _disconnected,
+        Exception: _internal_error})
     app.state.ctx = context
     return app
