@@ -159,6 +159,8 @@ class Config:
     """Seconds to wait for a webhook receiver's answer."""
     webhook_allow_private: bool = False
     """Allow webhook URLs that resolve to loopback, private or link-local addresses (for tests and LANs)."""
+    audit_retention_days: int = 365
+    """Days audit rows are kept; the retention sweep removes older ones (0: forever)."""
 
     # --- logging ---
     log_level: str = "INFO"
@@ -219,6 +221,8 @@ class Config:
             parse_duration(item, "webhook_retry_schedule")
         if self.default_retention_days < 0:
             raise ConfigError("default_retention_days: must be 0 (forever) or a positive number of days")
+        if self.audit_retention_days < 0:
+            raise ConfigError("audit_retention_days: must be 0 (forever) or a positive number of days")
         for key in ("http_header_timeout", "http_keepalive_timeout"):
             if not getattr(self, key) > 0:
                 raise ConfigError(f"{key}: must be a positive number of seconds")

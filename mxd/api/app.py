@@ -79,6 +79,18 @@ def note_audit(request: Request, **fields: Any) -> None:
     request.scope.setdefault("mxd.audit", {}).update(fields)
 
 
+def anonymous_row(ip: str, action: str, target: str, detail: dict) -> tuple[str, str, dict] | None:
+    """(action, target, detail) of an audit row for a caller without a valid token, or None when its
+    budget (mxd.audit.AnonymousBudget) is spent: what anyone can make mxd write is bounded."""
+    verdict = audit.anonymous.admit(ip)
+    if verdict == "drop":
+        return None
+    if verdict == "once":
+        return "audit.rate_limited", "", {"ip": ip, "first_dropped": action[:120],
+                                           "most_per_minute": audit.ANONYMOUS_PER_IP}
+    return action, target[:audit.ANONYMOUS_TARGET], dict(detail, ip=ip)
+
+
 class AuditMiddleware:
     """Records every mutating call and every refused token use as an audit row, after the response.
 
@@ -116,11 +128,18 @@ class AuditMiddleware:
         action = extra.pop("action", None) or f"{method} {getattr(route, 'path', path)}"
         result = audit.result_of(status, extra.get("code"))
         context: Context = scope["app"].state.ctx
+        target, detail = path, dict(extra, status=status)
         try:
+            if principal is None:
+                client = scope.get("client")
+                row = anonymous_row(client[0] if client else "", action, target, detail)
+                if row is None:
+                    return
+                action, target, detail = row
             await context.db.write(functools.partial(
                 audit.record, principal.token_id if principal else "anonymous", action,
-                org_id=principal.org_id if principal else None, target=path,
-                mailbox=extra.pop("mailbox", None), result=result, detail=dict(extra, status=status)))
+                org_id=principal.org_id if principal else None, target=target,
+                mailbox=extra.pop("mailbox", None), result=result, detail=detail))
         except Exception:    # the audit trail must never turn a served request into a crash
             log.exception("audit write failed for %s %s", method, path)
 

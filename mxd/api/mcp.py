@@ -38,7 +38,7 @@ from starlette.types import Receive, Scope, Send
 
 from mxd import __version__, audit, inbox
 from mxd.api import litemx, outbound
-from mxd.api.app import Context, authenticate, error_response, page, principal_of
+from mxd.api.app import Context, anonymous_row, authenticate, error_response, page, principal_of
 from mxd.api.app import ctx as app_ctx
 from mxd.errors import MxdError
 from mxd.mime.compose import ComposeError
@@ -99,10 +99,16 @@ async def _audit(c: Context, request: Request, action: str, result: str, note: d
     detail = {k: v for k, v in note.items() if k not in ("mailbox", "target")}
     if err is not None:
         detail.update(code=err.code, message=err.message)
+    target = note.get("target", "/mcp")
+    if principal is None:
+        row = anonymous_row(request.client.host if request.client else "", action, target, detail)
+        if row is None:
+            return
+        action, target, detail = row
     try:
         await c.db.write(functools.partial(
             audit.record, principal.token_id if principal else "anonymous", action,
-            org_id=principal.org_id if principal else None, target=note.get("target", "/mcp"),
+            org_id=principal.org_id if principal else None, target=target,
             mailbox=note.get("mailbox"), result=result, detail=detail))
     except Exception:       # the audit trail must never turn a served call into a crash
         log.exception("audit write failed for %s", action)

@@ -116,7 +116,8 @@ SCHEMAS: dict[str, dict] = {
                      retention_days=null(INT), effective_retention_days=INT, default_retention_days=INT,
                      source={"enum": ["mailbox", "default"]}),
     "RetentionReport": obj(["messages"], messages=INT, attachments=INT, threads=INT, raw_bytes=INT,
-                           inbound_rows=INT, search_entries=INT, mailboxes=ANYOBJ, ran_at=TIME),
+                           inbound_rows=INT, search_entries=INT, audit_rows=INT, mailboxes=ANYOBJ,
+                           ran_at=TIME),
     "Alias": obj(["address", "targets"], address=STR, targets=arr(STR)),
     "Catchall": obj(["domain", "target"], domain=STR, target=NSTR),
     "MessageSummary": obj(
