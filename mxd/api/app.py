@@ -213,12 +213,13 @@ def create_app(context: Context) -> Starlette:
     from starlette.routing import Route
 
     from mxd.api import litemx, loftbox, mcp, openapi, outbound, pages, platform, webhooks
+    from mxd.api.headers import SecurityHeaders
 
     routes = (litemx.routes() + outbound.routes() + platform.routes() + webhooks.routes()
               + loftbox.routes() + pages.routes() + mcp.routes()
               + [Route("/openapi.json", openapi.serve, methods=["GET"])])
-    app = Starlette(routes=routes, middleware=[Middleware(loftbox.ApiV1Alias), Middleware(AuditMiddleware)],
-                    exception_handlers={
+    app = Starlette(routes=routes, middleware=[Middleware(SecurityHeaders), Middleware(loftbox.ApiV1Alias),
+                                               Middleware(AuditMiddleware)], exception_handlers={
         MxdError: _mxd_error, HTTPException: _http_error, ClientDisconnect: _disconnected,
         Exception: _internal_error})
     app.state.ctx = context
