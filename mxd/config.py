@@ -12,6 +12,7 @@ import ipaddress
 import os
 import socket
 import tomllib
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_type_hints
@@ -51,6 +52,9 @@ class Config:
     """host:port of the inbound MX listener. Empty string disables it."""
     http_listen: str = "127.0.0.1:8025"
     """host:port of the HTTP API."""
+    public_url: str = ""
+    """The URL where this server's HTTP API is reached from outside, e.g. https://mail.example.com. Links and
+    documents mxd writes use it; empty: the request's Host when it is a plain host name, else the hostname."""
     trusted_proxies: list[str] = field(default_factory=list)
     """Addresses or networks (CIDR) of reverse proxies whose X-Forwarded-For and X-Forwarded-Proto are believed.
     Empty: none, the client is the connecting address."""
@@ -231,6 +235,8 @@ class Config:
                 ipaddress.ip_network(item, strict=False)
             except ValueError:
                 raise ConfigError(f"trusted_proxies: {item!r} is not an address or network (CIDR)") from None
+        if self.public_url:
+            self.public_url = check_public_url(self.public_url)
 
     def seconds(self, key: str) -> float:
         value = getattr(self, key)
@@ -239,6 +245,20 @@ class Config:
     @property
     def retry_delays(self) -> list[float]:
         return [parse_duration(v, "retry_schedule") for v in self.retry_schedule]
+
+
+def check_public_url(value: str) -> str:
+    """public_url as "http(s)://host[:port][/path]" without a trailing slash; raises ConfigError otherwise."""
+    parts = urllib.parse.urlsplit(value.strip())
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    if (parts.scheme not in ("http", "https") or not parts.hostname or port == -1 or parts.username is not None
+            or parts.query or parts.fragment or any(c in value for c in "'\"\\`$<> ")
+            or any(ord(c) < 0x21 or ord(c) > 0x7e for c in value)):
+        raise ConfigError(f"public_url: expected a URL like https://mail.example.com, got {value!r}")
+    return urllib.parse.urlunsplit((parts.scheme, parts.netloc.lower(), parts.path.rstrip("/"), "", ""))
 
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}

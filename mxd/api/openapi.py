@@ -16,6 +16,7 @@ from starlette.routing import BaseRoute, Host, Mount, Route
 
 import mxd
 from mxd import tokens
+from mxd.api import pages
 from mxd.store.webhooks import EVENT_TYPES
 
 PUBLIC: str | None = None       # no token needed
@@ -647,5 +648,4 @@ def document(routes: Iterable[BaseRoute], server_url: str) -> dict:
 
 
 async def serve(request: Request) -> Response:
-    base = str(request.base_url).rstrip("/")
-    return JSONResponse(document(request.app.routes, base))
+    return JSONResponse(document(request.app.routes, pages.base_url(request)))   # never the raw Host header
