@@ -346,10 +346,18 @@ async def reply(ctx: ToolContext,
 
 
 # ---------------------------------------------------------------- the inbox
+def _one_mailbox(mailbox: str, tool: str) -> str:
+    """The one mailbox an inbox tool works on: an empty name is the caller's mistake, not "every mailbox"."""
+    if not isinstance(mailbox, str) or not mailbox.strip():
+        raise MxdError("bad_request", "mailbox is required: the address or mbx_ id of one mailbox",
+                       fix=f'{tool}(mailbox="agent@example.com"); list_mailboxes shows those this token may use.')
+    return mailbox.strip()
+
+
 async def poll_inbox(ctx: ToolContext, mailbox: MailboxRef, limit: Limit = 20) -> CallToolResult:
     async def work(c: Context, principal: Principal, note: dict) -> dict:
         def read() -> dict:
-            ids, names = litemx._mailbox_scope(principal, mailbox)
+            ids, names = litemx._mailbox_scope(principal, _one_mailbox(mailbox, "poll_inbox"))
             rows = inbox.poll(ids[0], limit + 1)
             data = [_meta(m, names[ids[0]]) for m in rows[:limit]]
             return {"mailbox": names[ids[0]], "mailbox_id": ids[0], "data": data, "count": len(data),
@@ -364,7 +372,7 @@ async def ack_inbox(ctx: ToolContext, mailbox: MailboxRef,
                     ) -> CallToolResult:
     async def work(c: Context, principal: Principal, note: dict) -> dict:
         def write() -> dict:
-            ids, names = litemx._mailbox_scope(principal, mailbox)
+            ids, names = litemx._mailbox_scope(principal, _one_mailbox(mailbox, "ack_inbox"))
             acked, missing = inbox.ack(ids[0], message_ids)
             return {"mailbox": names[ids[0]], "mailbox_id": ids[0], "acknowledged": acked, "not_found": missing}
         out = await c.db.write(write)
