@@ -8,12 +8,12 @@ import logging
 import os
 import signal
 import socket
-from typing import Generator
+from typing import Any, Generator
 
 import uvicorn
 
 from mxd import keys, tokens
-from mxd.api import mcp
+from mxd.api import httpconn, mcp
 from mxd.api.app import Context, create_app
 from mxd.config import Config, parse_hostport
 from mxd.db import Database
@@ -50,6 +50,18 @@ def bind_socket(listen: str, what: str, env: str) -> socket.socket:
     sock.listen(1024)
     sock.setblocking(False)
     return sock
+
+
+def http_config(cfg: Config, app: Any) -> uvicorn.Config:
+    """uvicorn's settings for the API. Proxy headers (X-Forwarded-For, -Proto) are read only from
+    `trusted_proxies`: uvicorn's default believes any loopback peer, so anything on this host could pose
+    as any client to the per-IP limits and the audit trail. The h11 protocol with read deadlines
+    (mxd.api.httpconn) bounds what a silent or slow client holds."""
+    return uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False, timeout_graceful_shutdown=10,
+                          http=httpconn.protocol(cfg.http_header_timeout),
+                          timeout_keep_alive=cfg.http_keepalive_timeout,   # type: ignore[arg-type]
+                          proxy_headers=bool(cfg.trusted_proxies), forwarded_allow_ips=list(cfg.trusted_proxies),
+                          server_header=False)
 
 
 class _Uvicorn(uvicorn.Server):
@@ -118,8 +130,7 @@ class Daemon:
         await self.submission.start_on(sub_sock, subs_sock)
         app = create_app(Context(cfg, self.db, directory, self.workers, queued, resolver))
         self.mcp = await mcp.start(app)             # the MCP SDK's session manager, for the daemon's lifetime
-        self.http = _Uvicorn(uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False,
-                                            timeout_graceful_shutdown=10))
+        self.http = _Uvicorn(http_config(cfg, app))
         self._http_task = asyncio.get_running_loop().create_task(self.http.serve(sockets=[http_sock]))
         while not self.http.started and not self._http_task.done():
             await asyncio.sleep(0.01)

@@ -8,10 +8,12 @@ naming the key.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import re
 import socket
 import tomllib
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_type_hints
@@ -46,13 +48,23 @@ class Config:
     hostname: str = field(default_factory=_fqdn)
     """The name this host greets with (EHLO/banner) and writes into Received headers."""
     public_url: str = ""
-    """Base URL of the HTTP API as clients reach it (https://mail.example.com), for links in mail mxd sends. Empty: mail names paths only. Never taken from a request's Host header."""
+    """The URL where this server's HTTP API is reached from outside, e.g. https://mail.example.com. Links in the
+    mail mxd sends and the documents it serves (/install.sh, /llms.txt, the skills) use it. Empty: mail names
+    paths only, and documents use the request's Host when it is a plain host[:port], else the hostname."""
 
     # --- listeners ---
     mx_listen: str = "0.0.0.0:25"
     """host:port of the inbound MX listener. Empty string disables it."""
     http_listen: str = "127.0.0.1:8025"
     """host:port of the HTTP API."""
+    trusted_proxies: list[str] = field(default_factory=list)
+    """Addresses or networks (CIDR) of reverse proxies whose X-Forwarded-For and X-Forwarded-Proto are believed.
+    Empty: none, the client is the connecting address."""
+    http_header_timeout: float = 10.0
+    """Seconds an HTTP client has to send a request's headers (from connecting, or from its previous answer),
+    and the longest pause allowed while it sends a body."""
+    http_keepalive_timeout: float = 5.0
+    """Seconds an idle HTTP keep-alive connection is kept open after an answer."""
 
     # --- DNS ---
     dns_nameservers: list[str] = field(default_factory=list)
@@ -168,6 +180,8 @@ class Config:
     """Seconds to wait for a webhook receiver's answer."""
     webhook_allow_private: bool = False
     """Allow webhook URLs that resolve to loopback, private or link-local addresses (for tests and LANs)."""
+    audit_retention_days: int = 365
+    """Days audit rows are kept; the retention sweep removes older ones (0: forever)."""
 
     # --- logging ---
     log_level: str = "INFO"
@@ -228,14 +242,23 @@ class Config:
             raise ConfigError("webhook_retry_schedule: needs at least one delay")
         for item in self.webhook_retry_schedule:
             parse_duration(item, "webhook_retry_schedule")
-        if self.public_url and not _PUBLIC_URL.fullmatch(self.public_url):
-            raise ConfigError("public_url: must be http:// or https://, a host name, and optionally a port and path "
-                              "(no spaces, query or fragment), e.g. https://mail.example.com")
         for key in ("signup_rate_per_ip_per_hour", "signup_rate_per_hour", "system_mail_daily_cap"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{key}: must be 0 or a positive integer")
         if self.default_retention_days < 0:
             raise ConfigError("default_retention_days: must be 0 (forever) or a positive number of days")
+        if self.audit_retention_days < 0:
+            raise ConfigError("audit_retention_days: must be 0 (forever) or a positive number of days")
+        for key in ("http_header_timeout", "http_keepalive_timeout"):
+            if not getattr(self, key) > 0:
+                raise ConfigError(f"{key}: must be a positive number of seconds")
+        for item in self.trusted_proxies:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ConfigError(f"trusted_proxies: {item!r} is not an address or network (CIDR)") from None
+        if self.public_url:
+            self.public_url = check_public_url(self.public_url)
 
     def seconds(self, key: str) -> float:
         value = getattr(self, key)
@@ -246,7 +269,19 @@ class Config:
         return [parse_duration(v, "retry_schedule") for v in self.retry_schedule]
 
 
-_PUBLIC_URL = re.compile(r"https?://[A-Za-z0-9.-]+(?::[0-9]{1,5})?(?:/[A-Za-z0-9._~/-]*)?")
+def check_public_url(value: str) -> str:
+    """public_url as "http(s)://host[:port][/path]" without a trailing slash; raises ConfigError otherwise."""
+    parts = urllib.parse.urlsplit(value.strip())
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    if (parts.scheme not in ("http", "https") or not parts.hostname or port == -1 or parts.username is not None
+            or parts.query or parts.fragment or any(c in value for c in "'\"\\`$<> ")
+            or any(ord(c) < 0x21 or ord(c) > 0x7e for c in value)):
+        raise ConfigError(f"public_url: expected a URL like https://mail.example.com, got {value!r}")
+    return urllib.parse.urlunsplit((parts.scheme, parts.netloc.lower(), parts.path.rstrip("/"), "", ""))
+
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 

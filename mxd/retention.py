@@ -7,7 +7,8 @@ Work is done in bounded batches, each one writer transaction, so a large
 backlog never holds the writer for long. What is never removed: a message an
 outbound queue entry still needs (queued, deferred or held), and raw bytes
 (Inbound rows) that are not yet processed, that a remaining message points at,
-or that any queue entry points at.
+or that any queue entry points at. The sweep of every mailbox also drops audit rows older than
+`audit_retention_days` (0: kept forever).
 """
 from __future__ import annotations
 
@@ -158,11 +159,19 @@ async def run(cfg: Config, db: Database, mailbox_ids: list[str] | None = None, n
             if part["inbound_rows"] < batch:
                 break
         await db.write(prune_replay_keys, now - KEY_DAYS * DAY, bulk=True)
+        if cfg.audit_retention_days > 0:
+            report["audit_rows"] = 0
+            while True:
+                removed = await db.write(audit.prune, now - cfg.audit_retention_days * DAY, AUDIT_BATCH, bulk=True)
+                report["audit_rows"] += removed
+                if removed < AUDIT_BATCH:
+                    break
     report["duration_ms"] = int((time.monotonic() - started) * 1000)
     report["ran_at"] = now
     return report
 
 
+AUDIT_BATCH = 5000
 KEY_DAYS = 2     # Idempotency-Key and SES message-id records replay for 24 hours; kept a day longer
 
 
@@ -194,11 +203,11 @@ class RetentionSweeper:
             delay = self.interval
             try:
                 self.last_report = report = await run(self.cfg, self.db)
-                if report["messages"] or report["inbound_rows"]:
+                if report["messages"] or report["inbound_rows"] or report.get("audit_rows"):
                     await self.db.write(functools.partial(
                         audit.record, "system", "retention.sweep", target="retention", result="ok",
-                        detail={k: report[k] for k in ("messages", "attachments", "threads", "inbound_rows",
-                                                      "raw_bytes")}))
+                        detail={k: report.get(k, 0) for k in ("messages", "attachments", "threads", "inbound_rows",
+                                                             "raw_bytes", "audit_rows")}))
                     log.info("retention removed %d messages, %d raw rows (%d bytes)", self.last_report["messages"],
                              self.last_report["inbound_rows"], self.last_report["raw_bytes"])
             except asyncio.CancelledError:

@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
 from mxd import audit, tokens
@@ -79,6 +79,18 @@ def note_audit(request: Request, **fields: Any) -> None:
     request.scope.setdefault("mxd.audit", {}).update(fields)
 
 
+def anonymous_row(ip: str, action: str, target: str, detail: dict) -> tuple[str, str, dict] | None:
+    """(action, target, detail) of an audit row for a caller without a valid token, or None when its
+    budget (mxd.audit.AnonymousBudget) is spent: what anyone can make mxd write is bounded."""
+    verdict = audit.anonymous.admit(ip)
+    if verdict == "drop":
+        return None
+    if verdict == "once":
+        return "audit.rate_limited", "", {"ip": ip, "first_dropped": action[:120],
+                                           "most_per_minute": audit.ANONYMOUS_PER_IP}
+    return action, target[:audit.ANONYMOUS_TARGET], dict(detail, ip=ip)
+
+
 class AuditMiddleware:
     """Records every mutating call and every refused token use as an audit row, after the response.
 
@@ -116,11 +128,18 @@ class AuditMiddleware:
         action = extra.pop("action", None) or f"{method} {getattr(route, 'path', path)}"
         result = audit.result_of(status, extra.get("code"))
         context: Context = scope["app"].state.ctx
+        target, detail = path, dict(extra, status=status)
         try:
+            if principal is None:
+                client = scope.get("client")
+                row = anonymous_row(client[0] if client else "", action, target, detail)
+                if row is None:
+                    return
+                action, target, detail = row
             await context.db.write(functools.partial(
                 audit.record, principal.token_id if principal else "anonymous", action,
-                org_id=principal.org_id if principal else None, target=path,
-                mailbox=extra.pop("mailbox", None), result=result, detail=dict(extra, status=status)))
+                org_id=principal.org_id if principal else None, target=target,
+                mailbox=extra.pop("mailbox", None), result=result, detail=detail))
         except Exception:    # the audit trail must never turn a served request into a crash
             log.exception("audit write failed for %s %s", method, path)
 
@@ -177,6 +196,13 @@ async def _http_error(request: Request, exc: Exception) -> Response:
                         status_code=exc.status_code)
 
 
+async def _disconnected(request: Request, exc: Exception) -> Response:
+    """The client went away (or was cut off by mxd.api.httpconn) before its body was complete: nobody reads
+    this answer, and it is no server error."""
+    note_audit(request, code="client_disconnected")
+    return error_response(MxdError("bad_request", "the client closed the connection before its request was complete"))
+
+
 async def _internal_error(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     return error_response(MxdError("internal", "internal error"))
@@ -187,11 +213,14 @@ def create_app(context: Context) -> Starlette:
     from starlette.routing import Route
 
     from mxd.api import litemx, loftbox, mcp, openapi, outbound, pages, platform, webhooks
+    from mxd.api.headers import SecurityHeaders
 
     routes = (litemx.routes() + outbound.routes() + platform.routes() + webhooks.routes()
               + loftbox.routes() + pages.routes() + mcp.routes()
               + [Route("/openapi.json", openapi.serve, methods=["GET"])])
-    app = Starlette(routes=routes, middleware=[Middleware(loftbox.ApiV1Alias), Middleware(AuditMiddleware)], exception_handlers={
-        MxdError: _mxd_error, HTTPException: _http_error, Exception: _internal_error})
+    app = Starlette(routes=routes, middleware=[Middleware(SecurityHeaders), Middleware(loftbox.ApiV1Alias),
+                                               Middleware(AuditMiddleware)], exception_handlers={
+        MxdError: _mxd_error, HTTPException: _http_error, ClientDisconnect: _disconnected,
+        Exception: _internal_error})
     app.state.ctx = context
     return app

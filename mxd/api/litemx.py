@@ -6,6 +6,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 import asyncio
+import urllib.parse
 
 from mxd import domaincheck, keys, tokens
 from mxd.api.outbound import delivery_status
@@ -366,7 +367,8 @@ async def message_raw(request: Request) -> Response:
     def work() -> bytes:
         msg, _ = _visible_message(principal, request.path_params["id"])
         return messages.raw(msg)
-    return Response(await ctx(request).db.read(work), media_type="message/rfc822")
+    return Response(await ctx(request).db.read(work), media_type="message/rfc822",
+                    headers=download_headers(f"{request.path_params['id']}.eml"))
 
 
 async def message_attachment(request: Request) -> Response:
@@ -376,10 +378,27 @@ async def message_attachment(request: Request) -> Response:
     found = attachment_bytes(raw, att.part_index)
     if found is None:
         raise MxdError("not_found", "attachment not found in the stored message")
-    filename = (att.filename or f"attachment-{att.part_index}").replace('"', "").replace("\r", "").replace("\n", "")
-    return Response(found[1], media_type=att.content_type if "/" in att.content_type else "application/octet-stream",
-                    headers={"Content-Disposition": f'attachment; filename="{filename}"',
-                             "X-Content-Type-Options": "nosniff"})
+    # Bytes from outside senders: never rendered by a browser on this origin, whatever they claim to be
+    # (their declared type is in the message's attachment list).
+    return Response(found[1], media_type="application/octet-stream",
+                    headers=download_headers(att.filename or f"attachment-{att.part_index}"))
+
+
+def content_disposition(filename: str) -> str:
+    """`attachment` with the file name as RFC 6266 says: an ASCII `filename` fallback, and `filename*`
+    (RFC 8187, UTF-8, percent-encoded) when the name is anything else."""
+    name = "".join(c for c in filename if c >= " " and c != "\x7f").strip() or "attachment"
+    fallback = "".join(c if " " <= c < "\x7f" and c not in '"\\%;' else "_" for c in name)
+    header = f'attachment; filename="{fallback}"'
+    if fallback != name:
+        header += "; filename*=UTF-8''" + urllib.parse.quote(name, safe="")
+    return header
+
+
+def download_headers(filename: str) -> dict[str, str]:
+    """Headers of a download of stored mail: a file to save, never a page (no sniffing, no scripts)."""
+    return {"Content-Disposition": content_disposition(filename), "X-Content-Type-Options": "nosniff",
+            "Content-Security-Policy": "sandbox", "Cache-Control": "private, no-store"}
 
 
 # ---------------------------------------------------------------- threads

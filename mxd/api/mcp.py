@@ -38,7 +38,7 @@ from starlette.types import Receive, Scope, Send
 
 from mxd import __version__, audit, inbox
 from mxd.api import litemx, outbound
-from mxd.api.app import Context, authenticate, error_response, page, principal_of
+from mxd.api.app import Context, anonymous_row, authenticate, error_response, page, principal_of
 from mxd.api.app import ctx as app_ctx
 from mxd.errors import MxdError
 from mxd.mime.compose import ComposeError
@@ -99,10 +99,16 @@ async def _audit(c: Context, request: Request, action: str, result: str, note: d
     detail = {k: v for k, v in note.items() if k not in ("mailbox", "target")}
     if err is not None:
         detail.update(code=err.code, message=err.message)
+    target = note.get("target", "/mcp")
+    if principal is None:
+        row = anonymous_row(request.client.host if request.client else "", action, target, detail)
+        if row is None:
+            return
+        action, target, detail = row
     try:
         await c.db.write(functools.partial(
             audit.record, principal.token_id if principal else "anonymous", action,
-            org_id=principal.org_id if principal else None, target=note.get("target", "/mcp"),
+            org_id=principal.org_id if principal else None, target=target,
             mailbox=note.get("mailbox"), result=result, detail=detail))
     except Exception:       # the audit trail must never turn a served call into a crash
         log.exception("audit write failed for %s", action)
@@ -340,10 +346,18 @@ async def reply(ctx: ToolContext,
 
 
 # ---------------------------------------------------------------- the inbox
+def _one_mailbox(mailbox: str, tool: str) -> str:
+    """The one mailbox an inbox tool works on: an empty name is the caller's mistake, not "every mailbox"."""
+    if not isinstance(mailbox, str) or not mailbox.strip():
+        raise MxdError("bad_request", "mailbox is required: the address or mbx_ id of one mailbox",
+                       fix=f'{tool}(mailbox="agent@example.com"); list_mailboxes shows those this token may use.')
+    return mailbox.strip()
+
+
 async def poll_inbox(ctx: ToolContext, mailbox: MailboxRef, limit: Limit = 20) -> CallToolResult:
     async def work(c: Context, principal: Principal, note: dict) -> dict:
         def read() -> dict:
-            ids, names = litemx._mailbox_scope(principal, mailbox)
+            ids, names = litemx._mailbox_scope(principal, _one_mailbox(mailbox, "poll_inbox"))
             rows = inbox.poll(ids[0], limit + 1)
             data = [_meta(m, names[ids[0]]) for m in rows[:limit]]
             return {"mailbox": names[ids[0]], "mailbox_id": ids[0], "data": data, "count": len(data),
@@ -358,7 +372,7 @@ async def ack_inbox(ctx: ToolContext, mailbox: MailboxRef,
                     ) -> CallToolResult:
     async def work(c: Context, principal: Principal, note: dict) -> dict:
         def write() -> dict:
-            ids, names = litemx._mailbox_scope(principal, mailbox)
+            ids, names = litemx._mailbox_scope(principal, _one_mailbox(mailbox, "ack_inbox"))
             acked, missing = inbox.ack(ids[0], message_ids)
             return {"mailbox": names[ids[0]], "mailbox_id": ids[0], "acknowledged": acked, "not_found": missing}
         out = await c.db.write(write)

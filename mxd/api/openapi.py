@@ -16,6 +16,7 @@ from starlette.routing import BaseRoute, Host, Mount, Route
 
 import mxd
 from mxd import tokens
+from mxd.api import pages
 from mxd.store.webhooks import EVENT_TYPES
 
 PUBLIC: str | None = None       # no token needed
@@ -116,7 +117,8 @@ SCHEMAS: dict[str, dict] = {
                      retention_days=null(INT), effective_retention_days=INT, default_retention_days=INT,
                      source={"enum": ["mailbox", "default"]}),
     "RetentionReport": obj(["messages"], messages=INT, attachments=INT, threads=INT, raw_bytes=INT,
-                           inbound_rows=INT, search_entries=INT, mailboxes=ANYOBJ, ran_at=TIME),
+                           inbound_rows=INT, search_entries=INT, audit_rows=INT, mailboxes=ANYOBJ,
+                           ran_at=TIME),
     "Alias": obj(["address", "targets"], address=STR, targets=arr(STR)),
     "Catchall": obj(["domain", "target"], domain=STR, target=NSTR),
     "MessageSummary": obj(
@@ -650,5 +652,4 @@ def document(routes: Iterable[BaseRoute], server_url: str) -> dict:
 
 
 async def serve(request: Request) -> Response:
-    base = str(request.base_url).rstrip("/")
-    return JSONResponse(document(request.app.routes, base))
+    return JSONResponse(document(request.app.routes, pages.base_url(request)))   # never the raw Host header

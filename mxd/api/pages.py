@@ -1,12 +1,13 @@
 """Plain documents for agents: /llms.txt and /install.sh (agent skills).
 
-Both are generated per request with this server's base URL. The skills are package data
+Both are generated per request with this server's base URL (`public_url`, else a checked Host header). The skills are package data
 (mxd/skills/*.md, each installed as <dir>/<name>/SKILL.md); install.sh embeds them, so one
 download installs, checks (`--check`) or updates (`--update`) them without another request.
 """
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 from functools import lru_cache
 from importlib import resources
 
@@ -31,8 +32,50 @@ def skill(name: str, base_url: str) -> str:
 
 
 def base_url(request: Request) -> str:
-    """The URL this request reached the server at: scheme and host as the client used them."""
-    return str(request.base_url).rstrip("/")
+    """This server's URL for documents that others run: the configured `public_url`; else the scheme and the
+    Host header as the client used them when Host is a plain host[:port]; else the configured hostname.
+
+    Whatever a client puts in Host ends up in shell scripts and skill files that agents execute, so it is
+    checked character by character (no pattern that can backtrack), never echoed as it came."""
+    cfg = request.app.state.ctx.cfg
+    if cfg.public_url:
+        return cfg.public_url
+    scheme = "https" if request.url.scheme == "https" else "http"
+    host = plain_host(request.headers.get("host", ""))
+    if host is None:
+        server = request.scope.get("server")
+        port = server[1] if server else None
+        host = cfg.hostname if port in (None, 80, 443) else f"{cfg.hostname}:{port}"
+    return f"{scheme}://{host}"
+
+
+_LABEL = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
+
+
+def plain_host(value: str) -> str | None:
+    """`value` lower-cased when it is "name[:port]" (LDH labels, RFC 1123), "a.b.c.d[:port]" or "[v6][:port]";
+    None for anything else."""
+    if not value or len(value) > 270 or not value.isascii():
+        return None
+    value = value.lower()
+    if value.startswith("["):
+        addr, _, rest = value[1:].partition("]")
+        try:
+            ipaddress.IPv6Address(addr)
+        except ValueError:
+            return None
+        name, port = f"[{addr}]", rest[1:] if rest.startswith(":") else (None if rest else "")
+        if port is None:
+            return None
+    else:
+        name, _, port = value.partition(":")
+        labels = name.rstrip(".").split(".")
+        if len(name) > 253 or not all(0 < len(label) <= 63 and set(label) <= _LABEL
+                                      and label[0] != "-" and label[-1] != "-" for label in labels):
+            return None
+    if port and not (port.isdigit() and len(port) <= 5 and 0 < int(port) < 65536):
+        return None
+    return name if not port else f"{name}:{int(port)}"
 
 
 def _shell_quote(text: str) -> str:
@@ -41,10 +84,11 @@ def _shell_quote(text: str) -> str:
 
 def install_script(base: str) -> str:
     bodies = {name: skill(name, base) for name in SKILLS}
-    for name, body in bodies.items():
-        assert _END not in body, name
+    end = _END
+    while any(end in body for body in bodies.values()):   # the here-document's end must be in no skill
+        end += "_"
     version = hashlib.sha256("".join(bodies[n] for n in SKILLS).encode()).hexdigest()[:12]
-    cases = "".join(f"    {name})\n        cat <<'{_END}'\n{body}{'' if body.endswith(chr(10)) else chr(10)}{_END}\n"
+    cases = "".join(f"    {name})\n        cat <<'{end}'\n{body}{'' if body.endswith(chr(10)) else chr(10)}{end}\n"
                     "        ;;\n" for name, body in bodies.items())
     return _SCRIPT.replace("@@BASE@@", _shell_quote(base)).replace("@@VERSION@@", version) \
         .replace("@@SKILLS@@", " ".join(SKILLS)).replace("@@CASES@@", cases).replace("@@MXD@@", MXD_VERSION)

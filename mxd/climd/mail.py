@@ -6,6 +6,7 @@ import base64
 import mimetypes
 import sys
 import time
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -134,14 +135,24 @@ def cmd_messages(args: argparse.Namespace, api: Client) -> int:
     return show(args, _post_compose(args, api, f"/api/messages/{seg(args.id)}/reply", body), _sent)
 
 
+def _suggested_name(disposition: str) -> str:
+    """The file name of a Content-Disposition: RFC 6266 `filename*` (UTF-8) when present, else `filename`."""
+    marker = "filename*=utf-8''"
+    at = disposition.lower().find(marker)
+    if at >= 0:
+        return urllib.parse.unquote(disposition[at + len(marker):].split(";", 1)[0].strip())
+    if 'filename="' in disposition:
+        return disposition.split('filename="', 1)[1].split('"', 1)[0]
+    return ""
+
+
 def _save_attachment(args: argparse.Namespace, api: Client) -> int:
     """Write one attachment's bytes to --output (- for stdout), else to its own file name in this directory."""
     resp = api.request("GET", f"/api/messages/{seg(args.id)}/attachments/{seg(args.attachment_id)}")
     if args.output == "-":
         sys.stdout.buffer.write(resp.content)
         return 0
-    disposition = resp.headers.get("content-disposition", "")
-    suggested = disposition.split('filename="', 1)[1].rstrip('"') if 'filename="' in disposition else ""
+    suggested = _suggested_name(resp.headers.get("content-disposition", ""))
     target = Path(args.output or Path(suggested).name or args.attachment_id)
     if not args.output and target.exists():
         raise ApiError("file_exists", f"{target} exists already", fix="Name another file with -o FILE.")
