@@ -53,7 +53,27 @@ def _v4_search_mailbox(db: pw.Database) -> None:
     search.create_mailbox_map(db)
 
 
-STEPS: list[Callable[[pw.Database], None]] = [_v1_initial, _v2_platform, _v3_thread_order, _v4_search_mailbox]
+def _v5_tenant_boundaries(db: pw.Database) -> None:
+    """An organisation's domain receives mail only once its ownership is proven (a TXT token): the columns,
+    a token for every organisation domain, and the proof taken as given for those already ready (their
+    records were found, or the operator vouched)."""
+    import secrets
+
+    from playhouse.migrate import SchemaMigrator, migrate as run
+
+    migrator = SchemaMigrator.from_database(db)
+    have = {c.name for c in db.get_columns("domain")}
+    for name in ("verify_token", "owner_verified_at"):
+        if name not in have:
+            run(migrator.add_column("domain", name, models.Domain._meta.fields[name]))
+    for row in models.Domain.select().where(models.Domain.org_id.is_null(False) & models.Domain.verify_token.is_null()):
+        models.Domain.update(verify_token=secrets.token_hex(16),
+                             owner_verified_at=(row.ready_at or row.created_at) if row.ready else None).where(
+            models.Domain.id == row.id).execute()
+
+
+STEPS: list[Callable[[pw.Database], None]] = [_v1_initial, _v2_platform, _v3_thread_order, _v4_search_mailbox,
+                                              _v5_tenant_boundaries]
 
 
 def current_version(db: pw.Database) -> int:
