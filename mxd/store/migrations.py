@@ -56,7 +56,8 @@ def _v4_search_mailbox(db: pw.Database) -> None:
 def _v5_tenant_boundaries(db: pw.Database) -> None:
     """An organisation's domain receives mail only once its ownership is proven (a TXT token): the columns,
     a token for every organisation domain, and the proof taken as given for those already ready (their
-    records were found, or the operator vouched)."""
+    records were found, or the operator vouched). An `admin` token is never limited to mailboxes: such
+    rows get the scopes `admin` implied, kept to their mailboxes."""
     import secrets
 
     from playhouse.migrate import SchemaMigrator, migrate as run
@@ -70,6 +71,10 @@ def _v5_tenant_boundaries(db: pw.Database) -> None:
         models.Domain.update(verify_token=secrets.token_hex(16),
                              owner_verified_at=(row.ready_at or row.created_at) if row.ready else None).where(
             models.Domain.id == row.id).execute()
+    from mxd.tokens import limited_scopes
+    for token in models.Token.select().where(models.Token.mailboxes.is_null(False)):
+        if "admin" in (token.scopes or []):
+            models.Token.update(scopes=limited_scopes(token.scopes)).where(models.Token.id == token.id).execute()
 
 
 STEPS: list[Callable[[pw.Database], None]] = [_v1_initial, _v2_platform, _v3_thread_order, _v4_search_mailbox,
