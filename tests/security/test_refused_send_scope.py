@@ -62,6 +62,8 @@ def test_a_send_refused_as_another_organisations_mailbox_is_recorded_for_the_cal
     # The victim's audit trail holds nothing of it; the attacker's holds them.
     rows = world.call("GET", "/api/audit", victim, params={"action": "send"}).json()["data"]
     assert rows == [], rows
+    intruder = {world.call("GET", "/api/bootstrap", t).json()["principal"]["token_id"] for t in (attacker, sender)}
+    assert [r for r in world.call("GET", "/api/audit", victim).json()["data"] if r["actor"] in intruder] == []
     rows = world.call("GET", "/api/audit", attacker, params={"action": "send"}).json()["data"]
     assert rows and {r["detail"]["code"] for r in rows} == {"sender_not_allowed"}
     assert {r["org_id"] for r in rows} == {"org_attacker"}
