@@ -5,6 +5,10 @@ Each planned record comes back `found`, `missing` (no answer), `wrong` (an
 answer, not the planned one) or `error` (the resolver failed, so nothing is
 known), with the values found. Plain functions taking a domain name, shared by
 both API dialects and the CLI.
+
+An organisation's domain also has an ownership record, TXT `_mxd-verify.<domain>`
+holding `mxd-verify=<token>` (a token per registration): required until it has
+been found once; mail for the domain is routed here only from then on.
 """
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ from mxd.address import normalize_domain
 from mxd.config import Config
 from mxd.errors import MxdError
 from mxd.resolver import DNSError, Resolver
+from mxd.store import directory
 from mxd.store.models import Domain
 
 FOUND, MISSING, WRONG, ERROR = "found", "missing", "wrong", "error"
@@ -59,6 +64,11 @@ class DomainCheck:
         """A required record is missing or wrong according to an answer (not merely a resolver failure)."""
         return any(c.status in (MISSING, WRONG) for c in self.checks if c.required)
 
+    @property
+    def owner_found(self) -> bool:
+        """The ownership record of an organisation's domain is published as planned."""
+        return any(c.planned.kind == "ownership" and c.status == FOUND for c in self.checks)
+
     def to_json(self) -> dict:
         return {"domain": self.domain, "dns_ok": self.ok, "records": [c.to_json() for c in self.checks]}
 
@@ -91,6 +101,9 @@ def _judge(planned: dnsrecords.PlannedRecord, answers: list[str]) -> tuple[bool,
         relevant = [a for a in answers if a.lower().split()[:1] == ["v=spf1"]]
         needed = {t for t in _spf_terms(want) if not t.endswith("all")}
         return len(relevant) == 1 and needed <= _spf_terms(relevant[0]), relevant
+    if planned.kind == "ownership":                          # the token of this registration, exactly
+        relevant = [a for a in answers if a.strip().lower().startswith("mxd-verify=")]
+        return any(a.strip() == want for a in relevant), relevant
     if planned.kind == "mta-sts":                            # RFC 8461 3.1: exactly one, with an id
         relevant = [a for a in answers if a.replace(" ", "").lower().startswith("v=stsv1")]
         return len(relevant) == 1 and bool(_tags(relevant[0]).get("id")), relevant
@@ -126,18 +139,29 @@ async def check_record(planned: dnsrecords.PlannedRecord, resolver: Resolver) ->
     return RecordCheck(planned, FOUND if ok else (WRONG if answers else MISSING), answers)
 
 
-def plan(cfg: Config, domain: str) -> list[dnsrecords.PlannedRecord]:
-    """The records to publish for `domain` with this server's hostname and the domain's DKIM keys."""
+def ownership(domain: Domain) -> dnsrecords.PlannedRecord | None:
+    """The ownership record of an organisation's domain (None for the operator's): required until found once."""
+    if domain.org_id is None or not domain.verify_token:
+        return None
+    record = dnsrecords.DnsRecord(f"{directory.VERIFY_LABEL}.{domain.name}", "TXT",
+                                  f"mxd-verify={domain.verify_token}",
+                                  f"proves that you own {domain.name}: mail for it is accepted only once this is found")
+    return dnsrecords.PlannedRecord(record, "ownership", required=domain.owner_verified_at is None)
+
+
+def plan(cfg: Config, domain: str, owner: dnsrecords.PlannedRecord | None = None) -> list[dnsrecords.PlannedRecord]:
+    """The records to publish for `domain` with this server's hostname and the domain's DKIM keys
+    (first the ownership record `owner`, for an organisation's domain)."""
     name = normalize_domain(domain)
-    return dnsrecords.plan(name, cfg.hostname, keys.load_dkim_keys(cfg.dkim_dir, name))
+    return ([owner] if owner else []) + dnsrecords.plan(name, cfg.hostname, keys.load_dkim_keys(cfg.dkim_dir, name))
 
 
-def plan_json(cfg: Config, domain: str) -> dict:
+def plan_json(cfg: Config, domain: str, owner: dnsrecords.PlannedRecord | None = None) -> dict:
     """The DNS plan as the API shows it: records (required and recommended), the return path, MTA-STS."""
     name = normalize_domain(domain)
     return {
         "domain": name,
-        "records": [p.to_json() for p in plan(cfg, name)],
+        "records": [p.to_json() for p in plan(cfg, name, owner)],
         "return_path": dnsrecords.return_path(name),
         "mta_sts": {"policy_url": f"https://mta-sts.{name}/.well-known/mta-sts.txt",
                     "policy": dnsrecords.mta_sts_policy(name, cfg.hostname),
@@ -146,20 +170,26 @@ def plan_json(cfg: Config, domain: str) -> dict:
     }
 
 
-async def check(cfg: Config, domain: str, resolver: Resolver) -> DomainCheck:
+async def check(cfg: Config, domain: str, resolver: Resolver,
+                owner: dnsrecords.PlannedRecord | None = None) -> DomainCheck:
     """Query every planned record of `domain` (concurrently) and report each one."""
     name = normalize_domain(domain)
-    planned = plan(cfg, name)
+    planned = plan(cfg, name, owner)
     return DomainCheck(name, list(await asyncio.gather(*(check_record(p, resolver) for p in planned))))
 
 
-def record_verification(domain: str, dns_ok: bool, definitely_broken: bool) -> tuple[Domain, bool]:
-    """Runs in the writer after a check: mark the domain ready (source "dns") when its records check out,
-    emitting `domain.verified` when it becomes DNS-verified; take back a readiness that DNS gave when a
-    required record is now missing or wrong (an operator's override stays). Returns (domain, newly verified)."""
+def record_verification(domain: str, dns_ok: bool, definitely_broken: bool,
+                        owner_found: bool = False) -> tuple[Domain, bool]:
+    """Runs in the writer after a check: record an organisation's ownership proof when it was found; mark
+    the domain ready (source "dns") when its records check out, emitting `domain.verified` when it becomes
+    DNS-verified; take back a readiness that DNS gave when a required record is now missing or wrong (an
+    operator's override stays). Returns (domain, newly verified)."""
     row = Domain.get_or_none(Domain.name == normalize_domain(domain))
     if row is None:
         raise MxdError("not_found", f"domain {domain!r} not found")
+    if owner_found and row.org_id is not None and row.owner_verified_at is None:
+        row.owner_verified_at = time.time()
+        row.save()
     if dns_ok:
         if row.ready and row.ready_source == "dns":
             return row, False

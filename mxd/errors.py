@@ -38,6 +38,9 @@ CODES: dict[str, Code] = {
     "no_default_domain": Code(422, "550 5.7.1 No default domain", "Pass domain_id, or set default_domain (MXD_DEFAULT_DOMAIN) to a domain this server serves."),
     "webhook_url_refused": Code(400, "550 5.7.1 Webhook URL refused", "Use a public https URL; loopback, private and link-local addresses are refused unless webhook_allow_private is set."),
     "invalid_notification": Code(400, "501 5.5.4 Syntax error in parameters", "Send the SNS notification of an SES receipt rule (action 'Publish to Amazon SNS topic', encoding BASE64) as it is."),
+    "admin_with_mailboxes": Code(400, "501 5.5.4 Syntax error in parameters", "Drop mailboxes for an admin token, or list the scopes the limited token needs (read, search, draft, send, audit) with its mailboxes."),
+    "reserved_address": Code(403, "550 5.7.1 Address reserved for the server's operator", "Choose another local part: on the operator's shared domains postmaster, abuse, admin, hostmaster, webmaster, security, noreply, mailer-daemon, bounces and the other RFC 2142 and certificate-validation names are the operator's. Use a domain of your own for them."),
+    "domain_reserved": Code(409, "550 5.7.1 Domain reserved for the server", "Use a domain you control that is not this server's hostname (nor a parent or subdomain of it), nor one of the operator's domains or their subdomains."),
     "internal": Code(500, "451 4.3.0 Internal error, try again later", "Retry; if it persists, check the mxd log."),
 }
 

@@ -23,7 +23,7 @@ from mxd.config import Config
 from mxd.db import execute, executemany
 from mxd.errors import MxdError
 from mxd.outqueue import is_return_path
-from mxd.store.directory import Resolution, load_snapshot
+from mxd.store.directory import Resolution, load_snapshot, routed
 from mxd.tokens import Principal
 
 
@@ -112,11 +112,9 @@ def preflight(cfg: Config, principal: Principal | None, sender: str, recipients:
 
     decision = Decision(who, Sender(box[0], box[1], domain[0], box[2], system=principal is None))
     names = sorted({p.domain for p in parsed})
-    # An organisation's domain is local only once it is ready, or for that organisation itself:
-    # registering a domain must not capture what other senders write to it.
-    served = {r[0] for r in execute(f'SELECT "name" FROM "domain" WHERE "name" IN ({_marks(len(names))}) '
-                                    'AND ("org_id" IS NULL OR "ready" OR "org_id" = ?)',
-                                    [*names, box[2]]).fetchall()}
+    # An organisation's domain is local only once its ownership is proven (as at the MX): registering
+    # a domain must not capture what other senders, or its own, write to it.
+    served = routed(names)
     snapshot = None
     for rcpt in parsed:
         if rcpt.domain not in served:

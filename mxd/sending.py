@@ -247,9 +247,17 @@ BLOCKING_CODES = frozenset({"domain_not_ready", "outbound_disabled", "too_many_r
 
 
 def _blocked(principal: Principal | None, out: Outgoing, exc: MxdError) -> None:
+    """Record a refused send for the caller's organisation only: a sender mailbox of another organisation
+    (the very reason it was refused) is not named, so nothing lands in that organisation's log or webhooks."""
     row = execute('SELECT "id", "org_id" FROM "mailbox" WHERE "address" = ?', (out.mail_from.lower(),)).fetchone()
+    org_id = row[1] if row else None
+    if principal is not None and not principal.is_operator:
+        if row is not None and row[1] != principal.org_id:
+            row = None
+        org_id = principal.org_id
     outbox.emit("message.blocked", mailbox_id=row[0] if row else None, sender=out.mail_from,
-                recipients=out.recipients[:100], code=exc.code, reason=exc.message, source=out.source)
-    audit.record(principal.token_id if principal else "mxd", "send", org_id=row[1] if row else None,
+                recipients=out.recipients[:100], code=exc.code, reason=exc.message, source=out.source,
+                org_id=org_id)
+    audit.record(principal.token_id if principal else "mxd", "send", org_id=org_id,
                  mailbox=out.mail_from.lower(), result=audit.result_of(exc.status, exc.code),
                  detail={"code": exc.code, "source": out.source, "recipients": len(out.recipients), "reason": exc.message})

@@ -16,6 +16,9 @@ from mxd.ids import new_id
 from mxd.store.models import Meta, Token
 
 SCOPES = ("read", "search", "draft", "send", "audit", "admin")
+# `admin` manages every mailbox (of the organisation), so it cannot be limited to some: a token with
+# mailboxes lists the scopes it needs instead.
+LIMITABLE = tuple(s for s in SCOPES if s != "admin")
 PREFIX = "mxd_"
 _LAST_USED_EVERY = 60.0   # seconds between last_used_at writes for one token
 
@@ -66,6 +69,8 @@ def create(name: str, scopes: list[str], mailboxes: list[str] | None = None,
     if not isinstance(scopes, list) or not scopes or any(s not in SCOPES for s in scopes):
         raise MxdError("bad_request", f"scopes must be a non-empty list drawn from {', '.join(SCOPES)}")
     keys = None
+    if mailboxes is not None and "admin" in scopes:
+        raise MxdError("admin_with_mailboxes", "the admin scope covers every mailbox and cannot be limited to some")
     if mailboxes is not None:
         if not isinstance(mailboxes, list) or not all(isinstance(m, str) for m in mailboxes):
             raise MxdError("bad_request", "mailboxes must be a list of addresses")
@@ -99,9 +104,16 @@ def touch(token_id: str, last_used_at: float | None) -> None:
         Token.update(last_used_at=time.time()).where(Token.id == token_id).execute()
 
 
+def limited_scopes(scopes: list[str]) -> list[str]:
+    """What a token limited to mailboxes may do: `admin` (from before it was refused with mailboxes) becomes
+    the scopes it implied, all kept to those mailboxes; it never administers anything."""
+    return sorted((set(scopes) - {"admin"}) | set(LIMITABLE)) if "admin" in scopes else sorted(set(scopes))
+
+
 def principal(row: Token) -> Principal:
-    return Principal(row.id, row.name, frozenset(row.scopes),
-                     None if row.mailboxes is None else frozenset(row.mailboxes), row.org_id)
+    if row.mailboxes is None:
+        return Principal(row.id, row.name, frozenset(row.scopes), None, row.org_id)
+    return Principal(row.id, row.name, frozenset(limited_scopes(row.scopes)), frozenset(row.mailboxes), row.org_id)
 
 
 def list_tokens(org_id: str | None = None, everyone: bool = False) -> list[Token]:

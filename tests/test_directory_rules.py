@@ -24,10 +24,11 @@ def db(tmp_path: Path):
 def test_a_tenant_cannot_take_the_reserved_addresses(db: Database, local: str) -> None:
     with pytest.raises(MxdError) as exc:
         db.write_sync(directory.create_mailbox, f"{local}@shared.test", "", None, "org_tenant")
-    assert exc.value.code == "conflict"
-    # postmaster@ exists from the domain's creation and stays the operator's (callers refuse the existing one)
-    box, created = db.write_sync(directory.create_mailbox, "Postmaster@shared.test", "", None, "org_tenant")
-    assert not created and box.org_id is None
+    assert exc.value.code == "reserved_address"
+    # postmaster@ exists from the domain's creation and stays the operator's
+    with pytest.raises(MxdError) as exc:
+        db.write_sync(directory.create_mailbox, "Postmaster@shared.test", "", None, "org_tenant")
+    assert exc.value.code == "reserved_address"
 
 
 def test_reserved_addresses_of_a_domain_without_them_stay_with_its_owner(db: Database) -> None:

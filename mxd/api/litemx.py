@@ -36,6 +36,7 @@ def _mailbox_dict(box: Mailbox, cfg: Config | None = None) -> dict:
 
 def _domain_dict(d) -> dict:
     return {"id": d.id, "name": d.name, "org_id": d.org_id, "ready": d.ready, "ready_source": d.ready_source,
+            "ownership_verified": d.org_id is None or d.owner_verified_at is not None,
             "created_at": messages._iso(d.created_at)}
 
 
@@ -146,7 +147,7 @@ async def domains_create(request: Request) -> Response:
     c = ctx(request)
 
     def work() -> tuple:
-        domain, created = directory.create_domain(name, _org_from_body(principal, body))
+        domain, created = directory.create_domain(name, _org_from_body(principal, body), c.cfg.hostname)
         if not created and not principal.owns(domain.org_id):
             raise MxdError("conflict", f"the domain {domain.name} is registered already",
                            fix="Use a domain you control that is not yet on this server.")
@@ -178,7 +179,8 @@ async def domain_readiness(request: Request) -> Response:
     if not isinstance(body.get("ready"), bool):
         raise MxdError("bad_request", "body must hold {\"ready\": true|false}")
     note_audit(request, ready=body["ready"], override=True)
-    domain = await ctx(request).db.write(directory.set_readiness, request.path_params["domain"], body["ready"])
+    # an organisation's domain made ready is routed from now on: reload what RCPT TO resolves against
+    domain = await _change_directory(request, directory.set_readiness, request.path_params["domain"], body["ready"])
     return JSONResponse(_domain_dict(domain))
 
 
@@ -186,14 +188,14 @@ async def domain_dns_plan(request: Request) -> Response:
     principal = await authenticate(request, "read")
     c = ctx(request)
     domain = await c.db.read(directory.owned_domain, principal, request.path_params["domain"])
-    return JSONResponse(domaincheck.plan_json(c.cfg, domain.name))
+    return JSONResponse(domaincheck.plan_json(c.cfg, domain.name, domaincheck.ownership(domain)))
 
 
 async def domain_status(request: Request) -> Response:
     principal = await authenticate(request, "read")
     c = ctx(request)
     domain = await c.db.read(directory.owned_domain, principal, request.path_params["domain"])
-    result = await domaincheck.check(c.cfg, domain.name, c.resolver)
+    result = await domaincheck.check(c.cfg, domain.name, c.resolver, domaincheck.ownership(domain))
     return JSONResponse(dict(_domain_dict(domain), **result.to_json()))
 
 
@@ -201,9 +203,9 @@ async def domain_verify(request: Request) -> Response:
     principal = await authenticate(request, "admin")
     c = ctx(request)
     domain = await c.db.read(directory.owned_domain, principal, request.path_params["domain"])
-    result = await domaincheck.check(c.cfg, domain.name, c.resolver)
+    result = await domaincheck.check(c.cfg, domain.name, c.resolver, domaincheck.ownership(domain))
     domain, newly = await c.db.write(domaincheck.record_verification, domain.name, result.ok,
-                                     result.definitely_broken)
+                                     result.definitely_broken, result.owner_found)
     await c.db.read(c.directory.refresh)
     note_audit(request, dns_ok=result.ok, ready=domain.ready)
     return JSONResponse(dict(_domain_dict(domain), **result.to_json(), verified_now=newly))

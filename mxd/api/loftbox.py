@@ -54,8 +54,11 @@ class ApiV1Alias:
 # ---------------------------------------------------------------- shapes
 def _domain_dict(d: Domain) -> dict:
     state = "verified" if d.ready else "pending"
+    owned = d.org_id is None or d.owner_verified_at is not None       # mail for it is routed here
+    inbound = state if d.org_id is None else ("verified" if owned else "pending")
     return {"id": d.id, "domain": d.name, "organization_id": d.org_id, "status": state,
-            "inbound_status": state, "outbound_status": state, "ready_source": d.ready_source,
+            "inbound_status": inbound, "outbound_status": state, "ready_source": d.ready_source,
+            "ownership_verified": owned,
             "created_at": messages._iso(d.created_at), "verified_at": messages._iso(d.ready_at) if d.ready else None}
 
 
@@ -298,12 +301,12 @@ def _visible_domain(principal: Principal, domain_id: str) -> Domain:
     return domain
 
 
-def _create_domain(principal: Principal, body: dict) -> tuple[Domain, bool]:
+def _create_domain(principal: Principal, body: dict, hostname: str) -> tuple[Domain, bool]:
     name = body.get("domain") or body.get("name")
     if not isinstance(name, str):
         raise MxdError("bad_request", "body must hold {\"domain\": \"mail.example.com\"}")
     org_id = _target_org(principal, body)
-    domain, created = directory.create_domain(name, org_id)
+    domain, created = directory.create_domain(name, org_id, hostname)
     if not created and domain.org_id != org_id:
         raise MxdError("conflict", f"{domain.name} is served here for someone else",
                        fix="Use a domain (or subdomain) you control that no one else registered here.")
@@ -314,11 +317,11 @@ async def domains_create(request: Request) -> Response:
     principal = await authenticate(request, "admin")
     body = await json_body(request)
     c = ctx(request)
-    domain, created = await c.db.write(_create_domain, principal, body)
+    domain, created = await c.db.write(_create_domain, principal, body, c.cfg.hostname)
     await c.db.read(c.directory.refresh)
     await asyncio.get_running_loop().run_in_executor(None, keys.generate_dkim_keys, c.cfg.dkim_dir, domain.name)
     out = _domain_dict(domain)
-    out["dns_records"] = domaincheck.plan_json(c.cfg, domain.name)["records"]
+    out["dns_records"] = domaincheck.plan_json(c.cfg, domain.name, domaincheck.ownership(domain))["records"]
     return JSONResponse(out, status_code=201 if created else 200)
 
 
@@ -344,21 +347,23 @@ async def domain_dns(request: Request) -> Response:
     principal = await authenticate(request, "read")
     c = ctx(request)
     domain = await c.db.read(_visible_domain, principal, request.path_params["domain_id"])
-    return JSONResponse(dict(domaincheck.plan_json(c.cfg, domain.name), domain_id=domain.id))
+    return JSONResponse(dict(domaincheck.plan_json(c.cfg, domain.name, domaincheck.ownership(domain)),
+                             domain_id=domain.id))
 
 
 async def domain_verify(request: Request) -> Response:
     principal = await authenticate(request, "admin")
     c = ctx(request)
     domain = await c.db.read(_visible_domain, principal, request.path_params["domain_id"])
-    result = await domaincheck.check(c.cfg, domain.name, c.resolver)
+    result = await domaincheck.check(c.cfg, domain.name, c.resolver, domaincheck.ownership(domain))
     domain, newly = await c.db.write(domaincheck.record_verification, domain.name, result.ok,
-                                     result.definitely_broken)
+                                     result.definitely_broken, result.owner_found)
     await c.db.read(c.directory.refresh)
     note_audit(request, dns_ok=result.ok, ready=domain.ready)
     out = dict(_domain_dict(domain), **result.to_json(), verified_now=newly)
     mx_found = any(x.record.type == "MX" and x.status == domaincheck.FOUND for x in result.checks)
-    out.update(domain=domain.name, inbound_status="verified" if mx_found or domain.ready else "pending")
+    inbound = (mx_found or domain.ready) and out["ownership_verified"]     # an unproven domain gets no mail
+    out.update(domain=domain.name, inbound_status="verified" if inbound else "pending")
     return JSONResponse(out)
 
 

@@ -85,11 +85,13 @@ _SEND_PROPS: dict[str, dict] = {
                            content_type=STR, content_id=STR, inline=BOOL)),
 }
 
+_OWNED = dict(BOOL, description="mail for the domain is routed here: the operator's, or an organisation's whose "
+                                "ownership record (TXT _mxd-verify.<domain>) was found")
 _DOMAIN_FIELDS = dict(id=STR, name=STR, org_id=NSTR, ready=BOOL, ready_source=dict(NSTR, description="operator | dns"),
-                      created_at=NTIME)
+                      ownership_verified=_OWNED, created_at=NTIME)
 _V1_DOMAIN_FIELDS = dict(id=STR, domain=STR, organization_id=NSTR, status={"enum": ["verified", "pending"]},
-                         inbound_status=STR, outbound_status=STR, ready_source=NSTR, created_at=NTIME,
-                         verified_at=NTIME)
+                         inbound_status=STR, outbound_status=STR, ready_source=NSTR, ownership_verified=_OWNED,
+                         created_at=NTIME, verified_at=NTIME)
 _CHECK_FIELDS = dict(domain=STR, dns_ok=BOOL, records=arr(ref("DnsCheck")))
 
 SCHEMAS: dict[str, dict] = {

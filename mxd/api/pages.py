@@ -226,6 +226,7 @@ def llms_txt(base: str) -> str:
 - POST /v1/agents/{{agent_id}}/mailboxes {{"local_part","display_name","retention_days","domain_id"?}}
   (no domain_id: the server's default domain) ; GET /v1/mailboxes ; GET /v1/mailboxes/{{id}}
 - POST /v1/domains {{"domain"}} ; GET /v1/domains/{{id}}/dns ; POST /v1/domains/{{id}}/verify
+  (mail for the domain is accepted only once its ownership record, TXT _mxd-verify.<domain>, is found)
 - POST /v1/messages {{"mailbox_id","to","subject","body_text","body_html"?,"cc"?,"bcc"?,"reply_to"?,
   "attachments"?,"in_reply_to"? (a msg_ id: reply in its thread),"metadata"?}} -> 201 {{"id","status"}}
 - GET /v1/messages/{{id}} (with per-recipient delivery state for sent mail)

@@ -7,14 +7,23 @@ Ownership: every domain and mailbox has an org_id (None: the operator's). The
 `owned_*` functions take the caller (anything with `owns(org_id)` and
 `sees(address, org_id)`, i.e. a `mxd.tokens.Principal`) and answer 404 for what
 it may not see, so an organisation never learns of another's objects.
+
+Tenant boundaries: on the operator's domains (shared with organisations) the role
+addresses of RFC 2142 and those certificate authorities mail for domain validation
+stay the operator's; an organisation cannot register the server's hostname, the
+operator's domains or a subdomain of either; and an organisation's domain is routed
+(the MX, simulate, local delivery) only once its ownership proof, a TXT record
+`_mxd-verify.<domain>` holding `mxd-verify=<token>`, has been found.
 """
 from __future__ import annotations
 
+import secrets
 import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from mxd import address as addr
+from mxd.db import execute
 from mxd.errors import MxdError
 from mxd.ids import new_id
 from mxd.store.models import Alias, Domain, Mailbox
@@ -22,6 +31,20 @@ from mxd.store.models import Alias, Domain, Mailbox
 # RFC 5321 4.5.1 and RFC 2142: these exist for every served domain.
 REQUIRED_LOCALS = ("postmaster", "abuse")
 _DOMAIN_ORG = object()      # create_mailbox: the mailbox belongs to its domain's owner
+# Local parts an organisation may not hold on the operator's (shared) domains: mail to them speaks for the
+# server. RFC 2142 (business, network operations and service mailboxes); the CA/Browser Forum Baseline
+# Requirements 3.2.2.4.4 (admin, administrator, webmaster, hostmaster, postmaster validate certificates);
+# the names certificate authorities and mail software also use; and mxd's own return path (bounces+<id>@).
+RESERVED_LOCALS = frozenset({
+    "info", "marketing", "sales", "support", "abuse", "noc", "security", "postmaster", "hostmaster",
+    "usenet", "news", "webmaster", "www", "uucp", "ftp",
+    "admin", "administrator", "root", "sysadmin", "ssladmin", "ssl-admin", "ssladministrator", "sslwebmaster",
+    "mailer-daemon", "daemon", "nobody", "noreply", "no-reply", "donotreply", "do-not-reply",
+    "bounce", "bounces", "dmarc", "tls-rpt",
+})
+VERIFY_LABEL = "_mxd-verify"     # the ownership proof: TXT _mxd-verify.<domain> "mxd-verify=<token>"
+# Domains whose mail is routed here: the operator's, and organisations' whose ownership is proven.
+ROUTED_SQL = '("org_id" IS NULL OR "owner_verified_at" IS NOT NULL)'
 
 
 class Caller(Protocol):
@@ -41,17 +64,40 @@ def _address(text: str) -> addr.Address:
 
 
 # ---------------------------------------------------------------- domains
-def create_domain(name: str, org_id: str | None = None) -> tuple[Domain, bool]:
+def _under(name: str, parent: str) -> bool:
+    return name == parent or name.endswith("." + parent)
+
+
+def check_org_domain(name: str, hostname: str) -> None:
+    """Refuse as an organisation's domain the server's hostname, its parents and subdomains, and the
+    operator's domains and their subdomains: mail for them is the server's (and its operator's)."""
+    host = addr.normalize_domain(hostname) if hostname else ""
+    if host and (_under(name, host) or _under(host, name)):
+        raise MxdError("domain_reserved", f"{name} is this server's hostname, or a parent or subdomain of it")
+    labels = name.split(".")
+    parents = [".".join(labels[i:]) for i in range(len(labels))]
+    if Domain.select(Domain.id).where(Domain.name.in_(parents) & Domain.org_id.is_null()).exists():
+        raise MxdError("domain_reserved", f"{name} is one of the operator's domains, or a subdomain of one")
+
+
+def create_domain(name: str, org_id: str | None = None, hostname: str = "") -> tuple[Domain, bool]:
     """Create a domain (owned by `org_id`, None: the operator) with its postmaster@ mailbox and abuse@
-    alias; returns (domain, created). An existing domain is returned as it is, whoever owns it."""
+    alias; returns (domain, created). An existing domain is returned as it is, whoever owns it. An
+    organisation's domain must not be the server's (`hostname`, the operator's domains) and gets the
+    token of its ownership proof."""
     try:
         key = addr.normalize_domain(name)
     except addr.AddressError as exc:
         raise MxdError("bad_request", f"{name!r} is not a valid domain: {exc}") from None
     existing = Domain.get_or_none(Domain.name == key)
+    if existing and existing.org_id == org_id:
+        return existing, False
+    if org_id is not None:
+        check_org_domain(key, hostname)
     if existing:
         return existing, False
-    domain = Domain.create(id=new_id("dom"), name=key, org_id=org_id)
+    domain = Domain.create(id=new_id("dom"), name=key, org_id=org_id,
+                           verify_token=secrets.token_hex(16) if org_id is not None else None)
     postmaster = Mailbox.create(id=new_id("mbx"), address=f"postmaster@{key}", domain=domain,
                                 display_name="Postmaster", org_id=org_id)
     Alias.create(id=new_id("als"), address=f"abuse@{key}", mailbox=postmaster)
@@ -92,10 +138,28 @@ def delete_domain(name: str) -> None:
 
 
 def set_readiness(name: str, ready: bool, source: str = "operator") -> Domain:
+    """The operator's override; marking an organisation's domain ready also vouches for its ownership."""
     domain = get_domain(name)
     domain.ready, domain.ready_source, domain.ready_at = ready, source, time.time()
+    if ready and domain.org_id is not None and domain.owner_verified_at is None:
+        domain.owner_verified_at = domain.ready_at
     domain.save()
     return domain
+
+
+def routed(names: list[str]) -> set[str]:
+    """Of these domain names, those whose mail is routed here (hand-written SQL: it runs for every send)."""
+    if not names:
+        return set()
+    marks = ",".join("?" * len(names))
+    return {r[0] for r in execute(f'SELECT "name" FROM "domain" WHERE "name" IN ({marks}) AND {ROUTED_SQL}',
+                                  list(names)).fetchall()}
+
+
+def reserved_on_shared(parsed: addr.Address, domain: Domain, owner: str | None) -> None:
+    """Refuse a role or certificate-validation address on the operator's domain for anyone but the operator."""
+    if domain.org_id is None and owner is not None and parsed.base_local.lower() in RESERVED_LOCALS:
+        raise MxdError("reserved_address", f"{parsed.key} is reserved for the server's operator")
 
 
 # ---------------------------------------------------------------- mailboxes
@@ -110,10 +174,11 @@ def create_mailbox(address: str, display_name: str = "", retention_days: int | N
     domain = Domain.get_or_none(Domain.name == parsed.domain)
     if domain is None:
         raise MxdError("domain_not_served", f"mxd does not serve the domain {parsed.domain}")
+    owner = domain.org_id if org_id is _DOMAIN_ORG else org_id
+    reserved_on_shared(parsed, domain, owner)
     existing = Mailbox.get_or_none(Mailbox.address == parsed.key)
     if existing:
         return existing, False
-    owner = domain.org_id if org_id is _DOMAIN_ORG else org_id
     # RFC 5321 4.5.1 / RFC 2142: postmaster@ and abuse@ reach the domain's owner, never a tenant of it
     if parsed.local.lower() in REQUIRED_LOCALS and owner != domain.org_id:
         raise MxdError("conflict", f"{parsed.key} is reserved for the domain's owner", status=409)
@@ -178,6 +243,8 @@ def create_alias(address: str, targets: list[str], caller: Caller | None = None)
     if domain is None or (caller is not None and not caller.owns(domain.org_id)):
         raise MxdError("domain_not_served", f"mxd does not serve the domain {parsed.domain}",
                        fix="Create the domain first (POST /api/domains), or use one of your own.")
+    if caller is not None and not caller.is_operator:
+        reserved_on_shared(parsed, domain, caller.org_id)
     if Mailbox.get_or_none(Mailbox.address == parsed.key):
         raise MxdError("conflict", f"{parsed.key} is a mailbox already")
     if not targets:
@@ -240,10 +307,21 @@ class Snapshot:
     mailboxes: dict[str, str] = field(default_factory=dict)        # address key -> mailbox id
     aliases: dict[str, tuple[str, ...]] = field(default_factory=dict)
     catchalls: dict[str, str] = field(default_factory=dict)        # domain -> mailbox id
+    shared: set[str] = field(default_factory=set)                  # the operator's domains
+    tenant_boxes: set[str] = field(default_factory=set)            # ids of organisations' mailboxes
 
     def resolve(self, parsed: addr.Address) -> Resolution:
         if parsed.domain not in self.domains:
             return Resolution("foreign")
+        found = self._resolve(parsed)
+        # A reserved name on the operator's domain never reaches an organisation, whatever routes it
+        # there (a mailbox or alias from before the names were reserved, a catch-all).
+        if found.kind == "local" and parsed.domain in self.shared and parsed.base_local.lower() in RESERVED_LOCALS:
+            kept = tuple(i for i in found.mailbox_ids if i not in self.tenant_boxes)
+            return Resolution("local", kept, found.tag) if kept else Resolution("unknown")
+        return found
+
+    def _resolve(self, parsed: addr.Address) -> Resolution:
         for key, tag in ((parsed.key, None), (parsed.base_key, parsed.tag)):
             if key in self.mailboxes:
                 return Resolution("local", (self.mailboxes[key],), tag)
@@ -258,8 +336,12 @@ class Snapshot:
 
 def load_snapshot() -> Snapshot:
     snap = Snapshot()
-    snap.domains = {d.name for d in Domain.select(Domain.name)}
-    snap.mailboxes = {m.address: m.id for m in Mailbox.select(Mailbox.address, Mailbox.id)}
+    snap.domains = {r[0] for r in execute(f'SELECT "name" FROM "domain" WHERE {ROUTED_SQL}').fetchall()}
+    snap.shared = {r[0] for r in execute('SELECT "name" FROM "domain" WHERE "org_id" IS NULL').fetchall()}
+    for m in Mailbox.select(Mailbox.address, Mailbox.id, Mailbox.org_id):
+        snap.mailboxes[m.address] = m.id
+        if m.org_id is not None:
+            snap.tenant_boxes.add(m.id)
     aliases: dict[str, list[str]] = {}
     for row in Alias.select(Alias.address, Alias.mailbox):
         aliases.setdefault(row.address, []).append(row.mailbox_id)

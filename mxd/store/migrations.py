@@ -88,7 +88,31 @@ def _v5_forged_bounces(db: pw.Database) -> None:
             models.QueueEntry.id == entry.id).execute()
 
 
-def _v6_inbound_receipt(db: pw.Database) -> None:
+def _v6_tenant_boundaries(db: pw.Database) -> None:
+    """An organisation's domain receives mail only once its ownership is proven (a TXT token): the columns,
+    a token for every organisation domain, and the proof taken as given for those already ready (their
+    records were found, or the operator vouched). An `admin` token is never limited to mailboxes: such
+    rows get the scopes `admin` implied, kept to their mailboxes."""
+    import secrets
+
+    from playhouse.migrate import SchemaMigrator, migrate as run
+
+    migrator = SchemaMigrator.from_database(db)
+    have = {c.name for c in db.get_columns("domain")}
+    for name in ("verify_token", "owner_verified_at"):
+        if name not in have:
+            run(migrator.add_column("domain", name, models.Domain._meta.fields[name]))
+    for row in models.Domain.select().where(models.Domain.org_id.is_null(False) & models.Domain.verify_token.is_null()):
+        models.Domain.update(verify_token=secrets.token_hex(16),
+                             owner_verified_at=(row.ready_at or row.created_at) if row.ready else None).where(
+            models.Domain.id == row.id).execute()
+    from mxd.tokens import limited_scopes
+    for token in models.Token.select().where(models.Token.mailboxes.is_null(False)):
+        if "admin" in (token.scopes or []):
+            models.Token.update(scopes=limited_scopes(token.scopes)).where(models.Token.id == token.id).execute()
+
+
+def _v7_inbound_receipt(db: pw.Database) -> None:
     """A retried SMTP transmission is recognised by its receipt key (ingest.receipt_key)."""
     from playhouse.migrate import SchemaMigrator, migrate as run
 
@@ -98,7 +122,7 @@ def _v6_inbound_receipt(db: pw.Database) -> None:
 
 
 STEPS: list[Callable[[pw.Database], None]] = [_v1_initial, _v2_platform, _v3_thread_order, _v4_search_mailbox,
-                                              _v5_forged_bounces, _v6_inbound_receipt]
+                                              _v5_forged_bounces, _v6_tenant_boundaries, _v7_inbound_receipt]
 
 
 def current_version(db: pw.Database) -> int:

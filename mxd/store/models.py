@@ -67,6 +67,8 @@ class Domain(BaseModel):
     ready_source = pw.CharField(null=True, max_length=20)     # "operator" | "dns"
     ready_at = pw.DoubleField(null=True)
     catchall_mailbox_id = pw.CharField(null=True, max_length=40)
+    verify_token = pw.CharField(null=True, max_length=64)     # an organisation's ownership proof (TXT _mxd-verify)
+    owner_verified_at = pw.DoubleField(null=True)             # when that proof was found (or the operator vouched)
 
 
 class Mailbox(BaseModel):
