@@ -133,6 +133,18 @@ def discover(domain: str, resolver: Resolver) -> tuple[dict[str, str] | None, st
     return None, ""
 
 
+def _has_mailto(rua: str) -> bool:
+    """Whether rua= (RFC 7489 6.4: URIs separated by commas) names a mailto: address; read per URI, not
+    by a search that rescans the rest of the record from every "mailto:"."""
+    for uri in rua.split(","):
+        uri = uri.strip()
+        if uri[:7].lower() == "mailto:":
+            target = uri[7:].split("!", 1)[0]           # "!" starts a size limit (RFC 7489 6.2)
+            if "@" in target[1:] and not any(c.isspace() for c in target):
+                return True
+    return False
+
+
 _DOWNGRADE = {"reject": "quarantine", "quarantine": "none", "none": "none"}
 
 
@@ -151,7 +163,7 @@ def evaluate(from_domain: str, spf: str, spf_domain: str, dkim_passes: Iterable[
     sp = tags.get("sp", "").lower()
     if p not in _POLICIES or (sp and sp not in _POLICIES):
         # RFC 7489 6.6.3 step 6: a usable rua= turns a bad p=/sp= into p=none; otherwise no DMARC.
-        if re.search(r"mailto:[^,!\s]+@", tags.get("rua", ""), re.I):
+        if _has_mailto(tags.get("rua", "")):
             p, sp = "none", ""
         else:
             return DmarcResult("permerror", from_domain, None, "record without a valid p=", found_at)

@@ -16,6 +16,7 @@ from mxd.mime.header import FOLDED_FIRST, NOT_ENDED, Header, split, unfold
 MAX_DEPTH = 50      # multipart nesting followed; deeper parts are kept opaque
 MAX_PARTS = 1000    # MIME parts walked; the rest of the message is not split
 MAX_ERRORS = 50     # defects recorded per message
+MAX_ADDRESS_FIELD = 32 * 1024   # characters of an address header (all its fields) read; the stdlib reader is slow
 
 
 @dataclass
@@ -465,6 +466,18 @@ def _addresses(values: list[str], name: str, walk: _Walk) -> list[Address]:
     out: list[Address] = []
     if not values:
         return out
+    if sum(map(len, values)) > MAX_ADDRESS_FIELD:     # bounded before it is read, cut between addresses
+        walk.error(f"{name}: longer than {MAX_ADDRESS_FIELD} characters; the rest is not read")
+        kept, room = [], MAX_ADDRESS_FIELD
+        for value in values:
+            if len(value) > room:
+                cut = value.rfind(",", 0, room)
+                if cut > 0:
+                    kept.append(value[:cut])
+                break
+            kept.append(value)
+            room -= len(value)
+        values = kept
     pairs = _safe(lambda: getaddresses(values), [])
     for display, addr in pairs:
         display = _words(display, name, walk).strip()
@@ -591,7 +604,8 @@ def _build(walk: _Walk) -> Parsed:
 
 _HIDDEN = re.compile(r"<(script|style|head|title|template)\b", re.I)
 _CLOSERS = {n: re.compile(f"</{n}", re.I) for n in ("script", "style", "head", "title", "template")}
-_TAG = re.compile(r"""<(?=[A-Za-z/!?])(/?)([A-Za-z][A-Za-z0-9:-]*)?(?:[^<>"']|"[^"<]*"|'[^'<]*')*>""")
+# The tag name's characters are attribute characters too: possessive, so an unclosed tag fails in linear time.
+_TAG = re.compile(r"""<(?=[A-Za-z/!?])(/?)([A-Za-z][A-Za-z0-9:-]*+)?+(?:[^<>"']++|"[^"<]*+"|'[^'<]*+')*+>""")
 _PARAGRAPH = frozenset("p h1 h2 h3 h4 h5 h6 table ul ol dl blockquote pre hr section article header "
                        "footer form fieldset figure nav main aside address center".split())
 _LINE = frozenset("br div li tr dd dt caption option".split())
