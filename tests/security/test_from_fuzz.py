@@ -76,7 +76,8 @@ def test_whenever_the_check_accepts_every_reader_sees_the_same_from(message):
 
 def test_the_audit_payloads_are_refused():
     for message in (b"From : ceo@sec.test\r\nFrom: alice@sec.test\r\n\r\nbody\r\n",
-                    b"From: alice@sec.test\r\nFrom ceo@sec.test Mon Dec  1 00:00:00 2026\r\nFrom: ceo@sec.test\r\n\r\nx\r\n"):
+                    b"From: alice@sec.test\r\nFrom ceo@sec.test Mon Dec  1 00:00:00 2026\r\n"
+                    b"From: ceo@sec.test\r\n\r\nx\r\n"):
         try:
             authors_of(message)
         except ValueError:
