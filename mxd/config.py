@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
-import re
 import socket
 import tomllib
 import urllib.parse

@@ -1,7 +1,12 @@
 """DKIM signing (RFC 6376, RFC 8463): DKIM-Signature fields for outgoing mail, fast.
 
-Message parsing, header canonicalisation and header selection are dkimpy's
-own code, so signer and verifier cannot disagree; the relaxed body
+The header is split into fields by mxd's one header splitter
+(`mxd.mime.header.split`), the one the parser, the From check of a send and
+DMARC read it with, so the From field signed is the From field checked; a
+header that splitter reads only liberally (white space before a colon, an
+mbox "From " line, a line that is no field) is not signed at all. Header
+canonicalisation and selection are dkimpy's own code, so signer and
+verifier cannot disagree on them; the relaxed body
 canonicalisation is a faster twin of dkimpy's, tested byte for byte against
 it. The signing itself goes through `cryptography` (OpenSSL): dkimpy signs
 RSA in pure Python, about 20 times slower. Private keys are parsed once, in
@@ -24,11 +29,12 @@ from collections.abc import Iterable
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
-from dkim import MessageFormatError, rfc822_parse, select_headers
+from dkim import select_headers
 from dkim.canonicalization import Relaxed, correct_empty_body, strip_trailing_lines
 
 from mxd.address import AddressError, normalize_domain
 from mxd.keys import ACTIVE, ED25519, RSA, DkimKey
+from mxd.mime.header import split
 
 SIGNED_HEADERS = (
     "from", "to", "cc", "subject", "date", "message-id", "in-reply-to", "references",
@@ -194,25 +200,14 @@ def relaxed_body(body: bytes) -> bytes:
     return correct_empty_body(strip_trailing_lines(b"\r\n".join(out)))
 
 
-def header_fields(message: bytes) -> list[tuple[bytes, bytes]]:
-    """The message's header fields (name, raw value) as `sign` reads them, its body unread.
-    Raises ValueError for a header `sign` could not parse."""
-    end = message.find(b"\r\n\r\n")
-    return _split(normalize_crlf(message if end < 0 else message[:end + 4]))[0]
-
-
 def _split(message: bytes) -> tuple[list[tuple[bytes, bytes]], bytes]:
-    """(header fields, body) as dkimpy's rfc822_parse sees them; only the header block is split into lines."""
-    if message.startswith(b"\r\n"):
-        head, body = b"", message[2:]
-    else:
-        end = message.find(b"\r\n\r\n")
-        head, body = (message, b"") if end < 0 else (message[:end + 2], message[end + 4:])
-    try:
-        headers, _ = rfc822_parse(head)
-    except MessageFormatError as e:
-        raise ValueError(f"unparsable header: {e}") from None
-    return [(bytes(n), bytes(v)) for n, v in headers], body
+    """(header fields, body) of a CRLF message in dkimpy's form (name, value with its line ends), split by
+    `mxd.mime.header.split`. Raises ValueError for a header it reads only liberally: signing that would
+    vouch for fields another reader sees differently."""
+    head = split(message)
+    if head.defects:
+        raise ValueError(f"unparsable header: {head.defects[0]}")
+    return [(f.name, b"".join(line + b"\r\n" for line in f.lines)) for f in head.fields], message[head.body:]
 
 
 def _fold(tags: list[bytes], include: list[bytes], bh: bytes) -> bytes:

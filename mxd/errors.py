@@ -22,6 +22,7 @@ CODES: dict[str, Code] = {
     "domain_not_served": Code(422, "550 5.7.1 Relay denied", "Create the domain first: POST /api/domains."),
     "payload_too_large": Code(413, "552 5.3.4 Message too big", "Send a smaller body."),
     "rate_limited": Code(429, "451 4.7.1 Rate limited, try again later", "Wait for Retry-After seconds."),
+    "ambiguous_header": Code(400, "554 5.6.0 Message header refused", "Write every header field as 'Name: value' (no space before the colon, no mbox 'From ' line, lines of at most 998 characters, UTF-8), with one short From field."),
     "header_injection": Code(400, "550 5.6.0 CR or LF in a header field refused", "Remove CR and LF characters from header values."),
     "sender_not_allowed": Code(403, "550 5.7.1 Sender address not allowed for this token", "Send as a mailbox the token was given (mailboxes of POST /api/tokens)."),
     "domain_not_ready": Code(422, "550 5.7.1 Sender domain not ready for outbound mail", "Publish the DNS records from GET /api/domains/{domain}/dns-plan, or PUT /api/domains/{domain}/readiness {\"ready\": true}."),

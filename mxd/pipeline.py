@@ -31,7 +31,7 @@ from typing import Any, Callable
 from mxd import sending
 from mxd.config import Config
 from mxd.db import Database, execute, proxy
-from mxd.delivery.bounces import bounce_received
+from mxd.delivery.bounces import bounce_received, delivery_report
 from mxd.ingest import InboundRow
 from mxd.mime.parse import parse
 from mxd.resolver import Resolver, make_resolver
@@ -415,6 +415,11 @@ class Pipeline:
             run = getattr(self._pool, "run", None)          # WorkerProcesses
             args = (analyse, items, self.cfg.auth_checks, self.cfg.hostname, os.path.join(self.cfg.data_dir, "dkim"))
             results = await (run(*args) if run else asyncio.get_running_loop().run_in_executor(self._pool, *args))
+            bounces = [r for r in rows if any(rcpt.get("bounce_entry") for rcpt in r.rcpts)]
+            if bounces:                             # DSNs are parsed here: the writer never parses a message
+                found = await asyncio.to_thread(lambda: [delivery_report(r.mail_from, r.data) for r in bounces])
+                reports = {r.id: report for r, report in zip(bounces, found)}
+                results = [(*result, reports.get(r.id)) for r, result in zip(rows, results)]
             await asyncio.gather(*(self._store_part(rows[i:i + STORE], results[i:i + STORE])
                                    for i in range(0, len(rows), STORE)))
             if self.on_queued is not None and any(r.source == "outbound" for r in rows):
@@ -440,29 +445,31 @@ class Pipeline:
         The batch first goes in as one unit; if anything fails, the writer rolls it back and it is
         retried with a savepoint per message, so one bad message spares the rest.
         """
-        for row, (parsed, auth, trace) in zip(rows, results):
+        for row, (parsed, auth, trace, *report) in zip(rows, results):
+            dsn = report[0] if report else None
             if not careful:
-                self._store_one(row, parsed, auth, trace)
+                self._store_one(row, parsed, auth, trace, dsn)
                 continue
             try:
                 with proxy.obj.atomic():
-                    self._store_one(row, parsed, auth, trace)
+                    self._store_one(row, parsed, auth, trace, dsn)
                 continue
             except Exception:
                 log.exception("storing inbound %s failed; storing it unparsed", row.id)
             try:
                 with proxy.obj.atomic():            # the raw message, flagged, rather than nothing
-                    self._store_one(row, None, None, trace)
+                    self._store_one(row, None, None, trace, dsn)
             except Exception:
                 # Not even that: take it off the work list so it cannot spin; the raw bytes stay in inbound.
                 log.exception("inbound %s cannot be stored as a message; its raw bytes stay in the store", row.id)
                 execute('UPDATE "inbound" SET "processed" = ? WHERE "id" = ?', (True, row.id))
 
-    def _store_one(self, row: InboundRow, parsed: Any, auth: Any, trace: str) -> None:
+    def _store_one(self, row: InboundRow, parsed: Any, auth: Any, trace: str, dsn: list[dict] | None = None) -> None:
+        """Runs in the writer; `dsn` is the delivery report of a bounce to a VERP address (None: not a DSN)."""
         if row.source == "outbound":
             sending.complete(self.cfg, row, trace, parsed)
             return
         messages.deliver(row, parsed, auth, trace, self.window)
         for rcpt in row.rcpts:
             if rcpt.get("bounce_entry"):
-                bounce_received(rcpt["bounce_entry"], row.mail_from, row.data)
+                bounce_received(rcpt["bounce_entry"], dsn)

@@ -25,7 +25,8 @@ from mxd.db import Database, execute
 from mxd.errors import MxdError
 from mxd.ids import new_id
 from mxd.ingest import Envelope, Recipient, as_row, normalize_line_endings, received_header, store
-from mxd.mime.parse import parse
+from mxd.mime.header import split, strict_problems, unfold
+from mxd.mime.parse import authors as parse_authors, parse
 from mxd.store import messages
 from mxd.store.models import Idempotency
 from mxd.tokens import Principal
@@ -80,26 +81,60 @@ def prepare(dkim_dir: str, data: bytes, domain: str) -> tuple[str, Any]:
     return fields.decode("ascii"), parse(data)
 
 
-_ATOMS = r"[A-Za-z0-9!#$&'*+/=?^_`{|}~-]+"
-_SIMPLE_ADDRESS = _ATOMS + r"(?:\." + _ATOMS + r")*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+"
+MAX_HEADER = 128 * 1024        # a submitted header section longer than this is refused before it is read
+MAX_FROM = 2000                # the From fields of a submitted message, unfolded, at most (characters)
+
+_ATOM = r"[A-Za-z0-9!#$&'*+/=?^_`{|}~-]++"
+_SIMPLE_ADDRESS = _ATOM + r"(?:\." + _ATOM + r")*+@[A-Za-z0-9-]++(?:\.[A-Za-z0-9-]++)++"
+_NAME_WORD = r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]++"
 # One From field in its everyday forms: addr, <addr>, Name <addr>, "Name" <addr>, with an ASCII name of
-# words (no comment, group, second address, escape or encoded quoting to get wrong).
-_SIMPLE_FROM = re.compile(r'[ \t]*(?:(?:"[^"\\\r\n]*"|[A-Za-z0-9 \t.!#$%&\'*+/=?^_`{|}~-]*?)[ \t]*<('
-                          + _SIMPLE_ADDRESS + r')>|(' + _SIMPLE_ADDRESS + r'))[ \t]*')
+# words (no comment, group, second address, escape or encoded quoting to get wrong). Every quantifier is
+# possessive and no two adjacent ones take the same characters, so a failing match never backtracks:
+# the time is linear in the (bounded, stripped) value.
+SIMPLE_FROM = re.compile(r'(?:(?:"[^"\\\r\n]*+"|' + _NAME_WORD + r"(?:[ \t]++" + _NAME_WORD + r")*+)[ \t]*+)?+<("
+                         + _SIMPLE_ADDRESS + r")>|(" + _SIMPLE_ADDRESS + r")")
 
 
 def authors_of(data: bytes) -> list[str]:
-    """The From addresses of a message, read from its header alone: the everyday forms directly,
-    anything else by the full parser (`mxd.mime.parse`), so the answer is the parser's either way.
-    Raises ValueError for a header that signing could not parse."""
-    fields = dkimsign.header_fields(data)
-    froms = [value for name, value in fields if name.lower() == b"from"]
+    """The From addresses of a message mxd is to sign, read from its header alone, exactly as every other
+    reader in mxd reads them: the header split by `mxd.mime.header.split` (the parser, DKIM signing and
+    DMARC split it so), the addresses by the parser's own reader, `mxd.mime.parse.authors` (the everyday
+    forms directly, with the same answer). `data` has normalised line ends.
+
+    A header that another reader could split differently is refused (ValueError): white space before
+    a colon (`From : ceo@...` is a From field to mxd and to relaxed DKIM, no field to others), an mbox
+    "From " line, a folded first line, a line that is no field, an overlong line, bytes that are not
+    UTF-8. So are a header section over MAX_HEADER and From fields over MAX_FROM: both are bounded
+    before anything is matched. Returns [] for a message without From (the preflight refuses it)."""
+    end = data.find(b"\r\n\r\n", 0, MAX_HEADER + 4)
+    if end < 0:
+        if len(data) > MAX_HEADER and not data.startswith(b"\r\n"):
+            raise ValueError(f"the header section is longer than {MAX_HEADER} bytes")
+        end = len(data)
+    else:
+        end += 4
+    head = split(data, 0, end)
+    problems = strict_problems(head, data, end)
+    if problems:
+        raise ValueError(problems[0])
+    froms = head.values(b"from")
+    if sum(len(line) for lines in froms for line in lines) > MAX_FROM:
+        raise ValueError(f"the From field is longer than {MAX_FROM} characters")
     if len(froms) == 1:
-        simple = _SIMPLE_FROM.fullmatch(froms[0].replace(b"\r\n", b"").decode("ascii", "replace"))
-        if simple:
-            return [simple.group(1) or simple.group(2)]
-    end = data.find(b"\r\n\r\n")
-    return [a.address for a in parse(data if end < 0 else data[:end + 4]).from_]
+        value = unfold(froms[0])
+        if value.isascii():
+            simple = SIMPLE_FROM.fullmatch(value.decode("ascii"))
+            if simple:
+                return [simple.group(1) or simple.group(2)]
+    return [a.address for a in parse_authors(data, head)]
+
+
+async def checked_authors(data: bytes) -> list[str]:
+    """`authors_of` for a send, on the event loop (the work is linear in a bounded header); raises MxdError."""
+    try:
+        return authors_of(data)
+    except ValueError as exc:
+        raise MxdError("ambiguous_header", f"the message header is refused: {exc}") from None
 
 
 # ---------------------------------------------------------------- the two steps of a send
@@ -192,15 +227,9 @@ def _send_now(cfg: Config, principal: Principal | None, out: Outgoing, dkim: str
     return result
 
 
-def _accept_submitted(cfg: Config, principal: Principal | None, out: Outgoing) -> dict:
-    """Runs in the writer: accept for SMTP submission, the From addresses read from the header of the
-    message as it will be stored and signed (line ends normalised first: a bare CR must not hide a
-    second From field from this check and then become one)."""
-    out = dataclasses.replace(out, data=normalize_line_endings(out.data))
-    try:
-        authors = authors_of(out.data)
-    except ValueError as exc:
-        raise MxdError("bad_request", f"the message cannot be signed: {exc}") from None
+def _accept_submitted(cfg: Config, principal: Principal | None, out: Outgoing, authors: list[str]) -> dict:
+    """Runs in the writer: accept for SMTP submission, with the From addresses `submit` read (the
+    writer never reads the message itself)."""
     return accept(cfg, principal, out, authors)[1]
 
 
@@ -211,8 +240,11 @@ def body_hash(body: Any) -> str:
 async def send(cfg: Config, db: Database, cpu: concurrent.futures.Executor, principal: Principal | None,
                out: Outgoing, idempotency_key: str | None = None, idempotency_body: Any = None) -> dict:
     """Sign and persist one outgoing message; returns once it is durably queued, with its thread and
-    queue entries (the HTTP API, MCP and the CLI). `cpu` runs the signing and parsing (mxd's worker processes)."""
+    queue entries (the HTTP API, MCP and the CLI). `cpu` runs the signing and parsing (mxd's worker processes).
+    The header goes through the same check as a submission's, so no way in sends what it would refuse."""
     domain = out.mail_from.rsplit("@", 1)[-1].lower()
+    out = dataclasses.replace(out, data=await _normalized(out.data))
+    await checked_authors(out.data)
     try:
         args = (prepare, os.path.join(cfg.data_dir, "dkim"), out.data, domain)   # cfg.dkim_dir, without a Path per send
         run = getattr(cpu, "run", None)        # mxd.pipeline.WorkerProcesses: straight to the worker process
@@ -228,8 +260,21 @@ async def send(cfg: Config, db: Database, cpu: concurrent.futures.Executor, prin
 
 async def submit(cfg: Config, db: Database, principal: Principal | None, out: Outgoing) -> dict:
     """Accept one message from SMTP submission: returns {"id", "status", "hold_reason"} once the
-    unsigned message and the preflight's decision are committed; the inbound pipeline signs and queues it."""
-    return await _refusals_recorded(db, principal, out, db.write(_accept_submitted, cfg, principal, out))
+    unsigned message and the preflight's decision are committed; the inbound pipeline signs and queues it.
+
+    The From addresses are read here, before the writer is asked for anything, from the message as it
+    will be stored and signed (line ends normalised first: a bare CR must not hide a second From field
+    from this check and then become one)."""
+    out = dataclasses.replace(out, data=await _normalized(out.data))
+    authors = await checked_authors(out.data)
+    return await _refusals_recorded(db, principal, out, db.write(_accept_submitted, cfg, principal, out, authors))
+
+
+async def _normalized(data: bytes) -> bytes:
+    """`normalize_line_endings`, off the event loop for a large message."""
+    if len(data) < 256 * 1024:
+        return normalize_line_endings(data)
+    return await asyncio.to_thread(normalize_line_endings, data)
 
 
 async def _refusals_recorded(db: Database, principal: Principal | None, out: Outgoing, write: Any) -> dict:

@@ -8,13 +8,14 @@ evaluated as that domain.
 """
 from __future__ import annotations
 
-import email.utils
 import random
 import re
 import threading
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
+from mxd.mime.header import split
+from mxd.mime.parse import authors
 from mxd.resolver import DNSError, Resolver
 
 MAX_HEADER_BYTES = 1 << 20  # look no further than this for the header section
@@ -32,28 +33,10 @@ class DmarcResult:
 # --- RFC5322.From ---
 
 def header_fields(raw: bytes, name: bytes) -> list[bytes]:
-    """Unfolded bodies of every header field called `name` (case-insensitive), in order."""
-    head = raw[:MAX_HEADER_BYTES]
-    ends = [i for i in (head.find(b"\r\n\r\n"), head.find(b"\n\n")) if i >= 0]
-    if ends:
-        head = head[:min(ends)]
-    if head.startswith((b"\r\n", b"\n")):
-        return []  # an empty header section
-    wanted = name.lower()
-    found: list[list[bytes]] = []
-    current: list[bytes] | None = None
-    for line in head.split(b"\n"):
-        line = line.rstrip(b"\r")
-        if line[:1] in (b" ", b"\t"):
-            if current is not None:
-                current.append(line)  # RFC 5322 2.2.3 unfolding
-            continue
-        current = None
-        field, colon, value = line.partition(b":")
-        if colon and field.rstrip().lower() == wanted:
-            current = [value]
-            found.append(current)
-    return [b"".join(parts).strip() for parts in found]
+    """Unfolded bodies of every header field called `name` (case-insensitive), in order, as
+    `mxd.mime.header.split` (mxd's one header splitter) finds them."""
+    head = split(raw, 0, min(len(raw), MAX_HEADER_BYTES))
+    return [b"".join(lines).strip() for lines in head.values(name)]
 
 
 _LABEL = re.compile(r"[a-z0-9_]([a-z0-9_\-]{0,61}[a-z0-9_])?\Z")
@@ -74,17 +57,15 @@ def normalize_domain(domain: str) -> str:
 
 
 def author_domain(raw: bytes) -> tuple[str, str]:
-    """(RFC5322.From domain, "") or ("", why there is none)."""
-    fields = header_fields(raw, b"from")
-    if not fields:
+    """(RFC5322.From domain, "") or ("", why there is none). The From addresses are the parser's
+    (`mxd.mime.parse.authors`), so the domain evaluated is the one every reader of the message shows."""
+    head = split(raw, 0, min(len(raw), MAX_HEADER_BYTES))
+    count = len(head.values(b"from"))
+    if not count:
         return "", "no From field"
-    if len(fields) > 1:
+    if count > 1:
         return "", "several From fields"  # RFC 5322 3.6: exactly one
-    value = fields[0].decode("utf-8", "replace")
-    try:
-        addresses = [a for _, a in email.utils.getaddresses([value]) if "@" in a]
-    except Exception:
-        addresses = []
+    addresses = [a.address for a in authors(raw, head) if a.address]
     if not addresses:
         return "", "no address in From"
     domains = {normalize_domain(a.rpartition("@")[2]) for a in addresses}
@@ -152,6 +133,18 @@ def discover(domain: str, resolver: Resolver) -> tuple[dict[str, str] | None, st
     return None, ""
 
 
+def _has_mailto(rua: str) -> bool:
+    """Whether rua= (RFC 7489 6.4: URIs separated by commas) names a mailto: address; read per URI, not
+    by a search that rescans the rest of the record from every "mailto:"."""
+    for uri in rua.split(","):
+        uri = uri.strip()
+        if uri[:7].lower() == "mailto:":
+            target = uri[7:].split("!", 1)[0]           # "!" starts a size limit (RFC 7489 6.2)
+            if "@" in target[1:] and not any(c.isspace() for c in target):
+                return True
+    return False
+
+
 _DOWNGRADE = {"reject": "quarantine", "quarantine": "none", "none": "none"}
 
 
@@ -170,7 +163,7 @@ def evaluate(from_domain: str, spf: str, spf_domain: str, dkim_passes: Iterable[
     sp = tags.get("sp", "").lower()
     if p not in _POLICIES or (sp and sp not in _POLICIES):
         # RFC 7489 6.6.3 step 6: a usable rua= turns a bad p=/sp= into p=none; otherwise no DMARC.
-        if re.search(r"mailto:[^,!\s]+@", tags.get("rua", ""), re.I):
+        if _has_mailto(tags.get("rua", "")):
             p, sp = "none", ""
         else:
             return DmarcResult("permerror", from_domain, None, "record without a valid p=", found_at)

@@ -71,15 +71,25 @@ def _same_address(reported: object, recipient: str) -> bool:
     return isinstance(reported, str) and reported.strip().lower() == recipient.strip().lower()
 
 
-def bounce_received(entry_id: str, mail_from: str, raw: bytes) -> bool:
-    """A message came back to a VERP address after the remote MX had said 250. If it is a DSN that
-    fails this entry's recipient, fail the entry and suppress a hard bounce; returns whether it did."""
-    if mail_from not in ("", "<>"):
-        return False                              # RFC 3464 2: a DSN has a null return path; this is mail
+def delivery_report(mail_from: str, raw: bytes) -> list[dict] | None:
+    """The per-recipient fields of a DSN (parse_dsn), or None when the message is not one: a DSN has a
+    null return path (RFC 3464 2) and is multipart/report; report-type=delivery-status. Parses the
+    message, so it runs outside the writer (the pipeline's analysis step)."""
+    if mail_from not in ("", "<>") or not is_delivery_report(raw):
+        return None
+    return parse_dsn(raw)
+
+
+def bounce_received(entry_id: str, report: list[dict] | None) -> bool:
+    """A message came back to a VERP address after the remote MX had said 250. If it is a DSN
+    (`report`, from delivery_report) that fails this entry's recipient, fail the entry and suppress a
+    hard bounce; returns whether it did."""
+    if report is None:
+        return False                              # mail, not a delivery report: it changes nothing
     entry = QueueEntry.get_or_none(QueueEntry.id == entry_id)
-    if entry is None or not is_delivery_report(raw):
+    if entry is None:
         return False
-    failed = [r for r in parse_dsn(raw) if r.get("action") == "failed"
+    failed = [r for r in report if r.get("action") == "failed"
               and (_same_address(r.get("final_recipient"), entry.recipient)
                    or _same_address(r.get("original_recipient"), entry.recipient))]
     if not failed:

@@ -17,9 +17,8 @@ _STATUS = re.compile(r"([245])\.(\d{1,3})\.(\d{1,3})")                   # RFC 3
 _TYPED = re.compile(r"^\s*([A-Za-z0-9.+-]+)\s*;\s*(.*)$", re.S)
 _STATUS_TYPES = ("message/delivery-status", "message/global-delivery-status")
 _ORIGINAL_TYPES = ("text/rfc822-headers", "message/global-headers", "message/rfc822", "message/global")
-_FALLBACK = re.compile(   # a delivery-status part found by its header when the MIME structure is broken
-    rb"^content-type:[ \t]*message/(?:global-)?delivery-status\b[^\n]*\n(?:[^\n]+\n)*?\r?\n(.*?)(?=^--|\Z)",
-    re.I | re.M | re.S)
+# a delivery-status part found by its header when the MIME structure is broken (`_fallback`)
+_FALLBACK = re.compile(rb"^content-type:[ \t]*+message/(?:global-)?delivery-status\b", re.I | re.M)
 _MSGID = re.compile(r"<([^<>\s]+)>")
 _HEAD_LIMIT = 64 * 1024                  # a report's own header section is short
 
@@ -223,7 +222,7 @@ def _typed_value(value: str | None) -> str | None:
         return None
     m = _TYPED.match(value)
     value = (m.group(2) if m else value).strip()
-    value = re.sub(r"\s*\([^()]*\)\s*$", "", value).strip().strip("<>").strip()   # a trailing comment
+    value = _without_trailing_comment(value).strip("<>").strip()
     return value or None
 
 
@@ -238,6 +237,38 @@ def is_delivery_report(raw: bytes) -> bool:
                 and report_type.strip().lower() in ("delivery-status", "global-delivery-status"))
     except Exception:                     # a header section no parser can read is no report
         return False
+
+
+def _without_trailing_comment(value: str) -> str:
+    """`value` without one trailing "(comment)" (no parentheses inside), stripped; scanned from the end,
+    not by a search that retries each position."""
+    value = value.strip()
+    if value.endswith(")"):
+        start = value.rfind("(")
+        if start >= 0 and ")" not in value[start + 1:-1]:
+            return value[:start].strip()
+    return value
+
+
+def _fallback(raw: bytes) -> bytes | None:
+    """The fields after the first "Content-Type: message/delivery-status" line and its header, up to a
+    line starting "--" or the end; None without one. Linear: one forward scan from the first such line
+    (when no empty line follows it, none follows any later one either)."""
+    m = _FALLBACK.search(raw)
+    if m is None:
+        return None
+    nl = raw.find(b"\n", m.end())
+    if nl < 0:
+        return None
+    pos = nl + 1
+    while not raw.startswith(b"\n", pos) and not raw.startswith(b"\r\n", pos):   # to the empty line
+        nl = raw.find(b"\n", pos)
+        if nl < 0:
+            return None
+        pos = nl + 1
+    pos += 1 if raw.startswith(b"\n", pos) else 2
+    end = raw.find(b"\n--", pos - 1)
+    return raw[pos:] if end < 0 else raw[pos:end + 1]
 
 
 def parse_dsn(raw: bytes) -> list[dict]:
@@ -265,10 +296,9 @@ def _parse_dsn(raw: bytes) -> list[dict]:
             got = attachment(raw, att.index)
             original_id = _original_id(_header_section(got[1])) if got else None
     if status_data is None:
-        m = _FALLBACK.search(raw)
-        if m is None:
+        status_data = _fallback(raw)
+        if status_data is None:
             return []
-        status_data = m.group(1)
     blocks = _blocks(status_data.decode("utf-8", "replace"))
     per_message = blocks[0] if blocks and "final-recipient" not in blocks[0] \
         and "original-recipient" not in blocks[0] else {}

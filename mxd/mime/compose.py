@@ -33,7 +33,8 @@ _ATOM_PHRASE = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?: [A-Za-z0-9!#$%&'*
 _MSGID = re.compile(r"[\x21-\x3b\x3d\x3f-\x7e]{1,%d}" % MAX_MSGID)   # visible ASCII except < and >
 _TOKEN = r"[A-Za-z0-9!#$%&'*+.^_`|~-]+"                                # RFC 2045 5.1 token
 _PARAM = rf"{_TOKEN}=(?:{_TOKEN}|\"[ !#-\[\]-~]*\")"
-_CONTENT_TYPE = re.compile(rf"({_TOKEN})/({_TOKEN})((?:\s*;\s*{_PARAM})*)\s*;?\s*")
+# Possessive white space: no two quantifiers may trade characters, so a value that fails does so in linear time.
+_CONTENT_TYPE = re.compile(rf"({_TOKEN})/({_TOKEN})((?:\s*+;\s*+{_PARAM})*+)\s*+;?+\s*+")
 _WS_TOKENS = re.compile(r"[ \t]*[^ \t]+|[ \t]+")
 _Q_SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789!*+-/")  # RFC 2047 5(3)
 _LOW = bytes(range(128))
@@ -537,7 +538,7 @@ def reply_headers(parent_message_id: str | None, parent_references: list[str],
     return parent, refs
 
 
-_REPLY_PREFIX = re.compile(r"^(?:\s*(?:re|aw|sv|antw)\s*(?:\[\d+\]|\(\d+\))?\s*:)+\s*", re.IGNORECASE)
+_REPLY_PREFIX = re.compile(r"^(?:\s*+(?:re|aw|sv|antw)\s*+(?:\[\d++\]|\(\d++\))?+\s*+:)+\s*", re.IGNORECASE)
 
 
 def reply_subject(subject: str) -> str:

@@ -11,9 +11,12 @@ from datetime import datetime, timezone
 from email.message import Message
 from email.utils import getaddresses, mktime_tz, parsedate_tz
 
+from mxd.mime.header import FOLDED_FIRST, NOT_ENDED, Header, split, unfold
+
 MAX_DEPTH = 50      # multipart nesting followed; deeper parts are kept opaque
 MAX_PARTS = 1000    # MIME parts walked; the rest of the message is not split
 MAX_ERRORS = 50     # defects recorded per message
+MAX_ADDRESS_FIELD = 32 * 1024   # characters of an address header (all its fields) read; the stdlib reader is slow
 
 
 @dataclass
@@ -88,9 +91,6 @@ def attachment_text(raw: bytes, index: int) -> tuple[Attachment, str] | None:
 
 
 # --- header fields ----------------------------------------------------------
-
-_FIELD_NAME = re.compile(rb"[!-9;-~]+")            # RFC 5322 3.6.8 ftext
-_HEADER_END = re.compile(rb"\r?\n\r?\n")
 
 
 @dataclass(slots=True)
@@ -173,60 +173,15 @@ class _Walk:
             self._walk(s, e, depth + 1, child_default)
 
     def _fields(self, start: int, end: int, index: int) -> tuple[list[tuple[str, str]], int]:
-        """Header fields of the entity at start, and where its body begins (RFC 5322 2.1)."""
-        buf = self.buf
-        if buf.startswith(b"\n", start, end):
-            return [], start + 1
-        if buf.startswith(b"\r\n", start, end):
-            return [], start + 2
-        m = _HEADER_END.search(buf, start, end)
-        hend, body = (m.start(), m.end()) if m else (end, end)
-        fields: list[tuple[str, str]] = []
-        name: str | None = None
-        chunks: list[bytes] = []
-        pos = start
-        for i, line in enumerate(buf[start:hend].split(b"\n")):
-            line_start, pos = pos, pos + len(line) + 1
-            line = line.rstrip(b"\r")
-            if not line:                     # the empty line that ends the header section
-                body = min(pos, end)
-                break
-            if line[:1] in (b" ", b"\t"):
-                if name is not None:
-                    chunks.append(line)      # RFC 5322 2.2.3 folded line
-                else:
-                    self.error(f"part {index}: header section starts with a folded line")
-                continue
-            colon = line.find(b":")
-            fname = line[:colon].rstrip(b" \t") if colon > 0 else b""
-            if fname and _FIELD_NAME.fullmatch(fname):
-                if name is not None:
-                    fields.append((name, self._value(chunks, name)))
-                name, chunks = fname.decode("ascii"), [line[colon + 1:]]
-            elif i == 0 and index == 0 and line.startswith(b"From "):
-                continue                     # mbox "From " separator line
-            else:
-                self.error(f"part {index}: header section not ended by an empty line")
-                body = min(line_start, end)
-                break
-        if name is not None:
-            fields.append((name, self._value(chunks, name)))
-        return fields, body
+        """Header fields of the entity at start, and where its body begins (`mxd.mime.header.split`)."""
+        head = split(self.buf, start, end, mbox=index == 0)
+        for defect in head.defects:
+            if defect in (FOLDED_FIRST, NOT_ENDED):
+                self.error(f"part {index}: {defect}")
+        return [(f.name.decode("ascii"), self._value(f.lines, f.name)) for f in head.fields], head.body
 
-    def _value(self, chunks: list[bytes], name: str) -> str:
-        raw = b" ".join(c.strip(b" \t") for c in chunks) if len(chunks) > 1 else chunks[0].strip(b" \t")
-        if raw.isascii():
-            value = raw.decode("ascii")
-        else:
-            try:
-                value = raw.decode("utf-8")    # RFC 6532 3.2: 8-bit header fields are UTF-8
-            except UnicodeDecodeError:
-                self.error(f"{name}: 8-bit header field is not UTF-8; read as Latin-1")
-                value = raw.decode("latin-1")
-        if "\x00" in value:
-            self.error(f"{name}: NUL in header field")
-            value = value.replace("\x00", "")
-        return value.replace("\r", " ") if "\r" in value else value
+    def _value(self, chunks: list[bytes], name: bytes) -> str:
+        return field_value(chunks, name.decode("ascii"), self)
 
     def _split(self, boundary: str, start: int, end: int, index: int) -> list[tuple[int, int]] | None:
         """Body parts of a multipart between start and end (RFC 2046 5.1.1)."""
@@ -272,7 +227,50 @@ class _Walk:
         return spans
 
 
-_PADDING = re.compile(rb"[ \t\r]*(?:\n|\Z)")
+_PADDING = re.compile(rb"[ \t\r]*+(?:\n|\Z)")
+
+
+class _Defects:
+    """Where header-only readers (`authors`) put the defects a _Walk would record."""
+
+    def __init__(self) -> None:
+        self.errors: list[str] = []
+
+    def error(self, msg: str) -> None:
+        if msg not in self.errors and len(self.errors) < MAX_ERRORS:
+            self.errors.append(msg)
+
+
+def field_value(chunks: list[bytes], name: str, walk: _Walk | _Defects) -> str:
+    """A header field's value as the parser reads it: unfolded, UTF-8 (else Latin-1), NUL removed."""
+    raw = unfold(chunks)
+    if raw.isascii():
+        value = raw.decode("ascii")
+    else:
+        try:
+            value = raw.decode("utf-8")    # RFC 6532 3.2: 8-bit header fields are UTF-8
+        except UnicodeDecodeError:
+            walk.error(f"{name}: 8-bit header field is not UTF-8; read as Latin-1")
+            value = raw.decode("latin-1")
+    if "\x00" in value:
+        walk.error(f"{name}: NUL in header field")
+        value = value.replace("\x00", "")
+    return value.replace("\r", " ") if "\r" in value else value
+
+
+def authors(raw: bytes, head: Header | None = None) -> list[Address]:
+    """The From addresses of a message exactly as parse() reads them, from its header alone
+    (`head`: its split, when the caller has it). The one answer to "who is this from"."""
+    if head is None:
+        if b"\n" not in raw and b"\r" in raw:       # as _Walk reads a message with bare-CR line ends only
+            raw = raw.replace(b"\r", b"\n")
+        head = split(raw)
+    sink = _Defects()
+    try:
+        values = [field_value(f.lines, "From", sink) for f in head.fields if f.name.lower() == b"from"]
+        return _addresses(values, "From", sink)
+    except Exception:               # as parse(): a bug here reads as no author, never as another one
+        return []
 
 
 def _safe(fn, default=None):
@@ -468,6 +466,18 @@ def _addresses(values: list[str], name: str, walk: _Walk) -> list[Address]:
     out: list[Address] = []
     if not values:
         return out
+    if sum(map(len, values)) > MAX_ADDRESS_FIELD:     # bounded before it is read, cut between addresses
+        walk.error(f"{name}: longer than {MAX_ADDRESS_FIELD} characters; the rest is not read")
+        kept, room = [], MAX_ADDRESS_FIELD
+        for value in values:
+            if len(value) > room:
+                cut = value.rfind(",", 0, room)
+                if cut > 0:
+                    kept.append(value[:cut])
+                break
+            kept.append(value)
+            room -= len(value)
+        values = kept
     pairs = _safe(lambda: getaddresses(values), [])
     for display, addr in pairs:
         display = _words(display, name, walk).strip()
@@ -594,7 +604,8 @@ def _build(walk: _Walk) -> Parsed:
 
 _HIDDEN = re.compile(r"<(script|style|head|title|template)\b", re.I)
 _CLOSERS = {n: re.compile(f"</{n}", re.I) for n in ("script", "style", "head", "title", "template")}
-_TAG = re.compile(r"""<(?=[A-Za-z/!?])(/?)([A-Za-z][A-Za-z0-9:-]*)?(?:[^<>"']|"[^"<]*"|'[^'<]*')*>""")
+# The tag name's characters are attribute characters too: possessive, so an unclosed tag fails in linear time.
+_TAG = re.compile(r"""<(?=[A-Za-z/!?])(/?)([A-Za-z][A-Za-z0-9:-]*+)?+(?:[^<>"']++|"[^"<]*+"|'[^'<]*+')*+>""")
 _PARAGRAPH = frozenset("p h1 h2 h3 h4 h5 h6 table ul ol dl blockquote pre hr section article header "
                        "footer form fieldset figure nav main aside address center".split())
 _LINE = frozenset("br div li tr dd dt caption option".split())

@@ -21,22 +21,24 @@ _REPLY_WORDS = (
     "回复", "回覆", "答复", "答覆", "转发", "轉發", "转寄", "轉寄", "返信", "転送", "회신", "전달",
 )
 _WORDS = "|".join(sorted(map(re.escape, _REPLY_WORDS), key=len, reverse=True))
+# Possessive white space and counters: a subject that fails to match does so in linear time.
 _PREFIX = re.compile(
-    r"\s*(?:(\[[^\[\]]*\])"                                   # a mailing-list tag: [list-name]
-    rf"|({_WORDS})\s*(?:\[\d+\]|\(\d+\)|\^\d+)?\s*[:：])"     # Re: Re[2]: Re(2): Re^2: 回复：
+    r"\s*+(?:(\[[^\[\]]*+\])"                                # a mailing-list tag: [list-name]
+    rf"|({_WORDS})\s*+(?:\[\d++\]|\(\d++\)|\^\d++)?+\s*+[:：])"   # Re: Re[2]: Re(2): Re^2: 回复：
 )
-_FWD_SUFFIX = re.compile(r"\s*\((?:fwd|fw)\)\s*$")            # pine's trailing "(fwd)"
+_FWD_SUFFIXES = ("(fwd)", "(fw)")                             # pine's trailing "(fwd)"
+MAX_SUBJECT = 2000          # characters of a subject read for threading; a normalised subject keeps 255
 
 
 def _strip(subject: str) -> tuple[str, bool]:
-    s = subject.casefold()
+    s = subject[:MAX_SUBJECT].casefold()          # bounded before any matching
     pos, reply = 0, False
     while m := _PREFIX.match(s, pos):
         reply = reply or m.group(2) is not None
         pos = m.end()
-    s = s[pos:]
-    while m := _FWD_SUFFIX.search(s):
-        s, reply = s[:m.start()], True
+    s = s[pos:].rstrip()
+    while s.endswith(_FWD_SUFFIXES):
+        s, reply = s[:s.rindex("(")].rstrip(), True
     return " ".join(s.split()), reply
 
 
