@@ -49,13 +49,13 @@ def test_submission_reads_the_header_before_the_writer_job(monkeypatch):
 def test_a_bounce_is_parsed_before_the_writer_job(monkeypatch):
     parsers: list[str] = []
     reports: list[tuple[str, list]] = []
-    real = pipeline.parse_dsn
+    real = pipeline.delivery_report
 
-    def parse_dsn(raw: bytes) -> list[dict]:
+    def delivery_report(mail_from: str, raw: bytes) -> list[dict] | None:
         parsers.append(threading.current_thread().name)
-        return real(raw)
+        return real(mail_from, raw)
 
-    monkeypatch.setattr(pipeline, "parse_dsn", parse_dsn)
+    monkeypatch.setattr(pipeline, "delivery_report", delivery_report)
     monkeypatch.setattr(pipeline.messages, "deliver", lambda *args, **kwargs: None)
     monkeypatch.setattr(pipeline, "bounce_received", lambda entry, report: reports.append((entry, report)))
     dsn = (b"From: MAILER-DAEMON@peer.test\r\nTo: bounces+q1@sec.test\r\nSubject: failed\r\n"
