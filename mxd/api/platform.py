@@ -31,7 +31,7 @@ from mxd.api.litemx import _domain_dict, _mailbox_dict, _visible_ids, effective_
 from mxd.api.outbound import address_list
 from mxd.config import parse_hostport
 from mxd.errors import MxdError
-from mxd.ingest import Envelope, Recipient, ingest, received_header, store
+from mxd.ingest import Envelope, Recipient, ingest, received_header, remove_auth_results, store
 from mxd.outqueue import is_return_path
 from mxd.sending import replay_record
 from mxd.store import directory
@@ -243,6 +243,7 @@ async def _store(request: Request, env: Envelope, protocol: str, once_key: str |
     """Make the message durable and wake the pipeline. With `once_key`, a message stored under that key
     in the last 24 hours is not stored again: returns the first one's inbound id (else None)."""
     c = ctx(request)
+    env.data = remove_auth_results(env.data, c.cfg.hostname)    # RFC 8601 5: no forged verdict of ours, as at the MX
     env.received = received_header(helo=env.helo or "api", remote_ip=env.remote_ip or "127.0.0.1",
                                    hostname=c.cfg.hostname, protocol=protocol,
                                    rcpt=env.rcpts[0].address if len(env.rcpts) == 1 else None,

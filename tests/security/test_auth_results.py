@@ -108,3 +108,18 @@ def test_a_bare_line_end_cannot_hide_a_forged_field() -> None:
     assert remove_auth_results(data, OURS) == b"X-A: 1\r\nSubject: s\r\n\r\nbody\r\n"
     hidden = b"Authentica\0tion-Results: mx.example.test; dkim=pass\r\nSubject: s\r\n\r\nbody\r\n"
     assert remove_auth_results(hidden, OURS) == b"Subject: s\r\n\r\nbody\r\n"
+
+
+def test_forged_verdicts_are_removed_from_injected_mail_too(world) -> None:
+    """POST /api/inbound/simulate (and SES notifications, which share its store step) take raw mail from
+    outside as well: the same fields are removed."""
+    proc, _ = world
+    message = (FORGED + KEPT + b"From: alice@remote.test\r\nTo: agent@example.test\r\nSubject: injected\r\n"
+               b"Message-ID: <ar3@remote.test>\r\n\r\nbody\r\n")
+    r = proc.api("POST", "/api/inbound/simulate", json={"to": ["agent@example.test"], "raw": message.decode(),
+                                                         "wait": True})
+    assert r.status_code == 202, r.text
+    [message_id] = r.json()["message_ids"]
+    raw = proc.api("GET", f"/api/messages/{message_id}/raw").content
+    assert KEPT in raw and b"header.d=bank.test" not in raw and b"ceo@bank.test" not in raw
+    assert b'"mx.example.test."' not in raw
