@@ -134,13 +134,25 @@ def message_id_of(data: bytes) -> bytes | None:
 def receipt_key(env: Envelope) -> str | None:
     """What makes a retried transmission of the same message recognisable: the client, the envelope, the
     Message-ID and the size. None without a Message-ID (two such messages may be meant as two)."""
-    message_id = message_id_of(env.data)
+    return transmission_key(env.remote_ip, env.mail_from, [r.address for r in env.rcpts], env.data)
+
+
+def transmission_key(client: str, mail_from: str, rcpts: list[str], data: bytes) -> str | None:
+    """`receipt_key` from its parts (`client`: the IP address, and for a login its token)."""
+    message_id = message_id_of(data)
     if message_id is None:
         return None
-    parts = [env.remote_ip.encode(), env.mail_from.lower().encode("utf-8", "surrogateescape"),
-             *sorted(r.address.lower().encode("utf-8", "surrogateescape") for r in env.rcpts),
-             message_id, str(len(env.data)).encode()]
+    parts = [client.encode("utf-8", "surrogateescape"), mail_from.lower().encode("utf-8", "surrogateescape"),
+             *sorted(r.lower().encode("utf-8", "surrogateescape") for r in rcpts),
+             message_id, str(len(data)).encode()]
     return hashlib.sha256(b"\0".join(parts)).hexdigest()[:40]
+
+
+def stored_receipt(key: str, since: float) -> tuple[str, list[dict]] | None:
+    """(inbound id, recipients) of the row stored under `key` after `since`; runs in the writer."""
+    row = execute('SELECT "id", "rcpts" FROM "inbound" WHERE "receipt" = ? AND "received_at" > ? LIMIT 1',
+                  (key, since)).fetchone()
+    return None if row is None else (row[0], json.loads(row[1]) if isinstance(row[1], str) else row[1])
 
 
 def store(env: Envelope, processed: bool = False, receipt: str | None = None) -> str:
@@ -268,10 +280,9 @@ def store_once(env: Envelope, key: str | None, since: float) -> tuple[str, bool]
     """Insert the row unless the same transmission (`receipt_key`) was stored after `since`:
     (inbound id, True) for a repeat, whose first copy stands."""
     if key is not None:
-        row = execute('SELECT "id" FROM "inbound" WHERE "receipt" = ? AND "received_at" > ? LIMIT 1',
-                      (key, since)).fetchone()
-        if row is not None:
-            return row[0], True
+        first = stored_receipt(key, since)
+        if first is not None:
+            return first[0], True
     store(env, receipt=key)
     return env.id, False
 

@@ -24,7 +24,8 @@ from mxd.config import Config
 from mxd.db import Database, execute
 from mxd.errors import MxdError
 from mxd.ids import new_id
-from mxd.ingest import Envelope, Recipient, as_row, normalize_line_endings, received_header, store
+from mxd.ingest import (Envelope, Recipient, as_row, normalize_line_endings, received_header, store, stored_receipt,
+                        transmission_key)
 from mxd.mime.header import split, strict_problems, unfold
 from mxd.mime.parse import authors as parse_authors, parse
 from mxd.store import messages
@@ -147,7 +148,8 @@ async def checked_authors(data: bytes) -> list[str]:
 # thread and queue entries; SMTP submission runs accept alone and the inbound pipeline completes the sent
 # copy in batches (after a crash too: it is an unprocessed inbound row like any other).
 
-def accept(cfg: Config, principal: Principal | None, out: Outgoing, authors: list[str]) -> tuple[Any, dict]:
+def accept(cfg: Config, principal: Principal | None, out: Outgoing, authors: list[str],
+           receipt: str | None = None) -> tuple[Any, dict]:
     """Runs in the writer: preflight and the durable unsigned copy; returns (its inbound row, the answer so far)."""
     decision = policy.preflight(cfg, principal, out.mail_from, out.recipients, authors)
     sender, box = str(decision.sender), decision.mailbox
@@ -159,7 +161,7 @@ def accept(cfg: Config, principal: Principal | None, out: Outgoing, authors: lis
             "mailbox": box.mailbox_address, "source": out.source}
     copy = Envelope(mail_from=sender, rcpts=[Recipient(box.mailbox_address, (box.mailbox_id,), send=plan)],
                     data=out.data, remote_ip=out.remote_ip, source="outbound")
-    store(copy)
+    store(copy, receipt=receipt)
     if decision.remote:
         policy.record(box, decision.remote)
     status = "held" if decision.hold_reason else "queued"
@@ -227,10 +229,17 @@ def _send_now(cfg: Config, principal: Principal | None, out: Outgoing, dkim: str
     return result
 
 
-def _accept_submitted(cfg: Config, principal: Principal | None, out: Outgoing, authors: list[str]) -> dict:
+def _accept_submitted(cfg: Config, principal: Principal | None, out: Outgoing, authors: list[str],
+                      receipt: str | None, since: float) -> dict:
     """Runs in the writer: accept for SMTP submission, with the From addresses `submit` read (the
-    writer never reads the message itself)."""
-    return accept(cfg, principal, out, authors)[1]
+    writer never reads the message itself). A transmission already accepted under `receipt` after
+    `since` (the client retrying after a lost 250) is answered with the first one's id, not sent again."""
+    if receipt is not None:
+        first = stored_receipt(receipt, since)
+        if first is not None:
+            plan = (first[1][0].get("send") or {}) if first[1] else {}
+            return {"id": plan.get("message_id", first[0]), "status": "duplicate", "hold_reason": None}
+    return accept(cfg, principal, out, authors, receipt)[1]
 
 
 def body_hash(body: Any) -> str:
@@ -267,7 +276,11 @@ async def submit(cfg: Config, db: Database, principal: Principal | None, out: Ou
     from this check and then become one)."""
     out = dataclasses.replace(out, data=await _normalized(out.data))
     authors = await checked_authors(out.data)
-    return await _refusals_recorded(db, principal, out, db.write(_accept_submitted, cfg, principal, out, authors))
+    window = cfg.seconds("duplicate_window")
+    client = f"{out.remote_ip}/{principal.token_id if principal else ''}"
+    receipt = transmission_key(client, out.mail_from, out.recipients, out.data) if window > 0 else None
+    return await _refusals_recorded(db, principal, out, db.write(_accept_submitted, cfg, principal, out, authors,
+                                                                 receipt, time.time() - window))
 
 
 async def _normalized(data: bytes) -> bytes:

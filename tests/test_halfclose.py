@@ -297,3 +297,23 @@ def test_a_retry_after_a_lost_reply_is_not_stored_twice(server):
     assert exim_transaction(conn, data, rcpt="bob@example.test")[0].startswith("250")
     conn.close()
     stored_once(server, subject, "bob@example.test")
+
+
+def test_a_submission_sent_again_is_not_sent_twice(server):
+    """An agent whose 250 was lost sends the same message again: the first acceptance stands."""
+    subject = "submitted twice"
+    data = message(subject, sender="agent@example.test", to="bob@example.test",
+                   message_id="<submitted-twice.1@agent.test>")
+    ids = []
+    for _ in range(2):
+        conn = _submission(server, implicit=False)
+        conn.send(b"MAIL FROM:<agent@example.test>\r\nRCPT TO:<bob@example.test>\r\nDATA\r\n")
+        assert [conn.reply()[:3] for _ in range(3)] == ["250", "250", "354"]
+        conn.send(data + b".\r\n")
+        reply = conn.reply()
+        assert reply.startswith("250 2.0.0 OK queued as msg_"), reply
+        ids.append(reply.split()[-1])
+        conn.close()
+    assert ids[0] == ids[1]
+    stored_once(server, subject, "bob@example.test")
+    assert copies(server, subject) == 1            # one sent copy in the sender's mailbox

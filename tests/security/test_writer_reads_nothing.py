@@ -37,11 +37,12 @@ def test_submission_reads_the_header_before_the_writer_job(monkeypatch):
         return real(data)
 
     monkeypatch.setattr(sending, "authors_of", authors_of)
-    monkeypatch.setattr(sending, "accept", lambda cfg, principal, out, authors: (None, {"authors": authors}))
+    monkeypatch.setattr(sending, "accept", lambda cfg, principal, out, authors, *receipt: (None, {"authors": authors}))
     writer = _Writer()
     out = Outgoing("alice@sec.test", ["bob@sec.test"], b"From: Alice <alice@sec.test>\r\nSubject: s\r\n\r\nbody\r\n",
                    "submission")
-    answer = asyncio.run(sending.submit(None, writer, None, out))
+    cfg = SimpleNamespace(seconds=lambda key: 0.0)
+    answer = asyncio.run(sending.submit(cfg, writer, None, out))
     assert answer == {"authors": ["alice@sec.test"]}
     assert readers and not set(readers) & writer.threads
 
