@@ -97,7 +97,7 @@ class MxHandler:
         envelope.rcpt_options.extend(rcpt_options)
         return codes.RECIPIENT_OK
 
-    async def handle_DATA(self, server: SMTP, session: Session, envelope: SmtpEnvelope) -> str:
+    async def handle_DATA(self, server: MxSMTP, session: Session, envelope: SmtpEnvelope) -> str:  # type: ignore[override]
         data: bytes = envelope.original_content or b""
         if self.cfg.data_line_endings == "reject" and has_bare_line_endings(data):
             return codes.BAD_LINE_ENDINGS
@@ -122,7 +122,7 @@ class MxHandler:
         except Exception:
             log.exception("could not store a message from %s", env.remote_ip)
             return codes.TEMP_FAILURE
-        if not getattr(server, "connected", True):
+        if not server.connected:
             self._unacknowledged(commit, env)
         return codes.QUEUED.format(inbound_id)
 
