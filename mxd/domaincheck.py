@@ -16,7 +16,7 @@ import asyncio
 import time
 from dataclasses import dataclass, field
 
-from mxd import dnsrecords, keys, outbox
+from mxd import dnsrecords, events, keys
 from mxd.address import normalize_domain
 from mxd.config import Config
 from mxd.errors import MxdError
@@ -195,7 +195,7 @@ def record_verification(domain: str, dns_ok: bool, definitely_broken: bool,
             return row, False
         row.ready, row.ready_source, row.ready_at = True, "dns", time.time()
         row.save()
-        outbox.emit("domain.verified", org_id=row.org_id, domain=row.name, domain_id=row.id)
+        events.emit("domain.verified", org_id=row.org_id, domain=row.name, domain_id=row.id)
         return row, True
     if definitely_broken and row.ready and row.ready_source == "dns":
         row.ready, row.ready_source, row.ready_at = False, None, time.time()

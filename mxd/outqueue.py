@@ -14,7 +14,7 @@ import time
 import weakref
 from typing import Any
 
-from mxd import outbox
+from mxd import events
 from mxd.db import execute, executemany, proxy
 from mxd.errors import MxdError
 from mxd.ids import ALPHABET, new_id
@@ -108,7 +108,7 @@ def add(message_id: str, mailbox_id: str, inbound_id: str, mail_from: str, sende
         execute(_INSERT, (entry_id, message_id, inbound_id, mail_from, return_path(entry_id, sender_domain, secret), rcpt,
                           rcpt.rsplit("@", 1)[1].lower(), status, now, now, now + lifetime, "", "", False,
                           hold_reason))
-        outbox.emit("message.held" if hold_reason else "message.queued", mailbox_id=mailbox_id,
+        events.emit("message.held" if hold_reason else "message.queued", mailbox_id=mailbox_id,
                     message_id=message_id, recipient=rcpt, **({"reason": hold_reason} if hold_reason else {}))
         out.append({"address": rcpt, "status": status, "queue_id": entry_id})
     return out
@@ -159,7 +159,7 @@ def delivered(entry: QueueEntry, reply: str, host: str, relayed: bool = False) -
     execute('UPDATE "queue_entry" SET "status" = ?, "last_reply" = ?, "last_host" = ?, "last_attempt_at" = ?, '
             '"attempts" = "attempts" + 1, "lease_until" = 0 WHERE "id" = ?',
             (status, reply, host, time.time(), entry.id))
-    outbox.emit(f"message.{status}", reply=reply, host=host, **_event_args(entry))
+    events.emit(f"message.{status}", reply=reply, host=host, **_event_args(entry))
 
 
 def delivered_many(batch: list[tuple[QueueEntry, str, str]], relayed: bool) -> None:
@@ -178,7 +178,7 @@ def delivered_many(batch: list[tuple[QueueEntry, str, str]], relayed: bool) -> N
         mailboxes.update(execute(f'SELECT "id", "mailbox_id" FROM "message" WHERE "id" IN ({",".join("?" * len(part))})',
                                  part).fetchall())
     for entry, reply, host in batch:
-        outbox.emit(f"message.{status}", reply=reply, host=host, mailbox_id=mailboxes.get(entry.message_id),
+        events.emit(f"message.{status}", reply=reply, host=host, mailbox_id=mailboxes.get(entry.message_id),
                     message_id=entry.message_id, recipient=entry.recipient)
 
 
@@ -192,7 +192,7 @@ def deferred(entry_id: str, reply: str, host: str, delays: list[float]) -> tuple
     QueueEntry.update(status="deferred", last_reply=reply, last_host=host, last_attempt_at=now, attempts=attempts,
                       next_attempt_at=now + delay, lease_until=0).where(QueueEntry.id == entry_id).execute()
     if not expired:
-        outbox.emit("message.deferred", reply=reply, host=host, attempts=attempts, next_attempt_at=now + delay,
+        events.emit("message.deferred", reply=reply, host=host, attempts=attempts, next_attempt_at=now + delay,
                     **_event_args(entry))
     entry = QueueEntry.get_by_id(entry_id)
     return entry, expired
@@ -203,7 +203,7 @@ def failed(entry_id: str, reply: str, host: str) -> QueueEntry:
     QueueEntry.update(status="failed", last_reply=reply, last_host=host, last_attempt_at=time.time(),
                       attempts=QueueEntry.attempts + (0 if entry.status == "failed" else 1), lease_until=0
                       ).where(QueueEntry.id == entry_id).execute()
-    outbox.emit("message.failed", reply=reply, host=host, **_event_args(entry))
+    events.emit("message.failed", reply=reply, host=host, **_event_args(entry))
     return QueueEntry.get_by_id(entry_id)
 
 
@@ -233,7 +233,7 @@ def hold(entry_id: str, reason: str = "operator") -> QueueEntry:
     if entry.status not in ACTIVE:
         raise MxdError("conflict", f"entry is {entry.status}; only queued or deferred entries can be held", status=409)
     QueueEntry.update(status="held", hold_reason=reason).where(QueueEntry.id == entry_id).execute()
-    outbox.emit("message.held", reason=reason, **_event_args(entry))
+    events.emit("message.held", reason=reason, **_event_args(entry))
     return get(entry_id)
 
 
@@ -245,7 +245,7 @@ def release(entry_id: str) -> QueueEntry:
     QueueEntry.update(status="queued", hold_reason=None, next_attempt_at=now, lease_until=0,
                       expires_at=max(entry.expires_at, now + (entry.expires_at - entry.created_at))
                       ).where(QueueEntry.id == entry_id).execute()
-    outbox.emit("message.released", **_event_args(entry))
+    events.emit("message.released", **_event_args(entry))
     return get(entry_id)
 
 
@@ -255,7 +255,7 @@ def drop(entry_id: str) -> None:
         raise MxdError("conflict", f"entry is {entry.status} already", status=409)
     QueueEntry.update(status="failed", last_reply="deleted by the operator", lease_until=0).where(
         QueueEntry.id == entry_id).execute()
-    outbox.emit("message.failed", reply="deleted by the operator", host="", **_event_args(entry))
+    events.emit("message.failed", reply="deleted by the operator", host="", **_event_args(entry))
 
 
 def list_entries(status: str | None, limit: int, before: str | None) -> list[QueueEntry]:

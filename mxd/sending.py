@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mxd import audit, dkimsign, keys, outbox, outqueue, policy
+from mxd import audit, dkimsign, events, keys, outqueue, policy
 from mxd.config import Config
 from mxd.db import Database, execute
 from mxd.errors import MxdError
@@ -313,7 +313,7 @@ def _blocked(principal: Principal | None, out: Outgoing, exc: MxdError) -> None:
         if row is not None and row[1] != principal.org_id:
             row = None
         org_id = principal.org_id
-    outbox.emit("message.blocked", mailbox_id=row[0] if row else None, sender=out.mail_from,
+    events.emit("message.blocked", mailbox_id=row[0] if row else None, sender=out.mail_from,
                 recipients=out.recipients[:100], code=exc.code, reason=exc.message, source=out.source,
                 org_id=org_id)
     audit.record(principal.token_id if principal else "mxd", "send", org_id=org_id,

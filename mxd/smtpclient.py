@@ -37,7 +37,7 @@ class DeliveryError(Exception):
     enhanced: str | None = None
     text: str = ""
     host: str | None = None
-    stage: str = "connect"   # one of STAGES; NoRoute/NullMX in mxd.delivery.mx use "dns"
+    stage: str = "connect"   # one of STAGES; NoRoute/NullMX in mxd.delivery.mxhosts use "dns"
 
     def __str__(self) -> str:
         reply = " ".join(str(x) for x in (self.code, self.enhanced) if x)

@@ -448,7 +448,7 @@ def test_client_raises_the_api_error_fields(daemon):
 
 # ---------------------------------------------------------------- what the commands print
 def test_table_aligns_columns_under_a_header(capsys):
-    from mxd.climd.output import table
+    from mxd.cli.output import table
     table([{"a": "x", "b": None, "c": True}, {"a": "longer", "b": ["p@q.test", "r@s.test"], "c": False}],
           [("A", lambda r: r["a"]), ("B", lambda r: r["b"]), ("C", lambda r: r["c"])])
     assert capsys.readouterr().out.splitlines() == [
@@ -461,7 +461,7 @@ def test_table_aligns_columns_under_a_header(capsys):
 
 
 def test_fields_times_and_sizes(capsys):
-    from mxd.climd.output import fields, human_size, when
+    from mxd.cli.output import fields, human_size, when
     fields([("id", "msg_1"), ("attachment", "a.txt"), ("attachment", "b.txt")])
     assert capsys.readouterr().out.splitlines() == ["id:         msg_1", "attachment: a.txt", "attachment: b.txt"]
     assert when(0) == "1970-01-01T00:00:00Z" and when("2026-11-22T02:45:32.290755Z") == "2026-11-22T02:45:32Z"
@@ -471,7 +471,7 @@ def test_fields_times_and_sizes(capsys):
 
 
 def test_spinner_and_count_lines_go_to_stderr_only_when_wanted(capsys):
-    from mxd.climd.output import Line, Spinner
+    from mxd.cli.output import Line, Spinner
     with Spinner("sweeping", True):
         wait_for(lambda: "sweeping" in capsys.readouterr().err, timeout=30, every=0.05)
     out = capsys.readouterr()

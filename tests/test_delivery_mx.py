@@ -1,4 +1,4 @@
-"""mxd.delivery.mx through a real authoritative DNS server on loopback."""
+"""mxd.delivery.mxhosts through a real authoritative DNS server on loopback."""
 from __future__ import annotations
 
 import random
@@ -6,7 +6,7 @@ from typing import Iterator
 
 import pytest
 
-from mxd.delivery.mx import NoRoute, NullMX, Target, resolve_targets
+from mxd.delivery.mxhosts import NoRoute, NullMX, Target, resolve_targets
 from mxd.resolver import StaticResolver, make_resolver
 from mxd.smtpclient import DeliveryError
 from tests.dnsserver import DNSServer

@@ -21,9 +21,9 @@ import pytest
 from standardwebhooks import Webhook as Verifier
 from standardwebhooks.webhooks import WebhookVerificationError
 
-from mxd import webhooks
+from mxd import webhook_sender
 from mxd.db import proxy
-from mxd.store import webhooks as store
+from mxd.store import webhook_rows as store
 from mxd.secretbox import SecretBox
 from mxd.store.models import MODELS, Event, Mailbox, Webhook, WebhookAttempt, WebhookDelivery
 from mxd.tokens import Principal
@@ -268,7 +268,7 @@ def test_payload_is_signed_with_both_secrets_during_rotation(memory_store):
     assert store.signing_secrets(hook, time.time(), box) == [old, new]
     assert store.signing_secrets(hook, time.time() + store.ROTATION_GRACE + 1, box) == [new]
     body = json.dumps({"type": "message.inbound", "timestamp": "2026-01-01T00:00:00Z", "data": {}})
-    headers = webhooks.sign_headers("evt_1", body, [old, new])
+    headers = webhook_sender.sign_headers("evt_1", body, [old, new])
     assert len(headers["webhook-signature"].split(" ")) == 2
     assert Verifier(old).verify(body, headers)["type"] == "message.inbound"
     assert Verifier(new).verify(body, headers)["type"] == "message.inbound"
@@ -287,18 +287,18 @@ def test_payload_is_signed_with_both_secrets_during_rotation(memory_store):
     ("93.184.215.14", None), ("2606:4700:4700::1111", None)])
 def test_address_classes(address, kind):
     import ipaddress
-    assert webhooks.refusal(ipaddress.ip_address(address)) == kind
+    assert webhook_sender.refusal(ipaddress.ip_address(address)) == kind
 
 
 async def test_every_connection_is_checked_not_only_creation():
     """A URL that passed at creation but now leads to loopback is refused when connecting."""
     receiver = Receiver().start()
     try:
-        strict = webhooks.make_client(5.0, allow_private=False)
-        with pytest.raises(webhooks.UrlRefused):
+        strict = webhook_sender.make_client(5.0, allow_private=False)
+        with pytest.raises(webhook_sender.UrlRefused):
             await strict.post(receiver.url("/x"), content=b"{}")
         await strict.aclose()
-        open_ = webhooks.make_client(5.0, allow_private=True)
+        open_ = webhook_sender.make_client(5.0, allow_private=True)
         assert (await open_.post(receiver.url("/x"), content=b"{}")).status_code == 200
         await open_.aclose()
         assert len(receiver.got("/x")) == 1

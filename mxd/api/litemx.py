@@ -10,7 +10,7 @@ import urllib.parse
 
 from mxd import domaincheck, keys, tokens
 from mxd.api.outbound import delivery_status
-from mxd.api.app import authenticate, ctx, json_body, note_audit, page, page_params
+from mxd.api.asgi import authenticate, ctx, json_body, note_audit, page, page_params
 from mxd.config import Config
 from mxd.errors import MxdError
 from mxd.mime.parse import attachment as attachment_bytes

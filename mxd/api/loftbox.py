@@ -1,7 +1,7 @@
 """The /v1/... dialect (loftbox-api.txt) and its /api/v1/... alias: thin translations onto the same core as /api.
 
 Owner sign-up and verification (mxd.orgs), agents (mxd.agents), an organisation's domains, agent
-mailboxes, sending (the one send path, mxd.api.outbound.send_draft), inbox polling (mxd.inbox) and
+mailboxes, sending (the one send path, mxd.api.outbound.send_draft), inbox polling (mxd.acks) and
 /health. An organisation's key sees its own objects only; the operator's admin token sees all.
 Webhook routes under /v1 live in mxd.api.webhooks.
 """
@@ -15,8 +15,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from mxd import agents, domaincheck, inbox, keys, orgs
-from mxd.api.app import MAIL_BODY, Context, authenticate, ctx, json_body, note_audit, page, page_params, principal_of
+from mxd import acks, agents, domaincheck, keys, orgs
+from mxd.api.asgi import MAIL_BODY, Context, authenticate, ctx, json_body, note_audit, page, page_params, principal_of
 from mxd.api.litemx import health
 from mxd.api.outbound import delivery_status, draft_from_body, send_draft
 from mxd.errors import MxdError
@@ -447,7 +447,7 @@ async def inbox_poll(request: Request) -> Response:
 
     def work() -> dict:
         box = _visible_mailbox(principal, request.path_params["mailbox_id"])
-        rows = inbox.poll(box.id, limit + 1)
+        rows = acks.poll(box.id, limit + 1)
         data = [dict(_message_out(m, box.address), mailbox_id=box.id) for m in rows[:limit]]
         return {"mailbox_id": box.id, "data": data, "count": len(data), "has_more": len(rows) > limit}
     return JSONResponse(await ctx(request).db.read(work))
@@ -465,7 +465,7 @@ async def inbox_ack(request: Request) -> Response:
 
     def work() -> dict:
         box = _visible_mailbox(principal, request.path_params["mailbox_id"])
-        acked, missing = inbox.ack(box.id, ids)
+        acked, missing = acks.ack(box.id, ids)
         return {"mailbox_id": box.id, "acknowledged": acked, "not_found": missing}
     out = await c.db.write(work)
     note_audit(request, acknowledged=len(out["acknowledged"]))

@@ -36,10 +36,10 @@ from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 
-from mxd import __version__, audit, inbox
+from mxd import __version__, acks, audit
 from mxd.api import litemx, outbound
-from mxd.api.app import Context, anonymous_row, authenticate, error_response, page, principal_of
-from mxd.api.app import ctx as app_ctx
+from mxd.api.asgi import Context, anonymous_row, authenticate, error_response, page, principal_of
+from mxd.api.asgi import ctx as app_ctx
 from mxd.errors import MxdError
 from mxd.mime.compose import ComposeError
 from mxd.mime.parse import attachment_text
@@ -358,7 +358,7 @@ async def poll_inbox(ctx: ToolContext, mailbox: MailboxRef, limit: Limit = 20) -
     async def work(c: Context, principal: Principal, note: dict) -> dict:
         def read() -> dict:
             ids, names = litemx._mailbox_scope(principal, _one_mailbox(mailbox, "poll_inbox"))
-            rows = inbox.poll(ids[0], limit + 1)
+            rows = acks.poll(ids[0], limit + 1)
             data = [_meta(m, names[ids[0]]) for m in rows[:limit]]
             return {"mailbox": names[ids[0]], "mailbox_id": ids[0], "data": data, "count": len(data),
                     "has_more": len(rows) > limit}
@@ -373,7 +373,7 @@ async def ack_inbox(ctx: ToolContext, mailbox: MailboxRef,
     async def work(c: Context, principal: Principal, note: dict) -> dict:
         def write() -> dict:
             ids, names = litemx._mailbox_scope(principal, _one_mailbox(mailbox, "ack_inbox"))
-            acked, missing = inbox.ack(ids[0], message_ids)
+            acked, missing = acks.ack(ids[0], message_ids)
             return {"mailbox": names[ids[0]], "mailbox_id": ids[0], "acknowledged": acked, "not_found": missing}
         out = await c.db.write(write)
         note.update(mailbox=out["mailbox"], acknowledged=len(out["acknowledged"]))

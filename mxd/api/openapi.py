@@ -17,7 +17,7 @@ from starlette.routing import BaseRoute, Host, Mount, Route
 import mxd
 from mxd import tokens
 from mxd.api import pages
-from mxd.store.webhooks import EVENT_TYPES
+from mxd.store.webhook_rows import EVENT_TYPES
 
 PUBLIC: str | None = None       # no token needed
 ANY = "any"                     # any valid token, whatever its scopes

@@ -16,7 +16,7 @@ from starlette.routing import Route
 
 from mxd import address as addr
 from mxd import outqueue, suppression
-from mxd.api.app import MAIL_BODY, Context, authenticate, ctx, json_body, note_audit, page, page_params
+from mxd.api.asgi import MAIL_BODY, Context, authenticate, ctx, json_body, note_audit, page, page_params
 from mxd.errors import MxdError
 from mxd.ids import new_id
 from mxd.mime.compose import ComposeError, Draft, OutAttachment, compose, envelope_recipients, reply_headers, \

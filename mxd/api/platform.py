@@ -26,7 +26,7 @@ from starlette.routing import BaseRoute, Route
 import mxd
 from mxd import address as addr
 from mxd import audit, retention, tokens
-from mxd.api.app import authenticate, ctx, json_body, note_audit, page, page_params, principal_of
+from mxd.api.asgi import authenticate, ctx, json_body, note_audit, page, page_params, principal_of
 from mxd.api.litemx import _domain_dict, _mailbox_dict, _visible_ids, effective_retention
 from mxd.api.outbound import address_list
 from mxd.config import parse_hostport

@@ -9,10 +9,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from mxd import secretbox, webhooks
-from mxd.api.app import authenticate, ctx, json_body, note_audit, page, page_params
+from mxd import secretbox, webhook_sender
+from mxd.api.asgi import authenticate, ctx, json_body, note_audit, page, page_params
 from mxd.errors import MxdError
-from mxd.store import webhooks as store
+from mxd.store import webhook_rows as store
 from mxd.store.models import Webhook
 
 
@@ -27,7 +27,7 @@ async def _create(request: Request, agent_id: str | None = None) -> Response:
     c = ctx(request)
     event_types = store.validate_event_types(body.get("event_types"))
     url = body.get("url")
-    await webhooks.check_url(url, c.cfg.webhook_allow_private)
+    await webhook_sender.check_url(url, c.cfg.webhook_allow_private)
     if agent_id is None:
         agent_id = body.get("agent_id")
         if agent_id is not None and not isinstance(agent_id, str):

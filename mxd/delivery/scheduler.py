@@ -19,7 +19,7 @@ from mxd import outqueue, policy
 from mxd.config import Config, parse_hostport
 from mxd.db import Database, execute
 from mxd.delivery import bounces
-from mxd.delivery.mx import NoRoute, NullMX, Target, resolve_targets
+from mxd.delivery.mxhosts import NoRoute, NullMX, Target, resolve_targets
 from mxd.ingest import with_trace
 from mxd.netcheck import refusal
 from mxd.resolver import Resolver

@@ -15,7 +15,7 @@ from typing import Callable
 from aiosmtpd.smtp import SMTP, Envelope as SmtpEnvelope, Session
 
 from mxd import address as addr
-from mxd import outbox, outqueue
+from mxd import events, outqueue
 from mxd import smtpcodes as codes
 from mxd.config import Config
 from mxd.db import Database
@@ -145,7 +145,7 @@ class MxHandler:
         log.warning("%s: stored %s but the connection was gone before its 250", env.remote_ip, inbound_id)
 
         def record() -> None:
-            outbox.emit("inbound.unacknowledged", inbound_id=inbound_id, remote_ip=env.remote_ip,
+            events.emit("inbound.unacknowledged", inbound_id=inbound_id, remote_ip=env.remote_ip,
                         mail_from=env.mail_from, rcpts=[r.address for r in env.rcpts], repeat=repeat)
         asyncio.ensure_future(self.db.write(record))
 

@@ -8,7 +8,7 @@ from typing import Any, NamedTuple
 from mxd.ids import new_id
 from mxd.ingest import with_trace
 from mxd.store import search, threads
-from mxd import outbox
+from mxd import events
 from mxd.store.models import Attachment, Inbound, Message, Thread
 from mxd.db import execute, proxy
 
@@ -91,7 +91,7 @@ def deliver(inbound: Any, parsed: Any, auth: Any, trace: str, window_seconds: fl
                 "disposition": a.disposition} for a in parsed.attachments]).execute()
         search.index(proxy.obj, msg_id, mailbox_id, fields["subject"], addresses, fields["text"])
         if direction == "in":
-            outbox.emit("message.inbound", mailbox_id=mailbox_id, message_id=msg_id, thread_id=thread_id)
+            events.emit("message.inbound", mailbox_id=mailbox_id, message_id=msg_id, thread_id=thread_id)
         created.append((msg_id, thread_id))
     execute('UPDATE "inbound" SET "processed" = ?, "trace" = ? WHERE "id" = ?', (True, trace, inbound.id))
     return created

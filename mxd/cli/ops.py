@@ -5,8 +5,8 @@ import argparse
 import sys
 
 from mxd.client import Client
-from mxd.climd.directory import _deleted, seg
-from mxd.climd.output import Spinner, api_options, clip, collect, fields, list_options, print_json, \
+from mxd.cli.directory import _deleted, seg
+from mxd.cli.output import Spinner, api_options, clip, collect, fields, list_options, print_json, \
     progress_wanted, show, table
 
 

@@ -28,9 +28,9 @@ from mxd.errors import MxdError
 from mxd.netcheck import refusal
 from mxd.resolver import Resolver
 from mxd.secretbox import for_dir
-from mxd.store import webhooks as store
+from mxd.store import webhook_rows as store
 
-log = logging.getLogger("mxd.webhooks")
+log = logging.getLogger("mxd.webhook_sender")
 logging.getLogger("httpx").setLevel(logging.WARNING)   # its INFO line per request carries the URL, often a secret
 
 POLL_SECONDS = 1.0

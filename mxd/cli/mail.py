@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from mxd.client import ApiError, Client
-from mxd.climd.directory import seg
-from mxd.climd.output import Line, api_options, clip, collect, fields, human_size, list_options, \
+from mxd.cli.directory import seg
+from mxd.cli.output import Line, api_options, clip, collect, fields, human_size, list_options, \
     progress_wanted, show, table
 
 MESSAGE_COLUMNS = [("ID", lambda m: m["id"]), ("DATE", lambda m: (m.get("date") or m.get("received_at") or "")[:16]),

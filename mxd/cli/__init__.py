@@ -1,5 +1,5 @@
 """The `mxd` command: init, serve and dkim act on this host; every other command acts on a running
-daemon through its HTTP API (mxd.climd, with $MXD_URL and $MXD_TOKEN)."""
+daemon through its HTTP API (mxd.cli, with $MXD_URL and $MXD_TOKEN)."""
 from __future__ import annotations
 
 import argparse
@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from mxd import config as config_mod
-from mxd import climd, dnsrecords, keys, tokens
+from mxd import dnsrecords, keys, tokens
+from mxd.cli import commands
 from mxd.client import ApiError, Client
 from mxd.errors import MxdError
 
@@ -82,7 +83,7 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from mxd.app import StartupError, serve
+    from mxd.daemon import StartupError, serve
 
     cfg = _load(args)
     logging.basicConfig(level=getattr(logging, cfg.log_level.upper(), logging.INFO),
@@ -152,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_dkim)
 
-    climd.register(sub)
+    commands.register(sub)
 
     args = parser.parse_args(argv)
     try:
@@ -175,6 +176,3 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 
-from mxd.climd import directory, mail, ops
+from mxd.cli import directory, mail, ops
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -6,7 +6,7 @@ import sys
 from urllib.parse import quote
 
 from mxd.client import Client
-from mxd.climd.output import api_options, clip, fields, print_json, show, table, when
+from mxd.cli.output import api_options, clip, fields, print_json, show, table, when
 
 
 def seg(value: str) -> str:

@@ -14,7 +14,7 @@ import uvicorn
 
 from mxd import keys, tokens
 from mxd.api import httpconn, mcp
-from mxd.api.app import Context, create_app
+from mxd.api.asgi import Context, create_app
 from mxd.config import Config, parse_hostport
 from mxd.db import Database
 from mxd.pipeline import Pipeline, make_workers
@@ -24,7 +24,7 @@ from mxd.delivery.scheduler import Scheduler
 from mxd.smtpserver.mx import MxHandler, MxServer
 from mxd.smtpserver.submission import SubmissionHandler, SubmissionServer
 from mxd.store.directory import Directory
-from mxd.webhooks import WebhookWorker
+from mxd.webhook_sender import WebhookWorker
 
 log = logging.getLogger("mxd")
 

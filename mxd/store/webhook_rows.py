@@ -20,7 +20,7 @@ from typing import Any
 
 from peewee import fn
 
-from mxd import outbox
+from mxd import events
 from mxd.db import execute
 from mxd.errors import MxdError
 from mxd.ids import new_id
@@ -30,12 +30,12 @@ from mxd.store.messages import _iso
 from mxd.store.models import Agent, Event, Mailbox, Message, Webhook, WebhookAttempt, WebhookDelivery
 from mxd.tokens import Principal
 
-log = logging.getLogger("mxd.webhooks")
+log = logging.getLogger("mxd.webhook_sender")
 
 # The tracker's list first; the other outbox types may be subscribed to as well.
 EVENT_TYPES = ("message.inbound", "message.delivered", "message.failed", "message.deferred", "message.blocked",
                "message.held", "domain.verified") + tuple(
-    t for t in outbox.TYPES if t not in ("message.inbound", "message.delivered", "message.failed",
+    t for t in events.TYPES if t not in ("message.inbound", "message.delivered", "message.failed",
                                           "message.deferred", "message.blocked", "message.held", "domain.verified"))
 SECRET_PREFIX = "whsec_"
 _UNOPENED: set[str] = set()      # webhooks whose sealed secret did not open, reported once
