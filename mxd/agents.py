@@ -13,7 +13,7 @@ from typing import Any
 from mxd.errors import MxdError
 from mxd.ids import new_id
 from mxd.orgs import SLUG, slugify
-from mxd.store.messages import _iso
+from mxd.timefmt import iso
 from mxd.store.models import Agent, Mailbox
 from mxd.tokens import Principal
 
@@ -97,4 +97,4 @@ def to_dict(agent: Agent) -> dict:
     return {"id": agent.id, "organization_id": agent.org_id, "name": agent.name, "slug": agent.slug,
             "external_id": agent.external_id, "description": agent.description, "purpose": agent.purpose,
             "owner_label": agent.owner_label, "policy_scope": agent.policy_scope,
-            "created_at": _iso(agent.created_at)}
+            "created_at": iso(agent.created_at)}

@@ -209,7 +209,7 @@ def default_domain(configured: str) -> Domain:
 
 
 def to_dict(org: Organization) -> dict:
-    from mxd.store.messages import _iso
+    from mxd.timefmt import iso
     return {"id": org.id, "name": org.name, "slug": org.slug, "owner_email": org.owner_email,
-            "verified": org.verified_at is not None, "verified_at": _iso(org.verified_at),
-            "daily_send_cap": org.daily_send_cap, "created_at": _iso(org.created_at)}
+            "verified": org.verified_at is not None, "verified_at": iso(org.verified_at),
+            "daily_send_cap": org.daily_send_cap, "created_at": iso(org.created_at)}

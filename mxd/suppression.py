@@ -68,6 +68,6 @@ def cursor(row: Suppression) -> str:
 
 
 def to_dict(row: Suppression) -> dict:
-    from mxd.store.messages import _iso
+    from mxd.timefmt import iso
     return {"address": row.address, "organization_id": row.org_id or None, "reason": row.reason,
-            "detail": row.detail, "created_at": _iso(row.created_at)}
+            "detail": row.detail, "created_at": iso(row.created_at)}

@@ -13,6 +13,7 @@ from mxd.api.outbound import delivery_status
 from mxd.api.asgi import authenticate, ctx, json_body, note_audit, page, page_params
 from mxd.config import Config
 from mxd.errors import MxdError
+from mxd.timefmt import iso
 from mxd.mime.parse import attachment as attachment_bytes
 from mxd.store import directory, messages, search, threads
 from mxd.store.models import Agent, Attachment, Mailbox, Message, Organization, Thread
@@ -28,7 +29,7 @@ def effective_retention(box: Mailbox, cfg: Config) -> int:
 def _mailbox_dict(box: Mailbox, cfg: Config | None = None) -> dict:
     out = {"id": box.id, "address": box.address, "domain": box.address.split("@", 1)[1],
            "display_name": box.display_name, "retention_days": box.retention_days,
-           "org_id": box.org_id, "agent_id": box.agent_id, "created_at": messages._iso(box.created_at)}
+           "org_id": box.org_id, "agent_id": box.agent_id, "created_at": iso(box.created_at)}
     if cfg is not None:
         out["effective_retention_days"] = effective_retention(box, cfg)
     return out
@@ -37,7 +38,7 @@ def _mailbox_dict(box: Mailbox, cfg: Config | None = None) -> dict:
 def _domain_dict(d) -> dict:
     return {"id": d.id, "name": d.name, "org_id": d.org_id, "ready": d.ready, "ready_source": d.ready_source,
             "ownership_verified": d.org_id is None or d.owner_verified_at is not None,
-            "created_at": messages._iso(d.created_at)}
+            "created_at": iso(d.created_at)}
 
 
 def _visible_ids(principal: Principal) -> list[str] | None:

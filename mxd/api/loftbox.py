@@ -20,6 +20,7 @@ from mxd.api.asgi import MAIL_BODY, Context, authenticate, ctx, json_body, note_
 from mxd.api.litemx import health
 from mxd.api.outbound import delivery_status, draft_from_body, send_draft
 from mxd.errors import MxdError
+from mxd.timefmt import iso
 from mxd.mime.compose import reply_headers, reply_subject
 from mxd.store import directory, messages
 from mxd.store.models import Attachment, Domain, Mailbox, Message, Organization
@@ -59,7 +60,7 @@ def _domain_dict(d: Domain) -> dict:
     return {"id": d.id, "domain": d.name, "organization_id": d.org_id, "status": state,
             "inbound_status": inbound, "outbound_status": state, "ready_source": d.ready_source,
             "ownership_verified": owned,
-            "created_at": messages._iso(d.created_at), "verified_at": messages._iso(d.ready_at) if d.ready else None}
+            "created_at": iso(d.created_at), "verified_at": iso(d.ready_at) if d.ready else None}
 
 
 def _mailbox_dict(box: Mailbox, cfg_retention: int) -> dict:
@@ -67,7 +68,7 @@ def _mailbox_dict(box: Mailbox, cfg_retention: int) -> dict:
     return {"id": box.id, "address": box.address, "local_part": local, "domain": domain, "domain_id": box.domain_id,
             "agent_id": box.agent_id, "organization_id": box.org_id, "display_name": box.display_name,
             "retention_days": box.retention_days if box.retention_days is not None else cfg_retention,
-            "created_at": messages._iso(box.created_at)}
+            "created_at": iso(box.created_at)}
 
 
 def _limits(c: Context, org: Organization | None) -> dict:

@@ -18,11 +18,12 @@ from mxd import address as addr
 from mxd import outqueue, suppression
 from mxd.api.asgi import MAIL_BODY, Context, authenticate, ctx, json_body, note_audit, page, page_params
 from mxd.errors import MxdError
+from mxd.timefmt import iso
 from mxd.ids import new_id
 from mxd.mime.compose import ComposeError, Draft, OutAttachment, compose, envelope_recipients, reply_headers, \
     reply_subject
 from mxd.sending import Outgoing, send
-from mxd.store import directory, messages
+from mxd.store import directory
 from mxd.store.models import Draft as DraftRow, Mailbox, Message, Organization, QueueEntry, Thread
 from mxd.tokens import Principal
 
@@ -175,8 +176,8 @@ async def thread_reply(request: Request) -> Response:
 
 # ---------------------------------------------------------------- drafts
 def _draft_dict(row: DraftRow, address: str) -> dict:
-    return {"id": row.id, "mailbox": address, "thread_id": row.thread_id, "created_at": messages._iso(row.created_at),
-            "updated_at": messages._iso(row.updated_at), "sent_message_id": row.sent_message_id, **row.body}
+    return {"id": row.id, "mailbox": address, "thread_id": row.thread_id, "created_at": iso(row.created_at),
+            "updated_at": iso(row.updated_at), "sent_message_id": row.sent_message_id, **row.body}
 
 
 def _save_draft(principal: Principal, body: dict, thread_id: str | None = None, reply: dict | None = None) -> dict:

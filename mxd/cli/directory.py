@@ -14,7 +14,7 @@ def seg(value: str) -> str:
     return quote(value, safe="@+")
 
 
-def _deleted(args: argparse.Namespace, what: str, key: str) -> int:
+def deleted(args: argparse.Namespace, what: str, key: str) -> int:
     if args.json:
         print_json({"deleted": key})
     else:
@@ -42,7 +42,7 @@ def cmd_domains(args: argparse.Namespace, api: Client) -> int:
         return show(args, api.post("/api/domains", {"domain": args.name}), _domain_line)
     if args.action == "delete":
         api.delete(f"/api/domains/{name}")
-        return _deleted(args, "domain", args.name)
+        return deleted(args, "domain", args.name)
     if args.action == "status":
         return show(args, api.get(f"/api/domains/{name}/status"), _domain_line)
     if args.action == "verify":
@@ -81,7 +81,7 @@ def cmd_mailboxes(args: argparse.Namespace, api: Client) -> int:
         return show(args, api.get(f"/api/mailboxes/{box}"), fields)
     if args.action == "delete":
         api.delete(f"/api/mailboxes/{box}")
-        return _deleted(args, "mailbox", args.address)
+        return deleted(args, "mailbox", args.address)
     if args.days is not None:
         answer = api.put(f"/api/mailboxes/{box}/retention", {"retention_days": args.days})
     else:
@@ -98,7 +98,7 @@ def cmd_aliases(args: argparse.Namespace, api: Client) -> int:
         answer = api.post("/api/aliases", {"address": args.address, "targets": args.targets})
         return show(args, answer, lambda a: print(f"{a['address']} -> {', '.join(a['targets'])}"))
     api.delete(f"/api/aliases/{seg(args.address)}")
-    return _deleted(args, "alias", args.address)
+    return deleted(args, "alias", args.address)
 
 
 def cmd_catchall(args: argparse.Namespace, api: Client) -> int:
@@ -124,7 +124,7 @@ def cmd_tokens(args: argparse.Namespace, api: Client) -> int:
         return show(args, api.get("/api/tokens")["data"], lambda r: table(r, TOKEN_COLUMNS))
     if args.action == "revoke":
         api.delete(f"/api/tokens/{seg(args.id)}")
-        return _deleted(args, "token", args.id)
+        return deleted(args, "token", args.id)
     body: dict = {"name": args.name, "scopes": args.scope}
     if args.mailbox:
         body["mailboxes"] = args.mailbox

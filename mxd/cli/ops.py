@@ -5,7 +5,7 @@ import argparse
 import sys
 
 from mxd.client import Client
-from mxd.cli.directory import _deleted, seg
+from mxd.cli.directory import deleted, seg
 from mxd.cli.output import Spinner, api_options, clip, collect, fields, list_options, print_json, \
     progress_wanted, show, table
 
@@ -21,7 +21,7 @@ def cmd_queue(args: argparse.Namespace, api: Client) -> int:
         return show(args, rows, lambda r: table(r, QUEUE_COLUMNS))
     if args.action == "delete":
         api.delete(f"/api/queue/{seg(args.id)}")
-        return _deleted(args, "queue entry", args.id)
+        return deleted(args, "queue entry", args.id)
     return show(args, api.post(f"/api/queue/{seg(args.id)}/{args.action}"), lambda q: table([q], QUEUE_COLUMNS))
 
 
@@ -35,7 +35,7 @@ def cmd_suppressions(args: argparse.Namespace, api: Client) -> int:
         answer = api.post("/api/suppressions", {"address": args.address, "reason": args.reason})
         return show(args, answer, lambda s: table([s], columns))
     api.delete(f"/api/suppressions/{seg(args.address)}")
-    return _deleted(args, "suppression of", args.address)
+    return deleted(args, "suppression of", args.address)
 
 
 # ---------------------------------------------------------------- audit and retention
@@ -84,7 +84,7 @@ def cmd_webhooks(args: argparse.Namespace, api: Client) -> int:
         return show(args, rows, lambda r: table(r, WEBHOOK_COLUMNS))
     if args.action == "delete":
         api.delete(f"/api/webhooks/{seg(args.id)}")
-        return _deleted(args, "webhook", args.id)
+        return deleted(args, "webhook", args.id)
     if args.action == "attempts":
         rows = collect(args, api, f"/api/webhooks/{seg(args.id)}/attempts", {}, "attempts")
         return show(args, rows, lambda r: table(r, ATTEMPT_COLUMNS))

@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
 from typing import Any, NamedTuple
 
 from mxd.ids import new_id
 from mxd.ingest import with_trace
 from mxd.store import search, threads
 from mxd import events
+from mxd.timefmt import iso
 from mxd.store.models import Attachment, Inbound, Message, Thread
 from mxd.db import execute, proxy
 
@@ -184,19 +184,13 @@ def raw(msg: Message) -> bytes:
     return with_trace(inbound.trace, inbound.data)
 
 
-def _iso(ts: float | None) -> str | None:
-    if ts is None:
-        return None
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat().replace("+00:00", "Z")
-
-
 def summary(msg: Message | MessageRow, mailbox_address: str) -> dict:
     text = msg.text or ""
     return {
         "id": msg.id, "thread_id": msg.thread_id, "mailbox": mailbox_address, "direction": msg.direction,
         "message_id": msg.message_id, "subject": msg.subject,
         "from": msg.from_addr[0] if msg.from_addr else None, "to": msg.to_addr, "cc": msg.cc_addr,
-        "date": _iso(msg.date), "received_at": _iso(msg.received_at),
+        "date": iso(msg.date), "received_at": iso(msg.received_at),
         "snippet": " ".join(text[:SNIPPET * 2].split())[:SNIPPET], "size": msg.size,
         "plus_tag": msg.plus_tag, "has_parse_errors": bool(msg.parse_errors),
     }
@@ -219,6 +213,6 @@ def detail(msg: Message, mailbox_address: str, attachments: list[Attachment]) ->
 
 def thread_dict(thread: Thread, mailbox_address: str) -> dict:
     return {"id": thread.id, "mailbox": mailbox_address, "subject": thread.subject,
-            "message_count": thread.message_count, "first_at": _iso(thread.first_at),
-            "last_at": _iso(thread.last_at)}
+            "message_count": thread.message_count, "first_at": iso(thread.first_at),
+            "last_at": iso(thread.last_at)}
 

@@ -26,7 +26,7 @@ from mxd.errors import MxdError
 from mxd.ids import new_id
 from mxd.secretbox import SecretBox, SecretError, is_sealed, open_value
 from mxd.store import directory
-from mxd.store.messages import _iso
+from mxd.timefmt import iso
 from mxd.store.models import Agent, Event, Mailbox, Message, Webhook, WebhookAttempt, WebhookDelivery
 from mxd.tokens import Principal
 
@@ -193,13 +193,13 @@ def to_dict(hook: Webhook, mailbox_address: str | None = None, now: float | None
     return {"id": hook.id, "url": hook.url, "event_types": hook.event_types, "org_id": hook.org_id,
             "agent_id": hook.agent_id, "mailbox_id": hook.mailbox_id, "mailbox": mailbox_address,
             "enabled": hook.enabled, "disabled_reason": hook.disabled_reason,
-            "previous_secret_expires_at": _iso(hook.previous_expires_at) if rotating else None,
-            "created_at": _iso(hook.created_at)}
+            "previous_secret_expires_at": iso(hook.previous_expires_at) if rotating else None,
+            "created_at": iso(hook.created_at)}
 
 
 def attempt_dict(row: WebhookAttempt, event_type: str) -> dict:
     return {"id": row.id, "delivery_id": row.delivery_id, "event_id": row.event_id, "event_type": event_type,
-            "at": _iso(row.at), "status": row.status, "error": row.error, "duration_ms": row.duration_ms}
+            "at": iso(row.at), "status": row.status, "error": row.error, "duration_ms": row.duration_ms}
 
 
 # ---------------------------------------------------------------- fan-out
@@ -289,13 +289,13 @@ def payload(event: Event, mailbox_address: str | None, message: Message | None) 
         data["thread_id"] = (event.data or {}).get("thread_id")
         if message is not None:
             sender = message.from_addr[0] if message.from_addr else {"name": "", "address": message.envelope_from}
-            data.update({"thread_id": message.thread_id, "received_at": _iso(message.received_at),
+            data.update({"thread_id": message.thread_id, "received_at": iso(message.received_at),
                          "envelope_from": message.envelope_from, "from": sender, "subject": message.subject,
                          "snippet": _snippet(message.text), "has_html": message.html is not None})
         data["content_notice"] = CONTENT_NOTICE
     for key, value in (event.data or {}).items():
         data.setdefault(key, value)
-    return {"type": event.type, "timestamp": _iso(event.created_at), "data": data}
+    return {"type": event.type, "timestamp": iso(event.created_at), "data": data}
 
 
 def due(now: float, per_webhook: int, webhooks: int, skip: set[str] | frozenset[str] = frozenset(),
@@ -378,7 +378,7 @@ def record(delivery_id: str, status: int | None, error: str, duration_ms: int, d
     if status is not None and 200 <= status < 300:
         changes.update(status="delivered", delivered_at=now, last_error="")
     elif status == 410:
-        reason = f"the receiver answered 410 Gone on {_iso(now)}"
+        reason = f"the receiver answered 410 Gone on {iso(now)}"
         Webhook.update(enabled=False, disabled_reason=reason).where(Webhook.id == row.webhook_id).execute()
         WebhookDelivery.update(status="failed", last_error=f"webhook disabled: {reason}").where(
             (WebhookDelivery.webhook_id == row.webhook_id) & (WebhookDelivery.status == "pending")
