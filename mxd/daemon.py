@@ -12,9 +12,10 @@ from typing import Any, Generator
 
 import uvicorn
 
-from mxd import keys, tokens
+from mxd import keys
+from mxd.store import tokens
 from mxd.api import httpconn, mcp
-from mxd.api.asgi import Context, create_app
+from mxd.api.http import Context, create_app
 from mxd.config import Config, parse_hostport
 from mxd.db import Database
 from mxd.pipeline import Pipeline, make_workers

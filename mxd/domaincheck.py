@@ -16,7 +16,8 @@ import asyncio
 import time
 from dataclasses import dataclass, field
 
-from mxd import dnsrecords, events, keys
+from mxd import dnsrecords, keys
+from mxd.store import events
 from mxd.address import normalize_domain
 from mxd.config import Config
 from mxd.errors import MxdError

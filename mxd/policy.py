@@ -22,9 +22,9 @@ from mxd import address as addr
 from mxd.config import Config
 from mxd.db import execute, executemany
 from mxd.errors import MxdError
-from mxd.outqueue import is_return_path
+from mxd.store.queue import is_return_path
 from mxd.store.directory import Resolution, load_snapshot, routed
-from mxd.tokens import Principal
+from mxd.store.tokens import Principal
 
 
 @dataclass

@@ -18,7 +18,7 @@ import logging
 import time
 from typing import Any
 
-from mxd import audit
+from mxd.store import audit
 from mxd.config import Config
 from mxd.db import Database, execute, proxy
 from mxd.store import search

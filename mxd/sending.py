@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mxd import audit, dkimsign, events, keys, outqueue, policy
+from mxd import dkimsign, keys, policy
+from mxd.store import audit, events, queue as outqueue
 from mxd.config import Config
 from mxd.db import Database, execute
 from mxd.errors import MxdError
@@ -30,7 +31,7 @@ from mxd.mime.header import split, strict_problems, unfold
 from mxd.mime.parse import authors as parse_authors, parse
 from mxd.store import messages
 from mxd.store.models import Idempotency
-from mxd.tokens import Principal
+from mxd.store.tokens import Principal
 
 IDEMPOTENCY_SECONDS = 86400.0
 

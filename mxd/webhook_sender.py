@@ -30,7 +30,7 @@ from mxd.resolver import Resolver
 from mxd.secretbox import for_dir
 from mxd.store import webhook_rows as store
 
-log = logging.getLogger("mxd.webhook_sender")
+log = logging.getLogger("mxd.webhooks")
 logging.getLogger("httpx").setLevel(logging.WARNING)   # its INFO line per request carries the URL, often a secret
 
 POLL_SECONDS = 1.0

@@ -373,7 +373,7 @@ def db(tmp_path):
 def test_codes_are_stored_hashed_and_expire(db):
     import time as _time
 
-    from mxd import orgs as orgs_mod
+    from mxd.store import orgs as orgs_mod
     from mxd.store.models import Organization
 
     org, code, created = db.write_sync(orgs_mod.signup, "Owner@Example.COM", "Owner Org", None)
@@ -397,7 +397,7 @@ def test_codes_are_stored_hashed_and_expire(db):
 
 
 def test_default_domain_choice(db):
-    from mxd import orgs as orgs_mod
+    from mxd.store import orgs as orgs_mod
     from mxd.errors import MxdError
     from mxd.store import directory
 

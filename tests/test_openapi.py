@@ -9,9 +9,9 @@ import httpx
 import pytest
 from openapi_spec_validator import OpenAPIV31SpecValidator
 
-from mxd import tokens
+from mxd.store import tokens
 from mxd.api import openapi
-from mxd.api.asgi import create_app
+from mxd.api.http import create_app
 from tests.daemon import MxdProcess
 
 

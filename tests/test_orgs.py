@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from mxd import orgs
+from mxd.store import orgs
 from mxd.db import Database
 from mxd.errors import MxdError
 

@@ -14,7 +14,8 @@ from pathlib import Path
 import peewee
 import pytest
 
-from mxd import outqueue, retention
+from mxd import retention
+from mxd.store import queue as outqueue
 from mxd.config import Config
 from mxd.db import Database, execute, proxy
 from mxd.ingest import Envelope, Recipient, as_row, store

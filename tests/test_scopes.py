@@ -14,9 +14,9 @@ from typing import Any
 import httpx
 import pytest
 
-from mxd import tokens
+from mxd.store import tokens
 from mxd.api import openapi
-from mxd.api.asgi import create_app
+from mxd.api.http import create_app
 from tests.daemon import MxdProcess, wait_for
 
 pytestmark = pytest.mark.slow

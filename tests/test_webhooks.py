@@ -26,7 +26,7 @@ from mxd.db import proxy
 from mxd.store import webhook_rows as store
 from mxd.secretbox import SecretBox
 from mxd.store.models import MODELS, Event, Mailbox, Webhook, WebhookAttempt, WebhookDelivery
-from mxd.tokens import Principal
+from mxd.store.tokens import Principal
 from tests.daemon import MxdProcess, free_port, wait_for
 from tests.pg import fresh_database
 

@@ -8,16 +8,17 @@ from starlette.routing import Route
 import asyncio
 import urllib.parse
 
-from mxd import domaincheck, keys, tokens
+from mxd import domaincheck, keys
+from mxd.store import tokens
 from mxd.api.outbound import delivery_status
-from mxd.api.asgi import authenticate, ctx, json_body, note_audit, page, page_params
+from mxd.api.http import authenticate, ctx, json_body, note_audit, page, page_params
 from mxd.config import Config
 from mxd.errors import MxdError
 from mxd.timefmt import iso
 from mxd.mime.parse import attachment as attachment_bytes
 from mxd.store import directory, messages, search, threads
 from mxd.store.models import Agent, Attachment, Mailbox, Message, Organization, Thread
-from mxd.tokens import Principal
+from mxd.store.tokens import Principal
 
 
 # ---------------------------------------------------------------- helpers

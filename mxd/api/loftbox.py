@@ -1,7 +1,7 @@
 """The /v1/... dialect (loftbox-api.txt) and its /api/v1/... alias: thin translations onto the same core as /api.
 
-Owner sign-up and verification (mxd.orgs), agents (mxd.agents), an organisation's domains, agent
-mailboxes, sending (the one send path, mxd.api.outbound.send_draft), inbox polling (mxd.acks) and
+Owner sign-up and verification (mxd.store.orgs), agents (mxd.store.agents), an organisation's domains, agent
+mailboxes, sending (the one send path, mxd.api.outbound.send_draft), inbox polling (mxd.store.acks) and
 /health. An organisation's key sees its own objects only; the operator's admin token sees all.
 Webhook routes under /v1 live in mxd.api.webhooks.
 """
@@ -15,8 +15,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from mxd import acks, agents, domaincheck, keys, orgs
-from mxd.api.asgi import MAIL_BODY, Context, authenticate, ctx, json_body, note_audit, page, page_params, principal_of
+from mxd import domaincheck, keys
+from mxd.store import acks, agents, orgs
+from mxd.api.http import MAIL_BODY, Context, authenticate, ctx, json_body, note_audit, page, page_params, principal_of
 from mxd.api.litemx import health
 from mxd.api.outbound import delivery_status, draft_from_body, send_draft
 from mxd.errors import MxdError
@@ -24,7 +25,7 @@ from mxd.timefmt import iso
 from mxd.mime.compose import reply_headers, reply_subject
 from mxd.store import directory, messages
 from mxd.store.models import Attachment, Domain, Mailbox, Message, Organization
-from mxd.tokens import Principal
+from mxd.store.tokens import Principal
 
 log = logging.getLogger("mxd.api.loftbox")
 INBOX_DEFAULT, INBOX_MOST = 20, 100

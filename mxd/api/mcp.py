@@ -36,16 +36,17 @@ from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 
-from mxd import __version__, acks, audit
+from mxd import __version__
+from mxd.store import acks, audit
 from mxd.api import litemx, outbound
-from mxd.api.asgi import Context, anonymous_row, authenticate, error_response, page, principal_of
-from mxd.api.asgi import ctx as app_ctx
+from mxd.api.http import Context, anonymous_row, authenticate, error_response, page, principal_of
+from mxd.api.http import ctx as app_ctx
 from mxd.errors import MxdError
 from mxd.mime.compose import ComposeError
 from mxd.mime.parse import attachment_text
 from mxd.store import directory, messages, search
 from mxd.store.models import Message
-from mxd.tokens import Principal
+from mxd.store.tokens import Principal
 
 log = logging.getLogger("mxd.mcp")
 

@@ -15,7 +15,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Host, Mount, Route
 
 import mxd
-from mxd import tokens
+from mxd.store import tokens
 from mxd.api import pages
 from mxd.store.webhook_rows import EVENT_TYPES
 

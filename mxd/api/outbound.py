@@ -15,8 +15,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from mxd import address as addr
-from mxd import outqueue, suppression
-from mxd.api.asgi import MAIL_BODY, Context, authenticate, ctx, json_body, note_audit, page, page_params
+from mxd.store import queue as outqueue, suppression
+from mxd.api.http import MAIL_BODY, Context, authenticate, ctx, json_body, note_audit, page, page_params
 from mxd.errors import MxdError
 from mxd.timefmt import iso
 from mxd.ids import new_id
@@ -25,7 +25,7 @@ from mxd.mime.compose import ComposeError, Draft, OutAttachment, compose, envelo
 from mxd.sending import Outgoing, send
 from mxd.store import directory
 from mxd.store.models import Draft as DraftRow, Mailbox, Message, Organization, QueueEntry, Thread
-from mxd.tokens import Principal
+from mxd.store.tokens import Principal
 
 MAX_ATTACHMENT_BYTES = 20 * 1024 * 1024
 

@@ -25,18 +25,19 @@ from starlette.routing import BaseRoute, Route
 
 import mxd
 from mxd import address as addr
-from mxd import audit, retention, tokens
-from mxd.api.asgi import authenticate, ctx, json_body, note_audit, page, page_params, principal_of
+from mxd import retention
+from mxd.store import audit, tokens
+from mxd.api.http import authenticate, ctx, json_body, note_audit, page, page_params, principal_of
 from mxd.api.litemx import _domain_dict, _mailbox_dict, _visible_ids, effective_retention
 from mxd.api.outbound import address_list
 from mxd.config import parse_hostport
 from mxd.errors import MxdError
 from mxd.ingest import Envelope, Recipient, ingest, received_header, remove_auth_results, store
-from mxd.outqueue import is_return_path
+from mxd.store.queue import is_return_path
 from mxd.sending import replay_record
 from mxd.store import directory
 from mxd.store.models import Idempotency, Mailbox, Message, Organization
-from mxd.tokens import Principal
+from mxd.store.tokens import Principal
 
 MAX_RETENTION_DAYS = 36500
 MAX_INJECT_RECIPIENTS = 100

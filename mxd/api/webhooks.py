@@ -10,7 +10,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from mxd import secretbox, webhook_sender
-from mxd.api.asgi import authenticate, ctx, json_body, note_audit, page, page_params
+from mxd.api.http import authenticate, ctx, json_body, note_audit, page, page_params
 from mxd.errors import MxdError
 from mxd.store import webhook_rows as store
 from mxd.store.models import Webhook

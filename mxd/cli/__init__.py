@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from mxd import config as config_mod
-from mxd import dnsrecords, keys, tokens
+from mxd import dnsrecords, keys
+from mxd.store import tokens
 from mxd.cli import commands
 from mxd.client import ApiError, Client
 from mxd.errors import MxdError

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from datetime import datetime, timezone
 
-from mxd import outqueue, suppression
+from mxd.store import queue as outqueue, suppression
 from mxd.config import Config
 from mxd.delivery.dsn import FailedRecipient, build_dsn, is_delivery_report, parse_dsn
 from mxd.ingest import Envelope, Recipient, store, with_trace

@@ -15,7 +15,8 @@ import logging
 import time
 from collections import defaultdict, deque
 
-from mxd import outqueue, policy
+from mxd import policy
+from mxd.store import queue as outqueue
 from mxd.config import Config, parse_hostport
 from mxd.db import Database, execute
 from mxd.delivery import bounces

@@ -15,7 +15,7 @@ from typing import Callable
 from aiosmtpd.smtp import SMTP, Envelope as SmtpEnvelope, Session
 
 from mxd import address as addr
-from mxd import events, outqueue
+from mxd.store import events, queue as outqueue
 from mxd import smtpcodes as codes
 from mxd.config import Config
 from mxd.db import Database

@@ -17,9 +17,9 @@ from typing import Any
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope as SmtpEnvelope, LoginPassword, Session
 
 from mxd import address as addr
-from mxd import audit
+from mxd.store import audit
 from mxd import smtpcodes as codes
-from mxd import tokens
+from mxd.store import tokens
 from mxd.config import Config
 from mxd.db import Database, execute
 from mxd.errors import MxdError

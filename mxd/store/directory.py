@@ -5,7 +5,7 @@ Functions taking no `db` argument run inside a `Database.write`/`read` call.
 
 Ownership: every domain and mailbox has an org_id (None: the operator's). The
 `owned_*` functions take the caller (anything with `owns(org_id)` and
-`sees(address, org_id)`, i.e. a `mxd.tokens.Principal`) and answer 404 for what
+`sees(address, org_id)`, i.e. a `mxd.store.tokens.Principal`) and answer 404 for what
 it may not see, so an organisation never learns of another's objects.
 
 Tenant boundaries: on the operator's domains (shared with organisations) the role

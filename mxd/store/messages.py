@@ -7,7 +7,7 @@ from typing import Any, NamedTuple
 from mxd.ids import new_id
 from mxd.ingest import with_trace
 from mxd.store import search, threads
-from mxd import events
+from mxd.store import events
 from mxd.timefmt import iso
 from mxd.store.models import Attachment, Inbound, Message, Thread
 from mxd.db import execute, proxy

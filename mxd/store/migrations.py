@@ -64,7 +64,7 @@ def _v5_forged_bounces(db: pw.Database) -> None:
     """
     from playhouse.migrate import SchemaMigrator, migrate as run
 
-    from mxd import outqueue
+    from mxd.store import queue as outqueue
 
     columns = {c.name for c in db.get_columns("suppression")}
     if "org_id" not in columns:
@@ -106,7 +106,7 @@ def _v6_tenant_boundaries(db: pw.Database) -> None:
         models.Domain.update(verify_token=secrets.token_hex(16),
                              owner_verified_at=(row.ready_at or row.created_at) if row.ready else None).where(
             models.Domain.id == row.id).execute()
-    from mxd.tokens import limited_scopes
+    from mxd.store.tokens import limited_scopes
     for token in models.Token.select().where(models.Token.mailboxes.is_null(False)):
         if "admin" in (token.scopes or []):
             models.Token.update(scopes=limited_scopes(token.scopes)).where(models.Token.id == token.id).execute()

@@ -20,7 +20,7 @@ from typing import Any
 
 from peewee import fn
 
-from mxd import events
+from mxd.store import events
 from mxd.db import execute
 from mxd.errors import MxdError
 from mxd.ids import new_id
@@ -28,9 +28,9 @@ from mxd.secretbox import SecretBox, SecretError, is_sealed, open_value
 from mxd.store import directory
 from mxd.timefmt import iso
 from mxd.store.models import Agent, Event, Mailbox, Message, Webhook, WebhookAttempt, WebhookDelivery
-from mxd.tokens import Principal
+from mxd.store.tokens import Principal
 
-log = logging.getLogger("mxd.webhook_sender")
+log = logging.getLogger("mxd.webhooks")
 
 # The tracker's list first; the other outbox types may be subscribed to as well.
 EVENT_TYPES = ("message.inbound", "message.delivered", "message.failed", "message.deferred", "message.blocked",

@@ -17,7 +17,7 @@ import time
 import httpx
 import pytest
 
-from mxd import audit
+from mxd.store import audit
 from tests.daemon import MxdProcess, wait_for
 
 DAY = 86400.0

@@ -16,7 +16,8 @@ from typing import Any, Callable
 
 import pytest
 
-from mxd import address, dkimsign, ingest, orgs, sending, smtpclient
+from mxd import address, dkimsign, ingest, sending, smtpclient
+from mxd.store import orgs
 from mxd.authn import dmarc, results, spf
 from mxd.delivery import bounces, dsn
 from mxd.mime import compose, header, parse, threading

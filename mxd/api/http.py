@@ -13,7 +13,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
-from mxd import audit, tokens
+from mxd.store import audit, tokens
 from mxd.config import Config
 from mxd.db import Database
 from mxd.errors import MxdError
@@ -81,7 +81,7 @@ def note_audit(request: Request, **fields: Any) -> None:
 
 def anonymous_row(ip: str, action: str, target: str, detail: dict) -> tuple[str, str, dict] | None:
     """(action, target, detail) of an audit row for a caller without a valid token, or None when its
-    budget (mxd.audit.AnonymousBudget) is spent: what anyone can make mxd write is bounded."""
+    budget (mxd.store.audit.AnonymousBudget) is spent: what anyone can make mxd write is bounded."""
     verdict = audit.anonymous.admit(ip)
     if verdict == "drop":
         return None

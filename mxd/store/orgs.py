@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 
 from mxd import address as addr
-from mxd import tokens
+from mxd.store import tokens
 from mxd.db import execute
 from mxd.errors import MxdError
 from mxd.ids import new_id

@@ -1,5 +1,5 @@
 """The audit trail: who did what, as rows. Every mutating API call, every send with its preflight
-decision, and every refused token use is recorded by `mxd.api.asgi.AuditMiddleware` (and by the
+decision, and every refused token use is recorded by `mxd.api.http.AuditMiddleware` (and by the
 SMTP submission and MCP paths for what they do); `GET /api/audit` reads it back.
 
 What a client without a valid token can make mxd write is bounded: its rows carry a short target and its

@@ -14,7 +14,7 @@ import time
 import weakref
 from typing import Any
 
-from mxd import events
+from mxd.store import events
 from mxd.db import execute, executemany, proxy
 from mxd.errors import MxdError
 from mxd.ids import ALPHABET, new_id
