@@ -94,7 +94,7 @@ class ListenerSMTP(FastSMTP):
 
     session_class: type[Session] = Session
     envelope_class: type[Envelope] = Envelope
-    offers_auth = True                                # False: AUTH is neither advertised nor accepted
+    offers_auth = True                                # False: AUTH is left out of the EHLO reply
 
     def __init__(self, handler: Any, listener: "Listener", **kwargs: Any) -> None:
         cfg = listener.cfg

@@ -41,7 +41,7 @@ class MxEnvelope(SmtpEnvelope):
 
 class MxSMTP(ListenerSMTP):
     envelope_class = MxEnvelope
-    offers_auth = False       # the MX takes no logins (submission does, on its own ports)
+    offers_auth = False       # the MX takes no logins (submission does, on its own ports): see smtp_AUTH
 
     async def smtp_RCPT(self, arg: str | None) -> None:
         # aiosmtpd drops a source route (<@a:b@c>) and keeps b@c; mxd refuses it outright
