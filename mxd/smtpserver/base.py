@@ -1,5 +1,6 @@
-"""What the MX and submission listeners share: connection limits, the error budget, graceful shutdown,
-and a client's half-close treated as the end of its input, not the end of the session.
+"""What the MX and submission listeners share: connection limits (in all and per client IP), the error
+budget, the EHLO reply and its extensions, the envelope as a declared type, graceful 421 shutdown, and a
+client's half-close treated as the end of its input, not the end of the session.
 
 RFC 5321 lets a client pipeline QUIT behind the final dot of DATA and stop sending (Exim does, then
 shuts down its side of the TCP connection, and over TLS sends close_notify first). The server still
@@ -11,14 +12,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import ssl
 import time
 from asyncio import sslproto
-from typing import Any
+from typing import Any, Callable
 
-from aiosmtpd.smtp import TLSSetupException
+from aiosmtpd.smtp import Envelope, Session, TLSSetupException
 
 from mxd import smtpcodes as codes
+from mxd.config import Config
 from mxd.smtpserver.fast import FastSMTP
 
 log = logging.getLogger("mxd.smtp")
@@ -81,16 +84,49 @@ class Limits:
 
 
 class ListenerSMTP(FastSMTP):
-    """aiosmtpd's SMTP with connection limits, an error budget, graceful shutdown and half-close."""
+    """aiosmtpd's SMTP with connection limits, an error budget, one EHLO reply, typed session and envelope
+    state, graceful shutdown and half-close.
 
-    def __init__(self, handler: Any, *, limits: Limits, live: set, max_errors: int, **kwargs: Any) -> None:
-        super().__init__(handler, **kwargs)
-        self.limits, self.live, self.max_errors = limits, live, max_errors
+    A listener's state lives in the classes aiosmtpd creates for it (`_create_session` and
+    `_create_envelope` return `session_class()` and `envelope_class()`): a subclass declares what it keeps
+    per session or per transaction there, and aiosmtpd resets it at RSET, EHLO and after DATA as usual.
+    """
+
+    session_class: type[Session] = Session
+    envelope_class: type[Envelope] = Envelope
+    offers_auth = True                                # False: AUTH is left out of the EHLO reply
+
+    def __init__(self, handler: Any, listener: "Listener", **kwargs: Any) -> None:
+        cfg = listener.cfg
+        # SIZE, 8BITMIME and SMTPUTF8 are advertised by aiosmtpd from these (RFC 1870, 6152, 6531).
+        super().__init__(handler, data_size_limit=cfg.max_message_size, enable_SMTPUTF8=True, decode_data=False,
+                         hostname=cfg.hostname, timeout=cfg.smtp_timeout, loop=asyncio.get_running_loop(),
+                         **kwargs)
+        self.limits, self.live, self.max_errors = listener.limits, listener.live, cfg.max_errors
         self.errors = 0
         self.peer_ip = ""
         self.admitted = False
         self.closing = False
         self.input_ended = False
+        # The EHLO reply is the listener's, whatever the handler: aiosmtpd builds it, then calls this hook
+        # with the lines so far (its "new", five-argument hook form).
+        self._handle_hooks["EHLO"] = self._ehlo_reply
+        self._ehlo_hook_ver = "new"
+
+    def _create_session(self) -> Session:
+        return self.session_class(self.loop)
+
+    def _create_envelope(self) -> Envelope:
+        return self.envelope_class()
+
+    async def _ehlo_reply(self, server: "ListenerSMTP", session: Session, envelope: Envelope, hostname: str,
+                          responses: list[str]) -> list[str]:
+        session.host_name = hostname
+        kept = responses[:-1]
+        if not self.offers_auth:
+            kept = [r for r in kept if not r[4:].upper().startswith("AUTH")]
+        # aiosmtpd does not advertise these itself; both are honoured (RFC 2920, RFC 2034).
+        return kept + ["250-PIPELINING", "250-ENHANCEDSTATUSCODES", responses[-1]]
 
     # ------------------------------------------------------------------ connection
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -189,6 +225,31 @@ class ListenerSMTP(FastSMTP):
         if self.transport is not None and not self.in_transaction:
             self._writer.write(codes.SHUTTING_DOWN.encode() + b"\r\n")
             self.transport.close()
+
+
+class Listener:
+    """The listening sockets of one kind of session, with their connection limits (one budget for all of
+    its ports), the live sessions, and the graceful shutdown."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.limits = Limits(cfg.max_connections, cfg.max_connections_per_ip)
+        self.live: set[ListenerSMTP] = set()
+        self.servers: list[asyncio.base_events.Server] = []
+
+    async def listen(self, protocol: Callable[[], asyncio.Protocol], sock: socket.socket) -> None:
+        self.servers.append(await asyncio.get_running_loop().create_server(protocol, sock=sock))
+
+    @property
+    def port(self) -> int:
+        """The port of the first listening socket."""
+        return self.servers[0].sockets[0].getsockname()[1]
+
+    async def stop(self, grace: float = 30.0) -> None:
+        """Stop accepting, let open transactions finish (up to grace seconds), close the rest."""
+        for server in self.servers:
+            server.close()
+        await stop_sessions(self.live, grace)
 
 
 def implicit_tls(loop: asyncio.AbstractEventLoop, protocol: asyncio.Protocol,

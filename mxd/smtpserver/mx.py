@@ -12,7 +12,7 @@ import socket
 import ssl
 from typing import Callable
 
-from aiosmtpd.smtp import SMTP, Envelope as SmtpEnvelope, Session
+from aiosmtpd.smtp import Envelope as SmtpEnvelope, Session
 
 from mxd import address as addr
 from mxd.store import events, queue as outqueue
@@ -20,14 +20,29 @@ from mxd import smtpcodes as codes
 from mxd.config import Config
 from mxd.db import Database
 from mxd.ingest import Envelope, Recipient, has_bare_line_endings, ingest_once, received_header
-from mxd.smtpserver.base import Limits, ListenerSMTP, stop_sessions
+from mxd.smtpserver.base import Listener, ListenerSMTP
 from mxd.store.directory import Directory
 
 log = logging.getLogger("mxd.mx")
 logging.getLogger("mail.log").setLevel(logging.WARNING)   # aiosmtpd logs every command at INFO
 
 
+class MxEnvelope(SmtpEnvelope):
+    """One MX transaction: aiosmtpd's envelope and the recipients as resolved at RCPT.
+
+    `mail_from` is "<>" for the null sender (aiosmtpd takes an empty one for "no MAIL yet")."""
+
+    mxd_rcpts: list[Recipient]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mxd_rcpts = []
+
+
 class MxSMTP(ListenerSMTP):
+    envelope_class = MxEnvelope
+    offers_auth = False       # the MX takes no logins (submission does, on its own ports): see smtp_AUTH
+
     async def smtp_RCPT(self, arg: str | None) -> None:
         # aiosmtpd drops a source route (<@a:b@c>) and keeps b@c; mxd refuses it outright
         # (RFC 5321 4.1.1.3 and C.: routes are obsolete and a relay trick).
@@ -46,28 +61,18 @@ class MxHandler:
     def __init__(self, cfg: Config, db: Database, directory: Directory, on_ingest: Callable[[], None]) -> None:
         self.cfg, self.db, self.directory, self.on_ingest = cfg, db, directory, on_ingest
 
-    async def handle_EHLO(self, server: SMTP, session: Session, envelope: SmtpEnvelope, hostname: str,
-                          responses: list[str]) -> list[str]:
-        session.host_name = hostname
-        # aiosmtpd does not advertise these itself; both are honoured (RFC 2920, RFC 2034).
-        # The MX takes no logins (submission does, on its own ports): AUTH is neither offered nor accepted.
-        kept = [r for r in responses[:-1] if not r[4:].upper().startswith("AUTH")]
-        return kept + ["250-PIPELINING", "250-ENHANCEDSTATUSCODES", responses[-1]]
-
-    async def handle_MAIL(self, server: SMTP, session: Session, envelope: SmtpEnvelope, address: str,
+    async def handle_MAIL(self, server: MxSMTP, session: Session, envelope: MxEnvelope, address: str,
                           mail_options: list[str]) -> str:
         if address not in ("", "<>") and addr.try_parse(address) is None and "@" not in address:
             return codes.BAD_SENDER
-        envelope.mail_from = "" if address == "<>" else address
-        envelope.mail_options.extend(mail_options)
-        envelope.mxd_rcpts = []
         # aiosmtpd treats an empty mail_from as "no MAIL yet"; keep a marker for the null sender.
-        envelope.mail_from = envelope.mail_from or "<>"
+        envelope.mail_from = address or "<>"
+        envelope.mail_options.extend(mail_options)
         return codes.SENDER_OK
 
-    async def handle_RCPT(self, server: SMTP, session: Session, envelope: SmtpEnvelope, address: str,
+    async def handle_RCPT(self, server: MxSMTP, session: Session, envelope: MxEnvelope, address: str,
                           rcpt_options: list[str]) -> str:
-        rcpts: list[Recipient] = envelope.mxd_rcpts
+        rcpts = envelope.mxd_rcpts
         if len(rcpts) >= self.cfg.max_recipients:
             return codes.TOO_MANY_RECIPIENTS
         try:
@@ -97,12 +102,12 @@ class MxHandler:
         envelope.rcpt_options.extend(rcpt_options)
         return codes.RECIPIENT_OK
 
-    async def handle_DATA(self, server: MxSMTP, session: Session, envelope: SmtpEnvelope) -> str:  # type: ignore[override]
+    async def handle_DATA(self, server: MxSMTP, session: Session, envelope: MxEnvelope) -> str:
         data: bytes = envelope.original_content or b""
         if self.cfg.data_line_endings == "reject" and has_bare_line_endings(data):
             return codes.BAD_LINE_ENDINGS
         peer = session.peer or ("", 0)
-        rcpts: list[Recipient] = envelope.mxd_rcpts
+        rcpts = envelope.mxd_rcpts
         tls = session.ssl is not None
         protocol = ("UTF8" if envelope.smtp_utf8 else "") + "ESMTP" + ("S" if tls else "")
         env = Envelope(
@@ -150,32 +155,15 @@ class MxHandler:
         asyncio.ensure_future(self.db.write(record))
 
 
-class MxServer:
+class MxServer(Listener):
     """Owns the listening socket and the live sessions."""
 
     def __init__(self, cfg: Config, handler: MxHandler, tls_context: ssl.SSLContext | None) -> None:
-        self.cfg, self.handler, self.tls_context = cfg, handler, tls_context
-        self.limits = Limits(cfg.max_connections, cfg.max_connections_per_ip)
-        self.live: set[MxSMTP] = set()
-        self.server: asyncio.base_events.Server | None = None
+        super().__init__(cfg)
+        self.handler, self.tls_context = handler, tls_context
 
     def _protocol(self) -> MxSMTP:
-        return MxSMTP(self.handler, limits=self.limits, live=self.live, max_errors=self.cfg.max_errors,
-                      data_size_limit=self.cfg.max_message_size, enable_SMTPUTF8=True, decode_data=False,
-                      hostname=self.cfg.hostname, ident="mxd ESMTP", tls_context=self.tls_context,
-                      timeout=self.cfg.smtp_timeout, loop=asyncio.get_running_loop())
+        return MxSMTP(self.handler, self, ident="mxd ESMTP", tls_context=self.tls_context)
 
     async def start_on(self, sock: "socket.socket") -> None:
-        self.server = await asyncio.get_running_loop().create_server(self._protocol, sock=sock)
-
-    @property
-    def port(self) -> int:
-        assert self.server is not None
-        return self.server.sockets[0].getsockname()[1]
-
-    async def stop(self, grace: float = 30.0) -> None:
-        """Stop accepting, let open transactions finish (up to grace seconds), close the rest."""
-        if self.server is None:
-            return
-        self.server.close()
-        await stop_sessions(self.live, grace)
+        await self.listen(self._protocol, sock)

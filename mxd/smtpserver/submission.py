@@ -12,9 +12,9 @@ import logging
 import socket
 import ssl
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
-from aiosmtpd.smtp import SMTP, AuthResult, Envelope as SmtpEnvelope, LoginPassword, Session
+from aiosmtpd.smtp import AuthResult, Envelope as SmtpEnvelope, LoginPassword, Session
 
 from mxd import address as addr
 from mxd.store import audit
@@ -24,7 +24,7 @@ from mxd.config import Config
 from mxd.db import Database, execute
 from mxd.errors import MxdError
 from mxd.sending import Outgoing, submit
-from mxd.smtpserver.base import Limits, ListenerSMTP, implicit_tls, stop_sessions
+from mxd.smtpserver.base import Listener, ListenerSMTP, implicit_tls
 
 log = logging.getLogger("mxd.submission")
 
@@ -61,14 +61,54 @@ class AuthFailures:
                 self._recent(stale, now + AUTH_FAILURE_WINDOW)
 
 
-class SubmissionSMTP(ListenerSMTP):
-    """A submission session: AUTH failures are limited per session and per client IP, and audited."""
+class SubmissionSession(Session):
+    """A submission session: aiosmtpd's, and which sender addresses its token may use (asked once each)."""
 
-    def __init__(self, handler: "SubmissionHandler", *, failures: AuthFailures, **kwargs: Any) -> None:
-        super().__init__(handler, **kwargs)
-        self.failures = failures
+    send_as: dict[str, bool]
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(loop)
+        self.send_as = {}
+
+
+class Credentials(NamedTuple):
+    """A login and password as aiosmtpd's AUTH PLAIN or LOGIN decoded them, not yet checked."""
+    mechanism: str
+    auth_data: LoginPassword
+
+
+class SubmissionSMTP(ListenerSMTP):
+    """A submission session: AUTH failures are limited per session and per client IP, and audited.
+
+    AUTH PLAIN and LOGIN are aiosmtpd's exchanges (challenges, base64, every 501); only the check of the
+    credentials differs: aiosmtpd calls its authenticator synchronously, on the event loop, and the check
+    reads the store, so here it is awaited (`SubmissionHandler.authenticate`, on the read pool).
+    """
+
+    session_class = SubmissionSession
+    event_handler: "SubmissionHandler"
+
+    def __init__(self, handler: "SubmissionHandler", listener: "SubmissionServer", **kwargs: Any) -> None:
+        super().__init__(handler, listener, **kwargs)
+        self.failures = listener.failures
         self.auth_failures = 0
         self.auth_user = ""
+
+    def _authenticate(self, mechanism: str, auth_data: Any) -> Any:
+        # Called by aiosmtpd's auth_PLAIN/auth_LOGIN once the exchange is decoded: the credentials go back
+        # to auth_PLAIN/auth_LOGIN below, which check them without blocking the loop.
+        return Credentials(mechanism, auth_data)
+
+    async def auth_PLAIN(self, _: Any, args: list[str]) -> AuthResult:
+        return await self._checked(await super().auth_PLAIN(_, args))
+
+    async def auth_LOGIN(self, _: Any, args: list[str]) -> AuthResult:
+        return await self._checked(await super().auth_LOGIN(_, args))
+
+    async def _checked(self, result: Any) -> AuthResult:
+        if isinstance(result, Credentials):
+            return await self.event_handler.authenticate(self, result.auth_data)
+        return result                                   # the exchange failed (aiosmtpd answered it)
 
     async def smtp_AUTH(self, arg: str) -> None:
         if self.failures.blocked(self.peer_ip):
@@ -94,32 +134,19 @@ class SubmissionHandler:
         # on_accepted wakes the pipeline, which signs, files and queues (and then wakes delivery)
         self.cfg, self.db, self.on_accepted = cfg, db, on_accepted
 
-    # aiosmtpd calls the authenticator synchronously on the event loop; the lookup is one indexed row.
-    def authenticator(self, server: SMTP, session: Session, envelope: SmtpEnvelope, mechanism: str,
-                      auth_data: Any) -> AuthResult:
-        if not isinstance(auth_data, LoginPassword):
-            return AuthResult(success=False, handled=False)
-        username = auth_data.login.decode("utf-8", "replace")
-        secret = auth_data.password.decode("utf-8", "replace")
-        if isinstance(server, SubmissionSMTP):
-            server.auth_user = username[:320]
+    async def authenticate(self, server: SubmissionSMTP, credentials: LoginPassword) -> AuthResult:
+        """A mailbox address and a token holding `send` for it; the token is looked up on the read pool."""
+        username = credentials.login.decode("utf-8", "replace")
+        secret = credentials.password.decode("utf-8", "replace")
+        server.auth_user = username[:320]
         try:
             box = addr.parse(username)
         except addr.AddressError:
             return AuthResult(success=False, handled=False)
-        self.db.db.connect(reuse_if_open=True)
-        row = tokens.lookup(secret)
-        if row is None:
-            return AuthResult(success=False, handled=False)
-        principal = tokens.principal(row)
-        if not principal.has("send") or not self._may_send_as(principal, box.base_key):
+        principal = await self.db.read(_sender, secret, box.base_key)
+        if principal is None:
             return AuthResult(success=False, handled=False)
         return AuthResult(success=True, auth_data=principal)
-
-    async def handle_EHLO(self, server: SMTP, session: Session, envelope: SmtpEnvelope, hostname: str,
-                          responses: list[str]) -> list[str]:
-        session.host_name = hostname
-        return responses[:-1] + ["250-PIPELINING", "250-ENHANCEDSTATUSCODES", responses[-1]]
 
     def audit_failure(self, remote_ip: str, username: str) -> None:
         """One audit row per failed AUTH (actor anonymous, result denied), written behind the session."""
@@ -129,30 +156,21 @@ class SubmissionHandler:
         task = asyncio.ensure_future(self.db.write(record))
         task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
-    def _may_send_as(self, principal: object, text: str) -> bool:
-        parsed = addr.try_parse(text)
-        if not isinstance(principal, tokens.Principal) or parsed is None:
-            return False
-        self.db.db.connect(reuse_if_open=True)
-        row = execute('SELECT "address", "org_id" FROM "mailbox" WHERE "address" = ?', (parsed.base_key,)).fetchone()
-        return row is not None and principal.sees(row[0], row[1])
-
-    async def handle_MAIL(self, server: SMTP, session: Session, envelope: SmtpEnvelope, address: str,
-                          mail_options: list[str]) -> str:
+    async def handle_MAIL(self, server: SubmissionSMTP, session: SubmissionSession, envelope: SmtpEnvelope,
+                          address: str, mail_options: list[str]) -> str:
         # The answer for one address holds for the session (its token is fixed after AUTH); the send
         # path's preflight checks the sender again in the transaction that queues the message.
-        allowed = session.__dict__.setdefault("mxd_send_as", {})
-        ok = allowed.get(address)
+        ok = session.send_as.get(address)
         if ok is None:
-            ok = allowed[address] = self._may_send_as(session.auth_data, address)
+            ok = session.send_as[address] = await self.db.read(may_send_as, session.auth_data, address)
         if not ok:
             return NOT_ALLOWED
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         return codes.SENDER_OK
 
-    async def handle_RCPT(self, server: SMTP, session: Session, envelope: SmtpEnvelope, address: str,
-                          rcpt_options: list[str]) -> str:
+    async def handle_RCPT(self, server: SubmissionSMTP, session: SubmissionSession, envelope: SmtpEnvelope,
+                          address: str, rcpt_options: list[str]) -> str:
         if len(envelope.rcpt_tos) >= self.cfg.max_recipients_per_send:
             return codes.TOO_MANY_RECIPIENTS
         if addr.try_parse(address) is None:
@@ -161,7 +179,7 @@ class SubmissionHandler:
         envelope.rcpt_options.extend(rcpt_options)
         return codes.RECIPIENT_OK
 
-    async def handle_DATA(self, server: SMTP, session: Session, envelope: SmtpEnvelope) -> str:
+    async def handle_DATA(self, server: SubmissionSMTP, session: SubmissionSession, envelope: SmtpEnvelope) -> str:
         peer = session.peer or ("", 0)
         out = Outgoing(mail_from=envelope.mail_from, recipients=list(envelope.rcpt_tos),
                        data=envelope.original_content or b"", source="submission", remote_ip=str(peer[0]))
@@ -186,36 +204,40 @@ class SubmissionHandler:
         return result
 
 
-class SubmissionServer:
+def _sender(secret: str, address: str) -> tokens.Principal | None:
+    """The principal of a live token that holds `send` and may send as address, or None (a store read)."""
+    row = tokens.lookup(secret)
+    if row is None:
+        return None
+    principal = tokens.principal(row)
+    return principal if principal.has("send") and may_send_as(principal, address) else None
+
+
+def may_send_as(principal: object, text: str) -> bool:
+    """Whether principal sees the mailbox text names (a store read)."""
+    parsed = addr.try_parse(text)
+    if not isinstance(principal, tokens.Principal) or parsed is None:
+        return False
+    row = execute('SELECT "address", "org_id" FROM "mailbox" WHERE "address" = ?', (parsed.base_key,)).fetchone()
+    return row is not None and principal.sees(row[0], row[1])
+
+
+class SubmissionServer(Listener):
     """Ports 587 and 465, with the MX's connection limits (one budget for both ports) and shutdown."""
 
     def __init__(self, cfg: Config, handler: SubmissionHandler, tls_context: ssl.SSLContext) -> None:
-        self.cfg, self.handler, self.tls = cfg, handler, tls_context
-        self.servers: list[asyncio.base_events.Server] = []
-        self.limits = Limits(cfg.max_connections, cfg.max_connections_per_ip)
+        super().__init__(cfg)
+        self.handler, self.tls = handler, tls_context
         self.failures = AuthFailures(cfg.auth_failures_per_ip)
-        self.live: set[ListenerSMTP] = set()
 
     def _protocol(self, implicit: bool) -> asyncio.Protocol:
-        loop = asyncio.get_running_loop()
         session = SubmissionSMTP(
-            self.handler, failures=self.failures, limits=self.limits, live=self.live,
-            max_errors=self.cfg.max_errors, data_size_limit=self.cfg.max_message_size, enable_SMTPUTF8=True,
-            decode_data=False, hostname=self.cfg.hostname, ident="mxd ESMTP submission",
-            tls_context=None if implicit else self.tls, require_starttls=not implicit,
-            auth_required=True, auth_require_tls=not implicit,
-            authenticator=self.handler.authenticator, timeout=self.cfg.smtp_timeout, loop=loop)
-        return implicit_tls(loop, session, self.tls) if implicit else session
+            self.handler, self, ident="mxd ESMTP submission", tls_context=None if implicit else self.tls,
+            require_starttls=not implicit, auth_required=True, auth_require_tls=not implicit)
+        return implicit_tls(session.loop, session, self.tls) if implicit else session
 
     async def start_on(self, starttls_sock: socket.socket | None, implicit_sock: socket.socket | None) -> None:
-        loop = asyncio.get_running_loop()
         if starttls_sock is not None:
-            self.servers.append(await loop.create_server(lambda: self._protocol(False), sock=starttls_sock))
+            await self.listen(lambda: self._protocol(False), starttls_sock)
         if implicit_sock is not None:
-            self.servers.append(await loop.create_server(lambda: self._protocol(True), sock=implicit_sock))
-
-    async def stop(self, grace: float = 30.0) -> None:
-        """Stop accepting, let open transactions finish (up to grace seconds), close the rest."""
-        for server in self.servers:
-            server.close()
-        await stop_sessions(self.live, grace)
+            await self.listen(lambda: self._protocol(True), implicit_sock)
