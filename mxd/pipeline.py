@@ -27,6 +27,7 @@ from mxd.delivery.bounces import bounce_received, delivery_report
 from mxd.ingest import InboundRow
 from mxd.mime.parse import parse
 from mxd.store import messages
+from mxd.background import BackgroundWorker
 from mxd.workerpool import release_memory
 
 log = logging.getLogger("mxd.pipeline")
@@ -101,58 +102,41 @@ def analyse(items: list[tuple[str, bytes, str, str, str, str, str]], auth_on: bo
     return list(_threads.map(lambda item: _analyse_one(item, auth_on, authserv_id, dkim_dir), items))
 
 
-class Pipeline:
+class Pipeline(BackgroundWorker):
+    name = "mxd-pipeline"
+    poll = 5.0
+    coalesce = COALESCE     # every send wakes the pipeline (a local recipient is an inbound row): one look
+    #                         at the store for a burst of them, not one thread hop per message
+    failure = "inbound pipeline pass failed"
+    log = log
+
     def __init__(self, cfg: Config, db: Database, workers: concurrent.futures.Executor,
                  on_queued: Callable[[], None] | None = None) -> None:
+        super().__init__()
         self.cfg, self.db, self.on_queued = cfg, db, on_queued
         self.window = cfg.thread_subject_window_days * 86400.0
-        self._wake = asyncio.Event()
         self._pool = workers
         self._inflight: set[str] = set()
         self._slots = asyncio.Semaphore(max(2, cfg.pipeline_processes * 2))
-        self._task: asyncio.Task | None = None
+        self._busy = False
 
-    def notify(self) -> None:
-        self._wake.set()
-
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="mxd-pipeline")
-
-    async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-
-    async def _run(self) -> None:
+    async def run_once(self) -> float | None:
+        rows = await self.db.read(_pending, set(self._inflight), BATCH)
+        if not rows:
+            if self._busy and not self._inflight:
+                self._busy = False
+                release_memory()
+                if isinstance(self._pool, concurrent.futures.ProcessPoolExecutor):
+                    self._pool.submit(release_memory)
+            return None
+        self._busy = True
         loop = asyncio.get_running_loop()
-        busy = False
-        while True:
-            self._wake.clear()
-            rows = await self.db.read(_pending, set(self._inflight), BATCH)
-            if not rows:
-                if busy and not self._inflight:
-                    busy = False
-                    release_memory()
-                    if isinstance(self._pool, concurrent.futures.ProcessPoolExecutor):
-                        self._pool.submit(release_memory)
-                try:
-                    await asyncio.wait_for(self._wake.wait(), timeout=5.0)
-                except asyncio.TimeoutError:
-                    pass
-                else:
-                    # Every send wakes the pipeline (a local recipient is an inbound row); one look at
-                    # the store for a burst of them, not one thread hop per message.
-                    await asyncio.sleep(COALESCE)
-                continue
-            busy = True
-            for start in range(0, len(rows), CHUNK):
-                chunk = rows[start:start + CHUNK]
-                await self._slots.acquire()
-                self._inflight.update(r.id for r in chunk)
-                loop.create_task(self._chunk(chunk))
+        for start in range(0, len(rows), CHUNK):
+            chunk = rows[start:start + CHUNK]
+            await self._slots.acquire()
+            self._inflight.update(r.id for r in chunk)
+            loop.create_task(self._chunk(chunk))
+        return 0
 
     async def _chunk(self, rows: list[InboundRow]) -> None:
         try:
