@@ -18,7 +18,8 @@ from mxd.api import httpconn, mcp
 from mxd.api.http import Context, create_app
 from mxd.config import Config, parse_hostport
 from mxd.db import Database
-from mxd.pipeline import Pipeline, make_workers
+from mxd.pipeline import Pipeline
+from mxd.workerpool import make_workers
 from mxd.retention import RetentionSweeper
 from mxd.resolver import make_resolver
 from mxd.delivery.scheduler import Scheduler

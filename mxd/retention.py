@@ -12,12 +12,12 @@ or that any queue entry points at. The sweep of every mailbox also drops audit r
 """
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
 import time
 from typing import Any
 
+from mxd.background import BackgroundWorker
 from mxd.store import audit
 from mxd.config import Config
 from mxd.db import Database, execute, proxy
@@ -180,46 +180,35 @@ def prune_replay_keys(before: float) -> int:
     return execute('DELETE FROM "idempotency" WHERE "created_at" < ?', (before,)).rowcount
 
 
-class RetentionSweeper:
+class RetentionSweeper(BackgroundWorker):
     """Runs `run` every `retention_interval` (0: never), first at most a minute after start."""
 
     FIRST_DELAY = 60.0
+    name = "mxd-retention"
+    failure = "retention sweep failed"     # the sweep is retried at the next interval
+    log = log
 
     def __init__(self, cfg: Config, db: Database) -> None:
+        super().__init__()
         self.cfg, self.db = cfg, db
-        self.interval = cfg.seconds("retention_interval")
-        self._task: asyncio.Task | None = None
+        self.interval = self.poll = cfg.seconds("retention_interval")
         self.last_report: dict[str, Any] | None = None
 
     def start(self) -> None:
         if self.interval <= 0:                     # retention_interval = "0": no background sweep
             return
-        self._task = asyncio.get_running_loop().create_task(self._loop(), name="mxd-retention")
+        super().start()
 
-    async def _loop(self) -> None:
-        delay = min(self.FIRST_DELAY, self.interval)
-        while True:
-            await asyncio.sleep(delay)
-            delay = self.interval
-            try:
-                self.last_report = report = await run(self.cfg, self.db)
-                if report["messages"] or report["inbound_rows"] or report.get("audit_rows"):
-                    await self.db.write(functools.partial(
-                        audit.record, "system", "retention.sweep", target="retention", result="ok",
-                        detail={k: report.get(k, 0) for k in ("messages", "attachments", "threads", "inbound_rows",
-                                                             "raw_bytes", "audit_rows")}))
-                    log.info("retention removed %d messages, %d raw rows (%d bytes)", self.last_report["messages"],
-                             self.last_report["inbound_rows"], self.last_report["raw_bytes"])
-            except asyncio.CancelledError:
-                raise
-            except Exception:                      # the sweep is retried at the next interval
-                log.exception("retention sweep failed")
+    def first_wait(self) -> float | None:
+        return min(self.FIRST_DELAY, self.interval)
 
-    async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+    async def run_once(self) -> float | None:
+        self.last_report = report = await run(self.cfg, self.db)
+        if report["messages"] or report["inbound_rows"] or report.get("audit_rows"):
+            await self.db.write(functools.partial(
+                audit.record, "system", "retention.sweep", target="retention", result="ok",
+                detail={k: report.get(k, 0) for k in ("messages", "attachments", "threads", "inbound_rows",
+                                                     "raw_bytes", "audit_rows")}))
+            log.info("retention removed %d messages, %d raw rows (%d bytes)", report["messages"],
+                     report["inbound_rows"], report["raw_bytes"])
+        return self.interval

@@ -2,11 +2,12 @@
 them signed per the Standard Webhooks spec, retrying with backoff; a 410 disables the endpoint.
 
 Target addresses are checked when a webhook is made and again on every connection: the host is
-resolved once, every address it resolves to must be public (unless webhook_allow_private; the rule is
-`mxd.netcheck.refusal`, which also judges the IPv4 address inside 6to4, Teredo, NAT64 and other IPv6
-forms), and the connection goes to an address that was checked, so a name that changes its answer
-between the check and the connection (DNS rebinding) cannot reach loopback, private or link-local
-services. Secrets are stored sealed (mxd.secretbox) and opened only to sign.
+resolved once, through the configured resolver like every other lookup, and every address it resolves
+to must be public (unless webhook_allow_private; the rule is `mxd.netcheck.refusal`, which also judges
+the IPv4 address inside 6to4, Teredo, NAT64 and other IPv6 forms), and the connection goes to an
+address that was checked, so a name that changes its answer between the check and the connection (DNS
+rebinding) cannot reach loopback, private or link-local services. Secrets are stored sealed
+(mxd.secretbox) and opened only to sign.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import httpcore
 import httpx
 import standardwebhooks
 
+from mxd.background import BackgroundWorker
 from mxd.config import Config, parse_duration
 from mxd.db import Database
 from mxd.errors import MxdError
@@ -47,22 +49,42 @@ class UrlRefused(Exception):
     """The webhook URL may not be used: bad scheme, or a host that is not a public address."""
 
 
-async def resolve(host: str, port: int, allow_private: bool, timeout: float = 10.0) -> list[str]:
-    """The addresses of `host`, each checked; raises UrlRefused when one of them is not allowed."""
-    host = host.strip("[]")
-    try:
-        found = [ipaddress.ip_address(host)]
-    except ValueError:
+async def _lookup(host: str, port: int, timeout: float, resolver: Resolver | None) -> list[ipaddress._BaseAddress]:
+    """The addresses of a host name, through `resolver` (A and AAAA), or the system's without one."""
+    if resolver is None:
         loop = asyncio.get_running_loop()
         try:
             infos = await asyncio.wait_for(loop.getaddrinfo(host, port, type=socket.SOCK_STREAM), timeout)
         except (OSError, asyncio.TimeoutError) as exc:
             raise UrlRefused(f"{host} does not resolve: {exc or 'timeout'}") from None
-        found = []
-        for info in infos:
-            ip = ipaddress.ip_address(info[4][0])
-            if ip not in found:
-                found.append(ip)
+        answers = [info[4][0] for info in infos]
+    else:
+        try:
+            found = await asyncio.wait_for(asyncio.gather(resolver.aa(host), resolver.aaaaa(host),
+                                                          return_exceptions=True), timeout)
+        except asyncio.TimeoutError:
+            raise UrlRefused(f"{host} does not resolve: timeout") from None
+        errors = [r for r in found if isinstance(r, BaseException)]
+        answers = [ip for r in found if not isinstance(r, BaseException) for ip in r]
+        if not answers and errors:
+            raise UrlRefused(f"{host} does not resolve: {errors[0] or type(errors[0]).__name__}") from None
+    out: list[ipaddress._BaseAddress] = []
+    for answer in answers:
+        ip = ipaddress.ip_address(answer)
+        if ip not in out:
+            out.append(ip)
+    return out
+
+
+async def resolve(host: str, port: int, allow_private: bool, timeout: float = 10.0,
+                  resolver: Resolver | None = None) -> list[str]:
+    """The addresses of `host` (an IP literal as it is; a name through `resolver`, the configured one, else
+    the system's), each checked; raises UrlRefused when one of them is not allowed."""
+    host = host.strip("[]")
+    try:
+        found = [ipaddress.ip_address(host)]
+    except ValueError:
+        found = await _lookup(host, port, timeout, resolver)
         if not found:
             raise UrlRefused(f"{host} does not resolve")
     if not allow_private:
@@ -88,11 +110,13 @@ def check_scheme(url: str, allow_private: bool) -> httpx.URL:
     return parsed
 
 
-async def check_url(url: str, allow_private: bool) -> None:
-    """At creation: the URL's scheme and every address its host resolves to; raises MxdError 400."""
+async def check_url(url: str, allow_private: bool, *, resolver: Resolver | None = None) -> None:
+    """At creation: the URL's scheme and every address its host resolves to (through `resolver`, the
+    configured one; without it the system's); raises MxdError 400."""
     try:
         parsed = check_scheme(url, allow_private)
-        await resolve(parsed.host, parsed.port or (443 if parsed.scheme == "https" else 80), allow_private)
+        await resolve(parsed.host, parsed.port or (443 if parsed.scheme == "https" else 80), allow_private,
+                      resolver=resolver)
     except UrlRefused as exc:
         raise MxdError("webhook_url_refused", f"webhook URL refused: {exc}") from None
 
@@ -100,13 +124,13 @@ async def check_url(url: str, allow_private: bool) -> None:
 class _CheckedBackend(httpcore.AsyncNetworkBackend):
     """Connects only to addresses that passed `resolve`, so the address checked is the one used."""
 
-    def __init__(self, allow_private: bool) -> None:
-        self.allow_private = allow_private
+    def __init__(self, allow_private: bool, resolver: Resolver | None = None) -> None:
+        self.allow_private, self.resolver = allow_private, resolver
         self._inner = httpcore.AnyIOBackend()
 
     async def connect_tcp(self, host: str, port: int, timeout: float | None = None, local_address: str | None = None,
                           socket_options: Iterable[Any] | None = None) -> httpcore.AsyncNetworkStream:
-        addresses = await resolve(host, port, self.allow_private, timeout or 10.0)
+        addresses = await resolve(host, port, self.allow_private, timeout or 10.0, self.resolver)
         error: Exception | None = None
         for ip in addresses:
             try:
@@ -124,12 +148,13 @@ class _CheckedBackend(httpcore.AsyncNetworkBackend):
         await self._inner.sleep(seconds)
 
 
-def make_client(timeout: float, allow_private: bool) -> httpx.AsyncClient:
-    """An HTTP client whose every connection goes through the address check; no redirects, no proxies."""
+def make_client(timeout: float, allow_private: bool, resolver: Resolver | None = None) -> httpx.AsyncClient:
+    """An HTTP client whose every connection goes through the address check (host names resolved through
+    `resolver`, else the system's); no redirects, no proxies."""
     transport = httpx.AsyncHTTPTransport()
     transport._pool = httpcore.AsyncConnectionPool(      # httpx has no public hook for the network backend
         ssl_context=httpx.create_ssl_context(), max_connections=MAX_IN_FLIGHT, max_keepalive_connections=16,
-        keepalive_expiry=5.0, network_backend=_CheckedBackend(allow_private))
+        keepalive_expiry=5.0, network_backend=_CheckedBackend(allow_private, resolver))
     return httpx.AsyncClient(transport=transport, timeout=timeout, follow_redirects=False, trust_env=False,
                              headers={"user-agent": USER_AGENT})
 
@@ -151,40 +176,32 @@ def _describe(exc: BaseException) -> str:
 
 
 # ---------------------------------------------------------------- the worker
-class WebhookWorker:
+class WebhookWorker(BackgroundWorker):
     """Fans events out, then delivers what is due with bounded concurrency; survives restarts because
     every delivery is a row (one still pending when the daemon stops is sent after it starts again)."""
 
+    name = "mxd-webhooks"
+    poll = POLL_SECONDS
+    graceful = 10.0                            # on stop, the pass under way may finish
+    failure = "webhook pass failed"
+    log = log
+
     def __init__(self, cfg: Config, db: Database, resolver: Resolver) -> None:
+        super().__init__()
         self.cfg, self.db, self.resolver = cfg, db, resolver
         self.box = for_dir(cfg.data_dir)           # webhook secrets are stored sealed (mxd.secretbox)
         self.delays = [parse_duration(d, "webhook_retry_schedule") for d in cfg.webhook_retry_schedule]
         self.lifetime = cfg.seconds("webhook_lifetime")
-        self._wake = asyncio.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._task: asyncio.Task | None = None
         self._inflight: dict[str, tuple[str, asyncio.Task]] = {}      # delivery id -> (webhook id, task)
         self._client: httpx.AsyncClient | None = None
-        self._stopping = False
+        self._pruned = -PRUNE_EVERY
 
     def start(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._client = make_client(self.cfg.webhook_timeout, self.cfg.webhook_allow_private)
-        self._task = self._loop.create_task(self._run(), name="mxd-webhooks")
-
-    def notify(self) -> None:
-        """Look for new events now rather than at the next poll; callable from any thread."""
-        if self._loop is not None and not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(self._wake.set)
+        self._client = make_client(self.cfg.webhook_timeout, self.cfg.webhook_allow_private, self.resolver)
+        super().start()
 
     async def stop(self) -> None:
-        self._stopping = True
-        self._wake.set()
-        if self._task is not None:
-            try:
-                await asyncio.wait_for(self._task, 10)
-            except (asyncio.TimeoutError, asyncio.CancelledError):
-                pass
+        await super().stop()
         tasks = [task for _, task in self._inflight.values()]
         if tasks:                              # unfinished ones stay pending and go out after a restart
             _, late = await asyncio.wait(tasks, timeout=self.cfg.webhook_timeout + 1)
@@ -194,32 +211,23 @@ class WebhookWorker:
         if self._client is not None:
             await self._client.aclose()
 
-    async def _run(self) -> None:
+    async def setup(self) -> None:
         try:
             sealed = await self.db.write(store.seal_plain, self.box)
             if sealed:
                 log.info("sealed the secrets of %d webhooks stored in clear by an earlier mxd", sealed)
         except Exception:
             log.exception("sealing webhook secrets stored in clear failed; they still sign")
-        pruned = -PRUNE_EVERY
-        while not self._stopping:
-            more = False
-            try:
-                if time.monotonic() - pruned > PRUNE_EVERY:
-                    pruned = time.monotonic()
-                    await self.db.write(store.prune, time.time() - max(KEEP_SECONDS, 2 * self.lifetime), bulk=True)
-                if await self.db.read(store.unfanned):
-                    more = await self.db.write(store.fan_out, FAN_OUT_BATCH, bulk=True) >= FAN_OUT_BATCH
-                await self._dispatch()
-            except Exception:                  # the worker outlives any one bad pass
-                log.exception("webhook pass failed")
-            if more:
-                continue
-            try:
-                await asyncio.wait_for(self._wake.wait(), POLL_SECONDS)
-            except asyncio.TimeoutError:
-                pass
-            self._wake.clear()
+
+    async def run_once(self) -> float | None:
+        more = False
+        if time.monotonic() - self._pruned > PRUNE_EVERY:
+            self._pruned = time.monotonic()
+            await self.db.write(store.prune, time.time() - max(KEEP_SECONDS, 2 * self.lifetime), bulk=True)
+        if await self.db.read(store.unfanned):
+            more = await self.db.write(store.fan_out, FAN_OUT_BATCH, bulk=True) >= FAN_OUT_BATCH
+        await self._dispatch()
+        return 0 if more else None
 
     async def _dispatch(self) -> None:
         room = MAX_IN_FLIGHT - len(self._inflight)

@@ -1,4 +1,4 @@
-"""mxd.pipeline.WorkerProcesses: CPU work in worker processes driven by the event loop (real processes)."""
+"""mxd.workerpool.WorkerProcesses: CPU work in worker processes driven by the event loop (real processes)."""
 from __future__ import annotations
 
 import asyncio
@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from mxd.pipeline import WorkerProcesses
+from mxd.workerpool import WorkerProcesses
 from mxd.sending import prepare
 
 

@@ -16,6 +16,7 @@ import time
 from collections import defaultdict, deque
 
 from mxd import policy
+from mxd.background import BackgroundWorker
 from mxd.store import queue as outqueue
 from mxd.config import Config, parse_hostport
 from mxd.db import Database, execute
@@ -40,11 +41,16 @@ def _reply(code: int | None, enhanced: str | None, text: str) -> str:
     return " ".join(str(p) for p in (code, enhanced, text) if p)
 
 
-class Scheduler:
+class Scheduler(BackgroundWorker):
+    name = "mxd-delivery"
+    poll = 30.0           # the longest wait when no entry falls due sooner
+    coalesce = COALESCE   # one lease for many submissions, not one each
+    failure = "delivery pass failed"
+    log = log
+
     def __init__(self, cfg: Config, db: Database, resolver: Resolver, on_local: "callable") -> None:
+        super().__init__()
         self.cfg, self.db, self.resolver, self.on_local = cfg, db, resolver, on_local
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task | None = None
         self._tasks: set[asyncio.Task] = set()
         self._queues: dict[str, deque[QueueEntry]] = defaultdict(deque)   # leased, not yet taken by a lane
         self._ready: dict[str, asyncio.Event] = defaultdict(asyncio.Event)  # set when a domain's queue grows
@@ -53,17 +59,10 @@ class Scheduler:
         self._limit: dict[str, int] = {}          # fewer lanes after a refused connection, until the queue drains
         self._inflight: set[str] = set()                     # leased entries whose outcome is not recorded
         self._data: dict[str, bytes] = {}                    # message bytes of leased entries, by entry id
-
-    def notify(self) -> None:
-        self._wake.set()
-
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="mxd-delivery")
+        self._pruned_at = 0.0
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        await super().stop()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -73,35 +72,28 @@ class Scheduler:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _run(self) -> None:
+    async def setup(self) -> None:
         released = await self.db.write(outqueue.release_leases)
         if released:
             log.info("%d queue entries leased by a previous run are due again", released)
-        pruned_at = 0.0
-        while True:
-            self._wake.clear()
-            if time.monotonic() - pruned_at > 3600:
-                pruned_at = time.monotonic()
-                await self.db.write(policy.prune)
-            room = min(BATCH, BATCH * 4 - len(self._inflight))
-            entries, data, due = await self.db.write(_lease, room) if room > 0 else ([], {}, None)
-            for entry in entries:
-                if entry.id in self._inflight:
-                    continue
-                self._inflight.add(entry.id)
-                if entry.inbound_id in data:
-                    self._data[entry.id] = data[entry.inbound_id]
-                self._queues[entry.domain].append(entry)
-            self._open_lanes()
-            if room > 0 and len(entries) >= room:
+
+    async def run_once(self) -> float | None:
+        if time.monotonic() - self._pruned_at > 3600:
+            self._pruned_at = time.monotonic()
+            await self.db.write(policy.prune)
+        room = min(BATCH, BATCH * 4 - len(self._inflight))
+        entries, data, due = await self.db.write(_lease, room) if room > 0 else ([], {}, None)
+        for entry in entries:
+            if entry.id in self._inflight:
                 continue
-            wait = 30.0 if due is None else max(0.05, min(30.0, due - time.time()))
-            try:
-                await asyncio.wait_for(self._wake.wait(), timeout=wait)
-            except asyncio.TimeoutError:
-                pass
-            else:
-                await asyncio.sleep(COALESCE)     # one lease for many submissions, not one each
+            self._inflight.add(entry.id)
+            if entry.inbound_id in data:
+                self._data[entry.id] = data[entry.inbound_id]
+            self._queues[entry.domain].append(entry)
+        self._open_lanes()
+        if room > 0 and len(entries) >= room:
+            return 0
+        return self.poll if due is None else max(0.05, min(self.poll, due - time.time()))
 
     def _open_lanes(self) -> None:
         """Wake idle lanes and open more (up to connections_per_domain) where queues are long."""
