@@ -5,7 +5,7 @@ from typing import Iterator
 
 import pytest
 
-from tests.daemon import MxdProcess
+from tests.support.daemon import MxdProcess
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from email.message import EmailMessage
 import httpx
 import pytest
 
-from tests.daemon import MxdProcess
+from tests.support.daemon import MxdProcess
 
 
 @pytest.fixture(scope="module")

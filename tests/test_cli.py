@@ -7,7 +7,7 @@ import sys
 
 from mxd.authn.dkim import verify
 from mxd.resolver import StaticResolver
-from tests.daemon import MxdProcess
+from tests.support.daemon import MxdProcess
 
 
 def _mxd(proc: MxdProcess, *args: str, extra_env: dict | None = None) -> subprocess.CompletedProcess:

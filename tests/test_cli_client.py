@@ -11,7 +11,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from tests.daemon import MxdProcess, free_port, wait_for
+from tests.support.daemon import MxdProcess, free_port, wait_for
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import time
 
 from tests.test_delivery import (  # noqa: F401 - fixtures
     Peer, dns, events, mx_port, mxd_factory, send, wait_status)
-from tests.daemon import wait_for
+from tests.support.daemon import wait_for
 
 
 def test_a_connection_the_server_closed_while_idle_costs_no_retry(mxd_factory, mx_port):

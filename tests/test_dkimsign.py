@@ -20,8 +20,8 @@ from mxd.authn.dkim import verify as mxd_verify
 from mxd.dkimsign import NoSigningKey, Signer, relaxed_body, sign_message
 from mxd.keys import ED25519, RSA, DkimKey, generate_dkim_keys
 from mxd.resolver import make_resolver
-from tests.corpus import CORPUS
-from tests.dnsserver import DNSServer
+from tests.support.corpora import CORPUS
+from tests.support.dnsserver import DNSServer
 
 DOMAIN = "example.test"
 

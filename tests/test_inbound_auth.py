@@ -8,8 +8,8 @@ import dkim
 import pytest
 
 from mxd import keys
-from tests.daemon import MxdProcess
-from tests.dnsserver import DNSServer
+from tests.support.daemon import MxdProcess
+from tests.support.dnsserver import DNSServer
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,8 @@ import httpx
 import pytest
 
 from mxd.api.loftbox import ApiV1Alias
-from tests.daemon import MxdProcess, wait_for
-from tests.mailsink import DOMAIN, code_in, platform_world
+from tests.support.daemon import MxdProcess, wait_for
+from tests.support.sink import DOMAIN, code_in, platform_world
 
 pytestmark = pytest.mark.slow
 

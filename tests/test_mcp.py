@@ -21,7 +21,7 @@ from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
 from mxd.api import mcp as mcp_api
-from tests.daemon import MxdProcess, wait_for
+from tests.support.daemon import MxdProcess, wait_for
 
 AGENT, OTHER = "agent@example.test", "other@example.test"
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4

@@ -21,7 +21,7 @@ from mxd.mime.threading import (
     normalize_subject,
     partition,
 )
-from tests.corpus import CORPUS, corpus_files
+from tests.support.corpora import CORPUS, corpus_files
 
 UTC = timezone.utc
 T0 = datetime(2020, 1, 1, tzinfo=UTC)

@@ -18,9 +18,9 @@ from typing import Iterator
 import httpx
 import pytest
 
-from tests.daemon import MxdProcess, free_port, wait_for
-from tests.dnsserver import DNSServer
-from tests.smtp import insecure_tls
+from tests.support.daemon import MxdProcess, free_port, wait_for
+from tests.support.dnsserver import DNSServer
+from tests.support.smtp import insecure_tls
 
 
 @pytest.fixture(scope="module")

@@ -21,9 +21,9 @@ import pytest
 from mxd.authn import authenticate
 from mxd.authn.dkim import verify
 from mxd.resolver import make_resolver
-from tests.daemon import MxdProcess, free_port
-from tests.dnsserver import DNSServer
-from tests.peers.postfix import PostfixPeer, skip_unless_available
+from tests.support.daemon import MxdProcess, free_port
+from tests.support.dnsserver import DNSServer
+from tests.support.peers.postfix import PostfixPeer, skip_unless_available
 
 try:        # the opendkim-testmsg runner (a DNS server on 127.0.0.53:53 and `unshare -m`); it reads `zone` below
     from tests.test_dkimsign import opendkim  # noqa: F401

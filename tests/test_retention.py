@@ -22,8 +22,8 @@ from mxd.ingest import Envelope, Recipient, as_row, store
 from mxd.mime.parse import parse
 from mxd.store import directory, messages
 from mxd.store.models import Attachment, Inbound, Message, QueueEntry, Thread, ThreadRef
-from tests.daemon import MxdProcess, wait_for
-from tests.pg import fresh_database
+from tests.support.daemon import MxdProcess, wait_for
+from tests.support.pg import fresh_database
 
 DAY = 86400.0
 

@@ -17,7 +17,7 @@ import pytest
 from mxd.store import tokens
 from mxd.api import openapi
 from mxd.api.http import create_app
-from tests.daemon import MxdProcess, wait_for
+from tests.support.daemon import MxdProcess, wait_for
 
 pytestmark = pytest.mark.slow
 

@@ -12,7 +12,7 @@ from mxd.mime.parse import parse
 from mxd.mime.threading import ThreadInput, partition
 from mxd.store import directory, messages
 from mxd.store.models import Inbound, Message
-from tests.corpus import corpus_files
+from tests.support.corpora import corpus_files
 
 WINDOW = 100 * 365 * 86400.0
 

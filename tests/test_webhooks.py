@@ -27,8 +27,8 @@ from mxd.store import webhook_rows as store
 from mxd.secretbox import SecretBox
 from mxd.store.models import MODELS, Event, Mailbox, Webhook, WebhookAttempt, WebhookDelivery
 from mxd.store.tokens import Principal
-from tests.daemon import MxdProcess, free_port, wait_for
-from tests.pg import fresh_database
+from tests.support.daemon import MxdProcess, free_port, wait_for
+from tests.support.pg import fresh_database
 
 ALL_TYPES = list(store.EVENT_TYPES)
 

@@ -13,8 +13,8 @@ from typing import Any
 
 import httpx
 
-from tests.daemon import MxdProcess
-from tests.dnsserver import DNSServer
+from tests.support.daemon import MxdProcess
+from tests.support.dnsserver import DNSServer
 
 SHARED = "example.test"
 HOSTNAME = f"mx.{SHARED}"

@@ -20,8 +20,8 @@ import pytest
 
 from mxd import keys
 from mxd.ingest import authserv_id_of, remove_auth_results
-from tests.daemon import MxdProcess
-from tests.dnsserver import DNSServer
+from tests.support.daemon import MxdProcess
+from tests.support.dnsserver import DNSServer
 
 OURS = "mx.example.test"
 FORGED = (

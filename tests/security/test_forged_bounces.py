@@ -28,8 +28,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.daemon import wait_for
-from tests.mailsink import DOMAIN, MailSink, World, platform_world
+from tests.support.daemon import wait_for
+from tests.support.sink import DOMAIN, MailSink, World, platform_world
 
 OPERATOR_BOX = f"ops@{DOMAIN}"
 VICTIM = "victim@example.com"

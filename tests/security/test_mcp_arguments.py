@@ -16,7 +16,7 @@ import pytest
 from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
-from tests.daemon import MxdProcess
+from tests.support.daemon import MxdProcess
 
 AGENT, OTHER = "agent@example.test", "other@example.test"
 

@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.daemon import MxdProcess, wait_for
+from tests.support.daemon import MxdProcess, wait_for
 
 SES_ID = "0100018c-shared-ses-message-id"
 

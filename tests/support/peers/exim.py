@@ -135,11 +135,11 @@ def skip_unless_available() -> None:
 
 # ---------------------------------------------------------------- a DNS server Exim can ask
 def dns_server_on_port_53(zone: Mapping[str, Any] | None = None) -> Any:
-    """A started tests.dnsserver.DNSServer on port 53 of a free address in 127.0.53.0/24.
+    """A started tests.support.dnsserver.DNSServer on port 53 of a free address in 127.0.53.0/24.
 
     Exim (the C library resolver) asks port 53 only; a fresh address keeps parallel test runs apart.
     Pass `.host` to EximPeer(nameserver=...) and `.nameserver` to mxd (MXD_DNS_NAMESERVERS)."""
-    from tests.dnsserver import DNSServer
+    from tests.support.dnsserver import DNSServer
     start = os.getpid() % 200
     for i in range(200):
         host = f"127.0.53.{(start + i) % 250 + 2}"
@@ -160,7 +160,7 @@ class Route:
 
 
 _CONFIG = """\
-# Written by tests/peers/exim.py for one test peer.
+# Written by tests/support/peers/exim.py for one test peer.
 primary_hostname = {hostname}
 qualify_domain = {qualify_domain}
 exim_user = {user}
@@ -484,7 +484,7 @@ def _fixture():
         made: list[EximPeer] = []
 
         def make(**kwargs: Any) -> EximPeer:
-            from tests.daemon import free_port
+            from tests.support.daemon import free_port
             host = kwargs.pop("listen_host", "127.0.0.6")
             peer = EximPeer(tmp_path / f"exim{len(made)}", kwargs.pop("listen_port", None) or free_port(host),
                             listen_host=host, **kwargs)

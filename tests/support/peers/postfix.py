@@ -292,7 +292,7 @@ def _fixture():
         made: list[PostfixPeer] = []
 
         def make(**kwargs) -> PostfixPeer:
-            from tests.daemon import free_port
+            from tests.support.daemon import free_port
             peer = PostfixPeer(tmp_path / f"postfix{len(made)}", kwargs.pop("listen_port", None) or free_port(),
                                **kwargs)
             made.append(peer)
