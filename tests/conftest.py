@@ -5,7 +5,9 @@ from typing import Iterator
 
 import pytest
 
+from tests.support.asgi import api_app  # noqa: F401  (fixture: the API in process)
 from tests.support.daemon import MxdProcess
+from tests.support.store import db, memory_db  # noqa: F401  (fixtures: the store in process)
 
 
 @pytest.fixture

@@ -22,10 +22,9 @@ from standardwebhooks import Webhook as Verifier
 from standardwebhooks.webhooks import WebhookVerificationError
 
 from mxd import webhook_sender
-from mxd.db import proxy
-from mxd.store import webhook_rows as store
 from mxd.secretbox import SecretBox
-from mxd.store.models import MODELS, Event, Mailbox, Webhook, WebhookAttempt, WebhookDelivery
+from mxd.store import webhook_rows as store
+from mxd.store.models import Event, Mailbox, Webhook, WebhookAttempt, WebhookDelivery
 from mxd.store.tokens import Principal
 from tests.support.daemon import MxdProcess, free_port, wait_for
 from tests.support.pg import fresh_database
@@ -138,13 +137,8 @@ def org_token(proc: MxdProcess, org_id: str, scopes: list[str]) -> str:
 
 # ---------------------------------------------------------------- the store, in process
 @pytest.fixture
-def memory_store() -> Iterator[None]:
-    db = peewee.SqliteDatabase(":memory:")
-    proxy.initialize(db)
-    db.connect()
-    db.create_tables(MODELS)
-    yield
-    db.close()
+def memory_store(memory_db: peewee.SqliteDatabase) -> None:
+    """The schema in memory, bound to the models (tests/support/store.py)."""
 
 
 def _box(box_id: str, org: str | None, agent: str | None) -> None:
