@@ -53,9 +53,15 @@ class InProcessApi:
 
     def __init__(self, cfg: Config, db: Database, client: TestClient, admin_token: str) -> None:
         self.cfg, self.db, self.client, self.admin_token = cfg, db, client, admin_token
+        self.data_dir = cfg.data_path
 
     def url(self, path: str) -> str:
         return f"{BASE_URL}{path}"
+
+    def get(self, path: str, **kwargs: Any) -> httpx.Response:
+        """GET without a token."""
+        kwargs.pop("timeout", None)
+        return self.client.get(path, **kwargs)
 
     def api(self, method: str, path: str, token: str | None = None, **kwargs: Any) -> httpx.Response:
         headers = kwargs.pop("headers", {})

@@ -105,6 +105,10 @@ class MxdProcess:
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.http_port}{path}"
 
+    def get(self, path: str, **kwargs: Any) -> httpx.Response:
+        """GET without a token."""
+        return httpx.get(self.url(path), timeout=kwargs.pop("timeout", 30), **kwargs)
+
     def api(self, method: str, path: str, token: str | None = None, **kwargs: Any) -> httpx.Response:
         headers = kwargs.pop("headers", {})
         headers["Authorization"] = f"Bearer {token or self.admin_token}"
