@@ -8,7 +8,6 @@ import json
 import os
 import smtplib
 import socket
-import sqlite3
 import threading
 import time
 from email.message import EmailMessage
@@ -115,12 +114,7 @@ def attempts(proc: MxdProcess, hook_id: str, token: str | None = None, prefix: s
 
 
 def sql(proc: MxdProcess, statement: str, params: tuple = ()) -> None:
-    db = sqlite3.connect(proc.data_dir / "mxd.db", timeout=30)
-    try:
-        db.execute(statement, params)
-        db.commit()
-    finally:
-        db.close()
+    proc.sql(statement, params)
 
 
 def org_token(proc: MxdProcess, org_id: str, scopes: list[str]) -> str:

@@ -23,6 +23,7 @@ from mxd.resolver import StaticResolver
 from mxd.store import directory as directory_mod
 from mxd.store import tokens
 from mxd.store.directory import Directory
+from tests.support.apicalls import ApiCalls
 from tests.support.store import started_store
 
 BASE_URL = "http://127.0.0.1"
@@ -47,7 +48,7 @@ def make_context(cfg: Config, db: Database, workers: concurrent.futures.Executor
     return Context(cfg, db, directory, workers, lambda: None, StaticResolver())
 
 
-class InProcessApi:
+class InProcessApi(ApiCalls):
     """A store, the API app over it and a TestClient: what `mxd init` and `mxd serve` would give, minus
     the SMTP servers and the workers."""
 
@@ -68,32 +69,6 @@ class InProcessApi:
         headers["Authorization"] = f"Bearer {token or self.admin_token}"
         kwargs.pop("timeout", None)
         return self.client.request(method, path, headers=headers, **kwargs)
-
-    def token(self, scopes: list[str], mailboxes: list[str] | None = None, name: str = "agent") -> str:
-        """A new scoped token's secret (created with the admin token)."""
-        body: dict[str, Any] = {"name": name, "scopes": scopes}
-        if mailboxes is not None:
-            body["mailboxes"] = mailboxes
-        r = self.api("POST", "/api/tokens", json=body)
-        assert r.status_code == 201, r.text
-        return r.json()["token"]
-
-    def messages(self, mailbox: str | None = None, token: str | None = None) -> list[dict]:
-        out: list[dict] = []
-        cursor = None
-        while True:
-            params: dict[str, Any] = {"limit": 500}
-            if mailbox:
-                params["mailbox"] = mailbox
-            if cursor:
-                params["cursor"] = cursor
-            r = self.api("GET", "/api/messages", token, params=params)
-            assert r.status_code == 200, r.text
-            body = r.json()
-            out += body["data"]
-            cursor = body["next_cursor"]
-            if not cursor:
-                return out
 
 
 @contextlib.contextmanager
