@@ -8,9 +8,9 @@ import re
 import pytest
 from openapi_spec_validator import OpenAPIV31SpecValidator
 
-from mxd.store import tokens
 from mxd.api import openapi
 from mxd.api.http import create_app
+from mxd.store import tokens
 from tests.support.asgi import in_process_api
 
 

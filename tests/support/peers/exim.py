@@ -24,13 +24,14 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping
+
+from tests.support.smtp import greets
 
 CACHE = Path(os.environ.get("MXD_TEST_CACHE", "/var/cache/mxd-tests")) / "exim"
 PACKAGES = ("exim4-daemon-light", "exim4-base", "exim4-config", "libidn12")
@@ -361,13 +362,8 @@ class EximPeer:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise EximError(f"exim daemon exited {self.proc.returncode}:\n{self.output()}\n{self.log()[-3000:]}")
-            try:
-                with socket.create_connection((self.listen_host, self.listen_port), timeout=1) as s:
-                    s.settimeout(5)
-                    if s.recv(512).startswith(b"220"):
-                        return self
-            except OSError:
-                pass
+            if greets(self.listen_host, self.listen_port):
+                return self
             time.sleep(0.05)
         self.stop()
         raise EximError(f"exim did not listen on {self.listen_host}:{self.listen_port}:\n{self.output()}")

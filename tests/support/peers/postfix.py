@@ -15,6 +15,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from tests.support.smtp import greets
+
 POSTFIX = shutil.which("postfix") or ("/usr/sbin/postfix" if os.path.exists("/usr/sbin/postfix") else None)
 POSTCONF = shutil.which("postconf") or "/usr/sbin/postconf"
 POSTQUEUE = shutil.which("postqueue") or "/usr/sbin/postqueue"
@@ -217,16 +219,10 @@ class PostfixPeer:
         self._postfix("check")
         self._postfix("start")
         self.running = True
-        import socket
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            try:
-                with socket.create_connection((self.listen_host, self.listen_port), timeout=1) as s:
-                    s.settimeout(5)
-                    if s.recv(512).startswith(b"220"):
-                        return self
-            except OSError:
-                pass
+            if greets(self.listen_host, self.listen_port):
+                return self
             time.sleep(0.1)
         raise PostfixError(f"postfix did not listen on {self.listen_port}:\n{self.log()[-3000:]}")
 
