@@ -22,7 +22,7 @@ from mxd.mime.parse import parse
 from mxd.store import directory, messages
 from mxd.store import queue as outqueue
 from mxd.store.models import Attachment, Inbound, Message, QueueEntry, Thread, ThreadRef
-from tests.support.daemon import MxdProcess, wait_for
+from tests.support.daemon import MxdProcess, start_daemon, wait_for
 from tests.support.pg import fresh_database
 from tests.support.store import sqlite_url, started_store
 
@@ -177,12 +177,8 @@ def _send(proc: MxdProcess, to: str, subject: str, word: str, attachment: bool =
 
 
 def test_retention_run_over_the_api(tmp_path: Path) -> None:
-    proc = MxdProcess(tmp_path / "data")
-    proc.init()
-    proc.start()
+    proc = start_daemon(tmp_path / "data", mailboxes=["agent@example.test", "keeper@example.test"])
     try:
-        for box in ("agent@example.test", "keeper@example.test"):
-            assert proc.api("POST", "/api/mailboxes", json={"address": box}).status_code == 201
         r = proc.api("PUT", "/api/mailboxes/keeper@example.test/retention", json={"retention_days": 60})
         assert r.status_code == 200 and r.json()["effective_retention_days"] == 60
         r = proc.api("GET", "/api/mailboxes/agent@example.test/retention").json()

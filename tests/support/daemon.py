@@ -5,11 +5,13 @@ import contextlib
 import json
 import os
 import signal
+import smtplib
 import socket
 import sqlite3
 import subprocess
 import sys
 import time
+from email.message import EmailMessage
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -147,6 +149,14 @@ class MxdProcess(ApiCalls):
         headers = kwargs.pop("headers", {})
         headers["Authorization"] = f"Bearer {token or self.admin_token}"
         return httpx.request(method, self.url(path), headers=headers, timeout=kwargs.pop("timeout", 30), **kwargs)
+
+    def send_inbound(self, mail_from: str, to: str, subject: str, text: str) -> None:
+        """One plain message over SMTP to the daemon's MX."""
+        msg = EmailMessage()
+        msg["From"], msg["To"], msg["Subject"] = mail_from, to, subject
+        msg.set_content(text)
+        with smtplib.SMTP(self.host, self.mx_port, timeout=30) as smtp:
+            smtp.send_message(msg)
 
     def sql(self, statement: str, params: tuple = ()) -> list[tuple]:
         """Run one SQL statement on the daemon's SQLite store from outside (committed); its rows."""

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
+from tests.support.peers.files import traversable_by_all
 from tests.support.smtp import greets
 
 CACHE = Path(os.environ.get("MXD_TEST_CACHE", "/var/cache/mxd-tests")) / "exim"
@@ -313,12 +314,7 @@ class EximPeer:
             shutil.chown(d, NOBODY, NOGROUP)
             d.chmod(0o750)
         # nobody must reach the workdir (pytest's tmp dirs are 0700)
-        for parent in [self.workdir, *self.workdir.parents]:
-            if parent == Path("/"):
-                break
-            mode = parent.stat().st_mode & 0o777
-            if not mode & 0o001:
-                os.chmod(parent, mode | 0o011)
+        traversable_by_all(self.workdir)
         self.config.write_text(self.config_text())
         self.config.chmod(0o644)
         self.resolv.write_text(f"nameserver {self.nameserver}\noptions timeout:1 attempts:2\n")

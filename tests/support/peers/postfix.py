@@ -15,6 +15,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from tests.support.peers.files import traversable_by_all
 from tests.support.smtp import greets
 
 POSTFIX = shutil.which("postfix") or ("/usr/sbin/postfix" if os.path.exists("/usr/sbin/postfix") else None)
@@ -185,12 +186,7 @@ class PostfixPeer:
             os.chown(self.mail_dir, uid, gid)
             os.chmod(self.mail_dir, 0o700)
         # The workdir (pytest tmp, mode 0700) must be traversable by the postfix user.
-        for parent in [self.workdir, *self.workdir.parents]:
-            if parent == Path("/"):
-                break
-            mode = parent.stat().st_mode & 0o777
-            if not mode & 0o001:
-                os.chmod(parent, mode | 0o011)
+        traversable_by_all(self.workdir)
         lines = [f"{k} = {v}" for k, v in self.main_cf().items()]
         (self.config_dir / "main.cf").write_text("\n".join(lines) + "\n")
         (self.config_dir / "master.cf").write_text(
