@@ -1,7 +1,6 @@
 """mxd.dkimsign: signatures that dkimpy, mxd.authn.dkim (over real DNS) and OpenDKIM all accept."""
 from __future__ import annotations
 
-
 import re
 import shutil
 import subprocess

@@ -10,7 +10,6 @@ import pytest
 from tests.support.daemon import MxdProcess
 from tests.support.dnsserver import DNSServer
 
-
 DOMAINS = ["example.test", "right.test", "wrong.test", "missing.test"]
 
 

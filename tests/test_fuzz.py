@@ -8,7 +8,8 @@ import time
 
 import httpx
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from mxd import address
 from mxd.ingest import has_bare_line_endings, normalize_line_endings

@@ -16,18 +16,17 @@ import shutil
 import smtplib
 import subprocess
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from dataclasses import dataclass, field
 from email.message import EmailMessage
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-
-from tests.support.corpora import CORPUS
 from standardwebhooks import Webhook
 
+from tests.support.corpora import CORPUS
 from tests.support.daemon import free_port, wait_for
 from tests.support.sink import DOMAIN, body_text, code_in, platform_world
 

@@ -12,8 +12,8 @@ import smtplib
 
 import pytest
 
-from tests.support.daemon import wait_for
 from tests.security.tenant_world import SHARED, start
+from tests.support.daemon import wait_for
 from tests.support.smtp import insecure_tls
 
 pytestmark = pytest.mark.slow
