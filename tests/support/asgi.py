@@ -29,15 +29,12 @@ from tests.support.store import started_store
 BASE_URL = "http://127.0.0.1"
 
 
-def test_config(data_dir: Path, env: dict[str, str] | None = None) -> Config:
+def api_config(data_dir: Path, env: dict[str, str] | None = None) -> Config:
     """The configuration tests.support.daemon.MxdProcess gives its daemon, for a store in `data_dir`."""
     values = {"MXD_DATA_DIR": str(data_dir), "MXD_HOSTNAME": "mx.example.test", "MXD_DNS_NAMESERVERS": "127.0.0.1:1",
               "MXD_DNS_TIMEOUT": "0.5", "MXD_LOG_LEVEL": "WARNING", "MXD_OUTBOUND_ALLOW_PRIVATE": "true"}
     values.update(env or {})
     return config_mod.load(None, values)
-
-
-test_config.__test__ = False        # type: ignore[attr-defined]   # a helper, not a test
 
 
 def make_context(cfg: Config, db: Database, workers: concurrent.futures.Executor) -> Context:
@@ -77,7 +74,7 @@ def in_process_api(data_dir: Path, domains: list[str] = ("example.test",),
     """The API in process on a new store in `data_dir`, with `domains` (and their DKIM keys) and an admin
     token, as `mxd init --domain ...` leaves it."""
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    cfg = test_config(data_dir, env)
+    cfg = api_config(data_dir, env)
     with started_store(cfg.effective_store_url) as db, \
             concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="mxd-test-worker") as workers:
         for name in domains:
