@@ -13,7 +13,7 @@ from typing import Any, Generator
 import uvicorn
 
 from mxd import keys
-from mxd.store import tokens
+from mxd.store import open_store, tokens
 from mxd.api import httpconn, mcp
 from mxd.api.http import Context, create_app
 from mxd.config import Config, parse_hostport
@@ -103,8 +103,7 @@ class Daemon:
             keys.ensure_self_signed_cert(cfg.tls_cert_path, cfg.tls_key_path, cfg.hostname)
         tls = keys.load_ssl_context(cfg.tls_cert_path, cfg.tls_key_path)
 
-        self.db = Database(cfg.effective_store_url)
-        await asyncio.get_running_loop().run_in_executor(None, self.db.start)
+        self.db = await asyncio.get_running_loop().run_in_executor(None, open_store, cfg.effective_store_url)
         secret = await self.db.write(tokens.ensure_admin)
         if secret:
             print(f"mxd: first start: admin token (shown once, store it now): {secret}", flush=True)

@@ -28,7 +28,8 @@ import threading
 from typing import Any, Callable, Iterator, TypeVar
 
 import peewee
-from playhouse.db_url import connect, parse as parse_url
+from playhouse.db_url import connect
+from playhouse.db_url import parse as parse_url
 
 log = logging.getLogger("mxd.db")
 T = TypeVar("T")
@@ -120,9 +121,8 @@ class Database:
 
     # ---------------------------------------------------------------- lifecycle
     def start(self) -> None:
-        from mxd.store import migrations  # the schema lives with the models
-        with self.db.connection_context():
-            migrations.migrate(self.db)
+        """Start the writer (and, with SQLite, the syncer and checkpointer). The schema is the store's:
+        `mxd.store.open_store` migrates it before this."""
         if self._wal_path:
             self._syncer = threading.Thread(target=self._sync_loop, name="mxd-sync", daemon=True)
             self._syncer.start()

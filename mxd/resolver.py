@@ -180,7 +180,7 @@ def make_resolver(nameservers: list[str], timeout: float = 5.0, cache_size: int 
 
 
 class StaticResolver:
-    """In-memory resolver for unit tests, reading the same zone dict as tests.dnsserver.
+    """In-memory resolver for unit tests, reading the same zone dict as tests.support.dnsserver.
 
     {"example.com": {"MX": [(10, "mx.example.com")], "TXT": ["v=spf1 -all"], "A": ["127.0.0.2"]},
      "broken.example": "SERVFAIL"}. A TXT entry may be a list of strings (one RR,

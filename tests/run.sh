@@ -17,8 +17,8 @@ fi
 
 python3 -m pip install -q -e '.[test]'
 # Exim conflicts with Postfix: its packages are downloaded and unpacked into a cache, never installed
-# (tests/peers/exim.py; quick once cached). Without them the Exim tests skip and say why.
-python3 -m tests.peers.exim >/dev/null || true
+# (tests/support/peers/exim.py; quick once cached). Without them the Exim tests skip and say why.
+python3 -m tests.support.peers.exim >/dev/null || true
 # Lint and import order (ruff), types of the service and access layers (mypy): pyproject.toml says which.
 python3 -m ruff check --quiet .
 python3 -m mypy

@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 import httpx
 import pytest
 
-from tests.daemon import MxdProcess, wait_for
+from tests.support.daemon import MxdProcess, wait_for
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from mxd.authn import AuthResults, authenticate, dmarc, spf
 from mxd.resolver import StaticResolver, make_resolver
-from tests.dnsserver import DNSServer, dns_server  # noqa: F401  (fixture)
+from tests.support.dnsserver import DNSServer, dns_server  # noqa: F401  (fixture)
 
 AUTHSERV = "mx.example.net"
 MSG = (b"From: Alice <alice@x.org>\r\n"

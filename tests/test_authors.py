@@ -4,7 +4,8 @@ because it decides which mailboxes the token must be allowed to send as."""
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mxd.mime.parse import parse
 from mxd.sending import authors_of

@@ -7,7 +7,7 @@ import sys
 
 from mxd.authn.dkim import verify
 from mxd.resolver import StaticResolver
-from tests.daemon import MxdProcess
+from tests.support.daemon import MxdProcess, start_daemon
 
 
 def _mxd(proc: MxdProcess, *args: str, extra_env: dict | None = None) -> subprocess.CompletedProcess:
@@ -51,14 +51,9 @@ def _selectors(raw: bytes) -> list[str]:
 
 
 def test_dkim_rotation_keeps_both_selectors_valid(tmp_path):
-    proc = MxdProcess(tmp_path / "data")
-    proc.init()
-    proc.start()
+    proc = start_daemon(tmp_path / "data", mailboxes=["agent@example.test", "other@example.test"],
+                        ready=["example.test"])
     try:
-        for box in ("agent@example.test", "other@example.test"):
-            assert proc.api("POST", "/api/mailboxes", json={"address": box}).status_code == 201
-        assert proc.api("PUT", "/api/domains/example.test/readiness", json={"ready": True}).status_code == 200
-
         def send(subject: str) -> bytes:
             r = proc.api("POST", "/api/send", json={"from": "agent@example.test", "to": "other@example.test",
                                                     "subject": subject, "text": "x"})
@@ -115,9 +110,10 @@ def _children(pid: int) -> list[int]:
 
 def test_worker_processes_end_with_a_killed_daemon(mxd):
     import os
-    import time
+
     # The worker process starts with the first message to parse.
     import smtplib
+    import time
     with smtplib.SMTP("127.0.0.1", mxd.mx_port) as s:
         s.sendmail("x@remote.test", ["agent@example.test"], b"Subject: wake\r\n\r\nx\r\n")
     assert mxd.wait_messages(1, "agent@example.test")

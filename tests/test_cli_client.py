@@ -11,20 +11,15 @@ from typing import Any, Iterator
 
 import pytest
 
-from tests.daemon import MxdProcess, free_port, wait_for
+from tests.support.daemon import MxdProcess, free_port, running_daemon, wait_for
 
 
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MxdProcess]:
     """One daemon for the module: example.test ready for outbound, mailboxes agent@ and other@."""
-    proc = MxdProcess(tmp_path_factory.mktemp("cli") / "data", env={"MXD_WEBHOOK_ALLOW_PRIVATE": "true"})
-    proc.init()
-    proc.start()
-    for box in ("agent@example.test", "other@example.test"):
-        assert proc.api("POST", "/api/mailboxes", json={"address": box}).status_code == 201
-    assert proc.api("PUT", "/api/domains/example.test/readiness", json={"ready": True}).status_code == 200
-    yield proc
-    proc.stop()
+    with running_daemon(tmp_path_factory.mktemp("cli") / "data", env={"MXD_WEBHOOK_ALLOW_PRIVATE": "true"},
+                        mailboxes=["agent@example.test", "other@example.test"], ready=["example.test"]) as proc:
+        yield proc
 
 
 def run(proc: MxdProcess, *args: str, token: str | None = None, env: dict | None = None,

@@ -8,8 +8,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mxd.mime.compose import (ComposeError, Draft, OutAttachment, compose, envelope_recipients,
-                              reply_headers, reply_subject)
+from mxd.mime.compose import (
+    ComposeError,
+    Draft,
+    OutAttachment,
+    compose,
+    envelope_recipients,
+    reply_headers,
+    reply_subject,
+)
 from mxd.mime.parse import attachment, parse
 
 NOW = datetime(2024, 3, 1, 12, 30, 0, tzinfo=timezone.utc)

@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from tests.daemon import MxdProcess
+from tests.support.daemon import MxdProcess
 
 pytestmark = pytest.mark.slow
 

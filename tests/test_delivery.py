@@ -26,8 +26,9 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, syntax
 
-from tests.daemon import MxdProcess, free_port, wait_for
-from tests.dnsserver import DNSServer
+from tests.support.daemon import MxdProcess, free_port, wait_for
+from tests.support.dnsserver import DNSServer
+from tests.support.mail import dsn as bounce_message
 
 SENDER = "agent@example.test"
 
@@ -408,30 +409,7 @@ def test_connections_per_domain_is_a_ceiling(mxd_factory, peer_factory):
 
 # ---------------------------------------------------------------- a bounce after 250
 def _dsn_for(return_path: str, recipient: str) -> bytes:
-    return (
-        "From: MAILER-DAEMON@mx.bounce.test\r\n"
-        f"To: {return_path}\r\n"
-        "Subject: Undelivered Mail Returned to Sender\r\n"
-        "Auto-Submitted: auto-replied\r\n"
-        "MIME-Version: 1.0\r\n"
-        'Content-Type: multipart/report; report-type=delivery-status; boundary="b0"\r\n'
-        "\r\n"
-        "--b0\r\n"
-        "Content-Type: text/plain\r\n"
-        "\r\n"
-        f"The mailbox of {recipient} is gone.\r\n"
-        "--b0\r\n"
-        "Content-Type: message/delivery-status\r\n"
-        "\r\n"
-        "Reporting-MTA: dns; mx.bounce.test\r\n"
-        "\r\n"
-        f"Final-Recipient: rfc822; {recipient}\r\n"
-        "Action: failed\r\n"
-        "Status: 5.1.1\r\n"
-        "Diagnostic-Code: smtp; 550 5.1.1 mailbox gone\r\n"
-        "\r\n"
-        "--b0--\r\n"
-    ).encode()
+    return bounce_message(return_path, recipient, mta="mx.bounce.test")
 
 
 def test_bounce_after_acceptance_fails_and_suppresses(mxd_factory, peer_factory):

@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import time
 
-from tests.test_delivery import (  # noqa: F401 - fixtures
-    Peer, dns, events, mx_port, mxd_factory, send, wait_status)
-from tests.daemon import wait_for
+from tests.support.daemon import wait_for
+from tests.test_delivery import Peer, dns, events, mx_port, mxd_factory, send, wait_status  # noqa: F401 - fixtures
 
 
 def test_a_connection_the_server_closed_while_idle_costs_no_retry(mxd_factory, mx_port):

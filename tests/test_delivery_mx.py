@@ -9,7 +9,7 @@ import pytest
 from mxd.delivery.mxhosts import NoRoute, NullMX, Target, resolve_targets
 from mxd.resolver import StaticResolver, make_resolver
 from mxd.smtpclient import DeliveryError
-from tests.dnsserver import DNSServer
+from tests.support.dnsserver import DNSServer
 
 ZONE = {
     "multi.test": {"MX": [(20, "backup.multi.test"), (10, "mx1.multi.test"), (10, "mx2.multi.test"),

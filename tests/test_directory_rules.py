@@ -2,8 +2,6 @@
 mailbox never shadows an existing alias."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from mxd.db import Database
@@ -12,12 +10,10 @@ from mxd.store import directory
 
 
 @pytest.fixture
-def db(tmp_path: Path):
-    database = Database(f"sqlite:///{tmp_path / 'mxd.db'}")
-    database.start()
-    database.write_sync(directory.create_domain, "shared.test")          # the operator's, shared with tenants
-    yield database
-    database.close()
+def db(db: Database) -> Database:
+    """The shared in-process store (tests/support/store.py) with the operator's domain."""
+    db.write_sync(directory.create_domain, "shared.test")          # the operator's, shared with tenants
+    return db
 
 
 @pytest.mark.parametrize("local", ["abuse", "ABUSE"])

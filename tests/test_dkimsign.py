@@ -1,7 +1,6 @@
 """mxd.dkimsign: signatures that dkimpy, mxd.authn.dkim (over real DNS) and OpenDKIM all accept."""
 from __future__ import annotations
 
-
 import re
 import shutil
 import subprocess
@@ -20,8 +19,8 @@ from mxd.authn.dkim import verify as mxd_verify
 from mxd.dkimsign import NoSigningKey, Signer, relaxed_body, sign_message
 from mxd.keys import ED25519, RSA, DkimKey, generate_dkim_keys
 from mxd.resolver import make_resolver
-from tests.corpus import CORPUS
-from tests.dnsserver import DNSServer
+from tests.support.corpora import CORPUS
+from tests.support.dnsserver import DNSServer
 
 DOMAIN = "example.test"
 

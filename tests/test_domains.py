@@ -7,9 +7,8 @@ import sqlite3
 
 import pytest
 
-from tests.daemon import MxdProcess
-from tests.dnsserver import DNSServer
-
+from tests.support.daemon import MxdProcess
+from tests.support.dnsserver import DNSServer
 
 DOMAINS = ["example.test", "right.test", "wrong.test", "missing.test"]
 

@@ -8,11 +8,12 @@ import time
 
 import httpx
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from mxd import address
 from mxd.ingest import has_bare_line_endings, normalize_line_endings
-from tests.daemon import MxdProcess
+from tests.support.daemon import MxdProcess
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
 

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemon import MxdProcess, wait_for
-from tests.smtp import insecure_tls
+from tests.support.daemon import MxdProcess, wait_for
+from tests.support.smtp import insecure_tls
 
 pytestmark = pytest.mark.slow
 

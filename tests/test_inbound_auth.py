@@ -4,44 +4,27 @@ from __future__ import annotations
 import smtplib
 import time
 
-import dkim
 import pytest
 
-from mxd import keys
-from tests.daemon import MxdProcess
-from tests.dnsserver import DNSServer
+from tests.support.daemon import MxdProcess, running_daemon
+from tests.support.dnsserver import DNSServer
+from tests.support.mail import dkim_sign as _sign
+from tests.support.mail import published_keys
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     base = tmp_path_factory.mktemp("auth")
-    signing = keys.generate_dkim_keys(base / "dkim", "remote.test")
     zone = {
         "remote.test": {"TXT": ["v=spf1 ip4:127.0.0.0/8 -all"], "A": ["127.0.0.1"]},
         "_dmarc.remote.test": {"TXT": ["v=DMARC1; p=reject; adkim=s; aspf=r"]},
         "strict.test": {"TXT": ["v=spf1 ip4:192.0.2.1 -all"]},
         "_dmarc.strict.test": {"TXT": ["v=DMARC1; p=reject"]},
     }
-    for k in signing:
-        zone[k.dns_name] = {"TXT": [k.public_dns_value]}
-    dns = DNSServer(zone)
-    dns.start()
-    proc = MxdProcess(base / "data", env={"MXD_DNS_NAMESERVERS": dns.nameserver, "MXD_DNS_TIMEOUT": "2"})
-    proc.init()
-    proc.start()
-    assert proc.api("POST", "/api/mailboxes", json={"address": "agent@example.test"}).status_code == 201
-    yield proc, signing
-    proc.stop()
-    dns.stop()
-
-
-def _sign(message: bytes, signing: list[keys.DkimKey]) -> bytes:
-    for k in signing:
-        algo = b"ed25519-sha256" if k.algorithm == keys.ED25519 else b"rsa-sha256"
-        sig = dkim.sign(message, k.selector.encode(), b"remote.test", keys.dkim_private_for_dkimpy(k),
-                        signature_algorithm=algo, include_headers=[b"from", b"to", b"subject", b"date"])
-        message = sig + message
-    return message
+    signing = published_keys(base / "dkim", zone)
+    with DNSServer(zone) as dns, running_daemon(base / "data", mailboxes=["agent@example.test"],
+                                                env={"MXD_DNS_NAMESERVERS": dns.nameserver, "MXD_DNS_TIMEOUT": "2"}) as proc:
+        yield proc, signing
 
 
 def _deliver(proc: MxdProcess, mail_from: str, data: bytes, subject: str) -> dict:

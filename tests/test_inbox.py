@@ -3,13 +3,10 @@ across restarts (a clean stop and a SIGKILL) nothing acknowledged comes back and
 unacknowledged is skipped. Acks only reach the mailbox's own messages."""
 from __future__ import annotations
 
-import smtplib
-from email.message import EmailMessage
-
 import httpx
 import pytest
 
-from tests.daemon import MxdProcess, wait_for
+from tests.support.daemon import MxdProcess, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -40,11 +37,7 @@ def _mailbox(proc: MxdProcess, agent_slug: str) -> dict:
 
 def _deliver(proc: MxdProcess, to: str, subject: str) -> str:
     """One message over SMTP to the daemon's MX; returns its id once stored."""
-    msg = EmailMessage()
-    msg["From"], msg["To"], msg["Subject"] = "sender@elsewhere.test", to, subject
-    msg.set_content(f"body of {subject}\n")
-    with smtplib.SMTP("127.0.0.1", proc.mx_port, timeout=30) as smtp:
-        smtp.send_message(msg)
+    proc.send_inbound("sender@elsewhere.test", to, subject, f"body of {subject}\n")
     found = wait_for(lambda: [m for m in proc.messages(to) if m["subject"] == subject], timeout=60)
     assert found, subject
     return found[0]["id"]

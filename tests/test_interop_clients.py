@@ -22,8 +22,8 @@ from email.message import EmailMessage
 import aiosmtplib
 import pytest
 
-from tests.daemon import MxdProcess, wait_for
-from tests.smtp import insecure_tls
+from tests.support.daemon import MxdProcess, wait_for
+from tests.support.smtp import insecure_tls
 
 pytestmark = pytest.mark.slow
 

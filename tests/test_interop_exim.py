@@ -22,8 +22,8 @@ from typing import Iterator
 
 import pytest
 
-from tests.daemon import MxdProcess, free_port, wait_for
-from tests.peers.exim import EximPeer, Route, dns_server_on_port_53, exim_id, skip_unless_available
+from tests.support.daemon import MxdProcess, free_port, wait_for
+from tests.support.peers.exim import EximPeer, Route, dns_server_on_port_53, exim_id, skip_unless_available
 
 pytestmark = pytest.mark.slow
 

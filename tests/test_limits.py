@@ -5,8 +5,8 @@ import smtplib
 
 import pytest
 
-from tests.daemon import MxdProcess
-from tests.smtp import insecure_tls
+from tests.support.daemon import MxdProcess
+from tests.support.smtp import insecure_tls
 
 
 @pytest.fixture

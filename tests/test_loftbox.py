@@ -12,8 +12,8 @@ import httpx
 import pytest
 
 from mxd.api.loftbox import ApiV1Alias
-from tests.daemon import MxdProcess, wait_for
-from tests.mailsink import DOMAIN, code_in, platform_world
+from tests.support.daemon import MxdProcess, wait_for
+from tests.support.sink import DOMAIN, code_in, platform_world
 
 pytestmark = pytest.mark.slow
 
@@ -361,15 +361,7 @@ async def test_alias_middleware_rewrites_path_and_raw_path():
 
 
 # ---------------------------------------------------------------- the store functions, without a daemon
-@pytest.fixture
-def db(tmp_path):
-    from mxd.db import Database
-    database = Database(f"sqlite:///{tmp_path / 'mxd.db'}")
-    database.start()
-    yield database
-    database.close()
-
-
+# `db`: the shared in-process store (tests/support/store.py, through tests/conftest.py)
 def test_codes_are_stored_hashed_and_expire(db):
     import time as _time
 
@@ -397,9 +389,9 @@ def test_codes_are_stored_hashed_and_expire(db):
 
 
 def test_default_domain_choice(db):
-    from mxd.store import orgs as orgs_mod
     from mxd.errors import MxdError
     from mxd.store import directory
+    from mxd.store import orgs as orgs_mod
 
     with pytest.raises(MxdError) as exc:
         db.write_sync(orgs_mod.default_domain, "")

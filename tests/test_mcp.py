@@ -10,9 +10,8 @@ from __future__ import annotations
 import json
 import smtplib
 import sqlite3
-from contextlib import asynccontextmanager
 from email.message import EmailMessage
-from typing import Any, AsyncIterator
+from typing import Any
 
 import httpx
 import httpx2
@@ -21,7 +20,8 @@ from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
 from mxd.api import mcp as mcp_api
-from tests.daemon import MxdProcess, wait_for
+from tests.support.daemon import MxdProcess, wait_for
+from tests.support.mcpclient import session
 
 AGENT, OTHER = "agent@example.test", "other@example.test"
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4
@@ -58,16 +58,6 @@ def world(tmp_path_factory) -> Any:
     }
     yield {"mxd": proc, "inbound": inbound, "tokens": tokens}
     proc.stop()
-
-
-@asynccontextmanager
-async def session(mxd: MxdProcess, token: str) -> AsyncIterator[ClientSession]:
-    headers = {"Authorization": f"Bearer {token}"}
-    async with httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(120)) as http:
-        async with streamable_http_client(mxd.url("/mcp"), http_client=http) as (read, write):
-            async with ClientSession(read, write) as s:
-                await s.initialize()
-                yield s
 
 
 async def call(s: ClientSession, tool: str, **arguments: Any) -> dict:

@@ -5,8 +5,7 @@ import re
 import sqlite3
 from pathlib import Path
 
-from mxd.db import Database
-from mxd.store import migrations
+from mxd.store import migrations, open_store
 
 
 def _downgrade_to_v1(path: Path) -> None:
@@ -28,14 +27,10 @@ def _downgrade_to_v1(path: Path) -> None:
 
 def test_v1_store_migrates_to_current(tmp_path: Path) -> None:
     path = tmp_path / "mxd.db"
-    db = Database(f"sqlite:///{path}")
-    db.start()
-    db.close()
+    open_store(f"sqlite:///{path}").close()
     _downgrade_to_v1(path)
 
-    db = Database(f"sqlite:///{path}")
-    db.start()
-    db.close()
+    open_store(f"sqlite:///{path}").close()
     con = sqlite3.connect(path)
     assert con.execute("""SELECT "value" FROM "meta" WHERE "key" = 'schema_version'""").fetchone()[0] \
         == str(len(migrations.STEPS))
@@ -50,29 +45,22 @@ def test_v1_store_migrates_to_current(tmp_path: Path) -> None:
 
 def test_newer_store_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "mxd.db"
-    db = Database(f"sqlite:///{path}")
-    db.start()
-    db.close()
+    open_store(f"sqlite:///{path}").close()
     con = sqlite3.connect(path)
     con.execute("""UPDATE "meta" SET "value" = '999' WHERE "key" = 'schema_version'""")
     con.commit()
     con.close()
-    db = Database(f"sqlite:///{path}")
     try:
-        db.start()
+        open_store(f"sqlite:///{path}").close()            # refused: the handle is closed by open_store
     except RuntimeError as exc:
         assert "newer than this mxd" in str(exc)
     else:
         raise AssertionError("a store from a newer mxd was opened")
-    finally:
-        db.close()
 
 
 def test_v4_store_gets_suppressions_per_organisation_and_tagged_return_paths(tmp_path: Path) -> None:
     path = tmp_path / "mxd.db"
-    db = Database(f"sqlite:///{path}")
-    db.start()
-    db.close()
+    open_store(f"sqlite:///{path}").close()
     con = sqlite3.connect(path)
     con.execute('DROP TABLE "suppression"')
     con.execute('CREATE TABLE "suppression" ("address" VARCHAR(512) NOT NULL PRIMARY KEY, "reason" VARCHAR(64) '
@@ -90,9 +78,7 @@ def test_v4_store_gets_suppressions_per_organisation_and_tagged_return_paths(tmp
     con.commit()
     con.close()
 
-    db = Database(f"sqlite:///{path}")
-    db.start()
-    db.close()
+    open_store(f"sqlite:///{path}").close()
     con = sqlite3.connect(path)
     assert con.execute('SELECT "org_id", "address", "reason" FROM "suppression"').fetchall() == \
         [("", "gone@remote.test", "hard_bounce")]

@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mxd.mime.parse import MAX_DEPTH, MAX_PARTS, Address, Attachment, Parsed, attachment, html_to_text, parse
-from tests.corpus import CPYTHON_EMAIL, corpus_files, corpus_message
+from tests.support.corpora import CPYTHON_EMAIL, corpus_files, corpus_message
 
 UTC = timezone.utc
 ALL_FILES = corpus_files("") + sorted(CPYTHON_EMAIL.glob("msg_*.txt"))

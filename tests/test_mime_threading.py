@@ -21,7 +21,7 @@ from mxd.mime.threading import (
     normalize_subject,
     partition,
 )
-from tests.corpus import CORPUS, corpus_files
+from tests.support.corpora import CORPUS, corpus_files
 
 UTC = timezone.utc
 T0 = datetime(2020, 1, 1, tzinfo=UTC)
@@ -79,6 +79,17 @@ _ID = re.compile(r"<([^<>\s]+)>")
 
 def expected_partition(paths: list[Path]) -> list[set[str]]:
     """What the headers say, independently of mxd.mime: union-find over every id in Message-ID, In-Reply-To, References."""
+    links = []
+    for path in paths:
+        h = BytesHeaderParser(policy=compat32).parsebytes(path.read_bytes())
+        ids = _ID.findall(str(h.get("Message-ID", "")))[:1]
+        ids += _ID.findall(" ".join(str(v) for v in h.get_all("In-Reply-To", []) + h.get_all("References", [])))
+        links.append((str(path.relative_to(CORPUS)), ids))
+    return linked(links)
+
+
+def linked(links: list[tuple[str, list[str]]]) -> list[set[str]]:
+    """Union-find over (key, ids): the keys joined by a shared id, directly or through others."""
     parent: dict[str, str] = {}
 
     def find(x: str) -> str:
@@ -87,19 +98,13 @@ def expected_partition(paths: list[Path]) -> list[set[str]]:
             x = parent[x]
         return x
 
-    keys = []
-    for path in paths:
-        key = str(path.relative_to(CORPUS))
-        keys.append(key)
-        h = BytesHeaderParser(policy=compat32).parsebytes(path.read_bytes())
-        ids = _ID.findall(str(h.get("Message-ID", "")))[:1]
-        ids += _ID.findall(" ".join(str(v) for v in h.get_all("In-Reply-To", []) + h.get_all("References", [])))
+    for key, ids in links:
         for i in ids:
             a, b = find("key:" + key), find("id:" + i)
             if a != b:
                 parent[a] = b
     groups: dict[str, set[str]] = {}
-    for key in keys:
+    for key, _ in links:
         groups.setdefault(find("key:" + key), set()).add(key)
     return canon(groups.values())
 
@@ -286,23 +291,7 @@ def id_graphs(draw: st.DrawFn) -> list[ThreadInput]:
 
 
 def union_find(msgs: list[ThreadInput]) -> list[set[str]]:
-    parent: dict[str, str] = {}
-
-    def find(x: str) -> str:
-        parent.setdefault(x, x)
-        while parent[x] != x:
-            x = parent[x]
-        return x
-
-    for x in msgs:
-        for i in ([x.message_id] if x.message_id else []) + x.in_reply_to + x.references:
-            a, b = find("key:" + x.key), find("id:" + i)
-            if a != b:
-                parent[a] = b
-    groups: dict[str, set[str]] = {}
-    for x in msgs:
-        groups.setdefault(find("key:" + x.key), set()).add(x.key)
-    return canon(groups.values())
+    return linked([(x.key, ([x.message_id] if x.message_id else []) + x.in_reply_to + x.references) for x in msgs])
 
 
 @settings(max_examples=400, deadline=None)

@@ -10,8 +10,8 @@ from email.message import EmailMessage
 import pytest
 
 from mxd import smtpcodes as codes
-from tests.daemon import MxdProcess
-from tests.smtp import RawSMTP
+from tests.support.daemon import MxdProcess
+from tests.support.smtp import RawSMTP
 
 
 @pytest.fixture(scope="module")

@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 import re
 
-import httpx
 import pytest
 from openapi_spec_validator import OpenAPIV31SpecValidator
 
-from mxd.store import tokens
 from mxd.api import openapi
 from mxd.api.http import create_app
-from tests.daemon import MxdProcess
+from mxd.store import tokens
+from tests.support.asgi import in_process_api
 
 
 @pytest.fixture(scope="module")
@@ -22,11 +21,9 @@ def routes():
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    proc = MxdProcess(tmp_path_factory.mktemp("openapi") / "data")
-    proc.init()
-    proc.start()
-    yield proc
-    proc.stop()
+    """The API in process (tests/support/asgi.py): these tests only read what it serves."""
+    with in_process_api(tmp_path_factory.mktemp("openapi") / "data") as app:
+        yield app
 
 
 def test_every_route_is_described_and_every_description_is_a_route(routes):
@@ -99,7 +96,7 @@ def test_examples_match_their_request_schemas(routes):
 
 
 def test_served_document_needs_no_token_and_names_this_server(server):
-    r = httpx.get(server.url("/openapi.json"), timeout=30)
+    r = server.get("/openapi.json")
     assert r.status_code == 200
     assert r.headers["content-type"].startswith("application/json")
     doc = r.json()
@@ -112,7 +109,7 @@ def test_served_document_needs_no_token_and_names_this_server(server):
 
 
 def test_described_scopes_and_security(server):
-    doc = httpx.get(server.url("/openapi.json"), timeout=30).json()
+    doc = server.get("/openapi.json").json()
     assert doc["components"]["securitySchemes"]["bearer"] == {
         "type": "http", "scheme": "bearer", "description": "an mxd token (mxd_...)"}
     send = doc["paths"]["/api/send"]["post"]
@@ -127,6 +124,6 @@ def test_described_scopes_and_security(server):
 
 
 def test_unknown_routes_answer_with_the_error_shape(server):
-    r = httpx.get(server.url("/api/no-such-route"), timeout=30)
+    r = server.get("/api/no-such-route")
     assert r.status_code == 404
     assert set(r.json()["error"]) >= {"code", "message", "fix", "hard_stop"}

@@ -1,21 +1,11 @@
 """Owner sign-up throttling: each new code resets the attempt count, so codes and sign-ups are slowed."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
-from mxd.store import orgs
 from mxd.db import Database
 from mxd.errors import MxdError
-
-
-@pytest.fixture
-def db(tmp_path: Path):
-    database = Database(f"sqlite:///{tmp_path / 'mxd.db'}")
-    database.start()
-    yield database
-    database.close()
+from mxd.store import orgs
 
 
 def test_a_new_code_for_the_same_owner_waits_a_minute(db: Database) -> None:

@@ -18,9 +18,9 @@ from typing import Iterator
 import httpx
 import pytest
 
-from tests.daemon import MxdProcess, free_port, wait_for
-from tests.dnsserver import DNSServer
-from tests.smtp import insecure_tls
+from tests.support.daemon import MxdProcess, free_port, wait_for
+from tests.support.dnsserver import SENDING_DOMAIN, DNSServer
+from tests.support.smtp import insecure_tls
 
 
 @pytest.fixture(scope="module")
@@ -28,9 +28,7 @@ def world(tmp_path_factory):
     base = tmp_path_factory.mktemp("out")
     mx_port = free_port("127.0.0.2")
     dns = DNSServer({
-        "example.test": {"MX": [(10, "mx.example.test")], "TXT": ["v=spf1 ip4:127.0.0.0/8 -all"]},
-        "mx.example.test": {"A": ["127.0.0.1"]},
-        "_dmarc.example.test": {"TXT": ["v=DMARC1; p=reject; adkim=s; aspf=s"]},
+        **SENDING_DOMAIN,
         "peer.test": {"MX": [(10, "mx.peer.test")]},
         "mx.peer.test": {"A": ["127.0.0.2"]},
     })

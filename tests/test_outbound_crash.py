@@ -29,9 +29,9 @@ import httpx
 import pytest
 from aiosmtpd.controller import Controller
 
-from tests.daemon import MxdProcess, free_port, wait_for
-from tests.dnsserver import DNSServer
-from tests.smtp import insecure_tls
+from tests.support.daemon import MxdProcess, free_port, wait_for
+from tests.support.dnsserver import DNSServer
+from tests.support.smtp import insecure_tls
 
 pytestmark = pytest.mark.slow
 

@@ -11,17 +11,13 @@ from email.message import EmailMessage
 import httpx
 import pytest
 
-from tests.daemon import MxdProcess, wait_for
+from tests.support.daemon import MxdProcess, running_daemon, wait_for
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    proc = MxdProcess(tmp_path_factory.mktemp("platform") / "data", domains=["example.test"])
-    proc.init()
-    proc.start()
-    assert proc.api("POST", "/api/mailboxes", json={"address": "agent@example.test"}).status_code == 201
-    yield proc
-    proc.stop()
+    with running_daemon(tmp_path_factory.mktemp("platform") / "data", mailboxes=["agent@example.test"]) as proc:
+        yield proc
 
 
 def _org(proc: MxdProcess, org_id: str) -> str:

@@ -12,8 +12,8 @@ from email.message import EmailMessage
 
 import pytest
 
-from tests.daemon import MxdProcess, free_port
-from tests.peers.postfix import PostfixPeer, skip_unless_available
+from tests.support.daemon import MxdProcess, free_port
+from tests.support.peers.postfix import PostfixPeer, skip_unless_available
 
 pytestmark = pytest.mark.slow
 

@@ -21,9 +21,9 @@ import pytest
 from mxd.authn import authenticate
 from mxd.authn.dkim import verify
 from mxd.resolver import make_resolver
-from tests.daemon import MxdProcess, free_port
-from tests.dnsserver import DNSServer
-from tests.peers.postfix import PostfixPeer, skip_unless_available
+from tests.support.daemon import MxdProcess, free_port
+from tests.support.dnsserver import SENDING_DOMAIN, DNSServer
+from tests.support.peers.postfix import PostfixPeer, skip_unless_available
 
 try:        # the opendkim-testmsg runner (a DNS server on 127.0.0.53:53 and `unshare -m`); it reads `zone` below
     from tests.test_dkimsign import opendkim  # noqa: F401
@@ -43,9 +43,7 @@ def world(tmp_path_factory) -> Iterator[tuple[MxdProcess, PostfixPeer, DNSServer
     root = tmp_path_factory.mktemp("postfix-mx")
     mx_port = free_port("127.0.0.3")
     dns = DNSServer({
-        "example.test": {"MX": [(10, "mx.example.test")], "TXT": ["v=spf1 ip4:127.0.0.0/8 -all"]},
-        "mx.example.test": {"A": ["127.0.0.1"]},
-        "_dmarc.example.test": {"TXT": ["v=DMARC1; p=reject; adkim=s; aspf=s"]},
+        **SENDING_DOMAIN,
         "postfix.test": {"MX": [(10, "mx.postfix.test")]},
         "mx.postfix.test": {"A": ["127.0.0.3"]},
     }).start()

@@ -6,9 +6,9 @@ import time
 
 import pytest
 
-from tests.daemon import MxdProcess
-from tests.pg import fresh_database
-from tests.smtp import insecure_tls
+from tests.support.daemon import MxdProcess
+from tests.support.pg import fresh_database
+from tests.support.smtp import insecure_tls
 
 pytestmark = pytest.mark.slow
 

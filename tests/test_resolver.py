@@ -6,7 +6,7 @@ import time
 import pytest
 
 from mxd.resolver import DNSError, StaticResolver, make_resolver, split_nameserver
-from tests.dnsserver import DNSServer, dns_server  # noqa: F401  (fixture)
+from tests.support.dnsserver import DNSServer, dns_server  # noqa: F401  (fixture)
 
 
 @pytest.fixture

@@ -15,15 +15,16 @@ import peewee
 import pytest
 
 from mxd import retention
-from mxd.store import queue as outqueue
 from mxd.config import Config
 from mxd.db import Database, execute, proxy
 from mxd.ingest import Envelope, Recipient, as_row, store
 from mxd.mime.parse import parse
 from mxd.store import directory, messages
+from mxd.store import queue as outqueue
 from mxd.store.models import Attachment, Inbound, Message, QueueEntry, Thread, ThreadRef
-from tests.daemon import MxdProcess, wait_for
-from tests.pg import fresh_database
+from tests.support.daemon import MxdProcess, start_daemon, wait_for
+from tests.support.pg import fresh_database
+from tests.support.store import sqlite_url, started_store
 
 DAY = 86400.0
 
@@ -58,16 +59,11 @@ def _fts(message_id: str) -> int:
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)])
 def db(request, tmp_path: Path):
     if request.param == "sqlite":
-        database = Database(f"sqlite:///{tmp_path / 'mxd.db'}")
-        database.start()
-        yield database
-        database.close()
+        with started_store(sqlite_url(tmp_path)) as database:
+            yield database
         return
-    with fresh_database("mxd_retention") as url:
-        database = Database(url)
-        database.start()
+    with fresh_database("mxd_retention") as url, started_store(url) as database:
         yield database
-        database.close()
 
 
 def test_sweep_removes_expired_mail_and_everything_that_belongs_to_it(db: Database) -> None:
@@ -181,12 +177,8 @@ def _send(proc: MxdProcess, to: str, subject: str, word: str, attachment: bool =
 
 
 def test_retention_run_over_the_api(tmp_path: Path) -> None:
-    proc = MxdProcess(tmp_path / "data")
-    proc.init()
-    proc.start()
+    proc = start_daemon(tmp_path / "data", mailboxes=["agent@example.test", "keeper@example.test"])
     try:
-        for box in ("agent@example.test", "keeper@example.test"):
-            assert proc.api("POST", "/api/mailboxes", json={"address": box}).status_code == 201
         r = proc.api("PUT", "/api/mailboxes/keeper@example.test/retention", json={"retention_days": 60})
         assert r.status_code == 200 and r.json()["effective_retention_days"] == 60
         r = proc.api("GET", "/api/mailboxes/agent@example.test/retention").json()
@@ -273,17 +265,12 @@ def test_replay_keys_are_forgotten_after_two_days(tmp_path):
     """Idempotency-Key and SES message-id records replay for 24 hours; the sweep drops them after two days."""
     import time as _time
 
-    from mxd.db import Database
     from mxd.retention import prune_replay_keys
     from mxd.store.models import Idempotency
 
-    database = Database(f"sqlite:///{tmp_path / 'mxd.db'}")
-    database.start()
-    try:
+    with started_store(sqlite_url(tmp_path)) as database:
         now = _time.time()
         database.write_sync(lambda: [Idempotency.create(key=k, body_hash="", status=202, response={}, created_at=t)
                                      for k, t in (("old", now - 3 * 86400), ("recent", now - 3600))])
         assert database.write_sync(prune_replay_keys, now - 2 * 86400) == 1
         assert [r.key for r in database.write_sync(lambda: list(Idempotency.select()))] == ["recent"]
-    finally:
-        database.close()

@@ -16,11 +16,15 @@ from typing import Any
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, Phase, settings
-from schemathesis.checks import (content_type_conformance, not_a_server_error, response_schema_conformance,
-                                 status_code_conformance)
+from schemathesis.checks import (
+    content_type_conformance,
+    not_a_server_error,
+    response_schema_conformance,
+    status_code_conformance,
+)
 
 from mxd.api import openapi
-from tests.daemon import MxdProcess, wait_for
+from tests.support.daemon import MxdProcess, wait_for
 
 pytestmark = pytest.mark.slow
 

@@ -7,17 +7,15 @@ token sees none of the operator's objects.
 from __future__ import annotations
 
 import re
-import smtplib
-from email.message import EmailMessage
 from typing import Any
 
 import httpx
 import pytest
 
-from mxd.store import tokens
 from mxd.api import openapi
 from mxd.api.http import create_app
-from tests.daemon import MxdProcess, wait_for
+from mxd.store import tokens
+from tests.support.daemon import MxdProcess, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -30,11 +28,7 @@ MISSING = {"id": "zz_missing", "att": "att_missing", "agent_id": "agt_missing", 
 
 
 def _send_inbound(proc: MxdProcess, to: str, subject: str) -> None:
-    m = EmailMessage()
-    m["From"], m["To"], m["Subject"] = "someone@remote.test", to, subject
-    m.set_content(f"{subject}: pelican")
-    with smtplib.SMTP("127.0.0.1", proc.mx_port, timeout=30) as s:
-        s.send_message(m)
+    proc.send_inbound("someone@remote.test", to, subject, f"{subject}: pelican")
 
 
 class World:

@@ -16,20 +16,19 @@ import shutil
 import smtplib
 import subprocess
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from dataclasses import dataclass, field
 from email.message import EmailMessage
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-
-from tests.corpus import CORPUS
 from standardwebhooks import Webhook
 
-from tests.daemon import free_port, wait_for
-from tests.mailsink import DOMAIN, body_text, code_in, platform_world
+from tests.support.corpora import CORPUS
+from tests.support.daemon import free_port, wait_for
+from tests.support.sink import DOMAIN, body_text, code_in, platform_world
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(shutil.which("curl") is None, reason="needs the curl binary")]
 

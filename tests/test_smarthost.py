@@ -8,7 +8,7 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
 from mxd import keys
-from tests.daemon import MxdProcess, free_port
+from tests.support.daemon import MxdProcess, free_port
 
 
 class Relay:

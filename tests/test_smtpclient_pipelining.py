@@ -16,11 +16,26 @@ import pytest
 import tests.test_smtpclient as base
 from mxd.smtpclient import Connection, DeliveryError, _wire_body
 from tests.test_smtpclient import (  # noqa: F401 - fixtures and the delivery tests, collected again here
-    MSG, _open, ca, serve, server_tls, test_421_closes_the_session, test_all_rcpt_refused_sends_no_data_and_resets,
-    test_auth_after_starttls, test_data_4xx_is_temporary, test_data_5xx_applies_to_all_accepted,
-    test_mail_from_refused_applies_to_all, test_no_smtputf8_at_server_is_permanent, test_null_reverse_path,
-    test_opportunistic_starttls_used, test_rcpt_4xx_and_5xx, test_several_messages_one_connection,
-    test_size_limit_respected, test_smtputf8_used_when_needed, test_success_with_per_recipient_results)
+    MSG,
+    _open,
+    ca,
+    serve,
+    server_tls,
+    test_421_closes_the_session,
+    test_all_rcpt_refused_sends_no_data_and_resets,
+    test_auth_after_starttls,
+    test_data_4xx_is_temporary,
+    test_data_5xx_applies_to_all_accepted,
+    test_mail_from_refused_applies_to_all,
+    test_no_smtputf8_at_server_is_permanent,
+    test_null_reverse_path,
+    test_opportunistic_starttls_used,
+    test_rcpt_4xx_and_5xx,
+    test_several_messages_one_connection,
+    test_size_limit_respected,
+    test_smtputf8_used_when_needed,
+    test_success_with_per_recipient_results,
+)
 
 
 class PipeliningHandler(base.Handler):

@@ -10,21 +10,17 @@ import random
 import peewee as pw
 import pytest
 
-from mxd.db import proxy
 from mxd.ids import new_id
-from mxd.store import migrations, search, threads
+from mxd.store import search, threads
 from mxd.store.models import Domain, Mailbox, Thread
 
 WORDS = ["invoice", "meeting", "report", "budget", "ticket", "urgent", "lunch", "deploy"]
 
 
 @pytest.fixture()
-def db() -> pw.SqliteDatabase:
-    database = pw.SqliteDatabase(":memory:")
-    proxy.initialize(database)
-    migrations.migrate(database)
-    yield database
-    database.close()
+def db(memory_db: pw.SqliteDatabase) -> pw.SqliteDatabase:
+    """The schema in memory, no writer (tests/support/store.py)."""
+    return memory_db
 
 
 def _fill(db: pw.SqliteDatabase, count: int, rng: random.Random) -> dict[str, tuple[str, set[str]]]:

@@ -12,19 +12,17 @@ from mxd.mime.parse import parse
 from mxd.mime.threading import ThreadInput, partition
 from mxd.store import directory, messages
 from mxd.store.models import Inbound, Message
-from tests.corpus import corpus_files
+from tests.support.corpora import corpus_files
 
 WINDOW = 100 * 365 * 86400.0
 
 
 @pytest.fixture
-def db(tmp_path: Path):
-    database = Database(f"sqlite:///{tmp_path / 'mxd.db'}")
-    database.start()
-    database.write_sync(directory.create_domain, "example.test")
-    database.write_sync(directory.create_mailbox, "agent@example.test")
-    yield database
-    database.close()
+def db(db: Database) -> Database:
+    """The shared in-process store (tests/support/store.py) with mailbox agent@example.test."""
+    db.write_sync(directory.create_domain, "example.test")
+    db.write_sync(directory.create_mailbox, "agent@example.test")
+    return db
 
 
 def _deliver_all(db: Database, files: list[Path]) -> dict[str, str]:

@@ -8,7 +8,6 @@ import json
 import os
 import smtplib
 import socket
-import sqlite3
 import threading
 import time
 from email.message import EmailMessage
@@ -22,13 +21,12 @@ from standardwebhooks import Webhook as Verifier
 from standardwebhooks.webhooks import WebhookVerificationError
 
 from mxd import webhook_sender
-from mxd.db import proxy
-from mxd.store import webhook_rows as store
 from mxd.secretbox import SecretBox
-from mxd.store.models import MODELS, Event, Mailbox, Webhook, WebhookAttempt, WebhookDelivery
+from mxd.store import webhook_rows as store
+from mxd.store.models import Event, Mailbox, Webhook, WebhookAttempt, WebhookDelivery
 from mxd.store.tokens import Principal
-from tests.daemon import MxdProcess, free_port, wait_for
-from tests.pg import fresh_database
+from tests.support.daemon import MxdProcess, free_port, wait_for
+from tests.support.pg import fresh_database
 
 ALL_TYPES = list(store.EVENT_TYPES)
 
@@ -116,12 +114,7 @@ def attempts(proc: MxdProcess, hook_id: str, token: str | None = None, prefix: s
 
 
 def sql(proc: MxdProcess, statement: str, params: tuple = ()) -> None:
-    db = sqlite3.connect(proc.data_dir / "mxd.db", timeout=30)
-    try:
-        db.execute(statement, params)
-        db.commit()
-    finally:
-        db.close()
+    proc.sql(statement, params)
 
 
 def org_token(proc: MxdProcess, org_id: str, scopes: list[str]) -> str:
@@ -138,13 +131,8 @@ def org_token(proc: MxdProcess, org_id: str, scopes: list[str]) -> str:
 
 # ---------------------------------------------------------------- the store, in process
 @pytest.fixture
-def memory_store() -> Iterator[None]:
-    db = peewee.SqliteDatabase(":memory:")
-    proxy.initialize(db)
-    db.connect()
-    db.create_tables(MODELS)
-    yield
-    db.close()
+def memory_store(memory_db: peewee.SqliteDatabase) -> None:
+    """The schema in memory, bound to the models (tests/support/store.py)."""
 
 
 def _box(box_id: str, org: str | None, agent: str | None) -> None:

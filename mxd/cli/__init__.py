@@ -24,8 +24,7 @@ def _load(args: argparse.Namespace) -> config_mod.Config:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    from mxd.db import Database
-    from mxd.store import directory
+    from mxd.store import directory, open_store
 
     env = dict(os.environ)
     if args.data_dir:
@@ -48,8 +47,7 @@ def cmd_init(args: argparse.Namespace) -> int:
 
     if not cfg.tls_cert:
         keys.ensure_self_signed_cert(cfg.tls_cert_path, cfg.tls_key_path, cfg.hostname)
-    db = Database(cfg.effective_store_url)
-    db.start()
+    db = open_store(cfg.effective_store_url)
     try:
         records: list[dict[str, Any]] = []
         for name in args.domain or []:

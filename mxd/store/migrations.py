@@ -22,7 +22,8 @@ def _v1_initial(db: pw.Database) -> None:
 
 def _v2_platform(db: pw.Database) -> None:
     """Organisations, agents, webhooks, audit; org and agent owners; inbox acknowledgement."""
-    from playhouse.migrate import SchemaMigrator, migrate as run
+    from playhouse.migrate import SchemaMigrator
+    from playhouse.migrate import migrate as run
 
     db.create_tables([models.Organization, models.Agent, models.Webhook, models.WebhookDelivery,
                       models.WebhookAttempt, models.Audit], safe=True)
@@ -62,7 +63,8 @@ def _v5_forged_bounces(db: pw.Database) -> None:
     get a tagged return path (bounces+<id>.<tag>@domain) under the server's new VERP secret; an
     untagged VERP address is refused from now on, also for mail delivered before this step.
     """
-    from playhouse.migrate import SchemaMigrator, migrate as run
+    from playhouse.migrate import SchemaMigrator
+    from playhouse.migrate import migrate as run
 
     from mxd.store import queue as outqueue
 
@@ -95,7 +97,8 @@ def _v6_tenant_boundaries(db: pw.Database) -> None:
     rows get the scopes `admin` implied, kept to their mailboxes."""
     import secrets
 
-    from playhouse.migrate import SchemaMigrator, migrate as run
+    from playhouse.migrate import SchemaMigrator
+    from playhouse.migrate import migrate as run
 
     migrator = SchemaMigrator.from_database(db)
     have = {c.name for c in db.get_columns("domain")}
@@ -114,7 +117,8 @@ def _v6_tenant_boundaries(db: pw.Database) -> None:
 
 def _v7_inbound_receipt(db: pw.Database) -> None:
     """A retried SMTP transmission is recognised by its receipt key (ingest.receipt_key)."""
-    from playhouse.migrate import SchemaMigrator, migrate as run
+    from playhouse.migrate import SchemaMigrator
+    from playhouse.migrate import migrate as run
 
     if "receipt" not in {c.name for c in db.get_columns("inbound")}:
         run(SchemaMigrator.from_database(db).add_column("inbound", "receipt", models.Inbound.receipt))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
-import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,8 +12,8 @@ from typing import Any
 
 import httpx
 
-from tests.daemon import MxdProcess
-from tests.dnsserver import DNSServer
+from tests.support.daemon import MxdProcess
+from tests.support.dnsserver import DNSServer
 
 SHARED = "example.test"
 HOSTNAME = f"mx.{SHARED}"
@@ -29,13 +28,7 @@ class World:
         return self.mxd.api(method, path, token=token, **kw)
 
     def sql(self, statement: str, params: tuple = ()) -> list[tuple]:
-        con = sqlite3.connect(self.mxd.data_dir / "mxd.db", timeout=60)
-        try:
-            rows = con.execute(statement, params).fetchall()
-            con.commit()
-            return rows
-        finally:
-            con.close()
+        return self.mxd.sql(statement, params)
 
     def organisation(self, org_id: str) -> str:
         """An organisation (as sign-up makes it) and its admin key, issued by the operator."""

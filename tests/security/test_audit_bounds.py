@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from mxd.store import audit
-from tests.daemon import MxdProcess, wait_for
+from tests.support.daemon import MxdProcess, wait_for
 
 DAY = 86400.0
 

@@ -15,13 +15,14 @@ import smtplib
 import time
 from typing import Iterator
 
-import dkim
 import pytest
 
 from mxd import keys
 from mxd.ingest import authserv_id_of, remove_auth_results
-from tests.daemon import MxdProcess
-from tests.dnsserver import DNSServer
+from tests.support.daemon import MxdProcess, running_daemon
+from tests.support.dnsserver import DNSServer
+from tests.support.mail import dkim_sign as _sign
+from tests.support.mail import published_keys
 
 OURS = "mx.example.test"
 FORGED = (
@@ -38,29 +39,12 @@ KEPT = (
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[MxdProcess, list[keys.DkimKey]]]:
     base = tmp_path_factory.mktemp("ar")
-    signing = keys.generate_dkim_keys(base / "dkim", "remote.test")
     zone = {"remote.test": {"TXT": ["v=spf1 ip4:127.0.0.0/8 -all"], "A": ["127.0.0.1"]},
             "_dmarc.remote.test": {"TXT": ["v=DMARC1; p=reject"]}}
-    for k in signing:
-        zone[k.dns_name] = {"TXT": [k.public_dns_value]}
-    dns = DNSServer(zone)
-    dns.start()
-    proc = MxdProcess(base / "data", env={"MXD_DNS_NAMESERVERS": dns.nameserver, "MXD_DNS_TIMEOUT": "2"},
-                      hostname=OURS)
-    proc.init()
-    proc.start()
-    assert proc.api("POST", "/api/mailboxes", json={"address": "agent@example.test"}).status_code == 201
-    yield proc, signing
-    proc.stop()
-    dns.stop()
-
-
-def _sign(message: bytes, signing: list[keys.DkimKey]) -> bytes:
-    for k in signing:
-        algo = b"ed25519-sha256" if k.algorithm == keys.ED25519 else b"rsa-sha256"
-        message = dkim.sign(message, k.selector.encode(), b"remote.test", keys.dkim_private_for_dkimpy(k),
-                            signature_algorithm=algo, include_headers=[b"from", b"to", b"subject", b"date"]) + message
-    return message
+    signing = published_keys(base / "dkim", zone)
+    with DNSServer(zone) as dns, running_daemon(base / "data", mailboxes=["agent@example.test"], hostname=OURS,
+                                                env={"MXD_DNS_NAMESERVERS": dns.nameserver, "MXD_DNS_TIMEOUT": "2"}) as proc:
+        yield proc, signing
 
 
 def _received(proc: MxdProcess, data: bytes, subject: str) -> tuple[dict, bytes]:

@@ -16,7 +16,7 @@ from email.message import EmailMessage
 
 import pytest
 
-from tests.daemon import MxdProcess
+from tests.support.daemon import MxdProcess
 
 AGENT = "agent@example.test"
 FILES = {                                  # file name -> (type, bytes)

@@ -21,15 +21,15 @@ import email
 import email.policy
 import re
 import smtplib
-import sqlite3
 import time
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.daemon import wait_for
-from tests.mailsink import DOMAIN, MailSink, World, platform_world
+from tests.support.daemon import wait_for
+from tests.support.mail import dsn as _dsn
+from tests.support.sink import DOMAIN, MailSink, World, platform_world
 
 OPERATOR_BOX = f"ops@{DOMAIN}"
 VICTIM = "victim@example.com"
@@ -75,13 +75,7 @@ def world(tmp_path_factory) -> Any:
 
 
 def _sql(w: World, statement: str, *args: Any) -> list[tuple]:
-    con = sqlite3.connect(w.mxd.data_dir / "mxd.db", timeout=60)
-    try:
-        rows = con.execute(statement, args).fetchall()
-        con.commit()
-        return rows
-    finally:
-        con.close()
+    return w.mxd.sql(statement, args)
 
 
 def _org(w: World, org_id: str) -> tuple[str, str]:
@@ -134,33 +128,6 @@ def _deliver(w: World, mail_from: str, rcpt: str, data: bytes) -> None:
     with smtplib.SMTP(w.mxd.host, w.mxd.mx_port, timeout=10) as s:
         s.ehlo("mx.example.com")
         assert s.sendmail(mail_from, [rcpt], data) == {}
-
-
-def _dsn(return_path: str, recipient: str, action: str = "failed", status: str = "5.1.1") -> bytes:
-    return (
-        "From: MAILER-DAEMON@mx.example.com\r\n"
-        f"To: {return_path}\r\n"
-        "Subject: Undelivered Mail Returned to Sender\r\n"
-        "Auto-Submitted: auto-replied\r\n"
-        "MIME-Version: 1.0\r\n"
-        'Content-Type: multipart/report; report-type=delivery-status; boundary="b0"\r\n'
-        "\r\n"
-        "--b0\r\n"
-        "Content-Type: text/plain\r\n"
-        "\r\n"
-        f"The mailbox of {recipient} is gone.\r\n"
-        "--b0\r\n"
-        "Content-Type: message/delivery-status\r\n"
-        "\r\n"
-        "Reporting-MTA: dns; mx.example.com\r\n"
-        "\r\n"
-        f"Final-Recipient: rfc822; {recipient}\r\n"
-        f"Action: {action}\r\n"
-        f"Status: {status}\r\n"
-        f"Diagnostic-Code: smtp; 550 {status} mailbox gone\r\n"
-        "\r\n"
-        "--b0--\r\n"
-    ).encode()
 
 
 def _suppressed(w: World) -> list[dict]:

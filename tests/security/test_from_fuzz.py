@@ -9,7 +9,8 @@ import email
 import email.policy
 
 import dkim
-from hypothesis import given, note, settings, strategies as st
+from hypothesis import given, note, settings
+from hypothesis import strategies as st
 
 from mxd import dkimsign
 from mxd.authn.dmarc import author_domain, normalize_domain

@@ -14,7 +14,7 @@ import subprocess
 
 import pytest
 
-from tests.daemon import MxdProcess
+from tests.support.daemon import MxdProcess
 
 HOSTILE = ["evil.example$(id)", "MXD_SKILL_END", "evil'example", "evil`id`.example", "evil.example host",
            "evil.example/$(id)", "e\u0301vil.example"]

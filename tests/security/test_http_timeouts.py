@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from tests.daemon import MxdProcess
+from tests.support.daemon import MxdProcess
 
 LIMIT = 1.0
 

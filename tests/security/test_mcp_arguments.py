@@ -8,37 +8,21 @@ an acknowledgement could land in a mailbox the agent did not name. An empty mail
 from __future__ import annotations
 
 import json
-from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator
+from typing import Any
 
-import httpx2
 import pytest
 from mcp import ClientSession
-from mcp.client.streamable_http import streamable_http_client
 
-from tests.daemon import MxdProcess
+from tests.support.daemon import running_daemon
+from tests.support.mcpclient import session
 
 AGENT, OTHER = "agent@example.test", "other@example.test"
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    proc = MxdProcess(tmp_path_factory.mktemp("mcp-args") / "data")
-    proc.init()
-    proc.start()
-    for address in (AGENT, OTHER):
-        assert proc.api("POST", "/api/mailboxes", json={"address": address}).status_code == 201
-    yield proc
-    proc.stop()
-
-
-@asynccontextmanager
-async def session(proc: MxdProcess, token: str) -> AsyncIterator[ClientSession]:
-    async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=httpx2.Timeout(60)) as http:
-        async with streamable_http_client(proc.url("/mcp"), http_client=http) as (read, write):
-            async with ClientSession(read, write) as s:
-                await s.initialize()
-                yield s
+    with running_daemon(tmp_path_factory.mktemp("mcp-args") / "data", mailboxes=[AGENT, OTHER]) as proc:
+        yield proc
 
 
 async def _error(s: ClientSession, tool: str, **arguments: Any) -> dict:

@@ -14,9 +14,9 @@ from typing import Iterator
 
 import pytest
 
-from tests.daemon import MxdProcess, free_port, wait_for
-from tests.dnsserver import DNSServer
-from tests.mailsink import MailSink
+from tests.support.daemon import MxdProcess, free_port, wait_for
+from tests.support.dnsserver import DNSServer
+from tests.support.sink import MailSink
 
 SENDER = "agent@example.test"
 SINK_IP = "127.0.0.45"

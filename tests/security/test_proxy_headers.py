@@ -11,19 +11,14 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tests.daemon import MxdProcess, wait_for
+from tests.support.daemon import MxdProcess, start_daemon, wait_for
 
 SPOOFED = "203.0.113.9"
 
 
 def _start(tmp_path_factory, name: str, env: dict[str, str] | None = None) -> MxdProcess:
-    proc = MxdProcess(tmp_path_factory.mktemp(name) / "data", env=env)
-    proc.init()
-    proc.start()
-    for address in ("agent@example.test", "other@example.test"):
-        assert proc.api("POST", "/api/mailboxes", json={"address": address}).status_code == 201
-    assert proc.api("PUT", "/api/domains/example.test/readiness", json={"ready": True}).status_code == 200
-    return proc
+    return start_daemon(tmp_path_factory.mktemp(name) / "data", env=env,
+                        mailboxes=["agent@example.test", "other@example.test"], ready=["example.test"])
 
 
 @pytest.fixture(scope="module")

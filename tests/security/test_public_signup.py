@@ -22,8 +22,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.daemon import wait_for
-from tests.mailsink import DOMAIN, World, body_text, code_in, platform_world
+from tests.support.daemon import wait_for
+from tests.support.sink import DOMAIN, World, body_text, code_in, platform_world
 
 PUBLIC_URL = "https://mail.agents.test"
 OPERATOR_BOX = f"ops@{DOMAIN}"

@@ -12,9 +12,9 @@ import smtplib
 
 import pytest
 
-from tests.daemon import wait_for
 from tests.security.tenant_world import SHARED, start
-from tests.smtp import insecure_tls
+from tests.support.daemon import wait_for
+from tests.support.smtp import insecure_tls
 
 pytestmark = pytest.mark.slow
 

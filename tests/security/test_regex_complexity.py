@@ -17,12 +17,11 @@ from typing import Any, Callable
 import pytest
 
 from mxd import address, dkimsign, ingest, sending, smtpclient
-from mxd.store import orgs
 from mxd.authn import dmarc, results, spf
 from mxd.delivery import bounces, dsn
 from mxd.mime import compose, header, parse, threading
 from mxd.smtpserver import fast
-from mxd.store import search
+from mxd.store import orgs, search
 
 SIZES = (1_000, 4_000, 16_000, 64_000)
 RATIO = 8.0             # linear is 4 per step; quadratic 16

@@ -18,7 +18,7 @@ from typing import Iterator
 
 import pytest
 
-from tests.daemon import MxdProcess, wait_for
+from tests.support.daemon import MxdProcess, wait_for
 from tests.test_webhooks import Receiver, create_hook, send
 
 MARKER = "paramcanary7731"

@@ -18,19 +18,15 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.daemon import MxdProcess, wait_for
+from tests.support.daemon import MxdProcess, running_daemon, wait_for
 
 SES_ID = "0100018c-shared-ses-message-id"
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory) -> Any:
-    proc = MxdProcess(tmp_path_factory.mktemp("ses-scope") / "data", domains=["example.test"])
-    proc.init()
-    proc.start()
-    assert proc.api("POST", "/api/mailboxes", json={"address": "agent@example.test"}).status_code == 201
-    yield proc
-    proc.stop()
+    with running_daemon(tmp_path_factory.mktemp("ses-scope") / "data", mailboxes=["agent@example.test"]) as proc:
+        yield proc
 
 
 def _org(proc: MxdProcess, org_id: str) -> tuple[str, str]:

@@ -13,8 +13,8 @@ import ssl
 
 import pytest
 
-from tests.daemon import MxdProcess
-from tests.smtp import RawSMTP, insecure_tls
+from tests.support.daemon import MxdProcess
+from tests.support.smtp import RawSMTP, insecure_tls
 
 pytestmark = pytest.mark.slow
 

@@ -13,8 +13,8 @@ import time
 
 import pytest
 
-from tests.daemon import MxdProcess, wait_for
-from tests.smtp import insecure_tls
+from tests.support.daemon import MxdProcess, wait_for
+from tests.support.smtp import insecure_tls
 
 
 @pytest.fixture(scope="module")

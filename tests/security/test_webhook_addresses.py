@@ -14,7 +14,7 @@ from typing import Iterator
 import pytest
 
 from mxd import netcheck
-from tests.daemon import MxdProcess
+from tests.support.daemon import MxdProcess
 
 SMUGGLED = {
     "6to4": "2002:7f00:1::1",                              # 127.0.0.1

@@ -43,6 +43,14 @@ def _abs(host: str) -> str:
     return host if host.endswith(".") else host + "."
 
 
+SENDING_DOMAIN: dict[str, Any] = {
+    # example.test as the tests' daemon sends from it: its MX on loopback, SPF for 127/8, strict DMARC
+    "example.test": {"MX": [(10, "mx.example.test")], "TXT": ["v=spf1 ip4:127.0.0.0/8 -all"]},
+    "mx.example.test": {"A": ["127.0.0.1"]},
+    "_dmarc.example.test": {"TXT": ["v=DMARC1; p=reject; adkim=s; aspf=s"]},
+}
+
+
 class DNSServer:
     """Serve `zone` on host:port (port 0 = any free port) over UDP and TCP from daemon threads."""
 

@@ -15,6 +15,9 @@ import subprocess
 import time
 from pathlib import Path
 
+from tests.support.peers.files import traversable_by_all
+from tests.support.smtp import greets
+
 POSTFIX = shutil.which("postfix") or ("/usr/sbin/postfix" if os.path.exists("/usr/sbin/postfix") else None)
 POSTCONF = shutil.which("postconf") or "/usr/sbin/postconf"
 POSTQUEUE = shutil.which("postqueue") or "/usr/sbin/postqueue"
@@ -183,12 +186,7 @@ class PostfixPeer:
             os.chown(self.mail_dir, uid, gid)
             os.chmod(self.mail_dir, 0o700)
         # The workdir (pytest tmp, mode 0700) must be traversable by the postfix user.
-        for parent in [self.workdir, *self.workdir.parents]:
-            if parent == Path("/"):
-                break
-            mode = parent.stat().st_mode & 0o777
-            if not mode & 0o001:
-                os.chmod(parent, mode | 0o011)
+        traversable_by_all(self.workdir)
         lines = [f"{k} = {v}" for k, v in self.main_cf().items()]
         (self.config_dir / "main.cf").write_text("\n".join(lines) + "\n")
         (self.config_dir / "master.cf").write_text(
@@ -217,16 +215,10 @@ class PostfixPeer:
         self._postfix("check")
         self._postfix("start")
         self.running = True
-        import socket
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            try:
-                with socket.create_connection((self.listen_host, self.listen_port), timeout=1) as s:
-                    s.settimeout(5)
-                    if s.recv(512).startswith(b"220"):
-                        return self
-            except OSError:
-                pass
+            if greets(self.listen_host, self.listen_port):
+                return self
             time.sleep(0.1)
         raise PostfixError(f"postfix did not listen on {self.listen_port}:\n{self.log()[-3000:]}")
 
@@ -292,7 +284,7 @@ def _fixture():
         made: list[PostfixPeer] = []
 
         def make(**kwargs) -> PostfixPeer:
-            from tests.daemon import free_port
+            from tests.support.daemon import free_port
             peer = PostfixPeer(tmp_path / f"postfix{len(made)}", kwargs.pop("listen_port", None) or free_port(),
                                **kwargs)
             made.append(peer)

@@ -24,13 +24,15 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping
+
+from tests.support.peers.files import traversable_by_all
+from tests.support.smtp import greets
 
 CACHE = Path(os.environ.get("MXD_TEST_CACHE", "/var/cache/mxd-tests")) / "exim"
 PACKAGES = ("exim4-daemon-light", "exim4-base", "exim4-config", "libidn12")
@@ -135,11 +137,11 @@ def skip_unless_available() -> None:
 
 # ---------------------------------------------------------------- a DNS server Exim can ask
 def dns_server_on_port_53(zone: Mapping[str, Any] | None = None) -> Any:
-    """A started tests.dnsserver.DNSServer on port 53 of a free address in 127.0.53.0/24.
+    """A started tests.support.dnsserver.DNSServer on port 53 of a free address in 127.0.53.0/24.
 
     Exim (the C library resolver) asks port 53 only; a fresh address keeps parallel test runs apart.
     Pass `.host` to EximPeer(nameserver=...) and `.nameserver` to mxd (MXD_DNS_NAMESERVERS)."""
-    from tests.dnsserver import DNSServer
+    from tests.support.dnsserver import DNSServer
     start = os.getpid() % 200
     for i in range(200):
         host = f"127.0.53.{(start + i) % 250 + 2}"
@@ -160,7 +162,7 @@ class Route:
 
 
 _CONFIG = """\
-# Written by tests/peers/exim.py for one test peer.
+# Written by tests/support/peers/exim.py for one test peer.
 primary_hostname = {hostname}
 qualify_domain = {qualify_domain}
 exim_user = {user}
@@ -312,12 +314,7 @@ class EximPeer:
             shutil.chown(d, NOBODY, NOGROUP)
             d.chmod(0o750)
         # nobody must reach the workdir (pytest's tmp dirs are 0700)
-        for parent in [self.workdir, *self.workdir.parents]:
-            if parent == Path("/"):
-                break
-            mode = parent.stat().st_mode & 0o777
-            if not mode & 0o001:
-                os.chmod(parent, mode | 0o011)
+        traversable_by_all(self.workdir)
         self.config.write_text(self.config_text())
         self.config.chmod(0o644)
         self.resolv.write_text(f"nameserver {self.nameserver}\noptions timeout:1 attempts:2\n")
@@ -361,13 +358,8 @@ class EximPeer:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise EximError(f"exim daemon exited {self.proc.returncode}:\n{self.output()}\n{self.log()[-3000:]}")
-            try:
-                with socket.create_connection((self.listen_host, self.listen_port), timeout=1) as s:
-                    s.settimeout(5)
-                    if s.recv(512).startswith(b"220"):
-                        return self
-            except OSError:
-                pass
+            if greets(self.listen_host, self.listen_port):
+                return self
             time.sleep(0.05)
         self.stop()
         raise EximError(f"exim did not listen on {self.listen_host}:{self.listen_port}:\n{self.output()}")
@@ -484,7 +476,7 @@ def _fixture():
         made: list[EximPeer] = []
 
         def make(**kwargs: Any) -> EximPeer:
-            from tests.daemon import free_port
+            from tests.support.daemon import free_port
             host = kwargs.pop("listen_host", "127.0.0.6")
             peer = EximPeer(tmp_path / f"exim{len(made)}", kwargs.pop("listen_port", None) or free_port(host),
                             listen_host=host, **kwargs)

@@ -1,17 +1,23 @@
 """Run a real `mxd` daemon in a subprocess for end-to-end tests."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import smtplib
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
+from email.message import EmailMessage
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import httpx
+
+from tests.support.apicalls import ApiCalls
 
 
 def wait_for(fn: Callable[[], Any], timeout: float = 30.0, every: float = 0.1) -> Any:
@@ -30,7 +36,37 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-class MxdProcess:
+def start_daemon(data_dir: Path, mailboxes: tuple[str, ...] | list[str] = (), ready: tuple[str, ...] | list[str] = (),
+                 **kwargs: Any) -> "MxdProcess":
+    """A started daemon (`mxd init`, then `mxd serve`; MxdProcess's keyword arguments) with `mailboxes`
+    created and the domains in `ready` marked ready for outbound."""
+    proc = MxdProcess(data_dir, **kwargs)
+    proc.init()
+    proc.start()
+    try:
+        for address in mailboxes:
+            r = proc.api("POST", "/api/mailboxes", json={"address": address})
+            assert r.status_code == 201, r.text
+        for domain in ready:
+            r = proc.api("PUT", f"/api/domains/{domain}/readiness", json={"ready": True})
+            assert r.status_code == 200, r.text
+    except BaseException:
+        proc.stop()
+        raise
+    return proc
+
+
+@contextlib.contextmanager
+def running_daemon(data_dir: Path, **kwargs: Any) -> Iterator["MxdProcess"]:
+    """`start_daemon`, stopped afterwards."""
+    proc = start_daemon(data_dir, **kwargs)
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+class MxdProcess(ApiCalls):
     def __init__(self, data_dir: Path, *, domains: list[str] = ("example.test",), host: str = "127.0.0.1",
                  env: dict[str, str] | None = None, hostname: str = "mx.example.test") -> None:
         self.data_dir = Path(data_dir)
@@ -105,36 +141,32 @@ class MxdProcess:
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.http_port}{path}"
 
+    def get(self, path: str, **kwargs: Any) -> httpx.Response:
+        """GET without a token."""
+        return httpx.get(self.url(path), timeout=kwargs.pop("timeout", 30), **kwargs)
+
     def api(self, method: str, path: str, token: str | None = None, **kwargs: Any) -> httpx.Response:
         headers = kwargs.pop("headers", {})
         headers["Authorization"] = f"Bearer {token or self.admin_token}"
         return httpx.request(method, self.url(path), headers=headers, timeout=kwargs.pop("timeout", 30), **kwargs)
 
-    def token(self, scopes: list[str], mailboxes: list[str] | None = None, name: str = "agent") -> str:
-        """A new scoped token's secret (created with the admin token)."""
-        body: dict[str, Any] = {"name": name, "scopes": scopes}
-        if mailboxes is not None:
-            body["mailboxes"] = mailboxes
-        r = self.api("POST", "/api/tokens", json=body)
-        assert r.status_code == 201, r.text
-        return r.json()["token"]
+    def send_inbound(self, mail_from: str, to: str, subject: str, text: str) -> None:
+        """One plain message over SMTP to the daemon's MX."""
+        msg = EmailMessage()
+        msg["From"], msg["To"], msg["Subject"] = mail_from, to, subject
+        msg.set_content(text)
+        with smtplib.SMTP(self.host, self.mx_port, timeout=30) as smtp:
+            smtp.send_message(msg)
 
-    def messages(self, mailbox: str | None = None, token: str | None = None) -> list[dict]:
-        out: list[dict] = []
-        cursor = None
-        while True:
-            params = {"limit": 500}
-            if mailbox:
-                params["mailbox"] = mailbox
-            if cursor:
-                params["cursor"] = cursor
-            r = self.api("GET", "/api/messages", token, params=params)
-            assert r.status_code == 200, r.text
-            body = r.json()
-            out += body["data"]
-            cursor = body["next_cursor"]
-            if not cursor:
-                return out
+    def sql(self, statement: str, params: tuple = ()) -> list[tuple]:
+        """Run one SQL statement on the daemon's SQLite store from outside (committed); its rows."""
+        con = sqlite3.connect(self.data_dir / "mxd.db", timeout=60)
+        try:
+            rows = con.execute(statement, params).fetchall()
+            con.commit()
+            return rows
+        finally:
+            con.close()
 
     def wait_messages(self, count: int, mailbox: str | None = None, timeout: float = 30.0) -> list[dict]:
         deadline = time.monotonic() + timeout

@@ -5,6 +5,7 @@ import os
 import sysconfig
 from pathlib import Path
 
+
 def _find_corpus() -> Path:
     """shared/ sits beside the repository; $MXD_SHARED_DIR names it when the checkout lives elsewhere."""
     candidates = [Path(os.environ["MXD_SHARED_DIR"])] if os.environ.get("MXD_SHARED_DIR") else []

@@ -13,6 +13,16 @@ def insecure_tls() -> ssl.SSLContext:
     return ctx
 
 
+def greets(host: str, port: int) -> bool:
+    """Whether an SMTP server on host:port answers a connection with its 220 banner (one try)."""
+    try:
+        with socket.create_connection((host, port), timeout=1) as s:
+            s.settimeout(5)
+            return s.recv(512).startswith(b"220")
+    except OSError:
+        return False
+
+
 class RawSMTP:
     def __init__(self, host: str, port: int, timeout: float = 10.0) -> None:
         self.sock = socket.create_connection((host, port), timeout=timeout)

@@ -17,8 +17,8 @@ from typing import Any
 
 from aiosmtpd.controller import Controller
 
-from tests.daemon import MxdProcess, free_port, wait_for
-from tests.dnsserver import DNSServer
+from tests.support.daemon import MxdProcess, free_port, wait_for
+from tests.support.dnsserver import DNSServer
 
 SINK_IP = "127.0.0.2"
 DOMAIN = "agents.test"
