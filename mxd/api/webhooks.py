@@ -3,52 +3,30 @@ list delivery attempts; in the /api dialect and the LoftBox /v1 agent dialect. T
 webhooks; an organisation's token sees and manages only its organisation's."""
 from __future__ import annotations
 
-import functools
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from mxd import secretbox, webhook_sender
-from mxd.api.http import authenticate, ctx, json_body, note_audit, page, page_params
-from mxd.errors import MxdError
-from mxd.store import webhook_rows as store
-from mxd.store.models import Webhook
-
-
-async def _views(request: Request, hooks: list[Webhook]) -> list[dict]:
-    boxes = await ctx(request).db.read(store.mailbox_addresses, [h.mailbox_id for h in hooks])
-    return [store.to_dict(h, boxes.get(h.mailbox_id)) for h in hooks]
+from mxd.api.http import authenticate, ctx, json_body, note_audit, page_params
+from mxd.service import webhooks
 
 
 async def _create(request: Request, agent_id: str | None = None) -> Response:
     principal = await authenticate(request, "admin")
     body = await json_body(request)
-    c = ctx(request)
-    event_types = store.validate_event_types(body.get("event_types"))
-    url = body.get("url")
-    await webhook_sender.check_url(url, c.cfg.webhook_allow_private)
-    if agent_id is None:
-        agent_id = body.get("agent_id")
-        if agent_id is not None and not isinstance(agent_id, str):
-            raise MxdError("bad_request", "agent_id must be a string")
-    hook, secret = await c.db.write(functools.partial(store.create, box=secretbox.for_dir(c.cfg.data_dir)),
-                                    principal, url, event_types, body.get("mailbox"), agent_id)
-    view = (await _views(request, [hook]))[0]
+    view = await webhooks.create(ctx(request), principal, body.get("url"), body.get("event_types"), body.get("mailbox"),
+                                 body.get("agent_id") if agent_id is None else agent_id)
     if view["mailbox"]:
         note_audit(request, mailbox=view["mailbox"])
-    note_audit(request, webhook_id=hook.id)
-    return JSONResponse(dict(view, secret=secret), status_code=201)
+    note_audit(request, webhook_id=view["id"])
+    return JSONResponse(view, status_code=201)
 
 
 async def _list(request: Request, agent_id: str | None = None) -> Response:
     principal = await authenticate(request, "admin")
     limit, cursor = page_params(request)
-    db = ctx(request).db
-    if agent_id is not None:
-        await db.read(store.owned_agent, principal, agent_id)
-    hooks = await db.read(store.list_hooks, principal, limit, cursor, agent_id)
-    return JSONResponse(page(await _views(request, hooks), limit, len(hooks), hooks[-1].id if hooks else None))
+    return JSONResponse(await webhooks.hooks_page(ctx(request), principal, limit, cursor, agent_id))
 
 
 # ---------------------------------------------------------------- /api
@@ -62,42 +40,35 @@ async def list_all(request: Request) -> Response:
 
 async def get_one(request: Request) -> Response:
     principal = await authenticate(request, "admin")
-    hook = await ctx(request).db.read(store.get, principal, request.path_params["id"])
-    return JSONResponse((await _views(request, [hook]))[0])
+    return JSONResponse(await webhooks.get(ctx(request), principal, request.path_params["id"]))
 
 
 async def delete(request: Request) -> Response:
     principal = await authenticate(request, "admin")
-    await ctx(request).db.write(store.delete, principal, request.path_params["id"])
+    await webhooks.delete(ctx(request), principal, request.path_params["id"])
     return Response(status_code=204)
 
 
 async def rotate(request: Request) -> Response:
     principal = await authenticate(request, "admin")
-    c = ctx(request)
-    hook, secret = await c.db.write(functools.partial(store.rotate, box=secretbox.for_dir(c.cfg.data_dir)),
-                                    principal, request.path_params["id"])
-    return JSONResponse(dict((await _views(request, [hook]))[0], secret=secret))
+    return JSONResponse(await webhooks.rotate(ctx(request), principal, request.path_params["id"]))
 
 
 async def enable(request: Request) -> Response:
     principal = await authenticate(request, "admin")
-    hook = await ctx(request).db.write(store.enable, principal, request.path_params["id"])
-    return JSONResponse((await _views(request, [hook]))[0])
+    return JSONResponse(await webhooks.enable(ctx(request), principal, request.path_params["id"]))
 
 
 async def attempts(request: Request) -> Response:
     principal = await authenticate(request, "admin")
     limit, cursor = page_params(request)
-    rows = await ctx(request).db.read(store.attempts, principal, request.path_params["id"], limit, cursor)
-    return JSONResponse(page([store.attempt_dict(r, t) for r, t in rows], limit, len(rows),
-                             rows[-1][0].id if rows else None))
+    return JSONResponse(await webhooks.attempts_page(ctx(request), principal, request.path_params["id"], limit, cursor))
 
 
 # ---------------------------------------------------------------- /v1 (LoftBox)
 async def agent_create(request: Request) -> Response:
     principal = await authenticate(request, "admin")
-    await ctx(request).db.read(store.owned_agent, principal, request.path_params["agent_id"])
+    await webhooks.check_agent(ctx(request), principal, request.path_params["agent_id"])
     return await _create(request, request.path_params["agent_id"])
 
 
