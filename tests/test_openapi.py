@@ -11,7 +11,7 @@ from openapi_spec_validator import OpenAPIV31SpecValidator
 
 from mxd.store import tokens
 from mxd.api import openapi
-from mxd.api.http import create_app
+from mxd.api.app import create_app
 from tests.daemon import MxdProcess
 
 

@@ -16,7 +16,7 @@ import pytest
 
 from mxd.store import tokens
 from mxd.api import openapi
-from mxd.api.http import create_app
+from mxd.api.app import create_app
 from tests.daemon import MxdProcess, wait_for
 
 pytestmark = pytest.mark.slow

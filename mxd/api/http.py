@@ -1,4 +1,5 @@
-"""The HTTP application: Starlette routes of every dialect, bearer-token authentication, JSON errors."""
+"""The HTTP plumbing every dialect shares: the context handlers reach, bearer-token authentication, JSON bodies,
+paging, download headers, JSON errors and the audit middleware (the application is built in mxd.api.app)."""
 from __future__ import annotations
 
 import functools
@@ -7,7 +8,6 @@ import logging
 import urllib.parse
 from typing import Any
 
-from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
@@ -240,19 +240,6 @@ async def _internal_error(request: Request, exc: Exception) -> Response:
     return error_response(MxdError("internal", "internal error"))
 
 
-def create_app(context: Context) -> Starlette:
-    from starlette.middleware import Middleware
-    from starlette.routing import Route
-
-    from mxd.api import litemx, loftbox, mcp, openapi, outbound, pages, platform, webhooks
-    from mxd.api.headers import SecurityHeaders
-
-    routes = (litemx.routes() + outbound.routes() + platform.routes() + webhooks.routes()
-              + loftbox.routes() + pages.routes() + mcp.routes()
-              + [Route("/openapi.json", openapi.serve, methods=["GET"])])
-    app = Starlette(routes=routes, middleware=[Middleware(SecurityHeaders), Middleware(loftbox.ApiV1Alias),
-                                               Middleware(AuditMiddleware)], exception_handlers={
-        MxdError: _mxd_error, HTTPException: _http_error, ClientDisconnect: _disconnected,
-        Exception: _internal_error})
-    app.state.ctx = context
-    return app
+# Every error answered as JSON ({"error": {"code", "message", "fix", "hard_stop"}}): the application's handlers.
+EXCEPTION_HANDLERS = {MxdError: _mxd_error, HTTPException: _http_error, ClientDisconnect: _disconnected,
+                      Exception: _internal_error}

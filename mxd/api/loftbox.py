@@ -2,7 +2,7 @@
 
 Owner sign-up and verification, agents, an organisation's domains, agent mailboxes, sending (the one send
 path, mxd.service.send), inbox polling and /health. An organisation's key sees its own objects only; the
-operator's admin token sees all. Webhook routes under /v1 live in mxd.api.webhooks.
+operator's admin token sees all. Their operations are described in mxd.api.openapi (LEGACY).
 """
 from __future__ import annotations
 
@@ -12,10 +12,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from mxd import webhook_sender
 from mxd.api.http import MAIL_BODY, authenticate, client_ip, ctx, json_body, note_audit, page, page_params, \
     principal_of
 from mxd.errors import MxdError
-from mxd.service import admin, directory, mail, orgs, send
+from mxd.service import admin, directory, mail, orgs, send, webhooks
 from mxd.store.models import Domain, Mailbox
 from mxd.timefmt import iso
 
@@ -258,6 +259,44 @@ async def inbox_ack(request: Request) -> Response:
                          "not_found": out["not_found"]})
 
 
+# ---------------------------------------------------------------- webhooks
+async def agent_webhook_create(request: Request) -> Response:
+    principal = await authenticate(request, "admin")
+    agent_id = request.path_params["agent_id"]
+    await webhooks.check_agent(ctx(request), principal, agent_id)
+    body = await json_body(request)
+    view = await webhooks.create(ctx(request), principal, body.get("url"), body.get("event_types"),
+                                 body.get("mailbox"), agent_id, check_url=webhook_sender.check_url)
+    if view["mailbox"]:
+        note_audit(request, mailbox=view["mailbox"])
+    note_audit(request, webhook_id=view["id"])
+    return JSONResponse(view, status_code=201)
+
+
+async def agent_webhook_list(request: Request) -> Response:
+    principal = await authenticate(request, "admin")
+    limit, cursor = page_params(request)
+    return JSONResponse(await webhooks.hooks_page(ctx(request), principal, limit, cursor,
+                                                  request.path_params["agent_id"]))
+
+
+async def webhook_get(request: Request) -> Response:
+    principal = await authenticate(request, "admin")
+    return JSONResponse(await webhooks.get(ctx(request), principal, request.path_params["id"]))
+
+
+async def webhook_delete(request: Request) -> Response:
+    principal = await authenticate(request, "admin")
+    await webhooks.delete(ctx(request), principal, request.path_params["id"])
+    return Response(status_code=204)
+
+
+async def webhook_attempts(request: Request) -> Response:
+    principal = await authenticate(request, "admin")
+    limit, cursor = page_params(request)
+    return JSONResponse(await webhooks.attempts_page(ctx(request), principal, request.path_params["id"], limit, cursor))
+
+
 def routes() -> list[Route]:
     return [
         Route("/health", health, methods=["GET"]),
@@ -280,4 +319,9 @@ def routes() -> list[Route]:
         Route("/v1/mailboxes/{mailbox_id}/inbox/ack", inbox_ack, methods=["POST"]),
         Route("/v1/messages", messages_send, methods=["POST"]),
         Route("/v1/messages/{message_id}", message_get, methods=["GET"]),
+        Route("/v1/agents/{agent_id}/webhooks", agent_webhook_create, methods=["POST"]),
+        Route("/v1/agents/{agent_id}/webhooks", agent_webhook_list, methods=["GET"]),
+        Route("/v1/webhooks/{id}", webhook_get, methods=["GET"]),
+        Route("/v1/webhooks/{id}", webhook_delete, methods=["DELETE"]),
+        Route("/v1/webhooks/{id}/attempts", webhook_attempts, methods=["GET"]),
     ]

@@ -20,7 +20,6 @@ from typing import Any
 
 from peewee import fn
 
-from mxd import access
 from mxd.store import events
 from mxd.db import execute
 from mxd.errors import MxdError
@@ -106,7 +105,10 @@ def get(principal: Principal, hook_id: str) -> Webhook:
 
 
 def list_hooks(principal: Principal, limit: int, before: str | None, agent_id: str | None = None) -> list[Webhook]:
-    query = access.scoped(Webhook.select().order_by(Webhook.id.desc()), Webhook, principal)
+    query = Webhook.select().order_by(Webhook.id.desc())
+    if not principal.is_operator:
+        query = query.where(Webhook.org_id.is_null() if principal.org_id is None else
+                            Webhook.org_id == principal.org_id)
     if agent_id is not None:
         query = query.where(Webhook.agent_id == agent_id)
     if before:
