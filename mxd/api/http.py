@@ -15,6 +15,7 @@ from starlette.responses import JSONResponse, Response
 from mxd.access import Principal
 from mxd.errors import MxdError
 from mxd.service import Services
+from mxd.service.mail import page as service_page
 from mxd.store import audit, tokens
 
 log = logging.getLogger("mxd.api")
@@ -211,7 +212,8 @@ def page_params(request: Request, default: int = 50, most: int = 500) -> tuple[i
 
 
 def page(items: list[dict], limit: int, fetched: int, last_id: str | None) -> dict:
-    return {"data": items, "next_cursor": last_id if fetched >= limit and last_id else None}
+    """A page of a list, shaped as the service layer shapes its pages."""
+    return service_page(items, limit, fetched, last_id)
 
 
 async def _mxd_error(request: Request, exc: Exception) -> Response:

@@ -7,6 +7,7 @@ from typing import Any
 
 import mxd
 from mxd import access, retention
+from mxd import address as addr
 from mxd.access import Principal
 from mxd.config import parse_hostport
 from mxd.errors import MxdError
@@ -67,7 +68,10 @@ async def audit_page(s: Services, principal: Principal, *, mailbox: str | None, 
                      action: str | None, since: float | None, until: float | None, result: str | None,
                      limit: int, cursor: str | None) -> dict:
     """Audit rows, newest first. An organisation's token sees its organisation's rows; the operator's tokens
-    every row; a token limited to mailboxes only the rows of one of its mailboxes."""
+    every row; a token limited to mailboxes only the rows of one of its mailboxes (`mailbox`: an address)."""
+    if mailbox:
+        parsed = addr.try_parse(mailbox)
+        mailbox = parsed.key if parsed else mailbox.lower()
     if principal.mailboxes is not None and not principal.is_admin:
         if not mailbox:
             raise MxdError("bad_request", "this token is limited to mailboxes: add ?mailbox= with one of them")

@@ -260,7 +260,8 @@ async def save_draft(s: Services, principal: Principal, letter: Letter, *, reply
         stored = letter
         if rc is not None:
             stored = dataclasses.replace(
-                letter, from_addr=rc.mailbox if letter.from_addr is None else letter.from_addr, to=rc.to if letter.to is None else letter.to,
+                letter, from_addr=rc.mailbox if letter.from_addr is None else letter.from_addr,
+                to=rc.to if letter.to is None else letter.to,
                 subject=rc.subject if letter.subject is None else letter.subject,
                 in_reply_to=rc.in_reply_to, references=rc.references)
         sender = sender_of(stored.from_addr)

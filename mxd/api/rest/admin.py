@@ -7,7 +7,6 @@ from datetime import datetime, timezone
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from mxd import address as addr
 from mxd.access import Principal
 from mxd.api.endpoint import ANY, endpoint
 from mxd.api.http import ctx, json_body, note_audit, page_params
@@ -16,8 +15,8 @@ from mxd.errors import MxdError
 from mxd.service import admin, directory
 
 
-@endpoint("GET", "/api/bootstrap", "bootstrap", "Server, caller, domains, mailboxes, ports and next steps in one answer",
-          "System", ANY, response=ref("Bootstrap"), errors=(401,))
+@endpoint("GET", "/api/bootstrap", "bootstrap",
+          "Server, caller, domains, mailboxes, ports and next steps in one answer", "System", ANY, response=ref("Bootstrap"), errors=(401,))
 async def bootstrap(request: Request, principal: Principal) -> Response:
     """What a new operator or agent needs in one call: server, caller, domains, mailboxes, ports, next steps."""
     return JSONResponse(await admin.bootstrap(ctx(request), principal))
@@ -55,13 +54,9 @@ async def audit_list(request: Request, principal: Principal) -> Response:
     result. An organisation's token sees its organisation's rows; the operator's tokens see every row."""
     limit, cursor = page_params(request, default=100, most=1000)
     q = request.query_params
-    mailbox = q.get("mailbox") or None
-    if mailbox:
-        parsed = addr.try_parse(mailbox)
-        mailbox = parsed.key if parsed else mailbox.lower()
     since, until = when(q.get("since"), "since"), when(q.get("until"), "until")
     return JSONResponse(await admin.audit_page(
-        ctx(request), principal, mailbox=mailbox, actor=q.get("actor") or None, action=q.get("action") or None,
+        ctx(request), principal, mailbox=q.get("mailbox") or None, actor=q.get("actor") or None, action=q.get("action") or None,
         since=since, until=until, result=q.get("result") or None, limit=limit, cursor=cursor))
 
 
