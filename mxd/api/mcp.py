@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import sys
 from typing import Annotated, Any, Awaitable, Callable
 
 from mcp.server.mcpserver import Context as ToolContext
@@ -31,14 +32,17 @@ from mcp.types import CallToolResult, TextContent, ToolAnnotations
 from pydantic import Field
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
-from starlette.routing import BaseRoute, Route
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute
 from starlette.types import Receive, Scope, Send
 
 from mxd import __version__
 from mxd.access import Principal
+from mxd.api.endpoint import ANY, endpoint
+from mxd.api.endpoint import routes as endpoint_routes
 from mxd.api.http import audit_result, client_ip, error_response, principal_of, record_audit, require
 from mxd.api.http import ctx as app_ctx
+from mxd.api.schemas import ANYOBJ, ref
 from mxd.errors import MxdError
 from mxd.mime.compose import ComposeError
 from mxd.service import Services, directory, mail, send
@@ -434,34 +438,63 @@ async def start(app: Starlette) -> McpService:
     return service
 
 
-class _Endpoint:
-    """/mcp as a plain ASGI app: the bearer token first, then the SDK."""
+class BearerChallenge(MxdError):
+    """A token refused at /mcp: its 401 carries `WWW-Authenticate: Bearer` (what MCP clients look for)."""
+
+
+async def challenge(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, MxdError)
+    response = error_response(exc)
+    response.headers["WWW-Authenticate"] = 'Bearer realm="mxd"'
+    return response
+
+
+# The application's handler of BearerChallenge (mxd.api.app merges it into its exception handlers).
+EXCEPTION_HANDLERS = {BearerChallenge: challenge}
+
+
+async def bearer(request: Request) -> Principal:
+    """Any valid bearer token, before any MCP handling; a refusal is an `mcp` audit row (the audit middleware
+    skips /mcp) and a 401 with a Bearer challenge."""
+    try:
+        return await principal_of(request)
+    except MxdError as err:
+        await _audit(app_ctx(request), request, "mcp", audit_result(err.status, err.code), {}, err)
+        raise BearerChallenge(err.code, err.message, fix=err.fix, status=err.status) from None
+
+
+class SdkAnswer(Response):
+    """The SDK's own answer to a POST: its session manager reads the request and writes the response."""
+
+    def __init__(self, manager: StreamableHTTPSessionManager) -> None:
+        self.manager = manager
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        request = Request(scope, receive)
-        try:
-            await principal_of(request)
-        except MxdError as err:
-            await _audit(app_ctx(request), request, "mcp", audit_result(err.status, err.code), {}, err)
-            response = error_response(err)
-            response.headers["WWW-Authenticate"] = 'Bearer realm="mxd"'
-            await response(scope, receive, send)
-            return
-        if request.method in ("GET", "HEAD"):
-            await JSONResponse({"error": {
-                "code": "method_not_allowed", "hard_stop": True,
-                "message": "this MCP endpoint is stateless and offers no server-sent event stream",
-                "fix": "POST JSON-RPC messages to /mcp (MCP streamable HTTP)."}},
-                status_code=405, headers={"Allow": "POST"})(scope, receive, send)
-            return
-        service: McpService | None = getattr(request.app.state, "mcp", None)
-        if service is None or not service.running:
-            err = MxdError("internal", "the MCP service is not running", status=503,
-                           fix="Retry shortly; mxd is starting or stopping.")
-            await error_response(err)(scope, receive, send)
-            return
-        await service.manager.handle_request(scope, receive, send)
+        await self.manager.handle_request(scope, receive, send)
+
+
+@endpoint("GET", "/mcp", "mcpStream", "No server-sent event stream: the MCP endpoint is stateless (405)", "MCP", ANY,
+          auth=bearer, status=405, response=ref("Error"), errors=(401, 503))
+async def stream(request: Request, principal: Principal) -> Response:
+    return JSONResponse({"error": {
+        "code": "method_not_allowed", "hard_stop": True,
+        "message": "this MCP endpoint is stateless and offers no server-sent event stream",
+        "fix": "POST JSON-RPC messages to /mcp (MCP streamable HTTP)."}},
+        status_code=405, headers={"Allow": "POST"})
+
+
+@endpoint("POST", "/mcp", "mcp", "MCP over streamable HTTP (JSON-RPC 2.0); tools check the same scopes as the API",
+          "MCP", ANY, auth=bearer, body=ANYOBJ, example={"jsonrpc": "2.0", "id": 1, "method": "ping"},
+          response=ANYOBJ,
+          also=((202, None),),            # a notification or a response from the client: accepted, no body
+          errors=(400, 401, 406, 503))
+async def jsonrpc(request: Request, principal: Principal) -> Response:
+    service: McpService | None = getattr(request.app.state, "mcp", None)
+    if service is None or not service.running:
+        raise MxdError("internal", "the MCP service is not running", status=503,
+                       fix="Retry shortly; mxd is starting or stopping.")
+    return SdkAnswer(service.manager)
 
 
 def routes() -> list[BaseRoute]:
-    return [Route("/mcp", _Endpoint(), methods=["GET", "POST"])]
+    return list(endpoint_routes(sys.modules[__name__]))

@@ -1,6 +1,6 @@
 """The OpenAPI 3.1 description of the HTTP API, turned into `/openapi.json` at request time from the app's own
-routes: the operations declared next to their handlers (mxd.api.endpoint, every /api route), the /v1 and /mcp
-operations not yet declared that way (LEGACY below), and the component schemas (mxd.api.schemas).
+routes: the operations declared next to their handlers (mxd.api.endpoint: /api, /v1, /mcp and the documents) and
+the component schemas (mxd.api.schemas).
 
 Each operation names the scope it demands; tests/test_scopes.py walks them against a real daemon, so a route
 without a declaration fails the tests.
@@ -15,13 +15,12 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Host, Mount, Route
 
 import mxd
-from mxd.api import endpoint, pages, rest
+from mxd.api import endpoint, mcp, pages, rest, v1
 from mxd.api.endpoint import ANY, PUBLIC, Op
-from mxd.api.schemas import (ANYOBJ, ERRORS, INT, PAGED, PATH_PARAMS, QUERY_PARAMS, SCHEMAS, STR,
-                             TAG_MESSAGES, TAG_ROUTING, TAG_SENDING, arr, list_of, obj, page_of, ref)
+from mxd.api.schemas import ANYOBJ, INT, PATH_PARAMS, QUERY_PARAMS, SCHEMAS, STR, ref
 
 # what tests and tools read here: the operations, and the names they are written with
-__all__ = ["ANY", "PUBLIC", "Op", "OPS", "BY_KEY", "LEGACY", "PATH_PARAMS", "QUERY_PARAMS", "SCHEMAS", "routes",
+__all__ = ["ANY", "PUBLIC", "Op", "OPS", "BY_KEY", "PATH_PARAMS", "QUERY_PARAMS", "SCHEMAS", "routes",
            "document", "serve", "app_routes", "documented_routes"]
 ALIAS_PREFIX = "/api/v1"        # /api/v1/... serves the same operations as /v1/...
 _STATUS_TEXT = {200: "OK", 201: "Created", 202: "Accepted", 204: "No content", 400: "Bad request",
@@ -38,86 +37,8 @@ async def serve(request: Request, principal: None) -> Response:
     return JSONResponse(document(request.app.routes, pages.base_url(request)))   # never the raw Host header
 
 
-# Operations of routes not declared with mxd.api.endpoint yet (/v1, /mcp): their entries stay here until
-# their modules declare them.
-LEGACY: tuple[Op, ...] = (
-    Op("GET", "/health", "healthV1", "Liveness and the server's hostname", "System", PUBLIC,
-       response=ref("Health"), errors=()),
-    Op("GET", "/mcp", "mcpStream", "No server-sent event stream: the MCP endpoint is stateless (405)", "MCP", ANY,
-       status=405, response=ref("Error"), errors=(401, 503)),
-    Op("POST", "/mcp", "mcp", "MCP over streamable HTTP (JSON-RPC 2.0); tools check the same scopes as the API",
-       "MCP", ANY, body=ANYOBJ, example={"jsonrpc": "2.0", "id": 1, "method": "ping"}, response=ANYOBJ,
-       also=((202, None),),            # a notification or a response from the client: accepted, no body
-       errors=(400, 401, 406, 503)),
-    Op("POST", "/v1/auth/signup", "signup", "Create an organisation; the owner gets a 6-digit code by email",
-       "Organisations", PUBLIC,
-       body=obj(["email", "organization_name"], email=dict(STR, format="email"),
-                organization_name=dict(STR, minLength=1, maxLength=200),
-                slug=dict(STR, pattern=r"^[a-z0-9](?:[a-z0-9-]{0,98}[a-z0-9])?$",
-                          description="default: made from organization_name")),
-       example={"email": "owner@example.org", "organization_name": "Example Agents", "slug": "example-agents"},
-       status=201, response=ref("Signup"), also=((200, ref("Signup")),), errors=(400, 401, 403, 409, 413, 422, 429)),
-    Op("POST", "/v1/auth/signup/verify", "signupVerify", "Verify the owner's code; the first API key, shown once",
-       "Organisations", PUBLIC, body=obj(["email", "verification_token"], email=dict(STR, format="email"),
-                                          verification_token=dict(STR, description="the 6-digit code")),
-       example={"email": "owner@example.org", "verification_token": "123456"}, status=201,
-       response=ref("SignupVerified"), errors=(400, 403, 404, 409, 413, 422, 429)),
-    Op("GET", "/v1/organization", "getOrganization", "The caller's organisation and limits", "Organisations", "read",
-       response=ref("OrganizationView")),
-    Op("GET", "/v1/agents", "listAgents", "Agents", "Agents", "read", query=PAGED + ("external_id",),
-       response=page_of("Agent")),
-    Op("POST", "/v1/agents", "createAgent", "Create an agent (idempotent on external_id)", "Agents", "admin",
-       body=ref("AgentRequest"),
-       example={"name": "Support Agent", "slug": "support-agent", "external_id": "hermes:support-agent"},
-       status=201, response=ref("Agent"), also=((200, ref("Agent")),)),
-    Op("GET", "/v1/agents/{agent_id}", "getAgent", "One agent", "Agents", "read", response=ref("Agent")),
-    Op("GET", "/v1/agents/{agent_id}/mailboxes", "listAgentMailboxes", "An agent's mailboxes", "Agents", "read",
-       response=list_of("V1Mailbox")),
-    Op("POST", "/v1/agents/{agent_id}/mailboxes", "createAgentMailbox",
-       "Create an agent's mailbox (on the default domain unless domain_id)", "Agents", "admin",
-       body=obj(["local_part"], local_part=STR, display_name=STR, domain_id=STR,
-                retention_days={"type": "integer", "minimum": 1, "maximum": 3650}),
-       example={"local_part": "support-agent", "display_name": "Support Agent", "retention_days": 7}, status=201,
-       response=ref("V1Mailbox"), also=((200, ref("V1Mailbox")),)),
-    Op("GET", "/v1/agents/{agent_id}/webhooks", "listAgentWebhooks", "An agent's webhooks", "Webhooks", "admin",
-       query=PAGED, response=page_of("Webhook")),
-    Op("POST", "/v1/agents/{agent_id}/webhooks", "createAgentWebhook", "Create an agent's webhook (secret shown once)",
-       "Webhooks", "admin", body=ref("WebhookRequest"),
-       example={"url": "https://hooks.example.org/loftbox", "event_types": ["message.inbound", "message.delivered"]},
-       status=201, response=ref("WebhookCreated")),
-    Op("GET", "/v1/webhooks/{id}", "getWebhookV1", "One webhook", "Webhooks", "admin", response=ref("Webhook")),
-    Op("DELETE", "/v1/webhooks/{id}", "deleteWebhookV1", "Delete a webhook", "Webhooks", "admin", status=204),
-    Op("GET", "/v1/webhooks/{id}/attempts", "listWebhookAttemptsV1", "Delivery attempts, newest first", "Webhooks",
-       "admin", query=PAGED, response=page_of("WebhookAttempt")),
-    Op("GET", "/v1/domains", "listDomainsV1", "Domains", "Domains", "read", response=list_of("V1Domain")),
-    Op("POST", "/v1/domains", "createDomainV1", "Start custom-domain onboarding", "Domains", "admin",
-       body=obj(["domain"], domain=STR, name=dict(STR, description="alias of domain"),
-                organization_id=dict(STR, description="operator only")),
-       example={"domain": "mail.example.org"}, status=201, response=ref("V1DomainCreated"),
-       also=((200, ref("V1DomainCreated")),)),
-    Op("GET", "/v1/domains/{domain_id}", "getDomainV1", "One domain", "Domains", "read", response=ref("V1Domain")),
-    Op("GET", "/v1/domains/{domain_id}/dns", "domainDnsV1", "The DNS records to publish", "Domains", "read",
-       response=ref("V1DnsPlan")),
-    Op("POST", "/v1/domains/{domain_id}/verify", "verifyDomainV1",
-       "Check DNS; the domain becomes verified when it holds", "Domains", "admin", response=ref("V1DomainVerified")),
-    Op("GET", "/v1/mailboxes", "listMailboxesV1", "Mailboxes", TAG_ROUTING, "read", response=list_of("V1Mailbox")),
-    Op("GET", "/v1/mailboxes/{mailbox_id}", "getMailboxV1", "One mailbox", TAG_ROUTING, "read",
-       response=ref("V1Mailbox")),
-    Op("GET", "/v1/mailboxes/{mailbox_id}/inbox", "pollInbox", "Unacknowledged inbound messages, oldest first",
-       "Inbox", "read", query=("inbox_limit",), response=ref("Inbox")),
-    Op("POST", "/v1/mailboxes/{mailbox_id}/inbox/ack", "ackInbox", "Acknowledge processed messages", "Inbox", "read",
-       body=obj(["message_ids"], message_ids=arr(dict(STR, minLength=1, maxLength=100), minItems=1, maxItems=1000)),
-       example={"message_ids": ["msg_0000000000000000000000"]}, response=ref("InboxAck")),
-    Op("POST", "/v1/messages", "sendV1", "Send from an agent mailbox", TAG_SENDING, "send", body=ref("V1SendRequest"),
-       example={"mailbox_id": "mbx_0000000000000000000000", "to": ["recipient@example.org"], "subject": "Hello",
-                "body_text": "Thanks for your message."},
-       errors=ERRORS + (503,), headers=("Idempotency-Key",), status=201, response=ref("V1SendResult"),
-       also=((200, ref("V1SendResult")),)),
-    Op("GET", "/v1/messages/{message_id}", "getMessageV1", "A message with its delivery state", TAG_MESSAGES, "read",
-       response=ref("V1Message")),
-)
-
-OPS: tuple[Op, ...] = tuple(endpoint.ops_of(*rest.MODULES)) + (serve.op,) + LEGACY
+OPS: tuple[Op, ...] = tuple(endpoint.ops_of(*rest.MODULES)) + (serve.op,) + tuple(endpoint.ops_of(*v1.MODULES)) \
+    + tuple(endpoint.ops_of(mcp))
 BY_KEY: dict[tuple[str, str], Op] = {op.key: op for op in OPS}
 
 
@@ -133,10 +54,13 @@ def _clean(path: str) -> str:
 
 
 def app_routes(routes: Iterable[BaseRoute], prefix: str = "") -> set[tuple[str, str]]:
-    """(method, path) of every route, Mounts included; HEAD (implied by GET) left out."""
+    """(method, path) of every route, Mounts included; HEAD (implied by GET) and routes left out of the schema
+    (include_in_schema=False: the /api/... copies of the documents) left out."""
     found: set[tuple[str, str]] = set()
     for route in routes:
         if isinstance(route, Route):
+            if not route.include_in_schema:
+                continue
             for method in route.methods or ("GET",):
                 if method != "HEAD":
                     found.add((method, _clean(prefix + route.path)))
