@@ -1,7 +1,8 @@
 """The /mcp endpoint: MCP over streamable HTTP (the official `mcp` SDK), tools over the same core and scopes as the API.
 
 Every HTTP request to /mcp carries an API bearer token, checked before any MCP
-handling (401 otherwise). Each tool then checks the scope it needs and the
+handling (401 otherwise): GET and POST /mcp are declared with mxd.api.endpoint
+(scope: any valid token) like every other route. Each tool then checks the scope it needs and the
 token's mailboxes with the API's own functions, and every send goes through the
 one send path (`mxd.service.send`, the one preflight). Mutating tool
 calls and refused ones are audit rows (`mcp.<tool>`): the API's audit
