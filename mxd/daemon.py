@@ -15,7 +15,8 @@ import uvicorn
 from mxd import keys
 from mxd.store import open_store, tokens
 from mxd.api import httpconn, mcp
-from mxd.api.http import Context, create_app
+from mxd.api.app import create_app
+from mxd.api.http import Context
 from mxd.config import Config, parse_hostport
 from mxd.db import Database
 from mxd.pipeline import Pipeline

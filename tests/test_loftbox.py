@@ -11,7 +11,7 @@ from email.message import EmailMessage
 import httpx
 import pytest
 
-from mxd.api.loftbox import ApiV1Alias
+from mxd.api.app import create_app
 from tests.support.daemon import MxdProcess, wait_for
 from tests.support.sink import DOMAIN, code_in, platform_world
 
@@ -343,21 +343,28 @@ def test_api_v1_alias_serves_every_v1_route(world, orgs):
     assert _get(world, "/api/messages", a).status_code == 200           # /api itself is untouched
 
 
-async def test_alias_middleware_rewrites_path_and_raw_path():
-    seen: list[dict] = []
+def _endpoint_of(routes, method: str, path: str, scope: dict | None = None):
+    """The endpoint the app's routes give `method path` (through Mounts), or None."""
+    from starlette.routing import Match, Mount
+    scope = scope or {"type": "http", "method": method, "path": path, "root_path": ""}
+    for route in routes:
+        match, child = route.matches(scope)
+        if match is Match.FULL:
+            if isinstance(route, Mount):
+                return _endpoint_of(route.routes, method, path, dict(scope, **child))
+            return child["endpoint"]
+    return None
 
-    async def app(scope, receive, send):
-        seen.append(scope)
 
-    alias = ApiV1Alias(app)
-    await alias({"type": "http", "path": "/api/v1/agents", "raw_path": b"/api/v1/agents?x=1"}, None, None)
-    await alias({"type": "http", "path": "/api/v10", "raw_path": b"/api/v10"}, None, None)
-    await alias({"type": "lifespan"}, None, None)
-    assert (seen[0]["path"], seen[0]["raw_path"]) == ("/v1/agents", b"/v1/agents?x=1")
-    assert seen[1]["path"] == "/api/v10" and seen[2] == {"type": "lifespan"}
-    await alias({"type": "http", "path": "/api/llms.txt", "raw_path": b"/api/llms.txt"}, None, None)
-    await alias({"type": "http", "path": "/api/health", "raw_path": b"/api/health"}, None, None)
-    assert seen[3]["path"] == "/llms.txt" and seen[4]["path"] == "/api/health"
+def test_alias_serves_the_v1_routes_and_the_documents():
+    """/api/v1/... is the /v1 routes again (a Mount, the path as it came), /api/v10 is not; the documents are
+    served under /api too, and /api/health stays /api's own."""
+    routes = create_app(None).routes
+    agents = _endpoint_of(routes, "GET", "/v1/agents")
+    assert agents is not None and _endpoint_of(routes, "GET", "/api/v1/agents") is agents
+    assert _endpoint_of(routes, "GET", "/api/v10") is None
+    assert _endpoint_of(routes, "GET", "/api/llms.txt") is _endpoint_of(routes, "GET", "/llms.txt") is not None
+    assert _endpoint_of(routes, "GET", "/api/health") is not _endpoint_of(routes, "GET", "/health")
 
 
 # ---------------------------------------------------------------- the store functions, without a daemon

@@ -9,7 +9,7 @@ import pytest
 from openapi_spec_validator import OpenAPIV31SpecValidator
 
 from mxd.api import openapi
-from mxd.api.http import create_app
+from mxd.api.app import create_app
 from mxd.store import tokens
 from tests.support.asgi import in_process_api
 

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from mxd.api import openapi
-from mxd.api.http import create_app
+from mxd.api.app import create_app
 from mxd.store import tokens
 from tests.support.daemon import MxdProcess, wait_for
 

@@ -1,41 +1,32 @@
-"""The HTTP application: Starlette routes of every dialect, bearer-token authentication, JSON errors."""
+"""The HTTP plumbing every dialect shares: the context handlers reach, bearer-token authentication, JSON bodies,
+paging, download headers, JSON errors and the audit middleware (the application is built in mxd.api.app)."""
 from __future__ import annotations
 
-import concurrent.futures
 import functools
 import json
 import logging
-from dataclasses import dataclass
-from typing import Any, Callable
+import urllib.parse
+from typing import Any
 
-from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
-from mxd.store import audit, tokens
-from mxd.config import Config
-from mxd.db import Database
+from mxd.access import Principal
 from mxd.errors import MxdError
-from mxd.resolver import Resolver
-from mxd.store.directory import Directory
+from mxd.service import Services
+from mxd.service.mail import page as service_page
+from mxd.store import audit, tokens
 
 log = logging.getLogger("mxd.api")
 MAX_BODY = 1024 * 1024
 MAIL_BODY = 32 * 1024 * 1024      # a send or draft: up to 20 MB of attachments, base64 in JSON
 
 
-@dataclass
-class Context:
-    cfg: Config
-    db: Database
-    directory: Directory
-    workers: concurrent.futures.Executor    # CPU work: signing, parsing (see mxd.pipeline.make_workers)
-    queued: Callable[[], None]          # wakes the delivery and local-delivery workers
-    resolver: Resolver
+Context = Services        # what every handler reaches through ctx(request): the service layer's context
 
 
-def ctx(request: Request) -> Context:
+def ctx(request: Request) -> Services:
     return request.app.state.ctx
 
 
@@ -44,16 +35,12 @@ def error_response(err: MxdError) -> JSONResponse:
     return JSONResponse(err.to_dict(), status_code=err.status, headers=headers)
 
 
-async def principal_of(request: Request) -> tokens.Principal:
-    """The caller's principal from `Authorization: Bearer`, whatever its scopes; raises 401."""
-    header = request.headers.get("authorization", "")
-    kind, _, secret = header.partition(" ")
-    if kind.lower() != "bearer" or not secret.strip():
-        raise MxdError("unauthorized", "missing bearer token")
+async def principal_for_secret(request: Request, secret: str, fix: str | None = None) -> Principal:
+    """The principal of a token secret however it came (a bearer token, HTTP Basic's password); raises 401."""
     db = ctx(request).db
-    row = await db.read(tokens.lookup, secret.strip())
+    row = await db.read(tokens.lookup, secret) if secret else None
     if row is None:
-        raise MxdError("unauthorized", "the token is not valid or has been revoked")
+        raise MxdError("unauthorized", "the token is not valid or has been revoked", fix=fix)
     if tokens.needs_touch(row.last_used_at):
         await db.write(tokens.touch, row.id, row.last_used_at)
     principal = tokens.principal(row)
@@ -61,10 +48,17 @@ async def principal_of(request: Request) -> tokens.Principal:
     return principal
 
 
-async def authenticate(request: Request, scope: str, operator: bool = False) -> tokens.Principal:
-    """The caller's principal, which must hold `scope` (and be the server's operator when `operator`);
-    raises 401/403 otherwise."""
-    principal = await principal_of(request)
+async def principal_of(request: Request) -> Principal:
+    """The caller's principal from `Authorization: Bearer`, whatever its scopes; raises 401."""
+    header = request.headers.get("authorization", "")
+    kind, _, secret = header.partition(" ")
+    if kind.lower() != "bearer" or not secret.strip():
+        raise MxdError("unauthorized", "missing bearer token")
+    return await principal_for_secret(request, secret.strip())
+
+
+def require(principal: Principal, scope: str, operator: bool = False) -> Principal:
+    """The principal if it holds `scope` (and is the server's operator when `operator`); raises 403 otherwise."""
     if not principal.has(scope):
         raise MxdError("forbidden", f"this token lacks the '{scope}' scope",
                        fix=f"Create a token with the '{scope}' scope: POST /api/tokens.")
@@ -72,6 +66,16 @@ async def authenticate(request: Request, scope: str, operator: bool = False) -> 
         raise MxdError("forbidden", "only the server operator's admin token may do this",
                        fix="Use the operator's admin token (printed once by `mxd init`).")
     return principal
+
+
+async def authenticate(request: Request, scope: str, operator: bool = False) -> Principal:
+    """The caller's principal, which must hold `scope` (and be the server's operator when `operator`);
+    raises 401/403 otherwise."""
+    return require(await principal_of(request), scope, operator)
+
+
+def client_ip(request: Request) -> str:
+    return request.client.host if request.client else ""
 
 
 def note_audit(request: Request, **fields: Any) -> None:
@@ -89,6 +93,29 @@ def anonymous_row(ip: str, action: str, target: str, detail: dict) -> tuple[str,
         return "audit.rate_limited", "", {"ip": ip, "first_dropped": action[:120],
                                            "most_per_minute": audit.ANONYMOUS_PER_IP}
     return action, target[:audit.ANONYMOUS_TARGET], dict(detail, ip=ip)
+
+
+async def record_audit(c: Services, principal: Principal | None, ip: str, action: str, *, target: str,
+                       mailbox: str | None, result: str, detail: dict) -> None:
+    """Write one audit row (an anonymous caller's within its budget); never raises: the audit trail must never
+    turn a served request into a crash."""
+    if principal is None:
+        row = anonymous_row(ip, action, target, detail)
+        if row is None:
+            return
+        action, target, detail = row
+    try:
+        await c.db.write(functools.partial(
+            audit.record, principal.token_id if principal else "anonymous", action,
+            org_id=principal.org_id if principal else None, target=target,
+            mailbox=mailbox, result=result, detail=detail))
+    except Exception:
+        log.exception("audit write failed for %s %s", action, target)
+
+
+def audit_result(status: int, code: str | None) -> str:
+    """The audit row's result for an answer of this status and error code."""
+    return audit.result_of(status, code)
 
 
 class AuditMiddleware:
@@ -122,26 +149,15 @@ class AuditMiddleware:
                 await self._record(scope, method, path, status)
 
     async def _record(self, scope: dict, method: str, path: str, status: int) -> None:
-        principal: tokens.Principal | None = scope.get("mxd.principal")
+        principal: Principal | None = scope.get("mxd.principal")
         extra: dict = dict(scope.get("mxd.audit") or {})
         route = scope.get("route")
         action = extra.pop("action", None) or f"{method} {getattr(route, 'path', path)}"
         result = audit.result_of(status, extra.get("code"))
-        context: Context = scope["app"].state.ctx
-        target, detail = path, dict(extra, status=status)
-        try:
-            if principal is None:
-                client = scope.get("client")
-                row = anonymous_row(client[0] if client else "", action, target, detail)
-                if row is None:
-                    return
-                action, target, detail = row
-            await context.db.write(functools.partial(
-                audit.record, principal.token_id if principal else "anonymous", action,
-                org_id=principal.org_id if principal else None, target=target,
-                mailbox=extra.pop("mailbox", None), result=result, detail=detail))
-        except Exception:    # the audit trail must never turn a served request into a crash
-            log.exception("audit write failed for %s %s", method, path)
+        detail = dict(extra, status=status)           # the mailbox too: it is in the row's detail as well
+        client = scope.get("client")
+        await record_audit(scope["app"].state.ctx, principal, client[0] if client else "", action, target=path,
+                           mailbox=extra.get("mailbox"), result=result, detail=detail)
 
 
 async def json_body(request: Request, limit: int = MAX_BODY) -> dict[str, Any]:
@@ -167,6 +183,23 @@ async def json_body(request: Request, limit: int = MAX_BODY) -> dict[str, Any]:
     return body
 
 
+def content_disposition(filename: str) -> str:
+    """`attachment` with the file name as RFC 6266 says: an ASCII `filename` fallback, and `filename*`
+    (RFC 8187, UTF-8, percent-encoded) when the name is anything else."""
+    name = "".join(c for c in filename if c >= " " and c != "\x7f").strip() or "attachment"
+    fallback = "".join(c if " " <= c < "\x7f" and c not in '"\\%;' else "_" for c in name)
+    header = f'attachment; filename="{fallback}"'
+    if fallback != name:
+        header += "; filename*=UTF-8''" + urllib.parse.quote(name, safe="")
+    return header
+
+
+def download_headers(filename: str) -> dict[str, str]:
+    """Headers of a download of stored mail: a file to save, never a page (no sniffing, no scripts)."""
+    return {"Content-Disposition": content_disposition(filename), "X-Content-Type-Options": "nosniff",
+            "Content-Security-Policy": "sandbox", "Cache-Control": "private, no-store"}
+
+
 def page_params(request: Request, default: int = 50, most: int = 500) -> tuple[int, str | None]:
     raw = request.query_params.get("limit")
     try:
@@ -179,7 +212,8 @@ def page_params(request: Request, default: int = 50, most: int = 500) -> tuple[i
 
 
 def page(items: list[dict], limit: int, fetched: int, last_id: str | None) -> dict:
-    return {"data": items, "next_cursor": last_id if fetched >= limit and last_id else None}
+    """A page of a list, shaped as the service layer shapes its pages."""
+    return service_page(items, limit, fetched, last_id)
 
 
 async def _mxd_error(request: Request, exc: Exception) -> Response:
@@ -208,19 +242,6 @@ async def _internal_error(request: Request, exc: Exception) -> Response:
     return error_response(MxdError("internal", "internal error"))
 
 
-def create_app(context: Context) -> Starlette:
-    from starlette.middleware import Middleware
-    from starlette.routing import Route
-
-    from mxd.api import litemx, loftbox, mcp, openapi, outbound, pages, platform, webhooks
-    from mxd.api.headers import SecurityHeaders
-
-    routes = (litemx.routes() + outbound.routes() + platform.routes() + webhooks.routes()
-              + loftbox.routes() + pages.routes() + mcp.routes()
-              + [Route("/openapi.json", openapi.serve, methods=["GET"])])
-    app = Starlette(routes=routes, middleware=[Middleware(SecurityHeaders), Middleware(loftbox.ApiV1Alias),
-                                               Middleware(AuditMiddleware)], exception_handlers={
-        MxdError: _mxd_error, HTTPException: _http_error, ClientDisconnect: _disconnected,
-        Exception: _internal_error})
-    app.state.ctx = context
-    return app
+# Every error answered as JSON ({"error": {"code", "message", "fix", "hard_stop"}}): the application's handlers.
+EXCEPTION_HANDLERS = {MxdError: _mxd_error, HTTPException: _http_error, ClientDisconnect: _disconnected,
+                      Exception: _internal_error}

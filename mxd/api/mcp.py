@@ -1,9 +1,10 @@
 """The /mcp endpoint: MCP over streamable HTTP (the official `mcp` SDK), tools over the same core and scopes as the API.
 
 Every HTTP request to /mcp carries an API bearer token, checked before any MCP
-handling (401 otherwise). Each tool then checks the scope it needs and the
+handling (401 otherwise): GET and POST /mcp are declared with mxd.api.endpoint
+(scope: any valid token) like every other route. Each tool then checks the scope it needs and the
 token's mailboxes with the API's own functions, and every send goes through the
-one send path (`mxd.api.outbound.send_draft`, the one preflight). Mutating tool
+one send path (`mxd.service.send`, the one preflight). Mutating tool
 calls and refused ones are audit rows (`mcp.<tool>`): the API's audit
 middleware skips /mcp.
 
@@ -19,9 +20,9 @@ bodies and attachment text sit under `untrusted_content`.
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import logging
+import sys
 from typing import Annotated, Any, Awaitable, Callable
 
 from mcp.server.mcpserver import Context as ToolContext
@@ -32,21 +33,20 @@ from mcp.types import CallToolResult, TextContent, ToolAnnotations
 from pydantic import Field
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
-from starlette.routing import BaseRoute, Route
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute
 from starlette.types import Receive, Scope, Send
 
 from mxd import __version__
-from mxd.store import acks, audit
-from mxd.api import litemx, outbound
-from mxd.api.http import Context, anonymous_row, authenticate, error_response, page, principal_of
+from mxd.access import Principal
+from mxd.api.endpoint import ANY, endpoint
+from mxd.api.endpoint import routes as endpoint_routes
+from mxd.api.http import audit_result, client_ip, error_response, principal_of, record_audit, require
 from mxd.api.http import ctx as app_ctx
+from mxd.api.schemas import ANYOBJ, ref
 from mxd.errors import MxdError
 from mxd.mime.compose import ComposeError
-from mxd.mime.parse import attachment_text
-from mxd.store import directory, messages, search
-from mxd.store.models import Message
-from mxd.store.tokens import Principal
+from mxd.service import Services, directory, mail, send
 
 log = logging.getLogger("mxd.mcp")
 
@@ -66,7 +66,7 @@ DRAFT = ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent
 ACK = ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=True, open_world_hint=False)
 SEND = ToolAnnotations(read_only_hint=False, destructive_hint=True, idempotent_hint=False, open_world_hint=True)
 
-Work = Callable[[Context, Principal, dict], Awaitable[dict]]
+Work = Callable[[Services, Principal, dict], Awaitable[dict]]
 
 # ---------------------------------------------------------------- argument types
 MailboxRef = Annotated[str, Field(description="A mailbox address (agent@example.com) or id (mbx_...).")]
@@ -94,25 +94,13 @@ def _result(data: dict, error: bool = False) -> CallToolResult:
     return CallToolResult(content=[TextContent(type="text", text=text)], structured_content=data, is_error=error)
 
 
-async def _audit(c: Context, request: Request, action: str, result: str, note: dict,
+async def _audit(c: Services, request: Request, action: str, result: str, note: dict,
                  err: MxdError | None = None) -> None:
-    principal: Principal | None = request.scope.get("mxd.principal")
     detail = {k: v for k, v in note.items() if k not in ("mailbox", "target")}
     if err is not None:
         detail.update(code=err.code, message=err.message)
-    target = note.get("target", "/mcp")
-    if principal is None:
-        row = anonymous_row(request.client.host if request.client else "", action, target, detail)
-        if row is None:
-            return
-        action, target, detail = row
-    try:
-        await c.db.write(functools.partial(
-            audit.record, principal.token_id if principal else "anonymous", action,
-            org_id=principal.org_id if principal else None, target=target,
-            mailbox=note.get("mailbox"), result=result, detail=detail))
-    except Exception:       # the audit trail must never turn a served call into a crash
-        log.exception("audit write failed for %s", action)
+    await record_audit(c, request.scope.get("mxd.principal"), client_ip(request), action,
+                       target=note.get("target", "/mcp"), mailbox=note.get("mailbox"), result=result, detail=detail)
 
 
 async def _call(tc: ToolContext, tool: str, scope: str, work: Work, *, mutating: bool = False) -> CallToolResult:
@@ -122,7 +110,7 @@ async def _call(tc: ToolContext, tool: str, scope: str, work: Work, *, mutating:
     c = app_ctx(request)
     note: dict[str, Any] = {}
     try:
-        principal = await authenticate(request, scope)
+        principal = require(await principal_of(request), scope)
         data = await work(c, principal, note)
     except MxdError as exc:
         err = exc
@@ -135,13 +123,12 @@ async def _call(tc: ToolContext, tool: str, scope: str, work: Work, *, mutating:
         if mutating:
             await _audit(c, request, f"mcp.{tool}", "ok", note)
         return _result(data)
-    await _audit(c, request, f"mcp.{tool}", audit.result_of(err.status, err.code), note, err)
+    await _audit(c, request, f"mcp.{tool}", audit_result(err.status, err.code), note, err)
     return _result(err.to_dict(), error=True)
 
 
 def _remote(tc: ToolContext) -> str:
-    request: Request = tc.request_context.request
-    return request.client.host if request.client else ""
+    return client_ip(tc.request_context.request)
 
 
 def _clip(text: str | None, most: int) -> tuple[str | None, bool]:
@@ -150,36 +137,26 @@ def _clip(text: str | None, most: int) -> tuple[str | None, bool]:
     return text[:most], True
 
 
-def _meta(msg: Message, address: str) -> dict:
+def _meta(msg: Any, address: str) -> dict:
     """A message's metadata: what to decide on before reading it."""
-    s = messages.summary(msg, address)
+    s = mail.summary(msg, address)
     return {k: s[k] for k in ("id", "thread_id", "mailbox", "direction", "from", "subject", "date", "snippet")}
-
-
-def _fields(**values: Any) -> dict:
-    """An API request body from tool arguments, leaving out those not given."""
-    return {k: v for k, v in values.items() if v is not None}
 
 
 # ---------------------------------------------------------------- reading
 async def list_mailboxes(ctx: ToolContext) -> CallToolResult:
-    async def work(c: Context, principal: Principal, note: dict) -> dict:
-        def read() -> list[dict]:
-            return [litemx._mailbox_dict(b) for b in directory.list_mailboxes(litemx._visible_ids(principal))]
-        return {"mailboxes": await c.db.read(read)}
+    async def work(c: Services, principal: Principal, note: dict) -> dict:
+        return {"mailboxes": [directory.mailbox_dict(b) for b in await directory.mailboxes(c, principal)]}
     return await _call(ctx, "list_mailboxes", "read", work)
 
 
 async def list_messages(ctx: ToolContext, mailbox: OptMailbox = None,
                         thread_id: Annotated[str | None, Field(description="Only this thread (thr_...).")] = None,
                         limit: Limit = 20, cursor: Cursor = None) -> CallToolResult:
-    async def work(c: Context, principal: Principal, note: dict) -> dict:
-        def read() -> dict:
-            ids, names = litemx._mailbox_scope(principal, mailbox)
-            rows = messages.list_messages(ids, limit, cursor, thread_id)
-            return page([_meta(m, names.get(m.mailbox_id, "")) for m in rows], limit, len(rows),
-                        rows[-1].id if rows else None)
-        return dict(await c.db.read(read), notice=NOTICE)
+    async def work(c: Services, principal: Principal, note: dict) -> dict:
+        found = await mail.message_page(c, principal, mailbox=mailbox, thread_id=thread_id, limit=limit,
+                                        cursor=cursor, shape=_meta)
+        return dict(found, notice=NOTICE)
     return await _call(ctx, "list_messages", "read", work)
 
 
@@ -188,24 +165,20 @@ async def search_messages(ctx: ToolContext,
                               'Words (all must match), "quoted phrases", prefix*, and the fields from:, to:, '
                               'subject:. Example: from:billing "invoice 42"'))],
                           mailbox: OptMailbox = None, limit: Limit = 20, cursor: Cursor = None) -> CallToolResult:
-    async def work(c: Context, principal: Principal, note: dict) -> dict:
+    async def work(c: Services, principal: Principal, note: dict) -> dict:
         if not query.strip():
             raise MxdError("bad_request", "query must not be empty", fix='search_messages(query="invoice")')
 
-        def read() -> dict:
-            ids, names = litemx._mailbox_scope(principal, mailbox)
-            found = messages.by_ids(search.search(Message._meta.database.obj, query, ids, limit, cursor))
-            return page([_meta(m, names.get(m.mailbox_id, "")) for m in found], limit, len(found),
-                        found[-1].id if found else None)
-        return dict(await c.db.read(read), notice=NOTICE)
+        found = await mail.search_page(c, principal, query, mailbox=mailbox, limit=limit, cursor=cursor, shape=_meta)
+        return dict(found, notice=NOTICE)
     return await _call(ctx, "search_messages", "search", work)
 
 
 async def get_message(ctx: ToolContext, message_id: MessageId,
                       include_html: Annotated[bool, Field(description="Also return the HTML body.")] = False,
                       max_chars: MaxChars = MAX_TEXT) -> CallToolResult:
-    async def work(c: Context, principal: Principal, note: dict) -> dict:
-        out = await c.db.read(litemx._message_detail, principal, message_id)
+    async def work(c: Services, principal: Principal, note: dict) -> dict:
+        out = await mail.message_detail(c, principal, message_id)
         text, cut = _clip(out.pop("text"), max_chars)
         html, html_cut = _clip(out.pop("html"), max_chars)
         body: dict[str, Any] = {"notice": NOTICE, "text": text, "text_truncated": cut}
@@ -221,8 +194,8 @@ async def get_thread(ctx: ToolContext,
                      thread_id: Annotated[str, Field(description="A thread id (thr_...).")],
                      max_chars: Annotated[int, Field(ge=1, le=MAX_TEXT, description=(
                          "Return at most this many characters of each message's text."))] = 20_000) -> CallToolResult:
-    async def work(c: Context, principal: Principal, note: dict) -> dict:
-        out = await c.db.read(litemx._thread_detail, principal, thread_id)
+    async def work(c: Services, principal: Principal, note: dict) -> dict:
+        out = await mail.thread_detail(c, principal, thread_id)
         for m in out["messages"]:
             text, cut = _clip(m.pop("text", None), max_chars)
             m["untrusted_content"] = {"text": text, "text_truncated": cut}
@@ -232,8 +205,8 @@ async def get_thread(ctx: ToolContext,
 
 
 async def list_attachments(ctx: ToolContext, message_id: MessageId) -> CallToolResult:
-    async def work(c: Context, principal: Principal, note: dict) -> dict:
-        out = await c.db.read(litemx._message_detail, principal, message_id)
+    async def work(c: Services, principal: Principal, note: dict) -> dict:
+        out = await mail.message_detail(c, principal, message_id)
         return {"message_id": out["id"], "attachments": out["attachments"], "notice": NOTICE}
     return await _call(ctx, "list_attachments", "read", work)
 
@@ -246,18 +219,16 @@ def _textual(content_type: str) -> bool:
 async def get_attachment_text(ctx: ToolContext, message_id: MessageId,
                               attachment_id: Annotated[str, Field(description="An attachment id (att_...).")],
                               max_chars: MaxChars = MAX_TEXT) -> CallToolResult:
-    async def work(c: Context, principal: Principal, note: dict) -> dict:
-        raw, att = await c.db.read(litemx._visible_attachment, principal, message_id, attachment_id)
+    async def work(c: Services, principal: Principal, note: dict) -> dict:
+        found = await mail.attachment(c, principal, message_id, attachment_id)
+        att = found.row
         out = {"message_id": message_id, "id": att.id, "filename": att.filename, "content_type": att.content_type,
                "size": att.size, "notice": NOTICE}
         if not _textual(att.content_type):
             return dict(out, binary=True, untrusted_content=None,
                         note=f"{att.content_type} is binary, {att.size} bytes: not shown as text. Its bytes are "
                              f"at GET /api/messages/{message_id}/attachments/{att.id}.")
-        found = await asyncio.to_thread(attachment_text, raw, att.part_index)
-        if found is None:
-            raise MxdError("not_found", "attachment not found in the stored message")
-        text, cut = _clip(found[1], max_chars)
+        text, cut = _clip(await asyncio.to_thread(found.text), max_chars)
         return dict(out, binary=False, untrusted_content={"text": text, "text_truncated": cut})
     return await _call(ctx, "get_attachment_text", "read", work)
 
@@ -273,17 +244,13 @@ async def create_draft(ctx: ToolContext,
                            "Make it a reply to the newest message of this thread."))] = None,
                        reply_to_message_id: Annotated[str | None, Field(description=(
                            "Make it a reply to this message."))] = None) -> CallToolResult:
-    async def work(c: Context, principal: Principal, note: dict) -> dict:
+    async def work(c: Services, principal: Principal, note: dict) -> dict:
         if thread_id and reply_to_message_id:
             raise MxdError("bad_request", "give thread_id or reply_to_message_id, not both")
-        body = _fields(**{"from": from_address}, to=to, cc=cc, bcc=bcc, subject=subject, text=text, html=html,
-                       attachments=attachments)
-
-        def write() -> dict:
-            rc = outbound._reply_context(principal, reply_to_message_id, thread_id) \
-                if thread_id or reply_to_message_id else None
-            return outbound._save_draft(principal, body, rc["thread_id"] if rc else None, rc)
-        out = await c.db.write(write)
+        letter = send.Letter(from_address, to=to, cc=cc, bcc=bcc, subject=subject, text=text, html=html,
+                             attachments=attachments)
+        out = await send.save_draft(c, principal, letter, reply_to_message=reply_to_message_id,
+                                    reply_to_thread=thread_id)
         note.update(mailbox=out["mailbox"], target=out["id"])
         return out
     return await _call(ctx, "create_draft", "draft", work, mutating=True)
@@ -291,12 +258,11 @@ async def create_draft(ctx: ToolContext,
 
 async def send_draft(ctx: ToolContext, draft_id: Annotated[str, Field(description="A draft id (drf_...).")],
                      idempotency_key: IdempotencyKey = None) -> CallToolResult:
-    async def work(c: Context, principal: Principal, note: dict) -> dict:
-        row, address = await c.db.read(outbound._visible_draft, principal, draft_id)
-        note.update(mailbox=address, target=draft_id)
-        result = await outbound.send_draft(c, principal, outbound._draft_to_send(row), row.body,
-                                           idempotency_key=idempotency_key, remote_ip=_remote(ctx), source="mcp")
-        await c.db.write(outbound._mark_draft_sent, row.id, result["id"])
+    async def work(c: Services, principal: Principal, note: dict) -> dict:
+        stored = await send.stored_draft(c, principal, draft_id)
+        note.update(mailbox=stored.mailbox, target=draft_id)
+        result = await send.send_draft(c, principal, stored, idempotency_key=idempotency_key, remote_ip=_remote(ctx),
+                                       source="mcp")
         note["message"] = result["id"]
         return dict(result, draft_id=draft_id)
     return await _call(ctx, "send_draft", "send", work, mutating=True)
@@ -309,13 +275,13 @@ async def send_message(ctx: ToolContext,
                        subject: Annotated[str, Field(description="The subject.")],
                        text: Text = None, html: Html = None, cc: Addresses = None, bcc: Addresses = None,
                        attachments: Attachments = None, idempotency_key: IdempotencyKey = None) -> CallToolResult:
-    async def work(c: Context, principal: Principal, note: dict) -> dict:
-        body = _fields(**{"from": from_address}, to=to, cc=cc, bcc=bcc, subject=subject, text=text, html=html,
-                       attachments=attachments)
-        draft = outbound.draft_from_body(body, outbound._sender(body))
+    async def work(c: Services, principal: Principal, note: dict) -> dict:
+        letter = send.Letter(from_address, to=to, cc=cc, bcc=bcc, subject=subject, text=text, html=html,
+                             attachments=attachments)
+        draft = send.compose_draft(letter)
         note["mailbox"] = draft.from_addr.lower()
-        result = await outbound.send_draft(c, principal, draft, body, idempotency_key=idempotency_key,
-                                           remote_ip=_remote(ctx), source="mcp")
+        result = await send.send(c, principal, draft, idempotency_key=idempotency_key,
+                                 idempotency_body=letter.as_body(), remote_ip=_remote(ctx), source="mcp")
         note["target"] = result["id"]
         return result
     return await _call(ctx, "send_message", "send", work, mutating=True)
@@ -331,18 +297,18 @@ async def reply(ctx: ToolContext,
                     "The sending mailbox; default: the mailbox the message is in."))] = None,
                 cc: Addresses = None, bcc: Addresses = None, attachments: Attachments = None,
                 idempotency_key: IdempotencyKey = None) -> CallToolResult:
-    async def work(c: Context, principal: Principal, note: dict) -> dict:
+    async def work(c: Services, principal: Principal, note: dict) -> dict:
         if bool(message_id) == bool(thread_id):
             raise MxdError("bad_request", "give exactly one of message_id and thread_id")
-        rc = await c.db.read(outbound._reply_context, principal, message_id, thread_id)
-        body = _fields(**{"from": from_address}, cc=cc, bcc=bcc, text=text, html=html, attachments=attachments,
-                       reply_all=reply_all or None)
-        draft = outbound._reply_draft(body, rc)
+        rc = await send.reply_context_of(c, principal, message_id, thread_id)
+        letter = send.Letter(from_address, cc=cc, bcc=bcc, text=text, html=html, attachments=attachments)
+        draft = send.compose_draft(send.reply_letter(letter, rc, reply_all))
         note.update(mailbox=draft.from_addr.lower(), target=message_id or thread_id)
-        result = await outbound.send_draft(c, principal, draft, body, idempotency_key=idempotency_key,
-                                           remote_ip=_remote(ctx), source="mcp")
+        result = await send.send(c, principal, draft, idempotency_key=idempotency_key,
+                                 idempotency_body=dict(letter.as_body(), **({"reply_all": True} if reply_all else {})),
+                                 remote_ip=_remote(ctx), source="mcp")
         note["message"] = result["id"]
-        return dict(result, in_reply_to=rc["in_reply_to"])
+        return dict(result, in_reply_to=rc.in_reply_to)
     return await _call(ctx, "reply", "send", work, mutating=True)
 
 
@@ -356,14 +322,9 @@ def _one_mailbox(mailbox: str, tool: str) -> str:
 
 
 async def poll_inbox(ctx: ToolContext, mailbox: MailboxRef, limit: Limit = 20) -> CallToolResult:
-    async def work(c: Context, principal: Principal, note: dict) -> dict:
-        def read() -> dict:
-            ids, names = litemx._mailbox_scope(principal, _one_mailbox(mailbox, "poll_inbox"))
-            rows = acks.poll(ids[0], limit + 1)
-            data = [_meta(m, names[ids[0]]) for m in rows[:limit]]
-            return {"mailbox": names[ids[0]], "mailbox_id": ids[0], "data": data, "count": len(data),
-                    "has_more": len(rows) > limit}
-        return dict(await c.db.read(read), notice=NOTICE)
+    async def work(c: Services, principal: Principal, note: dict) -> dict:
+        found = await mail.inbox(c, principal, _one_mailbox(mailbox, "poll_inbox"), limit, shape=_meta)
+        return dict(found, notice=NOTICE)
     return await _call(ctx, "poll_inbox", "read", work)
 
 
@@ -371,12 +332,8 @@ async def ack_inbox(ctx: ToolContext, mailbox: MailboxRef,
                     message_ids: Annotated[list[Annotated[str, Field(max_length=100)]], Field(
                         min_length=1, max_length=500, description="Ids of messages processed (msg_...).")]
                     ) -> CallToolResult:
-    async def work(c: Context, principal: Principal, note: dict) -> dict:
-        def write() -> dict:
-            ids, names = litemx._mailbox_scope(principal, _one_mailbox(mailbox, "ack_inbox"))
-            acked, missing = acks.ack(ids[0], message_ids)
-            return {"mailbox": names[ids[0]], "mailbox_id": ids[0], "acknowledged": acked, "not_found": missing}
-        out = await c.db.write(write)
+    async def work(c: Services, principal: Principal, note: dict) -> dict:
+        out = await mail.acknowledge(c, principal, _one_mailbox(mailbox, "ack_inbox"), message_ids)
         note.update(mailbox=out["mailbox"], acknowledged=len(out["acknowledged"]))
         return out
     return await _call(ctx, "ack_inbox", "read", work, mutating=True)
@@ -482,34 +439,63 @@ async def start(app: Starlette) -> McpService:
     return service
 
 
-class _Endpoint:
-    """/mcp as a plain ASGI app: the bearer token first, then the SDK."""
+class BearerChallenge(MxdError):
+    """A token refused at /mcp: its 401 carries `WWW-Authenticate: Bearer` (what MCP clients look for)."""
+
+
+async def challenge(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, MxdError)
+    response = error_response(exc)
+    response.headers["WWW-Authenticate"] = 'Bearer realm="mxd"'
+    return response
+
+
+# The application's handler of BearerChallenge (mxd.api.app merges it into its exception handlers).
+EXCEPTION_HANDLERS = {BearerChallenge: challenge}
+
+
+async def bearer(request: Request) -> Principal:
+    """Any valid bearer token, before any MCP handling; a refusal is an `mcp` audit row (the audit middleware
+    skips /mcp) and a 401 with a Bearer challenge."""
+    try:
+        return await principal_of(request)
+    except MxdError as err:
+        await _audit(app_ctx(request), request, "mcp", audit_result(err.status, err.code), {}, err)
+        raise BearerChallenge(err.code, err.message, fix=err.fix, status=err.status) from None
+
+
+class SdkAnswer(Response):
+    """The SDK's own answer to a POST: its session manager reads the request and writes the response."""
+
+    def __init__(self, manager: StreamableHTTPSessionManager) -> None:
+        self.manager = manager
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        request = Request(scope, receive)
-        try:
-            await principal_of(request)
-        except MxdError as err:
-            await _audit(app_ctx(request), request, "mcp", audit.result_of(err.status, err.code), {}, err)
-            response = error_response(err)
-            response.headers["WWW-Authenticate"] = 'Bearer realm="mxd"'
-            await response(scope, receive, send)
-            return
-        if request.method in ("GET", "HEAD"):
-            await JSONResponse({"error": {
-                "code": "method_not_allowed", "hard_stop": True,
-                "message": "this MCP endpoint is stateless and offers no server-sent event stream",
-                "fix": "POST JSON-RPC messages to /mcp (MCP streamable HTTP)."}},
-                status_code=405, headers={"Allow": "POST"})(scope, receive, send)
-            return
-        service: McpService | None = getattr(request.app.state, "mcp", None)
-        if service is None or not service.running:
-            err = MxdError("internal", "the MCP service is not running", status=503,
-                           fix="Retry shortly; mxd is starting or stopping.")
-            await error_response(err)(scope, receive, send)
-            return
-        await service.manager.handle_request(scope, receive, send)
+        await self.manager.handle_request(scope, receive, send)
+
+
+@endpoint("GET", "/mcp", "mcpStream", "No server-sent event stream: the MCP endpoint is stateless (405)", "MCP", ANY,
+          auth=bearer, status=405, response=ref("Error"), errors=(401, 503))
+async def stream(request: Request, principal: Principal) -> Response:
+    return JSONResponse({"error": {
+        "code": "method_not_allowed", "hard_stop": True,
+        "message": "this MCP endpoint is stateless and offers no server-sent event stream",
+        "fix": "POST JSON-RPC messages to /mcp (MCP streamable HTTP)."}},
+        status_code=405, headers={"Allow": "POST"})
+
+
+@endpoint("POST", "/mcp", "mcp", "MCP over streamable HTTP (JSON-RPC 2.0); tools check the same scopes as the API",
+          "MCP", ANY, auth=bearer, body=ANYOBJ, example={"jsonrpc": "2.0", "id": 1, "method": "ping"},
+          response=ANYOBJ,
+          also=((202, None),),            # a notification or a response from the client: accepted, no body
+          errors=(400, 401, 406, 503))
+async def jsonrpc(request: Request, principal: Principal) -> Response:
+    service: McpService | None = getattr(request.app.state, "mcp", None)
+    if service is None or not service.running:
+        raise MxdError("internal", "the MCP service is not running", status=503,
+                       fix="Retry shortly; mxd is starting or stopping.")
+    return SdkAnswer(service.manager)
 
 
 def routes() -> list[BaseRoute]:
-    return [Route("/mcp", _Endpoint(), methods=["GET", "POST"])]
+    return list(endpoint_routes(sys.modules[__name__]))

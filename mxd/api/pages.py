@@ -1,4 +1,4 @@
-"""Plain documents for agents: /llms.txt and /install.sh (agent skills).
+"""The plain documents for agents, /llms.txt and /install.sh (agent skills), served by mxd.api.rest.system.
 
 Both are generated per request with this server's base URL (`public_url`, else a checked Host header). The skills are package data
 (mxd/skills/*.md, each installed as <dir>/<name>/SKILL.md); install.sh embeds them, so one
@@ -12,8 +12,6 @@ from functools import lru_cache
 from importlib import resources
 
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse, Response
-from starlette.routing import Route
 
 from mxd import __version__ as MXD_VERSION
 
@@ -257,19 +255,3 @@ def llms_txt(base: str) -> str:
 - {base}/openapi.json : the machine-readable schema
 - {base}/install.sh : the skills installer (--check, --update)
 """
-
-
-async def llms(request: Request) -> Response:
-    return PlainTextResponse(llms_txt(base_url(request)))
-
-
-async def install(request: Request) -> Response:
-    return Response(install_script(base_url(request)), media_type="text/x-shellscript; charset=utf-8",
-                    headers={"Cache-Control": "no-cache"})
-
-
-def routes() -> list[Route]:
-    return [
-        Route("/llms.txt", llms, methods=["GET"]),
-        Route("/install.sh", install, methods=["GET"]),
-    ]

@@ -24,7 +24,8 @@ def _load(args: argparse.Namespace) -> config_mod.Config:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    from mxd.store import directory, open_store
+    from mxd.service import directory
+    from mxd.store import open_store
 
     env = dict(os.environ)
     if args.data_dir:
@@ -51,8 +52,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     try:
         records: list[dict[str, Any]] = []
         for name in args.domain or []:
-            domain, _ = db.write_sync(directory.create_domain, name)
-            dkim = keys.generate_dkim_keys(cfg.dkim_dir, domain.name)
+            domain, dkim = directory.setup_domain(db, cfg, name)
             records += [r.to_json() for r in dnsrecords.required_records(
                 domain.name, cfg.hostname, dkim, ipv4=args.ipv4, ipv6=args.ipv6)]
         secret = db.write_sync(tokens.ensure_admin)

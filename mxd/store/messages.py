@@ -1,4 +1,5 @@
-"""Messages: turning a processed inbound transaction into per-mailbox messages, and reading them back."""
+"""Messages: turning a processed inbound transaction into per-mailbox messages, and reading them back as rows
+(their JSON shapes are the service layer's: mxd.service.mail)."""
 from __future__ import annotations
 
 import json
@@ -8,12 +9,8 @@ from mxd.ids import new_id
 from mxd.ingest import with_trace
 from mxd.store import search, threads
 from mxd.store import events
-from mxd.timefmt import iso
-from mxd.store.models import Attachment, Inbound, Message, Thread
+from mxd.store.models import Attachment, Inbound, Message
 from mxd.db import execute, proxy
-
-SNIPPET = 200
-
 
 def _addr_list(addresses: list[Any]) -> list[dict]:
     return [{"name": a.name, "address": a.address} for a in addresses]
@@ -182,37 +179,3 @@ def raw(msg: Message) -> bytes:
     if inbound is None:
         return b""
     return with_trace(inbound.trace, inbound.data)
-
-
-def summary(msg: Message | MessageRow, mailbox_address: str) -> dict:
-    text = msg.text or ""
-    return {
-        "id": msg.id, "thread_id": msg.thread_id, "mailbox": mailbox_address, "direction": msg.direction,
-        "message_id": msg.message_id, "subject": msg.subject,
-        "from": msg.from_addr[0] if msg.from_addr else None, "to": msg.to_addr, "cc": msg.cc_addr,
-        "date": iso(msg.date), "received_at": iso(msg.received_at),
-        "snippet": " ".join(text[:SNIPPET * 2].split())[:SNIPPET], "size": msg.size,
-        "plus_tag": msg.plus_tag, "has_parse_errors": bool(msg.parse_errors),
-    }
-
-
-def detail(msg: Message, mailbox_address: str, attachments: list[Attachment]) -> dict:
-    out = summary(msg, mailbox_address)
-    out.update({
-        "in_reply_to": msg.in_reply_to, "references": msg.references, "reply_to": msg.reply_to,
-        "envelope": {"mail_from": msg.envelope_from, "rcpt_to": msg.envelope_to},
-        "text": msg.text, "html": msg.html,
-        "attachments": [{"id": a.id, "filename": a.filename, "content_type": a.content_type, "size": a.size,
-                         "content_id": a.content_id, "disposition": a.disposition,
-                         "url": f"/api/messages/{msg.id}/attachments/{a.id}"} for a in attachments],
-        "authentication_results": msg.auth_results, "auth": msg.auth,
-        "parse_errors": msg.parse_errors,
-    })
-    return out
-
-
-def thread_dict(thread: Thread, mailbox_address: str) -> dict:
-    return {"id": thread.id, "mailbox": mailbox_address, "subject": thread.subject,
-            "message_count": thread.message_count, "first_at": iso(thread.first_at),
-            "last_at": iso(thread.last_at)}
-

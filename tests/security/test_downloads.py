@@ -100,7 +100,7 @@ def test_every_answer_says_nosniff(world):
 
 def test_the_cli_saves_under_the_exact_name():
     """`mxd messages attachment` reads the name back from filename* (its file then lands under Path(name).name)."""
-    from mxd.api.litemx import content_disposition
+    from mxd.api.http import content_disposition
     from mxd.cli.mail import _suggested_name
     for name in FILES:
         assert _suggested_name(content_disposition(name)) == name

@@ -1,0 +1,94 @@
+"""/api/mailboxes: the mailboxes a token sees, creating and deleting them, and each one's retention."""
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from mxd.access import Principal
+from mxd.api.endpoint import endpoint
+from mxd.api.http import ctx, json_body, note_audit
+from mxd.api.schemas import STR, TAG_ROUTING, list_of, null, obj, ref
+from mxd.errors import MxdError
+from mxd.service import directory
+
+MAX_RETENTION_DAYS = 36500
+
+
+@endpoint("GET", "/api/mailboxes", "listMailboxes", "Mailboxes this token sees", TAG_ROUTING, "read",
+          response=list_of("Mailbox"))
+async def mailboxes_list(request: Request, principal: Principal) -> Response:
+    c = ctx(request)
+    rows = await directory.mailboxes(c, principal)
+    return JSONResponse({"data": [directory.mailbox_dict(b, c.cfg) for b in rows]})
+
+
+def positive_int(value, name: str) -> int | None:
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+        raise MxdError("bad_request", f"{name} must be a positive integer")
+    return value
+
+
+@endpoint("POST", "/api/mailboxes", "createMailbox", "Create a mailbox", TAG_ROUTING, "admin",
+          body=obj(["address"], address=STR, display_name=STR, retention_days=null({"type": "integer", "minimum": 1}),
+                   org_id=dict(STR, description="operator only"), agent_id=STR),
+          example={"address": "new@example.test"}, status=201, response=ref("Mailbox"), also=((200, ref("Mailbox")),))
+async def mailboxes_create(request: Request, principal: Principal) -> Response:
+    body = await json_body(request)
+    address = body.get("address")
+    if not isinstance(address, str):
+        raise MxdError("bad_request", "body must hold {\"address\": \"agent@example.com\"}")
+    display = body.get("display_name") or ""
+    if not isinstance(display, str):
+        raise MxdError("bad_request", "display_name must be a string")
+    retention = positive_int(body.get("retention_days"), "retention_days")
+    agent_id = body.get("agent_id")
+    if agent_id is not None and not isinstance(agent_id, str):
+        raise MxdError("bad_request", "agent_id must be a string")
+    c = ctx(request)
+    box, created = await directory.create_mailbox(c, principal, address, display, retention,
+                                                  org=body["org_id"] if "org_id" in body else directory.UNSET,
+                                                  agent_id=agent_id)
+    note_audit(request, mailbox=box.address)
+    return JSONResponse(directory.mailbox_dict(box, c.cfg), status_code=201 if created else 200)
+
+
+@endpoint("GET", "/api/mailboxes/{mailbox}", "getMailbox", "One mailbox", TAG_ROUTING, "read", response=ref("Mailbox"))
+async def mailbox_get(request: Request, principal: Principal) -> Response:
+    c = ctx(request)
+    box = await directory.mailbox(c, principal, request.path_params["mailbox"])
+    return JSONResponse(directory.mailbox_dict(box, c.cfg))
+
+
+@endpoint("DELETE", "/api/mailboxes/{mailbox}", "deleteMailbox", "Delete a mailbox and its mail", TAG_ROUTING,
+          "admin", status=204)
+async def mailbox_delete(request: Request, principal: Principal) -> Response:
+    note_audit(request, mailbox=await directory.delete_mailbox(ctx(request), principal,
+                                                               request.path_params["mailbox"]))
+    return Response(status_code=204)
+
+
+@endpoint("GET", "/api/mailboxes/{mailbox}/retention", "getRetention", "How long a mailbox keeps messages",
+          TAG_ROUTING, "read", response=ref("Retention"))
+async def retention_get(request: Request, principal: Principal) -> Response:
+    c = ctx(request)
+    box = await directory.mailbox(c, principal, request.path_params["mailbox"])
+    return JSONResponse(directory.retention_dict(box, c.cfg))
+
+
+@endpoint("PUT", "/api/mailboxes/{mailbox}/retention", "setRetention",
+          "Set a mailbox's retention in days (0 or null: the server default)", TAG_ROUTING, "admin",
+          body=obj(["retention_days"], retention_days=null({"type": "integer", "minimum": 0, "maximum": 36500})),
+          example={"retention_days": 30}, response=ref("Retention"))
+async def retention_put(request: Request, principal: Principal) -> Response:
+    body = await json_body(request)
+    if "retention_days" not in body:
+        raise MxdError("bad_request", 'body must hold {"retention_days": N} (0 or null: the server default)')
+    days = body["retention_days"]
+    if days is not None and (not isinstance(days, int) or isinstance(days, bool)
+                             or not 0 <= days <= MAX_RETENTION_DAYS):
+        raise MxdError("bad_request", f"retention_days must be an integer from 1 to {MAX_RETENTION_DAYS}, "
+                                      "or 0 or null for the server default")
+    c = ctx(request)
+    box = await directory.set_retention(c, principal, request.path_params["mailbox"], days or None)
+    note_audit(request, mailbox=box.address, retention_days=days or None)
+    return JSONResponse(directory.retention_dict(box, c.cfg))
