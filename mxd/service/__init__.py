@@ -24,6 +24,6 @@ class Services:
     cfg: Config
     db: Database
     directory: Directory
-    workers: concurrent.futures.Executor    # CPU work: signing, parsing (see mxd.pipeline.make_workers)
+    workers: concurrent.futures.Executor    # CPU work: signing, parsing (see mxd.workerpool.make_workers)
     queued: Callable[[], None]          # wakes the delivery and local-delivery workers
     resolver: Resolver

@@ -1,4 +1,4 @@
-"""The HTTP API in process: mxd.api.http.create_app over a real store, driven by Starlette's TestClient.
+"""The HTTP API in process: mxd.api.app.create_app over a real store, driven by Starlette's TestClient.
 
 For API tests that only talk HTTP (no SMTP, queue, pipeline or delivery workers). `InProcessApi` offers the
 request helpers of `tests.support.daemon.MxdProcess` (`api`, `token`, `messages`), so a test written against
@@ -16,7 +16,8 @@ from starlette.testclient import TestClient
 
 from mxd import config as config_mod
 from mxd import keys
-from mxd.api.http import Context, create_app
+from mxd.api.app import create_app
+from mxd.service import Services
 from mxd.config import Config
 from mxd.db import Database
 from mxd.resolver import StaticResolver
@@ -37,12 +38,12 @@ def api_config(data_dir: Path, env: dict[str, str] | None = None) -> Config:
     return config_mod.load(None, values)
 
 
-def make_context(cfg: Config, db: Database, workers: concurrent.futures.Executor) -> Context:
+def make_context(cfg: Config, db: Database, workers: concurrent.futures.Executor) -> Services:
     """The API's context as mxd.daemon builds it, with a static resolver and nothing queued to wake."""
     directory = Directory()
     with db.db.connection_context():
         directory.refresh()
-    return Context(cfg, db, directory, workers, lambda: None, StaticResolver())
+    return Services(cfg, db, directory, workers, lambda: None, StaticResolver())
 
 
 class InProcessApi(ApiCalls):
