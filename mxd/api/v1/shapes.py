@@ -1,8 +1,13 @@
-"""The /v1 shapes of a domain and a mailbox, shared by the resources that answer with them."""
+"""The /v1 shapes of a domain and a mailbox (the rows mxd.service.directory and mxd.service.orgs hand back),
+shared by the resources that answer with them."""
 from __future__ import annotations
 
-from mxd.store.models import Domain, Mailbox
+from typing import TYPE_CHECKING
+
 from mxd.timefmt import iso
+
+if TYPE_CHECKING:                   # the rows' types only: the /v1 door reads nothing from the store itself
+    from mxd.store.models import Domain, Mailbox
 
 
 def domain_dict(d: Domain) -> dict:
