@@ -2,55 +2,21 @@
 sees all), the mailboxes of a limited token, and which organisation a request body may name."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from mxd import access
 from mxd.access import Principal
 from mxd.db import Database
 from mxd.errors import MxdError
-from mxd.ingest import Envelope, Recipient, store
-from mxd.mime.parse import parse
-from mxd.store import directory, messages
-from mxd.store.models import Domain, Inbound, Mailbox, Message, Organization, Thread
-
-OPERATOR = Principal("tok_op", "operator", frozenset({"admin"}), None, None)
-ADMIN_A = Principal("tok_a", "a", frozenset({"admin"}), None, "org_a")
-ONE_A = Principal("tok_one", "one", frozenset({"read"}), frozenset({"one@a.test"}), "org_a")
-ADMIN_B = Principal("tok_b", "b", frozenset({"admin"}), None, "org_b")
-OWN = Principal("tok_own", "own", frozenset({"read"}), None, None)     # the operator's organisation, not admin
-
-
-def _world() -> None:
-    for org in ("a", "b"):
-        Organization.create(id=f"org_{org}", name=org.upper(), slug=org, owner_email=f"owner@{org}.example")
-        directory.create_domain(f"{org}.test", f"org_{org}", "mx.test")
-        directory.create_mailbox(f"one@{org}.test", "", None, f"org_{org}")
-        directory.create_mailbox(f"two@{org}.test", "", None, f"org_{org}")
-    directory.create_domain("op.test", None, "mx.test")
-    directory.create_mailbox("me@op.test")
-
-
-def deliver(db: Database, address: str, subject: str = "Hello", extra: str = "") -> str:
-    """One inbound message to `address`, stored and processed; its message id."""
-    box = db.write_sync(directory.get_mailbox, address)
-    raw = (f"From: Sender <sender@remote.example>\r\nTo: {address}\r\nSubject: {subject}\r\n"
-           f"Message-ID: <{subject.replace(' ', '.')}.{address}@remote.example>\r\n{extra}\r\nBody text.\r\n").encode()
-    env = Envelope(mail_from="sender@remote.example", rcpts=[Recipient(address, (box.id,))], data=raw)
-    inbound_id = db.write_sync(store, env)
-    row = db.write_sync(lambda: Inbound.get_by_id(inbound_id))
-    [(msg_id, _)] = db.write_sync(messages.deliver, row, parse(bytes(row.data)), None, "", 30 * 86400.0)
-    return msg_id
+from mxd.store import directory
+from mxd.store.models import Domain, Mailbox, Message, Thread
+from tests.support.tenants import ADMIN_A, ADMIN_B, ONE_A, OPERATOR, OWN, build_world, deliver
 
 
 @pytest.fixture
-def db(tmp_path: Path):
-    database = Database(f"sqlite:///{tmp_path / 'mxd.db'}")
-    database.start()
-    database.write_sync(_world)
-    yield database
-    database.close()
+def db(db: Database) -> Database:
+    db.write_sync(build_world)
+    return db
 
 
 def test_scoped_keeps_a_tenant_to_its_organisation_and_the_operator_sees_all(db):

@@ -10,19 +10,19 @@ import pytest
 
 from mxd import address as addr
 from mxd import config
-from mxd.db import Database
 from mxd.errors import MxdError
 from mxd.service import Services, directory
+from mxd.store import open_store
 from mxd.store.directory import Directory
-from tests.test_access import ADMIN_A, ONE_A, OPERATOR, _world
+from tests.support.store import sqlite_url
+from tests.support.tenants import ADMIN_A, ONE_A, OPERATOR, build_world
 
 
 @pytest.fixture
 def services(tmp_path: Path):
     cfg = config.load(None, {"MXD_DATA_DIR": str(tmp_path), "MXD_HOSTNAME": "mx.test"})
-    database = Database(f"sqlite:///{tmp_path / 'mxd.db'}")
-    database.start()
-    database.write_sync(_world)
+    database = open_store(sqlite_url(tmp_path))
+    database.write_sync(build_world)
     workers = concurrent.futures.ThreadPoolExecutor(1)
     yield Services(cfg, database, Directory(), workers, lambda: None, None)
     workers.shutdown()
