@@ -13,21 +13,21 @@ from typing import Any, Generator
 import uvicorn
 
 from mxd import keys
-from mxd.store import open_store, tokens
 from mxd.api import httpconn, mcp
 from mxd.api.app import create_app
 from mxd.api.http import Context
 from mxd.config import Config, parse_hostport
 from mxd.db import Database
-from mxd.pipeline import Pipeline
-from mxd.workerpool import make_workers
-from mxd.retention import RetentionSweeper
-from mxd.resolver import make_resolver
 from mxd.delivery.scheduler import Scheduler
+from mxd.pipeline import Pipeline
+from mxd.resolver import make_resolver
+from mxd.retention import RetentionSweeper
 from mxd.smtpserver.mx import MxHandler, MxServer
 from mxd.smtpserver.submission import SubmissionHandler, SubmissionServer
+from mxd.store import open_store, tokens
 from mxd.store.directory import Directory
 from mxd.webhook_sender import WebhookWorker
+from mxd.workerpool import make_workers
 
 log = logging.getLogger("mxd")
 

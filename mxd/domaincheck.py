@@ -17,12 +17,11 @@ import time
 from dataclasses import dataclass, field
 
 from mxd import dnsrecords, keys
-from mxd.store import events
 from mxd.address import normalize_domain
 from mxd.config import Config
 from mxd.errors import MxdError
 from mxd.resolver import DNSError, Resolver
-from mxd.store import directory
+from mxd.store import directory, events
 from mxd.store.models import Domain
 
 FOUND, MISSING, WRONG, ERROR = "found", "missing", "wrong", "error"

@@ -11,8 +11,8 @@ import json
 import re
 import time
 from dataclasses import dataclass, field
-from email.utils import format_datetime
 from datetime import datetime, timezone
+from email.utils import format_datetime
 
 from mxd.db import Database, execute
 from mxd.ids import new_id

@@ -21,13 +21,13 @@ import os
 from typing import Any, Callable
 
 from mxd import sending, workerpool
+from mxd.background import BackgroundWorker
 from mxd.config import Config
 from mxd.db import Database, execute, proxy
 from mxd.delivery.bounces import bounce_received, delivery_report
 from mxd.ingest import InboundRow
 from mxd.mime.parse import parse
 from mxd.store import messages
-from mxd.background import BackgroundWorker
 from mxd.workerpool import release_memory
 
 log = logging.getLogger("mxd.pipeline")

@@ -22,8 +22,8 @@ from mxd import address as addr
 from mxd.config import Config
 from mxd.db import execute, executemany
 from mxd.errors import MxdError
-from mxd.store.queue import is_return_path
 from mxd.store.directory import Resolution, load_snapshot, routed
+from mxd.store.queue import is_return_path
 from mxd.store.tokens import Principal
 
 

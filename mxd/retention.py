@@ -18,10 +18,9 @@ import time
 from typing import Any
 
 from mxd.background import BackgroundWorker
-from mxd.store import audit
 from mxd.config import Config
 from mxd.db import Database, execute, proxy
-from mxd.store import search
+from mxd.store import audit, search
 
 log = logging.getLogger("mxd.retention")
 BATCH = 500

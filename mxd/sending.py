@@ -20,16 +20,25 @@ from pathlib import Path
 from typing import Any
 
 from mxd import dkimsign, keys, policy
-from mxd.store import audit, events, queue as outqueue
 from mxd.config import Config
 from mxd.db import Database, execute
 from mxd.errors import MxdError
 from mxd.ids import new_id
-from mxd.ingest import (Envelope, Recipient, as_row, normalize_line_endings, received_header, store, stored_receipt,
-                        transmission_key)
+from mxd.ingest import (
+    Envelope,
+    Recipient,
+    as_row,
+    normalize_line_endings,
+    received_header,
+    store,
+    stored_receipt,
+    transmission_key,
+)
 from mxd.mime.header import split, strict_problems, unfold
-from mxd.mime.parse import authors as parse_authors, parse
-from mxd.store import messages
+from mxd.mime.parse import authors as parse_authors
+from mxd.mime.parse import parse
+from mxd.store import audit, events, messages
+from mxd.store import queue as outqueue
 from mxd.store.models import Idempotency
 from mxd.store.tokens import Principal
 

@@ -19,8 +19,13 @@ from dataclasses import dataclass
 from types import TracebackType
 
 import aiosmtplib
-from aiosmtplib.errors import (SMTPAuthenticationError, SMTPConnectResponseError, SMTPException,
-                               SMTPHeloError, SMTPResponseException)
+from aiosmtplib.errors import (
+    SMTPAuthenticationError,
+    SMTPConnectResponseError,
+    SMTPException,
+    SMTPHeloError,
+    SMTPResponseException,
+)
 
 TLS_MODES = ("opportunistic", "required", "none", "implicit")
 STAGES = ("connect", "ehlo", "starttls", "auth", "mail", "rcpt", "data")

@@ -258,7 +258,7 @@ def test_exim_as_mx_verifies_both_dkim_signatures(world):
     verdicts = sorted(str(h) for h in msg.get_all("X-Exim-DKIM"))
     assert verdicts == ["example.test ed25519-sha256 pass", "example.test rsa-sha256 pass"], verdicts
     assert re.fullmatch(r"<bounces\+q_[0-9a-z]+\.[0-9a-z]+@example\.test>", msg["Return-path"]), msg["Return-path"]
-    xid = exim_id(exim.wait_log(rf"<= bounces\+q_\S+@example\.test H=\(mx\.example\.test\) ", 1, 5)[-1])
+    xid = exim_id(exim.wait_log(r"<= bounces\+q_\S+@example\.test H=\(mx\.example\.test\) ", 1, 5)[-1])
     arrival = [x for x in exim.message_log(xid) if " <= " in x][0]
     assert " P=esmtps " in arrival and " X=TLS" in arrival, arrival   # mxd's client took Exim's STARTTLS
 

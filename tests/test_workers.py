@@ -7,8 +7,8 @@ import os
 
 import pytest
 
-from mxd.workerpool import WorkerProcesses
 from mxd.sending import prepare
+from mxd.workerpool import WorkerProcesses
 
 
 async def _workers(n: int = 2) -> WorkerProcesses:

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import re
 
-from authres.core import AuthenticationResult, AuthenticationResultProperty, AuthenticationResultsHeader
 from authres import core_features
+from authres.core import AuthenticationResult, AuthenticationResultProperty, AuthenticationResultsHeader
 
 from mxd.authn.dkim import DkimResult
 from mxd.authn.dmarc import DmarcResult

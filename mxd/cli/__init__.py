@@ -13,10 +13,10 @@ from typing import Any
 
 from mxd import config as config_mod
 from mxd import dnsrecords, keys
-from mxd.store import tokens
 from mxd.cli import commands
 from mxd.client import ApiError, Client
 from mxd.errors import MxdError
+from mxd.store import tokens
 
 
 def _load(args: argparse.Namespace) -> config_mod.Config:

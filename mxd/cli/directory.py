@@ -5,8 +5,8 @@ import argparse
 import sys
 from urllib.parse import quote
 
-from mxd.client import Client
 from mxd.cli.output import api_options, clip, fields, print_json, show, table, when
+from mxd.client import Client
 
 
 def seg(value: str) -> str:

@@ -10,10 +10,20 @@ import urllib.parse
 from pathlib import Path
 from typing import Any
 
-from mxd.client import ApiError, Client
 from mxd.cli.directory import seg
-from mxd.cli.output import Line, api_options, clip, collect, fields, human_size, list_options, \
-    progress_wanted, show, table
+from mxd.cli.output import (
+    Line,
+    api_options,
+    clip,
+    collect,
+    fields,
+    human_size,
+    list_options,
+    progress_wanted,
+    show,
+    table,
+)
+from mxd.client import ApiError, Client
 
 MESSAGE_COLUMNS = [("ID", lambda m: m["id"]), ("DATE", lambda m: (m.get("date") or m.get("received_at") or "")[:16]),
                    ("DIR", lambda m: m.get("direction")), ("MAILBOX", lambda m: m.get("mailbox")),

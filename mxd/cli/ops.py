@@ -4,11 +4,20 @@ from __future__ import annotations
 import argparse
 import sys
 
-from mxd.client import Client
 from mxd.cli.directory import deleted, seg
-from mxd.cli.output import Spinner, api_options, clip, collect, fields, list_options, print_json, \
-    progress_wanted, show, table
-
+from mxd.cli.output import (
+    Spinner,
+    api_options,
+    clip,
+    collect,
+    fields,
+    list_options,
+    print_json,
+    progress_wanted,
+    show,
+    table,
+)
+from mxd.client import Client
 
 # ---------------------------------------------------------------- the outbound queue and suppressions
 QUEUE_COLUMNS = [("ID", lambda q: q["id"]), ("STATUS", lambda q: q["status"]), ("TRIES", lambda q: q["attempts"]),

@@ -13,10 +13,11 @@ from __future__ import annotations
 import re
 from datetime import datetime, timezone
 
-from mxd.store import queue as outqueue, suppression
 from mxd.config import Config
 from mxd.delivery.dsn import FailedRecipient, build_dsn, is_delivery_report, parse_dsn
 from mxd.ingest import Envelope, Recipient, store, with_trace
+from mxd.store import queue as outqueue
+from mxd.store import suppression
 from mxd.store.models import Inbound, Mailbox, Message, QueueEntry
 
 _STATUS = re.compile(r"\b([245])\.(\d{1,3})\.(\d{1,3})\b")

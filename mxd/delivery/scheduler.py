@@ -17,7 +17,6 @@ from collections import defaultdict, deque
 
 from mxd import policy
 from mxd.background import BackgroundWorker
-from mxd.store import queue as outqueue
 from mxd.config import Config, parse_hostport
 from mxd.db import Database, execute
 from mxd.delivery import bounces
@@ -26,6 +25,7 @@ from mxd.ingest import with_trace
 from mxd.netcheck import refusal
 from mxd.resolver import Resolver
 from mxd.smtpclient import Connection, DeliveryError
+from mxd.store import queue as outqueue
 from mxd.store.models import QueueEntry
 
 log = logging.getLogger("mxd.delivery")

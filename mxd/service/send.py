@@ -14,8 +14,15 @@ from mxd import address as addr
 from mxd.access import Principal
 from mxd.errors import MxdError
 from mxd.ids import new_id
-from mxd.mime.compose import ComposeError, Draft, OutAttachment, compose, envelope_recipients, reply_headers, \
-    reply_subject
+from mxd.mime.compose import (
+    ComposeError,
+    Draft,
+    OutAttachment,
+    compose,
+    envelope_recipients,
+    reply_headers,
+    reply_subject,
+)
 from mxd.sending import Outgoing
 from mxd.sending import send as send_outgoing
 from mxd.service import Services

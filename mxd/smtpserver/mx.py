@@ -12,15 +12,17 @@ import socket
 import ssl
 from typing import Callable
 
-from aiosmtpd.smtp import Envelope as SmtpEnvelope, Session
+from aiosmtpd.smtp import Envelope as SmtpEnvelope
+from aiosmtpd.smtp import Session
 
 from mxd import address as addr
-from mxd.store import events, queue as outqueue
 from mxd import smtpcodes as codes
 from mxd.config import Config
 from mxd.db import Database
 from mxd.ingest import Envelope, Recipient, has_bare_line_endings, ingest_once, received_header
 from mxd.smtpserver.base import Listener, ListenerSMTP
+from mxd.store import events
+from mxd.store import queue as outqueue
 from mxd.store.directory import Directory
 
 log = logging.getLogger("mxd.mx")

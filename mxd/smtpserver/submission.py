@@ -14,17 +14,17 @@ import ssl
 import time
 from typing import Any, NamedTuple
 
-from aiosmtpd.smtp import AuthResult, Envelope as SmtpEnvelope, LoginPassword, Session
+from aiosmtpd.smtp import AuthResult, LoginPassword, Session
+from aiosmtpd.smtp import Envelope as SmtpEnvelope
 
 from mxd import address as addr
-from mxd.store import audit
 from mxd import smtpcodes as codes
-from mxd.store import tokens
 from mxd.config import Config
 from mxd.db import Database, execute
 from mxd.errors import MxdError
 from mxd.sending import Outgoing, submit
 from mxd.smtpserver.base import Listener, ListenerSMTP, implicit_tls
+from mxd.store import audit, tokens
 
 log = logging.getLogger("mxd.submission")
 

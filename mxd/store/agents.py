@@ -12,10 +12,10 @@ from typing import Any
 
 from mxd.errors import MxdError
 from mxd.ids import new_id
-from mxd.store.orgs import SLUG, slugify
-from mxd.timefmt import iso
 from mxd.store.models import Agent, Mailbox
+from mxd.store.orgs import SLUG, slugify
 from mxd.store.tokens import Principal
+from mxd.timefmt import iso
 
 _TEXT_LIMITS = {"name": 200, "description": 2000, "purpose": 2000, "owner_label": 200, "policy_scope": 50,
                 "external_id": 300}

@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 from typing import Any, NamedTuple
 
+from mxd.db import execute, proxy
 from mxd.ids import new_id
 from mxd.ingest import with_trace
-from mxd.store import search, threads
-from mxd.store import events
+from mxd.store import events, search, threads
 from mxd.store.models import Attachment, Inbound, Message
-from mxd.db import execute, proxy
+
 
 def _addr_list(addresses: list[Any]) -> list[dict]:
     return [{"name": a.name, "address": a.address} for a in addresses]

@@ -16,10 +16,10 @@ import time
 from dataclasses import dataclass
 
 from mxd import address as addr
-from mxd.store import tokens
 from mxd.db import execute
 from mxd.errors import MxdError
 from mxd.ids import new_id
+from mxd.store import tokens
 from mxd.store.models import Domain, Organization
 
 CODE_SECONDS = 15 * 60

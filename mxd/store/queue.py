@@ -14,10 +14,10 @@ import time
 import weakref
 from typing import Any
 
-from mxd.store import events
 from mxd.db import execute, executemany, proxy
 from mxd.errors import MxdError
 from mxd.ids import ALPHABET, new_id
+from mxd.store import events
 from mxd.store.models import Message, Meta, QueueEntry
 
 LEASE_SECONDS = 300.0

@@ -20,15 +20,14 @@ from typing import Any
 
 from peewee import fn
 
-from mxd.store import events
 from mxd.db import execute
 from mxd.errors import MxdError
 from mxd.ids import new_id
 from mxd.secretbox import SecretBox, SecretError, is_sealed, open_value
-from mxd.store import directory
-from mxd.timefmt import iso
+from mxd.store import directory, events
 from mxd.store.models import Agent, Event, Mailbox, Message, Webhook, WebhookAttempt, WebhookDelivery
 from mxd.store.tokens import Principal
+from mxd.timefmt import iso
 
 log = logging.getLogger("mxd.webhooks")
 

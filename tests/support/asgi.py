@@ -17,10 +17,10 @@ from starlette.testclient import TestClient
 from mxd import config as config_mod
 from mxd import keys
 from mxd.api.app import create_app
-from mxd.service import Services
 from mxd.config import Config
 from mxd.db import Database
 from mxd.resolver import StaticResolver
+from mxd.service import Services
 from mxd.store import directory as directory_mod
 from mxd.store import tokens
 from mxd.store.directory import Directory

@@ -5,8 +5,21 @@ from __future__ import annotations
 from starlette.routing import Route
 
 from mxd.api import endpoint
-from mxd.api.rest import (admin, domains, drafts, inbound, mailboxes, messages, queue, routing, send, system,
-                          threads, tokens, webhooks)
+from mxd.api.rest import (
+    admin,
+    domains,
+    drafts,
+    inbound,
+    mailboxes,
+    messages,
+    queue,
+    routing,
+    send,
+    system,
+    threads,
+    tokens,
+    webhooks,
+)
 
 MODULES = (system, admin, domains, mailboxes, routing, messages, threads, send, drafts, queue, tokens, webhooks,
            inbound)

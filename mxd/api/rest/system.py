@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse, Response, JSONResponse
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 from mxd.api import pages
 from mxd.api.endpoint import PUBLIC, endpoint
