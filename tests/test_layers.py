@@ -18,7 +18,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "mxd.dnsrecords")),
     ("tables", ("mxd.store", "mxd.ingest")),
     ("rules", ("mxd.policy", "mxd.retention", "mxd.domaincheck", "mxd.sending", "mxd.delivery.bounces",
-               "mxd.delivery.dsn", "mxd.delivery.mxhosts")),
+               "mxd.delivery.dsn", "mxd.delivery.mxhosts", "mxd.webhook_target")),
     ("service", ("mxd.access", "mxd.service")),
     ("workers", ("mxd.pipeline", "mxd.workerpool", "mxd.worker", "mxd.delivery.scheduler", "mxd.webhook_sender")),
     ("doors", ("mxd.smtpserver", "mxd.api")),

@@ -20,7 +20,7 @@ import pytest
 from standardwebhooks import Webhook as Verifier
 from standardwebhooks.webhooks import WebhookVerificationError
 
-from mxd import webhook_sender
+from mxd import webhook_sender, webhook_target
 from mxd.secretbox import SecretBox
 from mxd.store import webhook_rows as store
 from mxd.store.models import Event, Mailbox, Webhook, WebhookAttempt, WebhookDelivery
@@ -275,7 +275,7 @@ def test_payload_is_signed_with_both_secrets_during_rotation(memory_store):
     ("93.184.215.14", None), ("2606:4700:4700::1111", None)])
 def test_address_classes(address, kind):
     import ipaddress
-    assert webhook_sender.refusal(ipaddress.ip_address(address)) == kind
+    assert webhook_target.refusal(ipaddress.ip_address(address)) == kind
 
 
 async def test_every_connection_is_checked_not_only_creation():
@@ -283,7 +283,7 @@ async def test_every_connection_is_checked_not_only_creation():
     receiver = Receiver().start()
     try:
         strict = webhook_sender.make_client(5.0, allow_private=False)
-        with pytest.raises(webhook_sender.UrlRefused):
+        with pytest.raises(webhook_target.UrlRefused):
             await strict.post(receiver.url("/x"), content=b"{}")
         await strict.aclose()
         open_ = webhook_sender.make_client(5.0, allow_private=True)

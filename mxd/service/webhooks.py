@@ -3,7 +3,7 @@ The `admin` scope manages them; an organisation's token sees and manages only it
 from __future__ import annotations
 
 import functools
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 from mxd import secretbox
 from mxd.access import Principal
@@ -12,6 +12,7 @@ from mxd.service import Services
 from mxd.service.mail import page
 from mxd.store import webhook_rows as store
 from mxd.store.models import Webhook
+from mxd.webhook_target import check_url
 
 
 async def _views(s: Services, hooks: list[Webhook]) -> list[dict]:
@@ -19,15 +20,12 @@ async def _views(s: Services, hooks: list[Webhook]) -> list[dict]:
     return [store.to_dict(h, boxes.get(h.mailbox_id)) for h in hooks]
 
 
-UrlCheck = Callable[[Any, bool], Awaitable[None]]
-
-
 async def create(s: Services, principal: Principal, url: Any, event_types: Any, mailbox: Any = None,
-                 agent_id: Any = None, *, check_url: UrlCheck) -> dict:
-    """A webhook (its secret under "secret", shown this once). `check_url(url, allow_private)` refuses a URL
-    the sender would not post to (mxd.webhook_sender.check_url: scheme, and every address its host resolves to)."""
+                 agent_id: Any = None) -> dict:
+    """A webhook (its secret under "secret", shown this once); a URL the sender would not post to is refused
+    (mxd.webhook_target.check_url: its scheme, and every address its host resolves to)."""
     types = store.validate_event_types(event_types)
-    await check_url(url, s.cfg.webhook_allow_private)
+    await check_url(url, s.cfg.webhook_allow_private, resolver=s.resolver)
     if agent_id is not None and not isinstance(agent_id, str):
         raise MxdError("bad_request", "agent_id must be a string")
     hook, secret = await s.db.write(functools.partial(store.create, box=secretbox.for_dir(s.cfg.data_dir)),

@@ -5,7 +5,6 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from mxd import webhook_sender
 from mxd.access import Principal
 from mxd.api.endpoint import endpoint
 from mxd.api.http import ctx, json_body, note_audit, page_params
@@ -28,7 +27,7 @@ async def list_all(request: Request, principal: Principal) -> Response:
 async def create(request: Request, principal: Principal) -> Response:
     body = await json_body(request)
     view = await webhooks.create(ctx(request), principal, body.get("url"), body.get("event_types"),
-                                 body.get("mailbox"), body.get("agent_id"), check_url=webhook_sender.check_url)
+                                 body.get("mailbox"), body.get("agent_id"))
     if view["mailbox"]:
         note_audit(request, mailbox=view["mailbox"])
     note_audit(request, webhook_id=view["id"])

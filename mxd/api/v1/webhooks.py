@@ -5,7 +5,6 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from mxd import webhook_sender
 from mxd.access import Principal
 from mxd.api.endpoint import endpoint
 from mxd.api.http import ctx, json_body, note_audit, page_params
@@ -32,7 +31,7 @@ async def agent_webhook_create(request: Request, principal: Principal) -> Respon
     await webhooks.check_agent(ctx(request), principal, agent_id)
     body = await json_body(request)
     view = await webhooks.create(ctx(request), principal, body.get("url"), body.get("event_types"),
-                                 body.get("mailbox"), agent_id, check_url=webhook_sender.check_url)
+                                 body.get("mailbox"), agent_id)
     if view["mailbox"]:
         note_audit(request, mailbox=view["mailbox"])
     note_audit(request, webhook_id=view["id"])
