@@ -12,6 +12,7 @@ from typing import Any
 
 from mxd.errors import MxdError
 from mxd.ids import new_id
+from mxd.store import rows
 from mxd.store.models import Agent, Mailbox
 from mxd.store.orgs import SLUG, slugify
 from mxd.store.tokens import Principal
@@ -71,10 +72,7 @@ def create(org_id: str | None, body: dict) -> tuple[Agent, bool]:
 
 def get(principal: Principal, agent_id: str) -> Agent:
     """The agent, if the principal's organisation owns it (404 otherwise)."""
-    agent = Agent.get_or_none(Agent.id == agent_id)
-    if agent is None or not principal.owns(agent.org_id):
-        raise MxdError("not_found", f"agent {agent_id!r} not found")
-    return agent
+    return rows.get(Agent, agent_id, "agent", principal)
 
 
 def list_agents(principal: Principal, external_id: str | None = None, limit: int = 50,

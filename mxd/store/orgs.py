@@ -19,7 +19,7 @@ from mxd import address as addr
 from mxd.db import execute
 from mxd.errors import MxdError
 from mxd.ids import new_id
-from mxd.store import tokens
+from mxd.store import rows, tokens
 from mxd.store.models import Domain, Organization
 
 CODE_SECONDS = 15 * 60
@@ -184,10 +184,7 @@ def verify(email: object, code: object) -> Verified:
 
 
 def get(org_id: str) -> Organization:
-    org = Organization.get_or_none(Organization.id == org_id)
-    if org is None:
-        raise MxdError("not_found", f"organisation {org_id!r} not found")
-    return org
+    return rows.get(Organization, org_id, "organisation")
 
 
 def default_domain(configured: str) -> Domain:

@@ -17,7 +17,7 @@ from typing import Any
 from mxd.db import execute, executemany, proxy
 from mxd.errors import MxdError
 from mxd.ids import ALPHABET, new_id
-from mxd.store import events
+from mxd.store import events, rows
 from mxd.store.models import Message, Meta, QueueEntry
 
 LEASE_SECONDS = 300.0
@@ -213,10 +213,7 @@ def mark_delay_notified(entry_id: str) -> None:
 
 # ---------------------------------------------------------------- operator controls
 def get(entry_id: str) -> QueueEntry:
-    entry = QueueEntry.get_or_none(QueueEntry.id == entry_id)
-    if entry is None:
-        raise MxdError("not_found", f"queue entry {entry_id!r} not found")
-    return entry
+    return rows.get(QueueEntry, entry_id, "queue entry")
 
 
 def retry_now(entry_id: str) -> QueueEntry:

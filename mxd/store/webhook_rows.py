@@ -24,8 +24,8 @@ from mxd.db import execute
 from mxd.errors import MxdError
 from mxd.ids import new_id
 from mxd.secretbox import SecretBox, SecretError, is_sealed, open_value
-from mxd.store import directory, events
-from mxd.store.models import Agent, Event, Mailbox, Message, Webhook, WebhookAttempt, WebhookDelivery
+from mxd.store import agents, directory, events, rows
+from mxd.store.models import Event, Mailbox, Message, Webhook, WebhookAttempt, WebhookDelivery
 from mxd.store.tokens import Principal
 from mxd.timefmt import iso
 
@@ -62,11 +62,7 @@ def validate_event_types(value: Any) -> list[str]:
     return sorted(set(value), key=EVENT_TYPES.index)
 
 
-def owned_agent(principal: Principal, agent_id: str) -> Agent:
-    agent = Agent.get_or_none(Agent.id == agent_id) if isinstance(agent_id, str) else None
-    if agent is None or not principal.owns(agent.org_id):
-        raise MxdError("not_found", f"agent {agent_id!r} not found")
-    return agent
+owned_agent = agents.get      # the agent, if the principal's organisation owns it (404 otherwise)
 
 
 def create(principal: Principal, url: str, event_types: list[str], mailbox: str | None = None,
@@ -97,10 +93,7 @@ def create(principal: Principal, url: str, event_types: list[str], mailbox: str 
 
 def get(principal: Principal, hook_id: str) -> Webhook:
     """The webhook, if the principal's organisation owns it (404 otherwise, as if it did not exist)."""
-    hook = Webhook.get_or_none(Webhook.id == hook_id)
-    if hook is None or not principal.owns(hook.org_id):
-        raise MxdError("not_found", f"webhook {hook_id!r} not found")
-    return hook
+    return rows.get(Webhook, hook_id, "webhook", principal)
 
 
 def list_hooks(principal: Principal, limit: int, before: str | None, agent_id: str | None = None) -> list[Webhook]:
