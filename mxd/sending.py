@@ -266,7 +266,7 @@ async def send(cfg: Config, db: Database, cpu: concurrent.futures.Executor, prin
     await checked_authors(out.data)
     try:
         args = (prepare, os.path.join(cfg.data_dir, "dkim"), out.data, domain)   # cfg.dkim_dir, without a Path per send
-        run = getattr(cpu, "run", None)        # mxd.pipeline.WorkerProcesses: straight to the worker process
+        run = getattr(cpu, "run", None)        # mxd.workerpool.WorkerProcesses: straight to the worker process
         dkim, parsed = await (run(*args) if run else asyncio.get_running_loop().run_in_executor(cpu, *args))
     except ValueError as exc:           # no From, or a header that cannot be parsed
         raise MxdError("bad_request", f"the message cannot be signed: {exc}") from None
