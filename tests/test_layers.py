@@ -140,3 +140,13 @@ def private_uses(path: Path, module: str) -> list[str]:
 def test_no_private_name_crosses_a_module() -> None:
     crossing = {m: private_uses(p, m) for m, p in MODULES.items()}
     assert {m: uses for m, uses in crossing.items() if uses} == {}
+
+
+@pytest.mark.parametrize("package", ["mxd.api.rest", "mxd.api.v1"])
+def test_resource_files_do_not_import_each_other(package: str) -> None:
+    """A dialect's resource files share through the service layer (and /v1 through its `shapes`), not through
+    each other; only the package's __init__ gathers them."""
+    shared = {f"{package}.shapes"}
+    wrong = {m: sorted(t for t in imports_of(MODULES[m], m) if t.startswith(package + ".") and t not in shared)
+             for m in MODULES if m.startswith(package + ".")}
+    assert {m: t for m, t in wrong.items() if t} == {}
