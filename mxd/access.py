@@ -111,16 +111,16 @@ def mailbox_scope(principal: Principal, mailbox_ref: str | None) -> tuple[list[s
     return ids, {b.id: b.address for b in directory.list_mailboxes(ids)}
 
 
-def org_for_new(principal: Principal, wanted: Any) -> str | None:
+def org_for_new(principal: Principal, wanted: Any, field: str = "org_id") -> str | None:
     """The organisation a new object belongs to, from what the request body names (None: nothing named).
 
     The caller's own organisation when it names none or its own; for the operator, another existing
     organisation. Anything else is 404 not_found: an organisation that is not the caller's does not exist
-    for it (see the module's docstring)."""
+    for it (see the module's docstring); its fix, for a non-operator, is to omit `field` (the body's key)."""
     if wanted is None or wanted == principal.org_id:
         return principal.org_id
     if not principal.is_operator or not isinstance(wanted, str) \
             or Organization.get_or_none(Organization.id == wanted) is None:
         raise MxdError("not_found", f"organisation {wanted!r} not found",
-                       fix="Omit the organisation to create it in your own." if not principal.is_operator else None)
+                       fix=f"Omit {field}." if not principal.is_operator else None)
     return wanted

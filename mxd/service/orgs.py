@@ -105,9 +105,9 @@ async def agent_page(s: Services, principal: Principal, external_id: str | None,
 
 
 async def create_agent(s: Services, principal: Principal, org: Any, fields: dict) -> tuple[dict, bool]:
-    """An agent of the organisation named (access.org_for_new); (agent, created)."""
+    """An agent of the organisation named (access.org_for_new; /v1's organization_id); (agent, created)."""
     def work() -> tuple[Any, bool]:
-        return agents.create(access.org_for_new(principal, org), fields)
+        return agents.create(access.org_for_new(principal, org, "organization_id"), fields)
     agent, created = await s.db.write(work)
     return agents.to_dict(agent), created
 
