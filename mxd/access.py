@@ -41,35 +41,44 @@ def scoped(query: Any, model: Any, principal: Principal) -> Any:
     return query.where(org_condition(model, principal.org_id))
 
 
-def visible_with_mailbox(model: Any, row_id: Any, principal: Principal,
-                         message: str | None = None) -> tuple[Any, Mailbox | None]:
-    """(row, its mailbox) of `model` with this id if the principal may see it; raises 404 not_found otherwise.
-
-    A row with a mailbox (a message, thread, draft, or a mailbox itself) is visible when its mailbox is
-    (`Principal.sees`: the organisation, then the token's mailboxes); any other row (a domain, an agent, a
-    webhook) when its organisation is the principal's (`Principal.owns`). The mailbox is None for the latter."""
-    label = message or f"{model.__name__.lower()} {row_id!r} not found"
+def _row(model: Any, row_id: Any, label: str) -> Any:
     row = model.get_or_none(model.id == row_id) if isinstance(row_id, str) else None
     if row is None:
         raise MxdError("not_found", label)
-    if model is Mailbox:
-        box: Mailbox | None = row
-    elif "mailbox" in model._meta.fields:
-        box = Mailbox.get_or_none(Mailbox.id == row.mailbox_id)
-        if box is None:
-            raise MxdError("not_found", label)
-    else:
-        if not principal.owns(row.org_id):
-            raise MxdError("not_found", label)
-        return row, None
-    if not principal.sees(box.address, box.org_id):
+    return row
+
+
+def _has_mailbox(model: Any) -> bool:
+    return model is Mailbox or "mailbox" in model._meta.fields
+
+
+def visible_with_mailbox(model: Any, row_id: Any, principal: Principal,
+                         message: str | None = None) -> tuple[Any, Mailbox]:
+    """(row, its mailbox) of a `model` with a mailbox (a message, thread, draft, or a mailbox itself) with this
+    id, if the principal may see it (`Principal.sees`: the organisation, then the token's mailboxes); raises
+    404 not_found otherwise."""
+    if not _has_mailbox(model):
+        raise TypeError(f"{model.__name__} rows have no mailbox: use access.visible")
+    label = message or f"{model.__name__.lower()} {row_id!r} not found"
+    row = _row(model, row_id, label)
+    box: Mailbox | None = row if model is Mailbox else Mailbox.get_or_none(Mailbox.id == row.mailbox_id)
+    if box is None or not principal.sees(box.address, box.org_id):
         raise MxdError("not_found", label)
     return row, box
 
 
 def visible(model: Any, row_id: Any, principal: Principal, message: str | None = None) -> Any:
-    """The row of `model` with this id if the principal may see it; raises 404 not_found otherwise."""
-    return visible_with_mailbox(model, row_id, principal, message)[0]
+    """The row of `model` with this id if the principal may see it; raises 404 not_found otherwise.
+
+    A row with a mailbox is visible when its mailbox is (see `visible_with_mailbox`); any other row (a
+    domain, an agent, a webhook) when its organisation is the principal's (`Principal.owns`)."""
+    if _has_mailbox(model):
+        return visible_with_mailbox(model, row_id, principal, message)[0]
+    label = message or f"{model.__name__.lower()} {row_id!r} not found"
+    row = _row(model, row_id, label)
+    if not principal.owns(row.org_id):
+        raise MxdError("not_found", label)
+    return row
 
 
 def visible_mailbox_ids(principal: Principal) -> list[str] | None:
@@ -102,16 +111,16 @@ def mailbox_scope(principal: Principal, mailbox_ref: str | None) -> tuple[list[s
     return ids, {b.id: b.address for b in directory.list_mailboxes(ids)}
 
 
-def org_for_new(principal: Principal, wanted: Any) -> str | None:
+def org_for_new(principal: Principal, wanted: Any, field: str = "org_id") -> str | None:
     """The organisation a new object belongs to, from what the request body names (None: nothing named).
 
     The caller's own organisation when it names none or its own; for the operator, another existing
     organisation. Anything else is 404 not_found: an organisation that is not the caller's does not exist
-    for it (see the module's docstring)."""
+    for it (see the module's docstring); its fix, for a non-operator, is to omit `field` (the body's key)."""
     if wanted is None or wanted == principal.org_id:
         return principal.org_id
     if not principal.is_operator or not isinstance(wanted, str) \
             or Organization.get_or_none(Organization.id == wanted) is None:
         raise MxdError("not_found", f"organisation {wanted!r} not found",
-                       fix="Omit the organisation to create it in your own." if not principal.is_operator else None)
+                       fix=f"Omit {field}." if not principal.is_operator else None)
     return wanted

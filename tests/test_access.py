@@ -83,3 +83,10 @@ def test_org_for_new_one_rule_for_both_dialects(db):
         with pytest.raises(MxdError) as err:
             db.write_sync(access.org_for_new, principal, wanted)
         assert err.value.code == "not_found" and err.value.status == 404, (principal.name, wanted)
+
+
+def test_org_for_new_tells_a_tenant_to_omit_the_key_it_sent(db):
+    for field in ("org_id", "organization_id"):
+        with pytest.raises(MxdError) as err:
+            db.write_sync(access.org_for_new, ADMIN_A, "org_b", field)
+        assert err.value.message == "organisation 'org_b' not found" and err.value.fix == f"Omit {field}."

@@ -64,12 +64,12 @@ async def domains(s: Services, principal: Principal) -> list[Domain]:
 
 
 async def create_domain(s: Services, principal: Principal, name: str, org: Any = None, *,
-                        only_same_org: bool = False) -> tuple[Domain, bool]:
+                        only_same_org: bool = False, org_field: str = "org_id") -> tuple[Domain, bool]:
     """Register a domain for the organisation the caller names (access.org_for_new) and make its DKIM keys:
     (domain, created). A domain registered already is the caller's answer only if it owns it (409 otherwise;
-    `only_same_org`: only if it is of that very organisation)."""
+    `only_same_org`: only if it is of that very organisation). `org_field`: the body's key naming `org`."""
     def work() -> tuple[Domain, bool]:
-        org_id = access.org_for_new(principal, org)
+        org_id = access.org_for_new(principal, org, org_field)
         domain, created = directory.create_domain(name, org_id, s.cfg.hostname)
         if not created and only_same_org and domain.org_id != org_id:
             raise MxdError("conflict", f"{domain.name} is served here for someone else",

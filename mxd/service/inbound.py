@@ -110,15 +110,21 @@ async def _wait_processed(s: Services, inbound_id: str, seconds: float = 10.0) -
 @dataclass
 class Simulation:
     """A message to inject as if the MX had received it: composed from sender, subject and bodies, or `raw`
-    (base64 or the text of a whole message). mail_from None: the sender's address (for raw, its From)."""
+    (base64 or the text of a whole message). mail_from None: the sender's address (for raw, its From).
+    The fields other than `to` are as the caller gave them (JSON values, None: not given): `simulate`
+    checks them, in the order its errors have always been given."""
     to: list[str]
-    sender: str | None = None
+    sender: object = None
     mail_from: str | None = None
-    subject: str | None = None
-    text: str | None = None
-    html: str | None = None
-    raw: str | None = None
+    subject: object = None
+    text: object = None
+    html: object = None
+    raw: object = None
     wait: bool = False
+
+
+def _text(value: object) -> str:
+    return value if isinstance(value, str) else ""
 
 
 def raw_bytes(value: str) -> bytes:
@@ -157,20 +163,28 @@ async def simulate(s: Services, principal: Principal, sim: Simulation, remote_ip
     if len(sim.to) > MAX_INJECT_RECIPIENTS:
         raise MxdError("bad_request", f"at most {MAX_INJECT_RECIPIENTS} recipients per message")
     sender = sim.sender or "simulated@example.invalid"
-    if len(sender) > 500:
+    if isinstance(sender, dict):
+        sender = sender.get("address")
+    if not isinstance(sender, str) or len(sender) > 500:
         raise MxdError("bad_request", "from must be an address")
     envelope_from = sim.mail_from if sim.mail_from is not None else parseaddr(sender)[1]
     if len(envelope_from) > 500:
         raise MxdError("bad_request", "mail_from is too long")
     accepted, refused = await _accepted(s, principal, sim.to)
     if sim.raw is not None:
+        if not isinstance(sim.raw, str):
+            raise MxdError("bad_request", "raw must be a string: base64 or the text of a whole message")
         data = raw_bytes(sim.raw)
         if not sim.sender and sim.mail_from is None:      # the raw From, as a sender would
             header = BytesHeaderParser().parsebytes(data).get("From") or ""
             envelope_from = parseaddr(str(header))[1][:500]
     else:
-        data = compose_simple(sender, [t for t in sim.to if addr.try_parse(t) is not None], sim.subject or "",
-                              sim.text or "", sim.html, s.cfg.hostname)
+        fields = {"subject": sim.subject, "text": sim.text, "html": sim.html}
+        for name, value in fields.items():
+            if value is not None and not isinstance(value, str):
+                raise MxdError("bad_request", f"{name} must be a string")
+        data = compose_simple(sender, [t for t in sim.to if addr.try_parse(t) is not None],
+                              _text(sim.subject), _text(sim.text), _text(sim.html) or None, s.cfg.hostname)
     env = Envelope(mail_from=envelope_from or "", rcpts=accepted, data=data, source="api",
                    remote_ip=remote_ip, helo="api")
     await _store(s, env, "HTTP")
@@ -224,11 +238,13 @@ def parse_ses(body: dict) -> SesControl | SesMessage:
         raise _ses_fail("the notification carries no content",
                         fix="Use the SES receipt rule action 'Publish to Amazon SNS topic' with encoding BASE64; "
                             "messages over 150 KB are only stored in S3, which mxd cannot fetch.")
-    receipt = inner.get("receipt") if isinstance(inner.get("receipt"), dict) else {}
+    found = inner.get("receipt")
+    receipt: dict[str, Any] = found if isinstance(found, dict) else {}
     try:
         data = base64.b64decode("".join(content.split()), validate=True)
     except (binascii.Error, ValueError):
-        action = receipt.get("action") if isinstance(receipt.get("action"), dict) else {}
+        given = receipt.get("action")
+        action: dict[str, Any] = given if isinstance(given, dict) else {}
         if action.get("encoding") == "UTF8":
             data = content.encode("utf-8")
         else:

@@ -51,7 +51,8 @@ def detail(msg: Message, mailbox_address: str, attachments: list[Attachment]) ->
 
 def full_detail(msg: Message, mailbox_address: str) -> dict:
     """`detail` of a message model, with its attachments read."""
-    return detail(msg, mailbox_address, list(msg.attachments.order_by(Attachment.part_index)))
+    return detail(msg, mailbox_address,
+                  list(Attachment.select().where(Attachment.message == msg.id).order_by(Attachment.part_index)))
 
 
 def thread_dict(thread: Thread, mailbox_address: str) -> dict:
@@ -115,16 +116,20 @@ class MessageView:
     acknowledged: bool
 
 
-def _view(principal: Principal, message_id: str) -> MessageView:
-    msg, box = access.visible_with_mailbox(Message, message_id, principal, f"message {message_id!r} not found")
+def _view(principal: Principal, message_id: str, not_found: str | None) -> MessageView:
+    msg, box = access.visible_with_mailbox(Message, message_id, principal,
+                                           not_found or f"message {message_id!r} not found")
     out = full_detail(msg, box.address)
     if msg.direction == "out":
         out["delivery"] = delivery_status(msg.id)
     return MessageView(out, box.id, msg.acked_at is not None)
 
 
-async def message_view(s: Services, principal: Principal, message_id: str) -> MessageView:
-    return await s.db.read(_view, principal, message_id)
+async def message_view(s: Services, principal: Principal, message_id: str,
+                       not_found: str | None = None) -> MessageView:
+    """The message as `message_detail`, with its mailbox and ack state; `not_found`: the 404's message
+    (default "message '<id>' not found")."""
+    return await s.db.read(_view, principal, message_id, not_found)
 
 
 async def message_detail(s: Services, principal: Principal, message_id: str) -> dict:

@@ -66,6 +66,8 @@ async def verify_signup(s: Services, email: Any, code: Any) -> dict:
     if result.error is not None:
         raise result.error
     org, key = result.org, result.token
+    if org is None or key is None:          # orgs.verify answers both unless it answers an error
+        raise MxdError("internal", "the verification answered no organisation or key")
     lim = limits(s, org)
     base = public_base(s)
     text = (f"Welcome to {s.cfg.hostname}. The organisation this address signed up is verified.\n\n"
@@ -103,9 +105,9 @@ async def agent_page(s: Services, principal: Principal, external_id: str | None,
 
 
 async def create_agent(s: Services, principal: Principal, org: Any, fields: dict) -> tuple[dict, bool]:
-    """An agent of the organisation named (access.org_for_new); (agent, created)."""
+    """An agent of the organisation named (access.org_for_new; /v1's organization_id); (agent, created)."""
     def work() -> tuple[Any, bool]:
-        return agents.create(access.org_for_new(principal, org), fields)
+        return agents.create(access.org_for_new(principal, org, "organization_id"), fields)
     agent, created = await s.db.write(work)
     return agents.to_dict(agent), created
 
@@ -141,13 +143,13 @@ def _create_agent_mailbox(principal: Principal, agent_id: str, want: AgentMailbo
     if want.domain_id is None:
         domain = default
     else:
-        domain = Domain.get_or_none(Domain.id == want.domain_id) if isinstance(want.domain_id, str) else None
+        found = Domain.get_or_none(Domain.id == want.domain_id) if isinstance(want.domain_id, str) else None
         # An organisation uses its own domains and the default one; the operator also its own (org NULL).
-        allowed = domain is not None and (domain.org_id == agent_row.org_id or domain.id == default.id
-                                          or (domain.org_id is None and principal.is_operator))
-        if not allowed:
+        if found is None or not (found.org_id == agent_row.org_id or found.id == default.id
+                                 or (found.org_id is None and principal.is_operator)):
             raise MxdError("not_found", f"domain {want.domain_id!r} not found",
                            fix="Use a domain of this organisation (GET /v1/domains), or omit domain_id.")
+        domain = found
     box, created = directory.create_mailbox(f"{local}@{domain.name}", display, retention,
                                             org_id=agent_row.org_id, agent_id=agent_row.id)
     if not created and box.agent_id != agent_row.id:

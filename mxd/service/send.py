@@ -42,7 +42,10 @@ class Letter:
     """A message a caller asks to send or to keep as a draft, before validation (`compose_draft` checks
     every field and answers the API's error codes). Addresses are 'a@b.c' or 'Name <a@b.c>'; attachments
     [{"filename", "content_type", "content" (base64)}]; None: not given. The sender is an address (or
-    {"address": ...}); a reply or a reply draft without one is sent from the parent's mailbox."""
+    {"address": ...}); a reply or a reply draft without one is sent from the parent's mailbox.
+
+    `given` names the JSON keys the caller's body held, in its order: a key given with the value null is
+    kept as given (a reply does not fill it in from the parent, a stored draft keeps it as null)."""
     from_addr: Any
     to: Any = None
     cc: Any = None
@@ -56,14 +59,25 @@ class Letter:
     headers: Any = None
     in_reply_to: str | None = None
     references: list[str] | None = None
-    extra: dict = field(default_factory=dict)       # other fields of a stored draft, kept as given
+    extra: dict[str, Any] = field(default_factory=dict)    # other fields of a stored draft, kept as given
+    given: tuple[str, ...] = ()
 
-    def as_body(self) -> dict:
-        """The JSON form (that of POST /api/send), as a draft is stored and shown."""
-        out = dict(self.extra)
-        out["from"] = self.from_addr
-        out.update({k: getattr(self, k) for k in FIELDS if getattr(self, k) is not None})
-        return out
+    def value(self, key: str) -> Any:
+        """The value of a JSON key ("from", a field, or an extra one); None: not given or null."""
+        if key == "from":
+            return self.from_addr
+        return getattr(self, key) if key in FIELDS else self.extra.get(key)
+
+    def has(self, key: str) -> bool:
+        """Whether the letter holds this JSON key, if only as an explicit null."""
+        return key in self.given or self.value(key) is not None
+
+    def as_body(self) -> dict[str, Any]:
+        """The JSON form (that of POST /api/send), as a draft is stored and shown: the keys the caller gave in
+        its order (nulls included), then those filled in since."""
+        keys = list(self.given)
+        keys += [k for k in (*self.extra, "from", *FIELDS) if k not in keys]
+        return {k: self.value(k) for k in keys if self.has(k)}
 
 
 def sender_of(value: Any, fallback: str | None = None) -> str:
@@ -80,7 +94,7 @@ def letter_from_body(body: dict) -> Letter:
     """A letter from its JSON form (POST /api/send, a stored draft)."""
     values = {k: body.get(k) for k in FIELDS}
     extra = {k: v for k, v in body.items() if k not in FIELDS and k != "from"}
-    return Letter(body.get("from"), extra=extra, **values)
+    return Letter(body.get("from"), extra=extra, given=tuple(body), **values)
 
 
 def address_list(value: Any, name: str) -> list[str]:
@@ -216,10 +230,10 @@ def reply_letter(letter: Letter, rc: ReplyContext, reply_all: bool = False) -> L
     """The letter as a reply: recipients (and with reply_all the parent's other recipients), subject and
     threading headers from the parent where the caller gave none."""
     return dataclasses.replace(
-        letter, from_addr=rc.mailbox if letter.from_addr is None else letter.from_addr,
-        to=rc.to if letter.to is None else letter.to,
-        cc=[a for a in rc.cc if a not in rc.to] if reply_all and letter.cc is None else letter.cc,
-        subject=rc.subject if letter.subject is None else letter.subject,
+        letter, from_addr=letter.from_addr if letter.has("from") else rc.mailbox,
+        to=letter.to if letter.has("to") else rc.to,
+        cc=[a for a in rc.cc if a not in rc.to] if reply_all and not letter.has("cc") else letter.cc,
+        subject=letter.subject if letter.has("subject") else rc.subject,
         in_reply_to=rc.in_reply_to, references=rc.references)
 
 
@@ -243,9 +257,9 @@ async def mailbox_letter(s: Services, principal: Principal, mailbox_id: Any, par
     if parent is not None:                      # RFC 5322 3.6.4: a reply names its parent
         in_reply_to, references = reply_headers(parent.message_id, parent.references or [], parent.in_reply_to or [])
         letter = dataclasses.replace(letter, in_reply_to=in_reply_to, references=references)
-        if letter.subject is None:
+        if not letter.has("subject"):
             letter.subject = reply_subject(parent.subject or "")
-        if letter.to is None:
+        if not letter.has("to"):
             source = parent.reply_to or parent.from_addr if parent.direction == "in" else parent.to_addr
             letter.to = [a["address"] for a in source] or [parent.envelope_from]
     return box, letter
@@ -267,9 +281,9 @@ async def save_draft(s: Services, principal: Principal, letter: Letter, *, reply
         stored = letter
         if rc is not None:
             stored = dataclasses.replace(
-                letter, from_addr=rc.mailbox if letter.from_addr is None else letter.from_addr,
-                to=rc.to if letter.to is None else letter.to,
-                subject=rc.subject if letter.subject is None else letter.subject,
+                letter, from_addr=letter.from_addr if letter.has("from") else rc.mailbox,
+                to=letter.to if letter.has("to") else rc.to,
+                subject=letter.subject if letter.has("subject") else rc.subject,
                 in_reply_to=rc.in_reply_to, references=rc.references)
         sender = sender_of(stored.from_addr)
         stored = dataclasses.replace(stored, from_addr=sender)

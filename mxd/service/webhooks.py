@@ -16,8 +16,8 @@ from mxd.webhook_target import check_url
 
 
 async def _views(s: Services, hooks: list[Webhook]) -> list[dict]:
-    boxes = await s.db.read(store.mailbox_addresses, [h.mailbox_id for h in hooks])
-    return [store.to_dict(h, boxes.get(h.mailbox_id)) for h in hooks]
+    boxes = await s.db.read(store.mailbox_addresses, [h.mailbox_id for h in hooks if h.mailbox_id is not None])
+    return [store.to_dict(h, None if h.mailbox_id is None else boxes.get(h.mailbox_id)) for h in hooks]
 
 
 async def create(s: Services, principal: Principal, url: Any, event_types: Any, mailbox: Any = None,

@@ -48,7 +48,8 @@ ROUTED_SQL = '("org_id" IS NULL OR "owner_verified_at" IS NOT NULL)'
 
 
 class Caller(Protocol):
-    org_id: str | None
+    @property
+    def org_id(self) -> str | None: ...
 
     @property
     def is_operator(self) -> bool: ...

@@ -116,6 +116,7 @@ class Inbound(BaseModel):
 class Thread(BaseModel):
     id = pw.CharField(primary_key=True, max_length=40)
     mailbox = pw.ForeignKeyField(Mailbox, backref="threads", on_delete="CASCADE")
+    mailbox_id: str                         # the foreign key's column, as peewee names it (for type checkers)
     subject = pw.TextField(default="")
     norm_subject = pw.CharField(max_length=255, default="", index=True)
     first_at = pw.DoubleField(default=time.time)
@@ -141,6 +142,8 @@ class Message(BaseModel):
     mailbox = pw.ForeignKeyField(Mailbox, backref="messages", on_delete="CASCADE")
     inbound = pw.ForeignKeyField(Inbound, backref="messages", on_delete="CASCADE", null=True)
     thread = pw.ForeignKeyField(Thread, backref="messages", null=True, on_delete="SET NULL")
+    mailbox_id: str                         # the foreign keys' columns, as peewee names them (for type checkers)
+    thread_id: str | None
     direction = pw.CharField(max_length=8, default="in")
     received_at = pw.DoubleField(default=time.time)
     envelope_from = pw.CharField(max_length=512, default="")

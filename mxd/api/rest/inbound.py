@@ -19,12 +19,6 @@ from mxd.service.send import address_list
 TAG = "Inbound"
 
 
-def _text(body: dict, name: str) -> str | None:
-    if body.get(name) is not None and not isinstance(body[name], str):
-        raise MxdError("bad_request", f"{name} must be a string")
-    return body.get(name)
-
-
 @endpoint("POST", "/api/inbound/simulate", "simulateInbound", "Inject a message as if it came from the MX", TAG,
           "admin", body=obj(to=ADDRESSES, mailbox=ADDRESSES, **{"from": STR}, mail_from=STR, subject=STR, text=STR,
                             html=STR, raw=dict(STR, description="a whole message, base64 or text"),
@@ -36,18 +30,9 @@ async def inbound_simulate(request: Request, principal: Principal) -> Response:
     {"raw": base64 or text of a whole message}. Returns the inbound id (and the message ids with "wait")."""
     body = await json_body(request)
     to = address_list(body.get("to"), "to") + address_list(body.get("mailbox"), "mailbox")
-    sender = body.get("from") or None               # none given: the service's stand-in sender
-    if isinstance(sender, dict):
-        sender = sender.get("address")
-        if not isinstance(sender, str):
-            raise MxdError("bad_request", "from must be an address")
-    if sender is not None and not isinstance(sender, str):
-        raise MxdError("bad_request", "from must be an address")
-    if body.get("raw") is not None and not isinstance(body["raw"], str):
-        raise MxdError("bad_request", "raw must be a string: base64 or the text of a whole message")
-    sim = inbound.Simulation(to=to, sender=sender, raw=body.get("raw"),
+    sim = inbound.Simulation(to=to, sender=body.get("from"), raw=body.get("raw"),
                              mail_from=body["mail_from"] if isinstance(body.get("mail_from"), str) else None,
-                             subject=_text(body, "subject"), text=_text(body, "text"), html=_text(body, "html"),
+                             subject=body.get("subject"), text=body.get("text"), html=body.get("html"),
                              wait=bool(body.get("wait")))
     out = await inbound.simulate(ctx(request), principal, sim, client_ip(request))
     note_audit(request, mailbox=",".join(sorted({a.lower() for a in out["recipients"]}))[:320],

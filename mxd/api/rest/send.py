@@ -1,6 +1,8 @@
 """/api/send and the replies: a JSON body becomes a letter (mxd.service.send.Letter) for the one send path."""
 from __future__ import annotations
 
+import dataclasses
+
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -23,7 +25,9 @@ async def _send(request: Request, principal: Principal, letter: send.Letter, bod
           TAG_SENDING, "send", body=ref("SendRequest"), example=SEND_EXAMPLE, **SENDS)
 async def api_send(request: Request, principal: Principal) -> Response:
     body = await json_body(request, MAIL_BODY)
-    return await _send(request, principal, send.letter_from_body(body), body)
+    # /api/send sets no threading headers of the caller's (a reply does, from its parent; a draft keeps them)
+    letter = dataclasses.replace(send.letter_from_body(body), in_reply_to=None, references=None)
+    return await _send(request, principal, letter, body)
 
 
 async def _reply(request: Request, principal: Principal, message_id: str | None, thread_id: str | None) -> Response:

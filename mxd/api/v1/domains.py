@@ -32,7 +32,7 @@ async def domains_create(request: Request, principal: Principal) -> Response:
         raise MxdError("bad_request", "body must hold {\"domain\": \"mail.example.com\"}")
     c = ctx(request)
     domain, created = await directory.create_domain(c, principal, name, body.get("organization_id"),
-                                                    only_same_org=True)
+                                                    only_same_org=True, org_field="organization_id")
     out = domain_dict(domain)
     out["dns_records"] = directory.dns_plan(c, domain)["records"]
     return JSONResponse(out, status_code=201 if created else 200)

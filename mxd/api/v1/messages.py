@@ -42,7 +42,9 @@ async def messages_send(request: Request, principal: Principal) -> Response:
                          reply_to=body.get("reply_to"), subject=body.get("subject"),
                          attachments=body.get("attachments"), headers=body.get("headers"),
                          text=body.get("body_text", body.get("text")), html=body.get("body_html", body.get("html")),
-                         from_name=body.get("from_name"))
+                         from_name=body.get("from_name"),
+                         given=tuple(k for k in ("to", "cc", "bcc", "reply_to", "subject", "attachments", "headers")
+                                     if k in body))
     box, letter = await send.mailbox_letter(c, principal, body.get("mailbox_id"), body.get("in_reply_to"), letter)
     draft = send.compose_draft(letter)
     note_audit(request, mailbox=box.address, metadata=metadata)
@@ -59,7 +61,8 @@ async def messages_send(request: Request, principal: Principal) -> Response:
 @endpoint("GET", "/v1/messages/{message_id}", "getMessageV1", "A message with its delivery state", TAG_MESSAGES,
           "read", response=ref("V1Message"))
 async def message_get(request: Request, principal: Principal) -> Response:
-    view = await mail.message_view(ctx(request), principal, request.path_params["message_id"])
+    view = await mail.message_view(ctx(request), principal, request.path_params["message_id"],
+                                   not_found="message not found")      # /v1's words, as they always were
     out = dict(view.detail, mailbox_id=view.mailbox_id, acknowledged=view.acknowledged)
     if "delivery" in out:                       # after the two above, as the answer always had it
         out["delivery"] = out.pop("delivery")
