@@ -4,12 +4,10 @@ several faults in its body in a fixed order, /api/send sets no threading headers
 404 messages keep their words."""
 from __future__ import annotations
 
-import sqlite3
-import time
-
 import pytest
 
 from tests.support.daemon import running_daemon
+from tests.support.tenants import org_admin_token
 
 AGENT = "agent@example.test"
 PARENT = (b"From: Alice <alice@remote.test>\r\nTo: agent@example.test\r\nCc: dave@remote.test\r\n"
@@ -166,23 +164,9 @@ def test_v1_message_lookup_says_message_not_found(server):
 
 
 # ---------------------------------------------------------------- /v1: naming another organisation
-def _org_token(proc, org_id: str) -> str:
-    """An organisation (as sign-up would make it) and its admin token, made by the operator."""
-    con = sqlite3.connect(proc.data_dir / "mxd.db", timeout=60)
-    try:
-        con.execute('INSERT INTO "organization" ("id", "name", "slug", "owner_email", "created_at", "code_attempts") '
-                    "VALUES (?, ?, ?, 'owner@remote.test', ?, 0)", (org_id, org_id, org_id, time.time()))
-        con.commit()
-    finally:
-        con.close()
-    r = proc.api("POST", "/api/tokens", json={"name": f"{org_id}-admin", "scopes": ["admin"], "org_id": org_id})
-    assert r.status_code == 201, r.text
-    return r.json()["token"]
-
-
 def test_v1_naming_another_organisation_says_omit_organization_id(server):
     proc, _ = server
-    token = _org_token(proc, "org_edges")
+    token = org_admin_token(proc, "org_edges")
     for path, body in (("/v1/agents", {"name": "bot", "organization_id": "org_elsewhere"}),
                        ("/v1/domains", {"domain": "edges.test", "organization_id": "org_elsewhere"})):
         err = _error(proc.api("POST", path, token=token, json=body), 404)

@@ -4,34 +4,20 @@ from __future__ import annotations
 
 import base64
 import json
-import sqlite3
 import time
 from email.message import EmailMessage
 
 import httpx
 import pytest
 
-from tests.support.daemon import MxdProcess, running_daemon, wait_for
+from tests.support.daemon import running_daemon, wait_for
+from tests.support.tenants import org_admin_token
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     with running_daemon(tmp_path_factory.mktemp("platform") / "data", mailboxes=["agent@example.test"]) as proc:
         yield proc
-
-
-def _org(proc: MxdProcess, org_id: str) -> str:
-    """An organisation (as signup would make it) and its admin token, made by the operator."""
-    con = sqlite3.connect(proc.data_dir / "mxd.db", timeout=60)
-    try:
-        con.execute('INSERT INTO "organization" ("id", "name", "slug", "owner_email", "created_at", "code_attempts") '
-                    "VALUES (?, ?, ?, 'owner@remote.test', ?, 0)", (org_id, org_id, org_id, time.time()))
-        con.commit()
-    finally:
-        con.close()
-    r = proc.api("POST", "/api/tokens", json={"name": f"{org_id}-admin", "scopes": ["admin"], "org_id": org_id})
-    assert r.status_code == 201, r.text
-    return r.json()["token"]
 
 
 # ---------------------------------------------------------------- bootstrap
@@ -202,8 +188,8 @@ def test_ses_refusals_and_subscription(server):
 # ---------------------------------------------------------------- organisations
 def test_an_organisation_admin_manages_its_own_directory_only(server):
     proc = server
-    org = _org(proc, "org_acme")
-    other = _org(proc, "org_other")
+    org = org_admin_token(proc, "org_acme")
+    other = org_admin_token(proc, "org_other")
 
     def call(method: str, path: str, token: str = org, **kw) -> httpx.Response:
         return proc.api(method, path, token=token, **kw)

@@ -3,30 +3,13 @@ org_for_new rule), the operator may name any existing one, and a change refreshe
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
-from pathlib import Path
 
 import pytest
 
 from mxd import address as addr
-from mxd import config
 from mxd.errors import MxdError
-from mxd.service import Services, directory
-from mxd.store import open_store
-from mxd.store.directory import Directory
-from tests.support.store import sqlite_url
-from tests.support.tenants import ADMIN_A, ONE_A, OPERATOR, build_world
-
-
-@pytest.fixture
-def services(tmp_path: Path):
-    cfg = config.load(None, {"MXD_DATA_DIR": str(tmp_path), "MXD_HOSTNAME": "mx.test"})
-    database = open_store(sqlite_url(tmp_path))
-    database.write_sync(build_world)
-    workers = concurrent.futures.ThreadPoolExecutor(1)
-    yield Services(cfg, database, Directory(), workers, lambda: None, None)
-    workers.shutdown()
-    database.close()
+from mxd.service import directory
+from tests.support.tenants import ADMIN_A, ONE_A, OPERATOR, build_world, services  # noqa: F401  (fixture)
 
 
 def run(coro):

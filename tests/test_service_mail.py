@@ -3,30 +3,13 @@ organisation, drafts round-trip, a reply's context from its parent."""
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
-from pathlib import Path
 
 import pytest
 
-from mxd import config
 from mxd.errors import MxdError
-from mxd.service import Services, mail, send
-from mxd.store import open_store
-from mxd.store.directory import Directory
+from mxd.service import mail, send
 from mxd.store.models import Message
-from tests.support.store import sqlite_url
-from tests.support.tenants import ADMIN_A, ADMIN_B, ONE_A, OPERATOR, build_world, deliver
-
-
-@pytest.fixture
-def services(tmp_path: Path):
-    cfg = config.load(None, {"MXD_DATA_DIR": str(tmp_path), "MXD_HOSTNAME": "mx.test"})
-    database = open_store(sqlite_url(tmp_path))
-    database.write_sync(build_world)
-    workers = concurrent.futures.ThreadPoolExecutor(1)
-    yield Services(cfg, database, Directory(), workers, lambda: None, None)
-    workers.shutdown()
-    database.close()
+from tests.support.tenants import ADMIN_A, ADMIN_B, ONE_A, OPERATOR, build_world, deliver, services  # noqa: F401  (fixture)
 
 
 def run(coro):
