@@ -9,7 +9,7 @@ import pytest
 from mxd import address as addr
 from mxd.errors import MxdError
 from mxd.service import directory
-from tests.support.tenants import ADMIN_A, ONE_A, OPERATOR, build_world, services  # noqa: F401  (fixture)
+from tests.support.tenants import ADMIN_A, ONE_A, OPERATOR, services  # noqa: F401  (fixture)
 
 
 def run(coro):

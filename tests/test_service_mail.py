@@ -9,7 +9,7 @@ import pytest
 from mxd.errors import MxdError
 from mxd.service import mail, send
 from mxd.store.models import Message
-from tests.support.tenants import ADMIN_A, ADMIN_B, ONE_A, OPERATOR, build_world, deliver, services  # noqa: F401  (fixture)
+from tests.support.tenants import ADMIN_A, ADMIN_B, ONE_A, OPERATOR, deliver, services  # noqa: F401  (fixture)
 
 
 def run(coro):
