@@ -11,7 +11,7 @@ from mxd import address as addr
 from mxd.access import Principal
 from mxd.config import parse_hostport
 from mxd.errors import MxdError
-from mxd.service import Services
+from mxd.service import Services, shapes
 from mxd.service.directory import domain_dict, mailbox_dict
 from mxd.service.mail import page
 from mxd.store import audit, directory, suppression, tokens
@@ -46,7 +46,7 @@ def _grant(principal: Principal, org: Any, scopes: Any, mailboxes: Any) -> tuple
 
 async def tokens_of(s: Services, principal: Principal) -> list[dict]:
     rows = await s.db.read(tokens.list_tokens, principal.org_id, principal.is_operator)
-    return [tokens.to_dict(t) for t in rows]
+    return [shapes.token(t) for t in rows]
 
 
 async def create_token(s: Services, principal: Principal, name: Any, scopes: Any, mailboxes: Any = None,
@@ -56,7 +56,7 @@ async def create_token(s: Services, principal: Principal, name: Any, scopes: Any
         org_id, boxes = _grant(principal, org, scopes, mailboxes)
         return tokens.create(name, scopes, boxes, org_id)
     row, secret = await s.db.write(work)
-    return dict(tokens.to_dict(row), token=secret)
+    return dict(shapes.token(row), token=secret)
 
 
 async def revoke_token(s: Services, principal: Principal, token_id: str) -> None:
@@ -80,7 +80,7 @@ async def audit_page(s: Services, principal: Principal, *, mailbox: str | None, 
     rows = await s.db.read(lambda: audit.query(
         org_id=principal.org_id, everyone=principal.org_id is None, actor=actor, mailbox=mailbox, action=action,
         since=since, until=until, result=result, limit=limit, cursor=cursor))
-    return page([audit.to_dict(r) for r in rows], limit, len(rows), rows[-1].id if rows else None)
+    return page([shapes.audit_entry(r) for r in rows], limit, len(rows), rows[-1].id if rows else None)
 
 
 # ---------------------------------------------------------------- retention
@@ -155,7 +155,7 @@ async def bootstrap(s: Services, principal: Principal) -> dict:
 # ---------------------------------------------------------------- queue and suppressions (the operator's)
 async def queue_page(s: Services, status: str | None, limit: int, cursor: str | None) -> dict:
     rows = await s.db.read(outqueue.list_entries, status, limit, cursor)
-    return page([outqueue.to_dict(r) for r in rows], limit, len(rows), rows[-1].id if rows else None)
+    return page([shapes.queue_entry(r) for r in rows], limit, len(rows), rows[-1].id if rows else None)
 
 
 QUEUE_ACTIONS = {"retry": outqueue.retry_now, "hold": outqueue.hold, "release": outqueue.release}
@@ -165,7 +165,7 @@ async def queue_action(s: Services, action: str, entry_id: str) -> dict:
     """retry (now), hold or release a queue entry; wakes the delivery workers."""
     entry = await s.db.write(QUEUE_ACTIONS[action], entry_id)
     s.queued()
-    return outqueue.to_dict(entry)
+    return shapes.queue_entry(entry)
 
 
 async def queue_drop(s: Services, entry_id: str) -> None:
@@ -184,7 +184,7 @@ def _suppression_org(value: Any) -> str | None:
 async def suppressions_page(s: Services, organization: str | None, limit: int, cursor: str | None) -> dict:
     """Suppressions of one organisation ("" or None with every_org False: the operator's), or of all (None)."""
     rows = await s.db.read(suppression.list_all, limit, cursor, organization or None, organization is None)
-    return page([suppression.to_dict(r) for r in rows], limit, len(rows),
+    return page([shapes.suppression(r) for r in rows], limit, len(rows),
                 suppression.cursor(rows[-1]) if rows else None)
 
 
@@ -192,7 +192,7 @@ async def suppress(s: Services, address: str, reason: str, detail: str, organiza
     """Suppress an address for one organisation, or for the operator's own mailboxes."""
     def work() -> Any:
         return suppression.add(address, reason, detail, _suppression_org(organization))
-    return suppression.to_dict(await s.db.write(work))
+    return shapes.suppression(await s.db.write(work))
 
 
 async def unsuppress(s: Services, address: str, organization: str | None) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 from mxd import access
 from mxd.access import Principal
 from mxd.errors import MxdError
-from mxd.service import Services
+from mxd.service import Services, shapes
 from mxd.service.directory import change
 from mxd.service.send import system_mail
 from mxd.store import agents, directory, orgs
@@ -53,7 +53,7 @@ async def signup(s: Services, email: Any, name: Any, slug: Any, *, client_ip: st
     except MxdError as exc:            # the organisation waits unverified; signing up again retries the mail
         raise MxdError(exc.code, f"the verification email could not be sent: {exc.message}", fix=exc.fix,
                        status=exc.status, retry_after=exc.retry_after) from None
-    return {"organization": orgs.to_dict(org), "status": "verification_sent",
+    return {"organization": shapes.organization(org), "status": "verification_sent",
             "verification": {"sent_to": org.owner_email, "expires_in": orgs.CODE_SECONDS,
                              "max_attempts": orgs.MAX_ATTEMPTS, "message_id": sent["id"]},
             "next": "POST /v1/auth/signup/verify {\"email\", \"verification_token\"}"}, created
@@ -65,8 +65,8 @@ async def verify_signup(s: Services, email: Any, code: Any) -> dict:
     result = await s.db.write(orgs.verify, email, code)
     if result.error is not None:
         raise result.error
-    org, key = result.org, result.token
-    if org is None or key is None:          # orgs.verify answers both unless it answers an error
+    org, row, secret = result.org, result.token, result.secret
+    if org is None or row is None or secret is None:          # orgs.verify answers both unless it answers an error
         raise MxdError("internal", "the verification answered no organisation or key")
     lim = limits(s, org)
     base = public_base(s)
@@ -85,8 +85,8 @@ async def verify_signup(s: Services, email: Any, code: Any) -> dict:
     except MxdError as exc:            # the key is shown once: a failed notice must not lose it
         log.warning("welcome notice to %s not sent: %s", org.owner_email, exc.message)
         welcome = {"status": "failed", "error": exc.code}
-    return {"organization": orgs.to_dict(org), "api_key": key["token"], "api_key_id": key["id"],
-            "scopes": key["scopes"], "limits": lim, "welcome_notice": welcome}
+    return {"organization": shapes.organization(org), "api_key": secret, "api_key_id": row.id,
+            "scopes": row.scopes, "limits": lim, "welcome_notice": welcome}
 
 
 async def organization(s: Services, principal: Principal) -> dict:
@@ -94,14 +94,14 @@ async def organization(s: Services, principal: Principal) -> dict:
     if principal.org_id is None:
         return {"organization": None, "operator": principal.is_operator, "limits": limits(s, None)}
     org = await s.db.read(orgs.get, principal.org_id)
-    return {"organization": orgs.to_dict(org), "operator": False, "limits": limits(s, org)}
+    return {"organization": shapes.organization(org), "operator": False, "limits": limits(s, org)}
 
 
 # ---------------------------------------------------------------- agents
 async def agent_page(s: Services, principal: Principal, external_id: str | None, limit: int,
                      cursor: str | None) -> tuple[list[dict], int, str | None]:
     rows = await s.db.read(agents.list_agents, principal, external_id, limit, cursor)
-    return [agents.to_dict(a) for a in rows], len(rows), rows[-1].id if rows else None
+    return [shapes.agent(a) for a in rows], len(rows), rows[-1].id if rows else None
 
 
 async def create_agent(s: Services, principal: Principal, org: Any, fields: dict) -> tuple[dict, bool]:
@@ -109,11 +109,11 @@ async def create_agent(s: Services, principal: Principal, org: Any, fields: dict
     def work() -> tuple[Any, bool]:
         return agents.create(access.org_for_new(principal, org, "organization_id"), fields)
     agent, created = await s.db.write(work)
-    return agents.to_dict(agent), created
+    return shapes.agent(agent), created
 
 
 async def agent(s: Services, principal: Principal, agent_id: str) -> dict:
-    return agents.to_dict(await s.db.read(agents.get, principal, agent_id))
+    return shapes.agent(await s.db.read(agents.get, principal, agent_id))
 
 
 @dataclass

@@ -8,7 +8,7 @@ from typing import Any
 from mxd import secretbox
 from mxd.access import Principal
 from mxd.errors import MxdError
-from mxd.service import Services
+from mxd.service import Services, shapes
 from mxd.service.mail import page
 from mxd.store import webhook_rows as store
 from mxd.store.models import Webhook
@@ -17,7 +17,7 @@ from mxd.webhook_target import check_url
 
 async def _views(s: Services, hooks: list[Webhook]) -> list[dict]:
     boxes = await s.db.read(store.mailbox_addresses, [h.mailbox_id for h in hooks if h.mailbox_id is not None])
-    return [store.to_dict(h, None if h.mailbox_id is None else boxes.get(h.mailbox_id)) for h in hooks]
+    return [shapes.webhook(h, None if h.mailbox_id is None else boxes.get(h.mailbox_id)) for h in hooks]
 
 
 async def create(s: Services, principal: Principal, url: Any, event_types: Any, mailbox: Any = None,

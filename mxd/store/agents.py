@@ -16,7 +16,6 @@ from mxd.store import rows
 from mxd.store.models import Agent, Mailbox
 from mxd.store.orgs import SLUG, slugify
 from mxd.store.tokens import Principal
-from mxd.timefmt import iso
 
 _TEXT_LIMITS = {"name": 200, "description": 2000, "purpose": 2000, "owner_label": 200, "policy_scope": 50,
                 "external_id": 300}
@@ -90,9 +89,3 @@ def list_agents(principal: Principal, external_id: str | None = None, limit: int
 def mailboxes(agent_id: str) -> list[Mailbox]:
     return list(Mailbox.select().where(Mailbox.agent_id == agent_id).order_by(Mailbox.id))
 
-
-def to_dict(agent: Agent) -> dict:
-    return {"id": agent.id, "organization_id": agent.org_id, "name": agent.name, "slug": agent.slug,
-            "external_id": agent.external_id, "description": agent.description, "purpose": agent.purpose,
-            "owner_label": agent.owner_label, "policy_scope": agent.policy_scope,
-            "created_at": iso(agent.created_at)}

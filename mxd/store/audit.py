@@ -125,9 +125,3 @@ def query(*, org_id: str | None = None, everyone: bool = False, actor: str | Non
         q = q.where(Audit.id < cursor)
     return list(q.order_by(Audit.id.desc()).limit(limit))
 
-
-def to_dict(row: Audit) -> dict[str, Any]:
-    from datetime import datetime, timezone
-    return {"id": row.id, "at": datetime.fromtimestamp(row.at, timezone.utc).isoformat().replace("+00:00", "Z"),
-            "actor": row.actor, "org_id": row.org_id, "action": row.action, "target": row.target,
-            "mailbox": row.mailbox, "result": row.result, "detail": row.detail}

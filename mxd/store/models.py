@@ -263,6 +263,7 @@ class QueueEntry(BaseModel):
     id = pw.CharField(primary_key=True, max_length=40)
     message = pw.ForeignKeyField(Message, backref="queue", on_delete="CASCADE")
     inbound = pw.ForeignKeyField(Inbound, on_delete="CASCADE")     # the signed bytes
+    message_id: str                         # the foreign key's column, as peewee names it (for type checkers)
     mail_from = pw.CharField(max_length=512)                        # the sender as the author wrote it
     return_path = pw.CharField(max_length=512)                      # VERP: bounces+<entry id>.<tag>@<sender domain>
     recipient = pw.CharField(max_length=512)

@@ -20,7 +20,7 @@ from mxd.db import execute
 from mxd.errors import MxdError
 from mxd.ids import new_id
 from mxd.store import rows, tokens
-from mxd.store.models import Domain, Organization
+from mxd.store.models import Domain, Organization, Token
 
 CODE_SECONDS = 15 * 60
 MAX_ATTEMPTS = 5                # wrong codes, then the sign-up is locked (a new code does not give more)
@@ -139,7 +139,8 @@ def signup(email: object, name: object, slug: object, client_ip: str = "",
 @dataclass
 class Verified:
     org: Organization | None
-    token: dict | None = None       # tokens.to_dict of the first key, with "token": the secret
+    token: Token | None = None      # the first key's row
+    secret: str | None = None       # and its secret, shown once
     error: MxdError | None = None
 
 
@@ -180,7 +181,7 @@ def verify(email: object, code: object) -> Verified:
     org.code_locked_until = None
     org.save()
     row, secret = tokens.create(f"{org.slug} owner", ["admin"], None, org_id=org.id)
-    return Verified(org, dict(tokens.to_dict(row), token=secret))
+    return Verified(org, row, secret)
 
 
 def get(org_id: str) -> Organization:
@@ -204,9 +205,3 @@ def default_domain(configured: str) -> Domain:
         raise MxdError("no_default_domain", "this server serves no domain yet")
     return found
 
-
-def to_dict(org: Organization) -> dict:
-    from mxd.timefmt import iso
-    return {"id": org.id, "name": org.name, "slug": org.slug, "owner_email": org.owner_email,
-            "verified": org.verified_at is not None, "verified_at": iso(org.verified_at),
-            "daily_send_cap": org.daily_send_cap, "created_at": iso(org.created_at)}

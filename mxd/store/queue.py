@@ -263,11 +263,3 @@ def list_entries(status: str | None, limit: int, before: str | None) -> list[Que
         query = query.where(QueueEntry.id < before)
     return list(query.limit(limit))
 
-
-def to_dict(entry: QueueEntry) -> dict:
-    from mxd.timefmt import iso
-    return {"id": entry.id, "message_id": entry.message_id, "recipient": entry.recipient, "domain": entry.domain,
-            "status": entry.status, "attempts": entry.attempts, "created_at": iso(entry.created_at),
-            "next_attempt_at": iso(entry.next_attempt_at) if entry.status in ACTIVE else None,
-            "last_attempt_at": iso(entry.last_attempt_at), "expires_at": iso(entry.expires_at),
-            "last_reply": entry.last_reply, "last_host": entry.last_host, "hold_reason": entry.hold_reason}

@@ -66,8 +66,3 @@ def list_all(limit: int, after: str | None, org_id: str | None = None, every_org
 def cursor(row: Suppression) -> str:
     return f"{row.org_id}:{row.address}"
 
-
-def to_dict(row: Suppression) -> dict:
-    from mxd.timefmt import iso
-    return {"address": row.address, "organization_id": row.org_id or None, "reason": row.reason,
-            "detail": row.detail, "created_at": iso(row.created_at)}

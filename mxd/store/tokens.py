@@ -133,10 +133,6 @@ def revoke(token_id: str, org_id: str | None = None, everyone: bool = False) -> 
         raise MxdError("not_found", f"token {token_id!r} not found")
 
 
-def to_dict(row: Token) -> dict:
-    return {"id": row.id, "name": row.name, "hint": row.hint, "scopes": row.scopes,
-            "mailboxes": row.mailboxes, "org_id": row.org_id, "created_at": row.created_at,
-            "last_used_at": row.last_used_at}
 
 
 def ensure_admin() -> str | None:

@@ -178,15 +178,6 @@ def mailbox_addresses(ids: list[str]) -> dict[str, str]:
         if ids else {}
 
 
-def to_dict(hook: Webhook, mailbox_address: str | None = None, now: float | None = None) -> dict:
-    """The public view of a webhook: never its secrets."""
-    now = time.time() if now is None else now
-    rotating = hook.previous_secret is not None and (hook.previous_expires_at or 0) > now
-    return {"id": hook.id, "url": hook.url, "event_types": hook.event_types, "org_id": hook.org_id,
-            "agent_id": hook.agent_id, "mailbox_id": hook.mailbox_id, "mailbox": mailbox_address,
-            "enabled": hook.enabled, "disabled_reason": hook.disabled_reason,
-            "previous_secret_expires_at": iso(hook.previous_expires_at) if rotating else None,
-            "created_at": iso(hook.created_at)}
 
 
 def attempt_dict(row: WebhookAttempt, event_type: str) -> dict:
