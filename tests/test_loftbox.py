@@ -390,7 +390,7 @@ def test_codes_are_stored_hashed_and_expire(db):
     _, fresh, created = db.write_sync(orgs_mod.signup, "Owner@example.com", "Owner Org", "owner-org")
     assert not created
     done = db.write_sync(orgs_mod.verify, "Owner@example.com", fresh)
-    assert done.error is None and done.token["token"].startswith("mxd_") and done.token["org_id"] == org.id
+    assert done.error is None and done.secret.startswith("mxd_") and done.token.org_id == org.id
     assert db.write_sync(orgs_mod.verify, "Owner@example.com", fresh).error.code == "conflict"
     assert db.write_sync(orgs_mod.verify, "nobody@example.com", fresh).error.code == "not_found"
 
