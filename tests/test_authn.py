@@ -165,18 +165,14 @@ def test_spf_ptr(dns_server: DNSServer) -> None:
 
 
 def test_spf_macros(dns_server: DNSServer) -> None:
-    dns_server.set("10.2.0.192.ip.x.org", "A", ["127.0.0.2"])
-    assert spf_result(dns_server, "v=spf1 exists:%{ir}.ip.x.org -all").result == "pass"
-    dns_server.set("alice.x.org.user.x.org", "A", ["127.0.0.2"])
-    assert spf_result(dns_server, "v=spf1 exists:%{l}.%{o}.user.%{d} -all").result == "pass"
-    dns_server.set("alice@x.org._s.x.org", "A", ["127.0.0.2"])
-    assert spf_result(dns_server, "v=spf1 exists:%{s}._s.x.org -all").result == "pass"
-    dns_server.set("mail.x.org.helo.x.org", "A", ["127.0.0.2"])
-    assert spf_result(dns_server, "v=spf1 exists:%{h}.helo.x.org -all").result == "pass"
-    dns_server.set("x.org.two.x.org", "A", ["127.0.0.2"])
-    assert spf_result(dns_server, "v=spf1 exists:%{h2}.two.x.org -all").result == "pass"
-    dns_server.set("in-addr.v.x.org", "A", ["127.0.0.2"])
-    assert spf_result(dns_server, "v=spf1 exists:%{v}.v.x.org -all").result == "pass"
+    for name, record in [("10.2.0.192.ip.x.org", "v=spf1 exists:%{ir}.ip.x.org -all"),
+                         ("alice.x.org.user.x.org", "v=spf1 exists:%{l}.%{o}.user.%{d} -all"),
+                         ("alice@x.org._s.x.org", "v=spf1 exists:%{s}._s.x.org -all"),
+                         ("mail.x.org.helo.x.org", "v=spf1 exists:%{h}.helo.x.org -all"),
+                         ("x.org.two.x.org", "v=spf1 exists:%{h2}.two.x.org -all"),
+                         ("in-addr.v.x.org", "v=spf1 exists:%{v}.v.x.org -all")]:
+        dns_server.set(name, "A", ["127.0.0.2"])
+        assert spf_result(dns_server, record).result == "pass", record
     nibbles = "1.0.0.0." + "0." * 20 + "8.b.d.0.1.0.0.2"  # RFC 7208 7.3 example form
     dns_server.set(f"{nibbles}.ip6.x.org", "A", ["127.0.0.2"])
     assert spf_result(dns_server, "v=spf1 exists:%{ir}.ip6.x.org -all", ip="2001:db8::1").result == "pass"

@@ -32,29 +32,21 @@ from tests.support.mail import dsn as bounce_message
 
 SENDER = "agent@example.test"
 
+# Each test domain's MX host and the loopback address it stands on ("down.test": nothing listens there;
+# prio.test's preferred MX is down).
+_HOSTS = {"example.test": "127.0.0.1", "greylist.test": "127.0.0.3", "reject.test": "127.0.0.4",
+          "down.test": "127.0.0.5", "many.test": "127.0.0.9", "bounce.test": "127.0.0.10", "ops.test": "127.0.0.11",
+          "restart.test": "127.0.0.12"}
 ZONE: dict[str, Any] = {
-    "example.test": {"MX": [(10, "mx.example.test")], "TXT": ["v=spf1 ip4:127.0.0.0/8 -all"]},
-    "mx.example.test": {"A": ["127.0.0.1"]},
-    "greylist.test": {"MX": [(10, "mx.greylist.test")]},
-    "mx.greylist.test": {"A": ["127.0.0.3"]},
-    "reject.test": {"MX": [(10, "mx.reject.test")]},
-    "mx.reject.test": {"A": ["127.0.0.4"]},
-    "down.test": {"MX": [(10, "mx.down.test")]},
-    "mx.down.test": {"A": ["127.0.0.5"]},                      # nothing listens there
+    **{name: {"MX": [(10, f"mx.{name}")]} for name in _HOSTS},
+    **{f"mx.{name}": {"A": [ip]} for name, ip in _HOSTS.items()},
     "nullmx.test": {"MX": [(0, ".")]},
     "prio.test": {"MX": [(20, "mx2.prio.test"), (10, "mx1.prio.test")]},
-    "mx1.prio.test": {"A": ["127.0.0.6"]},                      # preferred, down
+    "mx1.prio.test": {"A": ["127.0.0.6"]},
     "mx2.prio.test": {"A": ["127.0.0.7"]},
     "implicit.test": {"A": ["127.0.0.8"]},                      # no MX: the implicit MX
-    "many.test": {"MX": [(10, "mx.many.test")]},
-    "mx.many.test": {"A": ["127.0.0.9"]},
-    "bounce.test": {"MX": [(10, "mx.bounce.test")]},
-    "mx.bounce.test": {"A": ["127.0.0.10"]},
-    "ops.test": {"MX": [(10, "mx.ops.test")]},
-    "mx.ops.test": {"A": ["127.0.0.11"]},
-    "restart.test": {"MX": [(10, "mx.restart.test")]},
-    "mx.restart.test": {"A": ["127.0.0.12"]},
 }
+ZONE["example.test"]["TXT"] = ["v=spf1 ip4:127.0.0.0/8 -all"]
 
 # High enough that no test here meets a send limit.
 UNLIMITED = {"MXD_DAILY_SEND_CAP": "100000", "MXD_RATE_PER_MAILBOX_PER_MINUTE": "100000",

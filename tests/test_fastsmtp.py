@@ -56,6 +56,16 @@ def _read_reply(sock: socket.socket) -> bytes:
     return buf
 
 
+def _read_lines(sock: socket.socket, count: int) -> bytes:
+    """At least `count` reply lines (CRLF-ended) from `sock`."""
+    replies = b""
+    while replies.count(b"\r\n") < count:
+        chunk = sock.recv(4096)
+        assert chunk, replies
+        replies += chunk
+    return replies
+
+
 BODIES = [
     b".\r\n",                                                  # empty message
     b"a.\r\n.\r\n",                                            # a line ending with a dot
@@ -96,11 +106,7 @@ def test_data_ends_at_the_first_terminator(server, body, split) -> None:
             sock.sendall(piece)
             if split != "whole":
                 time.sleep(0.0005)
-        replies = b""
-        while replies.count(b"\r\n") < 2:
-            chunk = sock.recv(4096)
-            assert chunk, replies
-            replies += chunk
+        replies = _read_lines(sock, 2)
         assert replies.startswith(b"250 2.0.0 stored\r\n") and replies.split(b"\r\n")[1].startswith(b"250"), replies
         sock.sendall(b"QUIT\r\n")
     assert handler.contents[before:] == [expected(body)]
@@ -116,10 +122,6 @@ def test_too_much_data_is_drained_and_refused(server) -> None:
             sock.sendall(command)
             _read_reply(sock)
         sock.sendall(b"0123456789" * 3000 + b"\r\n.\r\nNOOP\r\n")
-        replies = b""
-        while replies.count(b"\r\n") < 2:
-            chunk = sock.recv(4096)
-            assert chunk, replies
-            replies += chunk
+        replies = _read_lines(sock, 2)
         assert replies.startswith(b"552") and replies.split(b"\r\n")[1].startswith(b"250"), replies
     assert len(handler.contents) == before
