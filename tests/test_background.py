@@ -56,13 +56,23 @@ async def test_runs_at_once_then_waits_for_a_wake_up() -> None:
 
 
 async def test_a_pass_may_ask_for_the_next_at_once_and_the_poll_runs_it_otherwise() -> None:
-    worker = Counter(again=3)
-    worker.poll = 0.05
-    worker.start()
+    eager = Counter(again=3)                 # passes 1-3 ask for another at once; the fourth waits out the poll
+    eager.start()
     try:
-        await _until(lambda: worker.passes >= 6)
+        await _until(lambda: eager.passes == 4)
+        await asyncio.sleep(0.1)
+        assert eager.passes == 4             # the 30 s poll holds the fifth
     finally:
-        await worker.stop()
+        await eager.stop()
+    polled = Counter()
+    polled.poll = 0.05
+    started = time.monotonic()
+    polled.start()
+    try:
+        await _until(lambda: polled.passes >= 3)
+        assert time.monotonic() - started >= 0.1      # the second and third passes each waited a poll
+    finally:
+        await polled.stop()
 
 
 async def test_a_failing_pass_is_logged_and_the_loop_goes_on(caplog) -> None:
@@ -83,6 +93,8 @@ async def test_notify_from_another_thread_and_before_start() -> None:
     worker.start()
     try:
         await _until(lambda: worker.passes == 1)
+        await asyncio.sleep(0.05)
+        assert worker.passes == 1            # the early notify queued nothing; the 30 s poll holds the next pass
         threading.Thread(target=worker.notify).start()
         await _until(lambda: worker.passes == 2)
     finally:
