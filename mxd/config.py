@@ -110,6 +110,44 @@ class Config:
     pipeline_processes: int = 1
     """Worker processes that parse and authenticate inbound mail (0: threads in the main process)."""
 
+    # --- inbound defences (checks before the 250, quarantine, trust signals) ---
+    trusted_networks: list[str] = field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
+    """Client networks (CIDR) that skip DNS blocklists and per-client limits (authentication and the spam
+    engine still run). Loopback by default: local programs handing mail to the MX."""
+    dnsbl_zones: list[str] = field(default_factory=list)
+    """DNS blocklists asked about each client IP at connect: "zone" (any 127.0.0.0/8 answer lists) or
+    "zone=127.0.0.2,127.0.0.4-127.0.0.7" (only those answers list). A listed client is refused with the zone named."""
+    dnswl_zones: list[str] = field(default_factory=list)
+    """DNS allow-lists, written like dnsbl_zones: a client listed on one skips the blocklists."""
+    dmarc_reject: bool = True
+    """Refuse (550 5.7.1) mail that fails DMARC when the author domain publishes p=reject (RFC 7489 6.3);
+    false: quarantine it instead."""
+    spf_fail_reject: bool = True
+    """Refuse (550 5.7.1) mail whose SPF result is fail (-all) when the envelope domain publishes no DMARC record."""
+    rspamd_url: str = ""
+    """Base URL of an rspamd normal worker (e.g. http://127.0.0.1:11333). Empty: no spam engine, mxd's own
+    signals only."""
+    rspamd_timeout: float = 5.0
+    """Seconds rspamd has to score a message; slower (or down) means accepted and recorded as unscored."""
+    client_messages_per_minute: int = 60
+    """Messages one client IP may send to the MX per minute; beyond it 451 4.7.1."""
+    client_messages_per_net_per_minute: int = 240
+    """Messages one client network (/24 for IPv4, /64 for IPv6) may send per minute."""
+    client_recipients_per_minute: int = 300
+    """Accepted recipients one client IP may give per minute; beyond it 452 4.5.3."""
+    client_recipients_per_net_per_minute: int = 1000
+    """Accepted recipients one client network (/24, /64) may give per minute."""
+    unknown_recipients_per_ip: int = 20
+    """Unknown-recipient attempts one client IP may make in ten minutes (directory harvesting); beyond it
+    421 4.7.1 and the client is paused for harvest_pause."""
+    harvest_pause: str = "10m"
+    """How long a client caught harvesting addresses is answered 421 at connect."""
+    trusted_arc_sealers: list[str] = field(default_factory=list)
+    """Domains of forwarders (mailing lists, forwarding services) whose ARC-sealed authentication results may
+    turn a DMARC failure caused by forwarding into a pass."""
+    report_max_bytes: int = 20 * 1024 * 1024
+    """Largest size a DMARC or TLS-RPT report may expand to once unzipped; beyond it the report is flagged, not parsed."""
+
     # --- submission (agents and scripts sending mail) ---
     submission_listen: str = "0.0.0.0:587"
     """host:port of SMTP submission with STARTTLS required before AUTH (RFC 6409). Empty disables it."""
@@ -251,6 +289,20 @@ class Config:
         for key in ("http_header_timeout", "http_keepalive_timeout"):
             if not getattr(self, key) > 0:
                 raise ConfigError(f"{key}: must be a positive number of seconds")
+        parse_duration(self.harvest_pause, "harvest_pause")
+        for key in ("client_messages_per_minute", "client_messages_per_net_per_minute", "client_recipients_per_minute",
+                    "client_recipients_per_net_per_minute", "unknown_recipients_per_ip", "report_max_bytes"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"{key}: must be 0 (no limit) or a positive integer")
+        if not self.rspamd_timeout > 0:
+            raise ConfigError("rspamd_timeout: must be a positive number of seconds")
+        if self.rspamd_url and urllib.parse.urlsplit(self.rspamd_url).scheme not in ("http", "https"):
+            raise ConfigError(f"rspamd_url: expected a URL like http://127.0.0.1:11333, got {self.rspamd_url!r}")
+        for item in self.trusted_networks:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ConfigError(f"trusted_networks: {item!r} is not an address or network (CIDR)") from None
         for item in self.trusted_proxies:
             try:
                 ipaddress.ip_network(item, strict=False)

@@ -42,6 +42,8 @@ CODES: dict[str, Code] = {
     "admin_with_mailboxes": Code(400, "501 5.5.4 Syntax error in parameters", "Drop mailboxes for an admin token, or list the scopes the limited token needs (read, search, draft, send, audit) with its mailboxes."),
     "reserved_address": Code(403, "550 5.7.1 Address reserved for the server's operator", "Choose another local part: on the operator's shared domains postmaster, abuse, admin, hostmaster, webmaster, security, noreply, mailer-daemon, bounces and the other RFC 2142 and certificate-validation names are the operator's. Use a domain of your own for them."),
     "domain_reserved": Code(409, "550 5.7.1 Domain reserved for the server", "Use a domain you control that is not this server's hostname (nor a parent or subdomain of it), nor one of the operator's domains or their subdomains."),
+    "invalid_policy": Code(422, "501 5.5.4 Syntax error in parameters", "Send the policy as documented for PUT /api/mailboxes/{mailbox}/policy: \"outbound\" {allow, otherwise} and/or \"inbound\" {allow_senders, block_senders, require_authenticated, blocked_attachments, max_message_size}."),
+    "recipient_not_allowed": Code(403, "550 5.7.1 Recipient not allowed by this mailbox's policy", "Send only to the addresses and domains in the mailbox's outbound policy (GET /api/mailboxes/{mailbox}/policy), or ask the operator to widen it."),
     "internal": Code(500, "451 4.3.0 Internal error, try again later", "Retry; if it persists, check the mxd log."),
 }
 

@@ -125,8 +125,26 @@ def _v7_inbound_receipt(db: pw.Database) -> None:
     db.execute_sql('CREATE INDEX IF NOT EXISTS "inbound_receipt_received_at" ON "inbound" ("receipt", "received_at")')
 
 
+def _v8_inbound_defences(db: pw.Database) -> None:
+    """The MX's checks carried to the pipeline; trust signals and quarantine per message; per-mailbox
+    policies; the correspondents a mailbox knows."""
+    from playhouse.migrate import SchemaMigrator
+    from playhouse.migrate import migrate as run
+
+    migrator = SchemaMigrator.from_database(db)
+    for model, names in ((models.Inbound, ("checks",)), (models.Message, ("trust", "quarantine", "quarantined_at"))):
+        table = model._meta.table_name
+        have = {c.name for c in db.get_columns(table)}
+        for name in names:
+            if name not in have:
+                run(migrator.add_column(table, name, model._meta.fields[name]))
+    db.create_tables([models.MailboxPolicy, models.Correspondent], safe=True)
+    db.execute_sql('CREATE INDEX IF NOT EXISTS "message_quarantined_at" ON "message" ("quarantined_at")')
+
+
 STEPS: list[Callable[[pw.Database], None]] = [_v1_initial, _v2_platform, _v3_thread_order, _v4_search_mailbox,
-                                              _v5_forged_bounces, _v6_tenant_boundaries, _v7_inbound_receipt]
+                                              _v5_forged_bounces, _v6_tenant_boundaries, _v7_inbound_receipt,
+                                              _v8_inbound_defences]
 
 
 def current_version(db: pw.Database) -> int:

@@ -108,6 +108,7 @@ class Inbound(BaseModel):
     trace = pw.TextField(default="")        # Received + Authentication-Results (DKIM-Signature on a sent copy), prepended on output
     processed = pw.BooleanField(default=False, index=True)
     receipt = pw.CharField(max_length=40, null=True)   # ingest.receipt_key of an SMTP transmission (v5)
+    checks = JSONField(null=True)           # what the MX's checks before the 250 found (v8): mxd.defences
 
     class Meta:
         indexes = ((("receipt", "received_at"), False),)
@@ -165,6 +166,9 @@ class Message(BaseModel):
     auth = JSONField(null=True)              # structured spf/dkim/dmarc results
     parse_errors = JSONField(default=list)
     acked_at = pw.DoubleField(null=True)     # inbox polling: when the agent acknowledged this inbound message
+    trust = JSONField(null=True)             # trust signals and verdict of an inbound message (v8): mxd.trust
+    quarantine = JSONField(null=True)        # [{"code": ..., "detail": ...}] while quarantined; None otherwise (v8)
+    quarantined_at = pw.DoubleField(null=True)
 
     class Meta:
         indexes = ((("mailbox", "id"), False), (("mailbox", "acked_at", "id"), False))
@@ -321,10 +325,29 @@ class Draft(BaseModel):
     sent_message_id = pw.CharField(max_length=40, null=True)
 
 
+class MailboxPolicy(BaseModel):
+    """What one mailbox may send to and accepts (v8): the normalised document of mxd.mailpolicy."""
+    mailbox = pw.ForeignKeyField(Mailbox, primary_key=True, backref="policy", on_delete="CASCADE")
+    policy = JSONField()
+    updated_at = pw.DoubleField(default=time.time)
+
+
+class Correspondent(BaseModel):
+    """An address or domain (kind "address" / "domain") a mailbox has received mail from or sent mail to (v8):
+    what first_contact and lookalike compare with."""
+    mailbox_id = pw.CharField(max_length=40)
+    kind = pw.CharField(max_length=8)
+    value = pw.CharField(max_length=320)
+    first_at = pw.DoubleField(default=time.time)
+
+    class Meta:
+        primary_key = pw.CompositeKey("mailbox_id", "kind", "value")
+
+
 class Meta(BaseModel):
     key = pw.CharField(primary_key=True, max_length=64)
     value = pw.TextField()
 
 
 MODELS = [Organization, Agent, Webhook, WebhookDelivery, WebhookAttempt, Audit, Domain, Mailbox, Alias, Inbound, Thread, ThreadRef, Message, Attachment, Token, Event, QueueEntry,
-          Suppression, SendCount, Idempotency, Draft, Meta]
+          Suppression, SendCount, Idempotency, Draft, MailboxPolicy, Correspondent, Meta]
