@@ -10,13 +10,17 @@ pipeline read:
         "otherwise": "refuse" | "hold"          # what happens to a recipient outside "allow"
       },
       "inbound": {
-        "allow_senders": [...],                 # addresses, domains or *.domains always let through
+        "allow_senders": [...],                 # [] = anyone; else only these authors reach the mailbox
         "block_senders": [...],                 # quarantined (block wins over allow)
         "require_authenticated": false,         # unauthenticated mail is quarantined
         "blocked_attachments": [...] | "default",   # file types (extensions, no dot) quarantined
         "max_message_size": null | int          # bytes; larger mail is quarantined
       }
     }
+
+Senders are matched on the author (RFC5322.From) address and domain; an allow-list does not make
+forged mail trusted, which is what `require_authenticated` is for. Whatever the inbound policy does not
+let through is quarantined, never refused or lost.
 
 Pure: no I/O. Errors are `MxdError`s naming the field.
 """
