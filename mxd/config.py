@@ -298,6 +298,12 @@ class Config:
             raise ConfigError("rspamd_timeout: must be a positive number of seconds")
         if self.rspamd_url and urllib.parse.urlsplit(self.rspamd_url).scheme not in ("http", "https"):
             raise ConfigError(f"rspamd_url: expected a URL like http://127.0.0.1:11333, got {self.rspamd_url!r}")
+        for key in ("dnsbl_zones", "dnswl_zones"):
+            try:
+                setattr(self, key, [z.name + ("=" + ",".join(_code_range(c) for c in z.codes) if z.codes else "")
+                                    for z in parse_dns_lists(getattr(self, key))])
+            except ConfigError as e:
+                raise ConfigError(f"{key}: {e}") from None
         for item in self.trusted_networks:
             try:
                 ipaddress.ip_network(item, strict=False)
@@ -335,6 +341,83 @@ def check_public_url(value: str) -> str:
 
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+# ---------------------------------------------------------------- DNS block- and allow-list zones (RFC 5782)
+_DNSL_LOOPBACK = ipaddress.IPv4Network("127.0.0.0/8")
+
+
+@dataclass(frozen=True)
+class DnsListZone:
+    name: str
+    codes: tuple[tuple[int, int], ...] = ()      # inclusive ranges of answers that list; () = any in 127/8
+
+    def lists(self, answer: ipaddress.IPv4Address) -> bool:
+        return not self.codes or any(lo <= int(answer) <= hi for lo, hi in self.codes)
+
+
+def _loopback_address(text: str, entry: str) -> ipaddress.IPv4Address:
+    try:
+        address = ipaddress.IPv4Address(text.strip())
+    except ValueError:
+        raise ConfigError(f"{entry!r}: {text.strip()!r} is not an IPv4 address") from None
+    if address not in _DNSL_LOOPBACK:
+        raise ConfigError(f"{entry!r}: return code {address} is outside 127.0.0.0/8 (RFC 5782 2.3)")
+    return address
+
+
+def parse_dns_list(entry: str) -> DnsListZone:
+    """"zone" or "zone=127.0.0.2,127.0.0.4-127.0.0.7" -> Zone; ConfigError says what is wrong."""
+    name, eq, codes_text = entry.strip().partition("=")
+    name = name.strip().lower().rstrip(".")
+    labels = name.split(".")
+    if not name or len(name) > 200 or any(not label or len(label) > 63 for label in labels) \
+            or not all(c.isalnum() or c in "-_." for c in name):
+        raise ConfigError(f"{entry!r}: expected a DNS zone name like zen.spamhaus.org")
+    ranges: list[tuple[int, int]] = []
+    if eq:
+        for item in codes_text.split(","):
+            if not item.strip():
+                continue
+            lo_text, dash, hi_text = item.partition("-")
+            lo = _loopback_address(lo_text, entry)
+            hi = _loopback_address(hi_text, entry) if dash else lo
+            if int(hi) < int(lo):
+                raise ConfigError(f"{entry!r}: range {item.strip()!r} ends before it starts")
+            ranges.append((int(lo), int(hi)))
+        if not ranges:
+            raise ConfigError(f"{entry!r}: no return codes after '='")
+    return DnsListZone(name, tuple(ranges))
+
+
+def _looks_like_code(item: str) -> bool:
+    head = item.strip().partition("-")[0]
+    try:
+        ipaddress.IPv4Address(head)
+    except ValueError:
+        return False
+    return True
+
+
+def rejoin_dns_lists(entries: list[str]) -> list[str]:
+    """Zone entries as written, put back together when a comma-separated list (an MXD_DNSBL_ZONES
+    variable) split one zone's return codes apart: "z=127.0.0.2", "127.0.0.4" -> "z=127.0.0.2,127.0.0.4"."""
+    out: list[str] = []
+    for item in entries:
+        if out and "=" in out[-1] and _looks_like_code(item):
+            out[-1] += "," + item.strip()
+        else:
+            out.append(item.strip())
+    return [item for item in out if item]
+
+
+def parse_dns_lists(entries: list[str]) -> list[DnsListZone]:
+    return [parse_dns_list(e) for e in rejoin_dns_lists(entries)]
+
+
+def _code_range(codes: tuple[int, int]) -> str:
+    lo, hi = (str(ipaddress.IPv4Address(c)) for c in codes)
+    return lo if lo == hi else f"{lo}-{hi}"
 
 
 def parse_duration(value: str, key: str = "duration") -> float:

@@ -18,6 +18,7 @@ from mxd.api.app import create_app
 from mxd.api.http import Context
 from mxd.config import Config, parse_hostport
 from mxd.db import Database
+from mxd.defences.gate import Gate
 from mxd.delivery.scheduler import Scheduler
 from mxd.pipeline import Pipeline
 from mxd.resolver import make_resolver
@@ -78,6 +79,7 @@ class Daemon:
         self.cfg = cfg
         self.db: Database | None = None
         self.mx: MxServer | None = None
+        self.gate: Gate | None = None
         self.pipeline: Pipeline | None = None
         self.scheduler: Scheduler | None = None
         self.webhooks: WebhookWorker | None = None
@@ -126,7 +128,8 @@ class Daemon:
             self.scheduler.notify()
             self.pipeline.notify()
         if mx_sock is not None:
-            self.mx = MxServer(cfg, MxHandler(cfg, self.db, directory, self.pipeline.notify), tls)
+            self.gate = Gate(cfg, resolver)         # the MX's checks before the 250 (mxd.defences)
+            self.mx = MxServer(cfg, MxHandler(cfg, self.db, directory, self.pipeline.notify, self.gate), tls)
             await self.mx.start_on(mx_sock)
         self.submission = SubmissionServer(cfg, SubmissionHandler(cfg, self.db, self.pipeline.notify), tls)
         await self.submission.start_on(sub_sock, subs_sock)
@@ -150,6 +153,8 @@ class Daemon:
             await self.submission.stop()
         if self.mx:
             await self.mx.stop(grace=30.0)
+        if self.gate:
+            self.gate.close()
         if self.http and self._http_task:
             self.http.should_exit = True
             await self._http_task

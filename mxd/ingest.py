@@ -49,6 +49,14 @@ class Envelope:
     received: str = ""           # the Received field this hop adds (without the trailing CRLF)
     received_at: float = field(default_factory=time.time)
     id: str = field(default_factory=lambda: new_id("inb"))
+    checks: dict | None = None   # what the MX's checks before the 250 found (mxd.defences.gate), stored as is
+    auth_results: str = ""       # the Authentication-Results field body those checks produced ("" = none)
+
+    @property
+    def trace(self) -> str:
+        """The fields this hop puts in front of the message: Authentication-Results, then Received."""
+        out = f"Authentication-Results: {self.auth_results}\r\n" if self.auth_results else ""
+        return out + (self.received + "\r\n" if self.received else "")
 
 
 @dataclass
@@ -63,6 +71,7 @@ class InboundRow:
     helo: str
     data: bytes
     trace: str
+    checks: dict | None = None   # Inbound.checks: the MX's findings before the 250 (None: none were made)
 
 
 def has_bare_line_endings(data: bytes) -> bool:
@@ -94,7 +103,7 @@ def received_header(*, helo: str, remote_ip: str, hostname: str, protocol: str, 
 
 
 _INSERT = ('INSERT INTO "inbound" ("id", "received_at", "source", "mail_from", "rcpts", "remote_ip", "helo", "tls", '
-           '"data", "trace", "processed", "receipt") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)')
+           '"data", "trace", "processed", "receipt", "checks") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)')
 
 
 def with_trace(trace: str, data: bytes) -> bytes:
@@ -105,8 +114,7 @@ def with_trace(trace: str, data: bytes) -> bytes:
 
 def as_row(env: Envelope) -> InboundRow:
     return InboundRow(env.id, env.received_at, env.source, env.mail_from, [r.to_json() for r in env.rcpts],
-                      env.remote_ip, env.helo, normalize_line_endings(env.data),
-                      (env.received + "\r\n") if env.received else "")
+                      env.remote_ip, env.helo, normalize_line_endings(env.data), env.trace, env.checks)
 
 
 _HEADER_SCAN = 65536          # the Message-ID is looked for in this much of the header block, no further
@@ -163,8 +171,8 @@ def store(env: Envelope, processed: bool = False, receipt: str | None = None) ->
     """Insert one Inbound row; runs inside the writer's transaction (hand-written SQL: this is the hot path)."""
     execute(_INSERT, (env.id, env.received_at, env.source, env.mail_from,
                       json.dumps([r.to_json() for r in env.rcpts], separators=(",", ":")), env.remote_ip,
-                      env.helo[:512], env.tls, normalize_line_endings(env.data),
-                      (env.received + "\r\n") if env.received else "", processed, receipt))
+                      env.helo[:512], env.tls, normalize_line_endings(env.data), env.trace, processed, receipt,
+                      None if env.checks is None else json.dumps(env.checks, separators=(",", ":"))))
     return env.id
 
 

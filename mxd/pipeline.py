@@ -24,6 +24,7 @@ from mxd import sending, workerpool
 from mxd.background import BackgroundWorker
 from mxd.config import Config
 from mxd.db import Database, execute, proxy
+from mxd.defences.gate import auth_from_json
 from mxd.delivery.bounces import bounce_received, delivery_report
 from mxd.ingest import InboundRow
 from mxd.mime.parse import parse
@@ -44,20 +45,33 @@ def _pending(exclude: set[str], limit: int) -> list[InboundRow]:
                                  (False, limit + len(exclude))).fetchall() if r[0] not in exclude][:limit]
     if not ids:
         return []
-    rows = execute('SELECT "id", "received_at", "source", "mail_from", "rcpts", "remote_ip", "helo", "data", "trace" '
-                   f'FROM "inbound" WHERE "id" IN ({",".join("?" * len(ids))}) ORDER BY "id"', ids)
-    return [InboundRow(r[0], r[1], r[2], r[3], json.loads(r[4]), r[5], r[6], bytes(r[7]), r[8])
-            for r in rows.fetchall()]
+    rows = execute('SELECT "id", "received_at", "source", "mail_from", "rcpts", "remote_ip", "helo", "data", "trace", '
+                   f'"checks" FROM "inbound" WHERE "id" IN ({",".join("?" * len(ids))}) ORDER BY "id"', ids)
+    return [InboundRow(r[0], r[1], r[2], r[3], json.loads(r[4]), r[5], r[6], bytes(r[7]), r[8],
+                       _checks(r[9])) for r in rows.fetchall()]
+
+
+def _checks(value: Any) -> dict | None:
+    """Inbound.checks as read (JSON text on SQLite, already decoded on PostgreSQL); None when absent or unreadable."""
+    if value is None or isinstance(value, dict):
+        return value
+    try:
+        found = json.loads(value)
+    except (TypeError, ValueError):
+        return None
+    return found if isinstance(found, dict) else None
 
 
 # ---------------------------------------------------------------- the analysis (runs in a worker process)
 _threads: concurrent.futures.ThreadPoolExecutor | None = None
 
 
-def _analyse_one(item: tuple[str, bytes, str, str, str, str, str], auth_on: bool, authserv_id: str,
-                 dkim_dir: str) -> tuple[Any, Any, str]:
+Item = tuple[str, bytes, str, str, str, str, str, "dict | None"]
+
+
+def _analyse_one(item: Item, auth_on: bool, authserv_id: str, dkim_dir: str) -> tuple[Any, Any, str]:
     from mxd.authn import authenticate
-    inbound_id, data, ip, helo, mail_from, source, trace = item
+    inbound_id, data, ip, helo, mail_from, source, trace, stored_auth = item
     if source == "outbound":                   # a submitted message: its DKIM fields become its trace
         try:
             dkim, parsed = sending.prepare(dkim_dir, data, mail_from.rsplit("@", 1)[-1].lower())
@@ -74,7 +88,12 @@ def _analyse_one(item: tuple[str, bytes, str, str, str, str, str], auth_on: bool
         parsed = None
     auth = None
     resolver = workerpool.resolver()
-    if auth_on and source == "smtp" and resolver is not None:
+    if stored_auth is not None:                # checked by the MX before the 250: its field is in the trace already
+        try:
+            auth = auth_from_json(stored_auth)
+        except Exception:
+            log.exception("the stored authentication results of %s cannot be read", inbound_id)
+    elif auth_on and source == "smtp" and resolver is not None:
         try:
             auth = authenticate(data, ip=ip, helo=helo, mail_from=mail_from, resolver=resolver,
                                 authserv_id=authserv_id)
@@ -84,9 +103,11 @@ def _analyse_one(item: tuple[str, bytes, str, str, str, str, str], auth_on: bool
     return parsed, auth, trace
 
 
-def analyse(items: list[tuple[str, bytes, str, str, str, str, str]], auth_on: bool, authserv_id: str,
-            dkim_dir: str = "") -> list[tuple[Any, Any, str]]:
-    """(parsed, auth, trace) per (id, data, remote_ip, helo, mail_from, source, trace); never raises.
+def analyse(items: list[Item], auth_on: bool, authserv_id: str, dkim_dir: str = "") -> list[tuple[Any, Any, str]]:
+    """(parsed, auth, trace) per (id, data, remote_ip, helo, mail_from, source, trace, stored auth); never raises.
+
+    The stored auth (`Inbound.checks["auth"]`, the MX's results from before the 250) is used as it is;
+    messages that came another way (API injection, simulation) are authenticated here as before.
 
     A sent copy (source "outbound") is signed instead of authenticated: its trace is then its
     DKIM-Signature fields.
@@ -140,7 +161,8 @@ class Pipeline(BackgroundWorker):
 
     async def _chunk(self, rows: list[InboundRow]) -> None:
         try:
-            items = [(r.id, r.data, r.remote_ip, r.helo, r.mail_from, r.source, r.trace) for r in rows]
+            items = [(r.id, r.data, r.remote_ip, r.helo, r.mail_from, r.source, r.trace,
+                      r.checks.get("auth") if r.checks else None) for r in rows]
             run = getattr(self._pool, "run", None)          # WorkerProcesses
             args = (analyse, items, self.cfg.auth_checks, self.cfg.hostname, os.path.join(self.cfg.data_dir, "dkim"))
             results = await (run(*args) if run else asyncio.get_running_loop().run_in_executor(self._pool, *args))

@@ -80,7 +80,17 @@ SCHEMAS: dict[str, dict] = {
         hard_stop=dict(BOOL, description="true when retrying the same request cannot succeed"),
         retry_after=dict(INT, description="seconds to wait (429)"))),
     "Address": obj(["address"], name=NSTR, address=STR),
-    "Health": obj(["status"], status={"const": "ok"}, hostname=STR),
+    "Health": obj(["status"], status={"const": "ok"}, hostname=STR, defences=obj(
+        ["spam_engine", "refusals", "problems"],
+        spam_engine=obj(["name"], name={"enum": ["rspamd", "none"]}, url=STR, note=STR),
+        dnsbl_zones=arr(STR), dnswl_zones=arr(STR), trusted_networks=arr(STR), dmarc_reject=BOOL,
+        spf_fail_reject=BOOL,
+        refusals=dict(ANYOBJ, additionalProperties=INT, description="refusals by reason since start"),
+        problems=arr(obj(["key", "count"], key=STR, count=INT, detail=STR, last_seen=NTIME),
+                     description="configuration or network problems seen since start (a DNS list's error "
+                                 "answers, timeouts)"),
+        check_time=obj(count=INT, p50_ms=NUM, p99_ms=NUM,
+                       description="time the checks at DATA added before the 250 (recent messages)"))),
     "Domain": obj(["id", "name", "ready"], **_DOMAIN_FIELDS),
     "DnsRecord": obj(["name", "type", "value"], name=STR, type=STR, value=STR, purpose=STR),
     "PlannedRecord": {"allOf": [ref("DnsRecord"), obj(kind=STR, required=BOOL, return_path=BOOL, zone_line=STR)]},

@@ -10,6 +10,7 @@ from mxd import access, retention
 from mxd import address as addr
 from mxd.access import Principal
 from mxd.config import parse_hostport
+from mxd.defences import counters, gate
 from mxd.errors import MxdError
 from mxd.service import Services, shapes
 from mxd.service.directory import domain_dict, mailbox_dict
@@ -20,9 +21,9 @@ from mxd.store.models import Mailbox, Organization
 
 
 async def health(s: Services) -> dict:
-    """The server answers and its store too."""
+    """The server answers and its store too; and what the inbound defences are and did since start."""
     await s.db.read(lambda: Mailbox.select().limit(1).count())
-    return {"status": "ok", "hostname": s.cfg.hostname}
+    return {"status": "ok", "hostname": s.cfg.hostname, "defences": dict(gate.describe(s.cfg), **counters.snapshot())}
 
 
 # ---------------------------------------------------------------- tokens

@@ -2,7 +2,10 @@
 
 Recipients are checked at RCPT against the directory snapshot (no relay, from
 any address); DATA is answered 250 only once `ingest` has committed the raw
-message; session limits (connections per IP, recipients, errors) hold.
+message; session limits (connections per IP, recipients, errors) hold. The inbound
+defences (`mxd.defences.gate`: DNS lists looked up from connect, per-client limits at
+MAIL and RCPT, authentication and the spam engine at DATA) may refuse first; what they
+found is stored with the message.
 """
 from __future__ import annotations
 
@@ -19,7 +22,11 @@ from mxd import address as addr
 from mxd import smtpcodes as codes
 from mxd.config import Config
 from mxd.db import Database
-from mxd.ingest import Envelope, Recipient, has_bare_line_endings, ingest_once, received_header
+from mxd.defences import counters
+from mxd.defences.dnsbl import ClientVerdict
+from mxd.defences.gate import Gate
+from mxd.ingest import (Envelope, Recipient, has_bare_line_endings, ingest_once, normalize_line_endings,
+                        received_header, remove_auth_results)
 from mxd.smtpserver.base import Listener, ListenerSMTP
 from mxd.store import events
 from mxd.store import queue as outqueue
@@ -41,9 +48,50 @@ class MxEnvelope(SmtpEnvelope):
         self.mxd_rcpts = []
 
 
+class MxSession(Session):
+    """One MX connection: the DNS list lookups started at connect, and what they concluded."""
+
+    lookup: "asyncio.Task[ClientVerdict] | None"
+    client_checked: bool
+    client_refusal: str | None     # the 554 every RCPT of a listed client gets
+    notes: list[str]               # what the lookups recorded (timeouts, error answers), carried with each message
+    close_after: bool              # a reply that ends the session (421) was given
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(loop)
+        self.lookup, self.client_checked, self.client_refusal = None, False, None
+        self.notes = []
+        self.close_after = False
+
+
 class MxSMTP(ListenerSMTP):
+    session_class = MxSession
     envelope_class = MxEnvelope
     offers_auth = False       # the MX takes no logins (submission does, on its own ports): see smtp_AUTH
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        gate: Gate | None = self.event_handler.gate
+        fresh = self.transport is None
+        if fresh and gate is not None:
+            peer = transport.get_extra_info("peername") or ("", 0)
+            refusal = gate.at_connect(str(peer[0]))
+            if refusal is not None:            # a client known bad already: refused before the banner
+                transport.write(refusal.encode() + b"\r\n")
+                transport.close()
+                return
+        super().connection_made(transport)
+        if fresh and gate is not None and self.admitted and isinstance(self.session, MxSession):
+            self.session.lookup = gate.start_lookup(self.peer_ip)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        session = self.session
+        if isinstance(session, MxSession) and session.lookup is not None and not session.lookup.done():
+            session.lookup.cancel()
+        super().connection_lost(error)
+
+    async def smtp_MAIL(self, arg: str | None) -> None:
+        await super().smtp_MAIL(arg)
+        await self._close_if_asked()
 
     async def smtp_RCPT(self, arg: str | None) -> None:
         # aiosmtpd drops a source route (<@a:b@c>) and keeps b@c; mxd refuses it outright
@@ -52,6 +100,11 @@ class MxSMTP(ListenerSMTP):
             await self.push(codes.RELAY_DENIED)
             return
         await super().smtp_RCPT(arg)
+        await self._close_if_asked()
+
+    async def _close_if_asked(self) -> None:
+        if isinstance(self.session, MxSession) and self.session.close_after and self.transport is not None:
+            self.transport.close()
 
     async def smtp_AUTH(self, arg: str) -> None:
         await self.push("502 5.5.1 AUTH is not offered here; submit mail on the submission port")
@@ -60,29 +113,79 @@ class MxSMTP(ListenerSMTP):
 class MxHandler:
     """aiosmtpd handler hooks: each returns the full reply line."""
 
-    def __init__(self, cfg: Config, db: Database, directory: Directory, on_ingest: Callable[[], None]) -> None:
+    def __init__(self, cfg: Config, db: Database, directory: Directory, on_ingest: Callable[[], None],
+                 gate: Gate | None = None) -> None:
         self.cfg, self.db, self.directory, self.on_ingest = cfg, db, directory, on_ingest
+        self.gate = gate
 
-    async def handle_MAIL(self, server: MxSMTP, session: Session, envelope: MxEnvelope, address: str,
+    async def _client(self, session: MxSession) -> str | None:
+        """The DNS lists' answer about the client, waited for once (at the first MAIL): a 554 or None."""
+        if not session.client_checked:
+            session.client_checked = True
+            lookup, session.lookup = session.lookup, None
+            if lookup is not None and self.gate is not None:
+                try:
+                    verdict = await lookup
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("DNS list lookups failed for %s", session.peer)
+                else:
+                    session.notes = verdict.notes
+                    if verdict.allowed_by:
+                        session.notes.append(f"dnswl: listed by {verdict.allowed_by}")
+                    session.client_refusal = self.gate.client_verdict(str((session.peer or ("",))[0]), verdict)
+        return session.client_refusal
+
+    async def handle_MAIL(self, server: MxSMTP, session: MxSession, envelope: MxEnvelope, address: str,
                           mail_options: list[str]) -> str:
         if address not in ("", "<>") and addr.try_parse(address) is None and "@" not in address:
             return codes.BAD_SENDER
+        if self.gate is not None:
+            await self._client(session)
+            over = self.gate.at_mail(server.peer_ip)
+            if over is not None:
+                return over
         # aiosmtpd treats an empty mail_from as "no MAIL yet"; keep a marker for the null sender.
         envelope.mail_from = address or "<>"
         envelope.mail_options.extend(mail_options)
         return codes.SENDER_OK
 
-    async def handle_RCPT(self, server: MxSMTP, session: Session, envelope: MxEnvelope, address: str,
+    async def handle_RCPT(self, server: MxSMTP, session: MxSession, envelope: MxEnvelope, address: str,
                           rcpt_options: list[str]) -> str:
         rcpts = envelope.mxd_rcpts
         if len(rcpts) >= self.cfg.max_recipients:
             return codes.TOO_MANY_RECIPIENTS
+        if self.gate is not None:
+            listed = await self._client(session)
+            if listed is not None:
+                counters.refused("dnsbl")
+                return listed
+        reply, found = await self._recipient(address)
+        if self.gate is not None:
+            if reply == codes.UNKNOWN_USER:
+                harvest = self.gate.at_rcpt_unknown(server.peer_ip)
+                if harvest is not None:
+                    session.close_after = True
+                    return harvest
+            elif found is not None:
+                over = self.gate.at_rcpt_accepted(server.peer_ip)
+                if over is not None:
+                    return over
+        if found is not None:
+            rcpts.append(found)
+            envelope.rcpt_tos.append(address)
+            envelope.rcpt_options.extend(rcpt_options)
+        return reply
+
+    async def _recipient(self, address: str) -> tuple[str, Recipient | None]:
+        """The reply to RCPT TO:<address>, and the recipient when it is one of ours."""
         try:
             parsed = addr.parse(address)
         except addr.AddressError:
             # Source routes, %-hacks, quoted local parts and literals never relay (RFC 5321 3.6).
-            return codes.RELAY_DENIED if ("%" in address or ":" in address or "!" in address
-                                          or '"' in address or "[" in address) else codes.BAD_ADDRESS
+            return (codes.RELAY_DENIED if ("%" in address or ":" in address or "!" in address
+                                           or '"' in address or "[" in address) else codes.BAD_ADDRESS), None
         if self.directory.stale():
             await self.db.read(self.directory.refresh)
         # A bounce coming back to a VERP return path reaches the sender's mailbox; a made-up, stale or
@@ -91,18 +194,14 @@ class MxHandler:
         target = await self.db.read(outqueue.bounce_target, parsed.local, parsed.domain) if verp else None
         found = self.directory.resolve(parsed)
         if target is not None:
-            rcpts.append(Recipient(address, (target[1],), None, bounce_entry=target[0]))
-        elif verp:
-            return codes.UNKNOWN_USER
-        elif found.kind == "foreign":
-            return codes.RELAY_DENIED
-        elif found.kind == "unknown":
-            return codes.UNKNOWN_USER
-        else:
-            rcpts.append(Recipient(address, found.mailbox_ids, found.tag))
-        envelope.rcpt_tos.append(address)
-        envelope.rcpt_options.extend(rcpt_options)
-        return codes.RECIPIENT_OK
+            return codes.RECIPIENT_OK, Recipient(address, (target[1],), None, bounce_entry=target[0])
+        if verp:
+            return codes.UNKNOWN_USER, None
+        if found.kind == "foreign":
+            return codes.RELAY_DENIED, None
+        if found.kind == "unknown":
+            return codes.UNKNOWN_USER, None
+        return codes.RECIPIENT_OK, Recipient(address, found.mailbox_ids, found.tag)
 
     async def handle_DATA(self, server: MxSMTP, session: Session, envelope: MxEnvelope) -> str:
         data: bytes = envelope.original_content or b""
@@ -119,6 +218,17 @@ class MxHandler:
         env.received = received_header(helo=env.helo, remote_ip=env.remote_ip, hostname=self.cfg.hostname,
                                        protocol=protocol, rcpt=rcpts[0].address if len(rcpts) == 1 else None,
                                        queue_id=env.id, when=env.received_at)
+        if self.gate is not None:
+            # What is checked is what is stored: own Authentication-Results fields gone, line ends CRLF.
+            env.data = normalize_line_endings(remove_auth_results(env.data, self.cfg.hostname))
+            outcome = await self.gate.at_data(
+                env.data, ip=env.remote_ip, helo=env.helo, mail_from=env.mail_from,
+                rcpts=[r.address for r in rcpts], queue_id=env.id,
+                notes=session.notes if isinstance(session, MxSession) else None)
+            if outcome.reply is not None:       # refused before the 250: nothing is stored
+                log.info("%s: refused a message from <%s>: %s", env.remote_ip, env.mail_from, outcome.reply)
+                return outcome.reply
+            env.checks, env.auth_results = outcome.checks, outcome.auth_results
         # The commit runs to its end whatever becomes of the session, and wakes the pipeline itself.
         commit = asyncio.ensure_future(self._commit(env))
         try:
