@@ -25,8 +25,15 @@ from mxd.db import Database
 from mxd.defences import counters
 from mxd.defences.dnsbl import ClientVerdict
 from mxd.defences.gate import Gate
-from mxd.ingest import (Envelope, Recipient, has_bare_line_endings, ingest_once, normalize_line_endings,
-                        received_header, remove_auth_results)
+from mxd.ingest import (
+    Envelope,
+    Recipient,
+    has_bare_line_endings,
+    ingest_once,
+    normalize_line_endings,
+    received_header,
+    remove_auth_results,
+)
 from mxd.smtpserver.base import Listener, ListenerSMTP
 from mxd.store import events
 from mxd.store import queue as outqueue
