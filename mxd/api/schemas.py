@@ -83,7 +83,7 @@ SCHEMAS: dict[str, dict] = {
     "Health": obj(["status"], status={"const": "ok"}, hostname=STR, defences=obj(
         ["spam_engine", "refusals", "problems"],
         spam_engine=obj(["name"], name={"enum": ["rspamd", "none"]}, url=STR, note=STR),
-        dnsbl_zones=arr(STR), dnswl_zones=arr(STR), trusted_networks=arr(STR), dmarc_reject=BOOL,
+        dnsbl_zones=arr(STR), dnswl_zones=arr(STR), dmarc_reject=BOOL,
         spf_fail_reject=BOOL,
         refusals=dict(ANYOBJ, additionalProperties=INT, description="refusals by reason since start"),
         problems=arr(obj(["key", "count"], key=STR, count=INT, detail=STR, last_seen=NTIME),

@@ -249,5 +249,5 @@ def describe(cfg: Config) -> dict[str, Any]:
                               {"name": "none", "note": "no spam engine configured: mxd uses its own signals only "
                                                        "(DNS lists, SPF, DKIM, DMARC, ARC, mailbox policies, trust signals)"})
     return {"spam_engine": engine, "dnsbl_zones": list(cfg.dnsbl_zones),
-            "dnswl_zones": list(cfg.dnswl_zones), "trusted_networks": list(cfg.trusted_networks),
+            "dnswl_zones": list(cfg.dnswl_zones),
             "dmarc_reject": cfg.dmarc_reject, "spf_fail_reject": cfg.spf_fail_reject}
