@@ -23,7 +23,9 @@ def world(tmp_path_factory):
     }
     signing = published_keys(base / "dkim", zone)
     with DNSServer(zone) as dns, running_daemon(base / "data", mailboxes=["agent@example.test"],
-                                                env={"MXD_DNS_NAMESERVERS": dns.nameserver, "MXD_DNS_TIMEOUT": "2"}) as proc:
+                                                env={"MXD_DNS_NAMESERVERS": dns.nameserver, "MXD_DNS_TIMEOUT": "2",
+                                                     # forged p=reject mail is kept (quarantined), not refused
+                                                     "MXD_DMARC_REJECT": "false"}) as proc:
         yield proc, signing
 
 
