@@ -25,7 +25,7 @@ from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 from mxd.config import Config
 from mxd.smtpserver import submission
 from mxd.smtpserver.base import Listener, ListenerSMTP
-from mxd.smtpserver.mx import MxEnvelope, MxSMTP
+from mxd.smtpserver.mx import MxEnvelope, MxSession, MxSMTP
 from mxd.smtpserver.submission import Credentials, SubmissionServer, SubmissionSession, SubmissionSMTP
 from mxd.store.tokens import Principal
 
@@ -193,7 +193,7 @@ def test_the_mx_ehlo_reply_and_typed_envelope():
     assert replies[0].startswith("220 mx.base.test mxd ESMTP")
     assert replies[1].splitlines() == ["250-mx.base.test", "250-SIZE 26214400", "250-8BITMIME", "250-SMTPUTF8",
                                        "250-PIPELINING", "250-ENHANCEDSTATUSCODES", "250 HELP"]
-    assert handler.seen == [(Session, MxEnvelope, "a@b.test"), (Session, MxEnvelope, "c@d.test")]
+    assert handler.seen == [(MxSession, MxEnvelope, "a@b.test"), (MxSession, MxEnvelope, "c@d.test")]
     assert replies[-1].startswith("221")
     assert not listener.live and listener.limits.count == 0
 

@@ -89,8 +89,8 @@ SCHEMAS: dict[str, dict] = {
         problems=arr(obj(["key", "count"], key=STR, count=INT, detail=STR, last_seen=NTIME),
                      description="configuration or network problems seen since start (a DNS list's error "
                                  "answers, timeouts)"),
-        check_time=obj(count=INT, p50_ms=NUM, p99_ms=NUM,
-                       description="time the checks at DATA added before the 250 (recent messages)"))),
+        check_time=dict(obj(count=INT, p50_ms=NUM, p99_ms=NUM),
+                        description="time the checks at DATA added before the 250 (recent messages)"))),
     "Domain": obj(["id", "name", "ready"], **_DOMAIN_FIELDS),
     "DnsRecord": obj(["name", "type", "value"], name=STR, type=STR, value=STR, purpose=STR),
     "PlannedRecord": {"allOf": [ref("DnsRecord"), obj(kind=STR, required=BOOL, return_path=BOOL, zone_line=STR)]},

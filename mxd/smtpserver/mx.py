@@ -77,7 +77,7 @@ class MxSMTP(ListenerSMTP):
     offers_auth = False       # the MX takes no logins (submission does, on its own ports): see smtp_AUTH
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        gate: Gate | None = self.event_handler.gate
+        gate: Gate | None = getattr(self.event_handler, "gate", None)
         fresh = self.transport is None
         if fresh and gate is not None:
             peer = transport.get_extra_info("peername") or ("", 0)
