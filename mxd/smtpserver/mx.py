@@ -55,6 +55,14 @@ class MxEnvelope(SmtpEnvelope):
         self.mxd_rcpts = []
 
 
+class Refused(Exception):
+    """The checks before the 250 refused the message: `reply` is the SMTP answer."""
+
+    def __init__(self, reply: str) -> None:
+        super().__init__(reply)
+        self.reply = reply
+
+
 class MxSession(Session):
     """One MX connection: the DNS list lookups started at connect, and what they concluded."""
 
@@ -225,30 +233,36 @@ class MxHandler:
         env.received = received_header(helo=env.helo, remote_ip=env.remote_ip, hostname=self.cfg.hostname,
                                        protocol=protocol, rcpt=rcpts[0].address if len(rcpts) == 1 else None,
                                        queue_id=env.id, when=env.received_at)
-        if self.gate is not None:
-            # What is checked is what is stored: own Authentication-Results fields gone, line ends CRLF.
-            env.data = normalize_line_endings(remove_auth_results(env.data, self.cfg.hostname))
-            outcome = await self.gate.at_data(
-                env.data, ip=env.remote_ip, helo=env.helo, mail_from=env.mail_from,
-                rcpts=[r.address for r in rcpts], queue_id=env.id,
-                notes=session.notes if isinstance(session, MxSession) else None)
-            if outcome.reply is not None:       # refused before the 250: nothing is stored
-                log.info("%s: refused a message from <%s>: %s", env.remote_ip, env.mail_from, outcome.reply)
-                return outcome.reply
-            env.checks, env.auth_results = outcome.checks, outcome.auth_results
-        # The commit runs to its end whatever becomes of the session, and wakes the pipeline itself.
-        commit = asyncio.ensure_future(self._commit(env))
+        # The checks and the commit run to their end whatever becomes of the session (a message received
+        # whole is kept unless refused, so the client's retry is recognised), and wake the pipeline.
+        notes = session.notes if isinstance(session, MxSession) else []
+        commit = asyncio.ensure_future(self._check_and_commit(env, notes))
         try:
             inbound_id, _ = await asyncio.shield(commit)
         except asyncio.CancelledError:          # the connection was reset while the commit ran
             commit.add_done_callback(lambda done: self._unacknowledged(done, env))
             raise
+        except Refused as refusal:              # refused before the 250: nothing is stored
+            return refusal.reply
         except Exception:
             log.exception("could not store a message from %s", env.remote_ip)
             return codes.TEMP_FAILURE
         if not server.connected:
             self._unacknowledged(commit, env)
         return codes.QUEUED.format(inbound_id)
+
+    async def _check_and_commit(self, env: Envelope, notes: list[str]) -> tuple[str, bool]:
+        """The defences' checks at DATA (`Refused` when they refuse), then the commit."""
+        if self.gate is not None:
+            # What is checked is what is stored: own Authentication-Results fields gone, line ends CRLF.
+            env.data = normalize_line_endings(remove_auth_results(env.data, self.cfg.hostname))
+            outcome = await self.gate.at_data(env.data, ip=env.remote_ip, helo=env.helo, mail_from=env.mail_from,
+                                              rcpts=[r.address for r in env.rcpts], queue_id=env.id, notes=notes)
+            if outcome.reply is not None:
+                log.info("%s: refused a message from <%s>: %s", env.remote_ip, env.mail_from, outcome.reply)
+                raise Refused(outcome.reply)
+            env.checks, env.auth_results = outcome.checks, outcome.auth_results
+        return await self._commit(env)
 
     async def _commit(self, env: Envelope) -> tuple[str, bool]:
         inbound_id, repeat = await ingest_once(self.db, env, self.cfg.seconds("duplicate_window"),
