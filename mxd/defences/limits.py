@@ -49,6 +49,7 @@ class Window:
         return start, 0, 0
 
     def count(self, key: str) -> float:
+        """The events of `key` in the last `span` seconds (the previous bucket weighted by its overlap)."""
         now = self.clock()
         start, current, previous = self._current(key, now)
         return current + previous * (1.0 - (now - start) / self.span)
@@ -103,27 +104,42 @@ class ClientLimits:
         self._rcpt, self._rcpt_net = Window(MINUTE, clock), Window(MINUTE, clock)
         self._unknown = Window(HARVEST_WINDOW, clock)
         self._paused: dict[str, float] = {}
+        self._nets: dict[str, str] = {}      # ip -> its network: parsing an address costs more than the rest
+
+    def _net(self, ip: str) -> str:
+        net = self._nets.get(ip)
+        if net is None:
+            if len(self._nets) >= _MAX_KEYS:
+                self._nets.clear()
+            net = self._nets[ip] = network_of(ip)
+        return net
 
     def message(self, ip: str) -> str:
         """"" when another message may start; else what is exceeded ("ip" or "net")."""
-        net = network_of(ip)
-        if self.messages and self._msg.count(ip) >= self.messages:
-            return "ip"
-        if self.messages_net and self._msg_net.count(net) >= self.messages_net:
-            return "net"
-        self._msg.add(ip)
-        self._msg_net.add(net)
+        if self.messages:
+            if self._msg.count(ip) >= self.messages:
+                return "ip"
+        if self.messages_net:
+            net = self._net(ip)
+            if self._msg_net.count(net) >= self.messages_net:
+                return "net"
+            self._msg_net.add(net)
+        if self.messages:
+            self._msg.add(ip)
         return ""
 
     def recipient(self, ip: str) -> str:
         """"" when one more accepted recipient is allowed (and counts it); else "ip" or "net"."""
-        net = network_of(ip)
-        if self.recipients and self._rcpt.count(ip) >= self.recipients:
-            return "ip"
-        if self.recipients_net and self._rcpt_net.count(net) >= self.recipients_net:
-            return "net"
-        self._rcpt.add(ip)
-        self._rcpt_net.add(net)
+        if self.recipients:
+            if self._rcpt.count(ip) >= self.recipients:
+                return "ip"
+        if self.recipients_net:
+            net = self._net(ip)
+            if self._rcpt_net.count(net) >= self.recipients_net:
+                return "net"
+            self._rcpt_net.add(net)
+        if self.recipients:
+            self._rcpt.add(ip)
         return ""
 
     def unknown_recipient(self, ip: str) -> bool:
