@@ -11,16 +11,15 @@ A DNS timeout or temperror never refuses or loses a message: it is accepted and 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
-import functools
 import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from mxd.authn import AuthResults, DkimResult, authenticate
+from mxd.authn import AuthResults, DkimResult
 from mxd.config import Config, parse_dns_lists
 from mxd.defences import counters, dnsbl, spamengine
+from mxd.defences.inline import Authenticator
 from mxd.defences.limits import ClientLimits, Trusted
 from mxd.resolver import Resolver
 
@@ -137,10 +136,10 @@ class Gate:
             recipients=cfg.client_recipients_per_minute, recipients_net=cfg.client_recipients_per_net_per_minute,
             unknown=cfg.unknown_recipients_per_ip, pause=cfg.seconds("harvest_pause"))
         self._listed: dict[str, tuple[float, str]] = {}     # ip -> (until, zone): a recent listing, for connect
-        self._threads = concurrent.futures.ThreadPoolExecutor(16, thread_name_prefix="mxd-gate")
+        self.authenticate = Authenticator(resolver, cfg.hostname)
 
     def close(self) -> None:
-        self._threads.shutdown(wait=False, cancel_futures=True)
+        self.authenticate.close()
 
     # ---------------------------------------------------------------- the client
     def at_connect(self, ip: str) -> str | None:
@@ -211,9 +210,7 @@ class Gate:
         decision = Decision()
         if self.cfg.auth_checks:
             try:
-                auth = await asyncio.get_running_loop().run_in_executor(self._threads, functools.partial(
-                    authenticate, data, ip=ip, helo=helo, mail_from=mail_from, resolver=self.resolver,
-                    authserv_id=self.cfg.hostname))
+                auth = await self.authenticate(data, ip=ip, helo=helo, mail_from=mail_from)
             except Exception:
                 log.exception("authentication before the 250 failed for a message from %s; accepted", ip)
                 checks["notes"].append("authentication checks failed (internal error): accepted unchecked")
