@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import re
 
 import pytest
 
@@ -52,7 +53,9 @@ def _both(server: DNSServer, data: bytes, ip: str, mail_from: str):
 
 
 def _plain(auth):
-    return {k: v for k, v in dataclasses.asdict(auth).items() if k not in ("spf_detail", "dmarc_detail")}
+    out = {k: v for k, v in dataclasses.asdict(auth).items() if k not in ("spf_detail", "dmarc_detail")}
+    out["header_value"] = re.sub(r'reason="[^"]*"', 'reason=""', out["header_value"])   # a timeout's seconds differ
+    return out
 
 
 @pytest.mark.parametrize("ip, author, mail_from, signed, spf, dmarc", [
