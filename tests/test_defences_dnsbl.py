@@ -155,3 +155,12 @@ def test_malformed_answers_are_not_listings():
     assert verdict.listed_by == ""
     assert len(verdict.notes) == 1 and verdict.notes[0].startswith("dnsbl garbage.test ")
     assert counters.snapshot()["problems"][0]["count"] == 1
+
+
+def test_problems_are_logged_sparingly(caplog):
+    counters.reset()
+    with caplog.at_level("WARNING", logger="mxd.defences"):
+        for _ in range(120):
+            counters.problem("dnsbl bl.test error", "error answer 127.255.255.254")
+    assert [r.getMessage().split(" (")[1].split(" ")[0] for r in caplog.records] == ["1", "10", "100"]
+    assert counters.snapshot()["problems"][0]["count"] == 120

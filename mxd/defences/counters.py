@@ -6,12 +6,14 @@ are an operator's gauges, not records (what a message went through is stored wit
 """
 from __future__ import annotations
 
+import logging
 import time
 from collections import Counter, deque
 from typing import Any
 
 from mxd.timefmt import iso
 
+log = logging.getLogger("mxd.defences")
 _SAMPLES = 4096
 
 refusals: Counter[str] = Counter()
@@ -25,8 +27,8 @@ def refused(reason: str) -> None:
 
 
 def problem(key: str, detail: str) -> None:
-    """A configuration or network problem seen (e.g. "dnsbl zen.spamhaus.org error answer"): counted, with
-    the last detail and when it was last seen."""
+    """A configuration or network problem seen (e.g. "dnsbl zen.spamhaus.org error"): counted, with the
+    last detail and when it was last seen; logged the 1st, 10th, 100th, ... time."""
     entry = problems.get(key)
     if entry is None:
         if len(problems) >= 256:             # bounded: a hostile zone cannot grow this without end
@@ -35,6 +37,9 @@ def problem(key: str, detail: str) -> None:
     entry["count"] += 1
     entry["detail"] = detail[:300]
     entry["last_seen"] = time.time()
+    count = entry["count"]
+    if count == 10 ** (len(str(count)) - 1):
+        log.warning("inbound defences: %s (%d times so far): %s", key, count, entry["detail"])
 
 
 def checked(seconds: float) -> None:
