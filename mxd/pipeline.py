@@ -214,7 +214,8 @@ class Judgements:
     """Runs in the writer, one per batch: the trust signals and quarantine reasons of each inbound message
     for each of its mailboxes, with what they read from the store (mxd's domains, a mailbox's policy and
     correspondent domains, whether it knows an author) read once per batch. An authenticated author
-    becomes a correspondent of the mailbox once the message is judged."""
+    becomes a correspondent of the mailbox once the message is judged, unless the message is suspicious
+    (a lookalike domain that passes its own SPF must not become a reference of its own)."""
 
     def __init__(self) -> None:
         self._own: tuple[str, ...] | None = None
@@ -258,7 +259,7 @@ class Judgements:
                 reasons += mailpolicy.quarantine_reasons(policy, author=fact.get("author") or "",
                                                          authenticated=doc["authenticated"],
                                                          blocked_attachments=blocked, size=len(row.data))
-                if doc["authenticated"] and doc["author"]:
+                if doc["authenticated"] and doc["author"] and doc["verdict"] != "suspicious":
                     correspondents.record(mailbox_id, [doc["author"]], row.received_at)
                     self._known[(mailbox_id, *author)] = (True, True)
             except Exception:                   # a bug in a signal must never cost the message

@@ -271,7 +271,7 @@ def lookalike(domain: str, references: Iterable[str]) -> dict | None:
     mine = registrable(domain)
     mine_u = unicode_form(mine).lower()
     mine_skeleton = unicodedata.normalize("NFKC", mine_u)
-    checked: set[str] = set()
+    checked: dict[str, None] = {}           # in the order given: mxd's own domains are named first
     for count, ref in enumerate(references):
         if count >= MAX_LOOKALIKE_REFERENCES:
             break
@@ -280,7 +280,7 @@ def lookalike(domain: str, references: Iterable[str]) -> dict | None:
         theirs = registrable(ref)
         if theirs in checked:
             continue
-        checked.add(theirs)
+        checked[theirs] = None
         if theirs == mine:
             return None                     # the same organisation (or a subdomain of it): not a lookalike
     for theirs in checked:

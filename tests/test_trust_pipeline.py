@@ -300,3 +300,23 @@ def test_smtp_a_policy_quarantines_with_its_reason(daemon):
         assert m["events"] == ["message.quarantined"]
     finally:
         daemon.sql('DELETE FROM "mailbox_policy" WHERE "mailbox_id" = ?', (box,))
+
+
+@pytest.mark.slow
+def test_smtp_a_thousand_attachments_are_stored_flagged_and_quarantined(daemon):
+    parts = b"".join(b"--b\r\nContent-Type: application/octet-stream\r\nContent-Disposition: attachment; "
+                     b"filename=\"f%d.exe\"\r\n\r\nMZ\r\n" % i for i in range(1000))
+    raw = (b"From: Carol <carol@partner.test>\r\nTo: agent@example.test\r\nSubject: thousand\r\nMIME-Version: 1.0\r\n"
+           b"Content-Type: multipart/mixed; boundary=b\r\n\r\n" + parts + b"--b--\r\n")
+    m = smtp_deliver(daemon, "carol@partner.test", raw, "thousand")
+    assert m["trust"]["verdict"] == "suspicious" and m["trust"]["risky_count"] >= 990
+    assert [r["code"] for r in m["quarantine"]] == ["blocked_attachment"]
+    later = smtp_deliver(daemon, "carol@partner.test", letter("Carol <carol@partner.test>", "after"), "after")
+    assert later["events"] == ["message.inbound"]          # the pipeline goes on
+
+
+def test_a_suspicious_authenticated_author_does_not_become_known(world):
+    world.deliver(mail("Boss <boss@examp1e.com>"), auth(domain="examp1e.com"), mail_from="boss@examp1e.com")
+    m = world.deliver(mail("Boss <boss@examp1e.com>"), auth(domain="examp1e.com"), mail_from="boss@examp1e.com")
+    assert m["trust"]["first_contact"]["address"] is True and m["trust"]["verdict"] == "suspicious"
+    assert m["trust"]["lookalike"]["resembles"] == "example.com"

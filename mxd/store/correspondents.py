@@ -1,8 +1,8 @@
 """Correspondents: the addresses and domains a mailbox has received authenticated mail from or sent mail to
 (what the trust signals `first_contact` and `lookalike` compare with).
 
-Inbound authors are recorded only when their mail was authenticated (a forged message must not make its
-forged sender "known"); the recipients of mail a mailbox sends are recorded always. Addresses are kept
+Inbound authors are recorded only when their mail was authenticated and not suspicious (a forged message
+must not make its forged sender "known", nor a lookalike domain a reference); the recipients of mail a mailbox sends are recorded always. Addresses are kept
 lower case with an A-label domain. Hand-written SQL: this runs in the writer for every message.
 """
 from __future__ import annotations
