@@ -18,6 +18,7 @@ import concurrent.futures
 import json
 import logging
 import os
+import threading
 from typing import Any, Callable
 
 from mxd import mailpolicy, sending, trust, workerpool
@@ -120,6 +121,7 @@ class Pipeline(BackgroundWorker):
         self._inflight: set[str] = set()
         self._slots = asyncio.Semaphore(max(2, cfg.pipeline_processes * 2))
         self._busy = False
+        threading.Thread(target=trust.warm, name="mxd-trust-warm", daemon=True).start()   # off the writer
 
     async def run_once(self) -> float | None:
         rows = await self.db.read(_pending, set(self._inflight), BATCH)

@@ -298,6 +298,14 @@ def lookalike(domain: str, references: Iterable[str]) -> dict | None:
     return None
 
 
+def warm() -> None:
+    """Load the public suffix list and the confusables data now (about half a second), so that the first
+    message does not wait for them in the writer."""
+    registrable("example.com")
+    _scripts("a")
+    _confusable("a", "a")
+
+
 # ---------------------------------------------------------------- authentication
 def _aligned(a: str, b: str) -> bool:
     """Relaxed alignment (RFC 7489 3.1): the same organisational domain."""
