@@ -248,7 +248,9 @@ class Judgements:
             except ValueError:
                 checks = None
         checks = checks if isinstance(checks, dict) else None
-        from_mx = [r for r in (checks or {}).get("quarantine") or [] if isinstance(r, dict) and r.get("code")]
+        listed = (checks or {}).get("quarantine")
+        from_mx = [{"code": str(r["code"])[:64], "detail": str(r.get("detail") or "")[:500]}
+                   for r in (listed if isinstance(listed, list) else []) if isinstance(r, dict) and r.get("code")]
         fact = facts or trust.facts(None, b"")
 
         def decide(mailbox_id: str) -> tuple[dict | None, list[dict] | None]:

@@ -467,7 +467,8 @@ def signals(fact: dict, *, auth: Any, checks: dict | None, known: Known, own_dom
         "risky_attachments": found[:MAX_RISKY_SHOWN],
         "risky_count": len(found),
         "spam": {"score": spam.get("score"), "required_score": spam.get("required_score"),
-                 "action": spam.get("action"), "symbols": spam.get("symbols") or {}}
+                 "action": spam.get("action"),
+                 "symbols": spam["symbols"] if isinstance(spam.get("symbols"), dict) else {}}
         if isinstance(spam, dict) else None,
     }
     if not authn["authenticated"] and domain and any(domain == o or domain.endswith("." + o) for o in own):

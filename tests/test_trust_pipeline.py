@@ -320,3 +320,10 @@ def test_a_suspicious_authenticated_author_does_not_become_known(world):
     m = world.deliver(mail("Boss <boss@examp1e.com>"), auth(domain="examp1e.com"), mail_from="boss@examp1e.com")
     assert m["trust"]["first_contact"]["address"] is True and m["trust"]["verdict"] == "suspicious"
     assert m["trust"]["lookalike"]["resembles"] == "example.com"
+
+
+@pytest.mark.parametrize("checks", [{"quarantine": 5}, {"quarantine": "dmarc"}, {"quarantine": [None, 3, {"x": 1}]},
+                                    {"spam": "high"}, {"spam": {"symbols": 5}}, "not json", ["a list"]])
+def test_malformed_checks_never_cost_the_message(world, checks):
+    m = world.deliver(mail(), auth(), checks=checks)
+    assert m["id"] and m["quarantine"] is None and m["trust"]["verdict"] == "unverified"
