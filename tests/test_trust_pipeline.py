@@ -327,3 +327,20 @@ def test_a_suspicious_authenticated_author_does_not_become_known(world):
 def test_malformed_checks_never_cost_the_message(world, checks):
     m = world.deliver(mail(), auth(), checks=checks)
     assert m["id"] and m["quarantine"] is None and m["trust"]["verdict"] == "unverified"
+
+
+@pytest.mark.slow
+def test_smtp_a_correspondent_written_to_through_submission_is_known(daemon):
+    from tests.support.smtp import insecure_tls
+    token = daemon.token(["send"], ["agent@example.test"], name="submission")
+    with smtplib.SMTP("127.0.0.1", daemon.submission_port, timeout=15) as s:
+        s.starttls(context=insecure_tls())
+        s.login("agent@example.test", token)
+        s.sendmail("agent@example.test", ["erin@partner.test"],
+                   b"From: agent@example.test\r\nTo: erin@partner.test\r\nSubject: to erin\r\n\r\nhello\r\n")
+    deadline = time.monotonic() + 30
+    while not daemon.sql('SELECT 1 FROM "correspondent" WHERE "value" = ?', ("erin@partner.test",)):
+        assert time.monotonic() < deadline, "the sent copy was not completed"
+        time.sleep(0.1)
+    m = smtp_deliver(daemon, "erin@partner.test", letter("Erin <erin@partner.test>", "from erin"), "from erin")
+    assert m["trust"]["first_contact"] == {"address": False, "domain": False}
