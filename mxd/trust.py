@@ -13,7 +13,7 @@ Computed once in the pipeline and stored as `Message.trust`; every reader shows 
      "author": "a@b.example" | null,
      "authenticated": bool, "authentication": {"how": "dmarc" | "spf" | "dkim" | "local" | null, ...},
      "first_contact": {"address": bool, "domain": bool},   # true: never seen by this mailbox
-     "lookalike": null | {"domain", "resembles", "how": "homoglyph" | "one_edit" | "mixed_script"},
+     "lookalike": null | {"domain", "resembles", "how": "homoglyph" | "one_edit" | "embedded" | "mixed_script"},
      "display_name_spoof": null | {"name", "why"},
      "reply_to_mismatch": null | {"author_domain", "reply_to"},
      "risky_attachments": [{"name", "why"}],
@@ -264,8 +264,9 @@ def _one_edit(a: str, b: str) -> bool:
 
 def lookalike(domain: str, references: Iterable[str]) -> dict | None:
     """{"domain", "resembles", "how"} when `domain` (A-label) is confusable with, or one edit away from,
-    one of the `references` (A-labels) without being it or under it; or is a Latin name mixed with
-    Cyrillic or Greek letters. Compared on the registrable parts, in Unicode form."""
+    one of the `references` (A-labels) without being it or under it, or wears one as its subdomain
+    (example.com.evil.net); or is a Latin name mixed with Cyrillic or Greek letters. Compared on the
+    registrable parts, in Unicode form."""
     if not domain or len(domain) > 253:
         return None
     mine = registrable(domain)
@@ -287,6 +288,8 @@ def lookalike(domain: str, references: Iterable[str]) -> dict | None:
         theirs_u = unicode_form(theirs).lower()
         if theirs_u == mine_u:
             continue
+        if f".{theirs}." in f".{domain}.":          # example.com.evil.net: the name worn as a subdomain
+            return {"domain": domain, "resembles": theirs, "how": "embedded"}
         if _confusable(mine_skeleton, theirs_u):
             return {"domain": domain, "resembles": theirs, "how": "homoglyph"}
         if mine.isascii() and _one_edit(mine, theirs):

@@ -77,6 +77,8 @@ def zipped(*names: str, nested: dict[str, bytes] | None = None, encrypt: bool = 
     ("exmaple.com", "example.com", "one_edit"),            # a transposition
     ("examples.com", "example.com", "one_edit"),
     ("rnicrosoft.com", "microsoft.com", "homoglyph"),
+    ("example.com.evil.net", "example.com", "embedded"),
+    ("login.microsoft.com.x.co.uk", "microsoft.com", "embedded"),
 ])
 def test_lookalikes_of_a_reference_are_caught(domain, resembles, how):
     assert trust.lookalike(domain, ["example.com", "microsoft.com"]) == \
