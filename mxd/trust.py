@@ -327,7 +327,8 @@ def authentication(auth: Any, author_domain: str, local: bool = False) -> dict:
     spf = getattr(auth, "spf", "") or ""
     dkim_pass = [d.domain for d in (getattr(auth, "dkim", None) or []) if getattr(d, "result", "") == "pass"]
     out = {"authenticated": False, "how": None, "dmarc": dmarc or None, "spf": spf or None,
-           "dkim": "pass" if dkim_pass else ("fail" if getattr(auth, "dkim", None) else None)}
+           "dkim": "pass" if dkim_pass else next((getattr(d, "result", None) for d in getattr(auth, "dkim", None) or []),
+                                                 None)}
     if dmarc == "pass":
         out.update(authenticated=True, how="dmarc")
     elif dmarc == "none" and author_domain:

@@ -15,7 +15,7 @@ import pytest
 
 from mxd import config, pipeline
 from mxd.authn import AuthResults
-from mxd.db import Database
+from mxd.db import Database, execute
 from mxd.ingest import Envelope, InboundRow, Recipient, as_row, store
 from mxd.store import correspondents, directory, open_store
 from mxd.store.models import MailboxPolicy
@@ -57,7 +57,6 @@ class World:
 
     def message(self, inbound_id: str) -> dict:
         def read() -> dict:
-            from mxd.db import execute
             r = execute('SELECT "id", "thread_id", "trust", "quarantine", "quarantined_at" FROM "message" '
                         'WHERE "inbound_id" = ?', (inbound_id,)).fetchone()
             events = [(t, json.loads(d)) for t, d in execute(
@@ -344,3 +343,16 @@ def test_smtp_a_correspondent_written_to_through_submission_is_known(daemon):
         time.sleep(0.1)
     m = smtp_deliver(daemon, "erin@partner.test", letter("Erin <erin@partner.test>", "from erin"), "from erin")
     assert m["trust"]["first_contact"] == {"address": False, "domain": False}
+
+
+def test_correspondents_keep_their_first_time_and_read_domains_newest_first(world):
+    box = world.box.id
+    world.db.write_sync(correspondents.record, box, ["Bob@Friend.ORG", "not an address", "x@bücher.example"], 100.0)
+    world.db.write_sync(correspondents.record, box, ["bob@friend.org", "amy@later.org"], 200.0)
+    assert world.db.write_sync(correspondents.known, box, "bob@friend.org", "friend.org") == (True, True)
+    assert world.db.write_sync(correspondents.known, box, "x@xn--bcher-kva.example", "xn--bcher-kva.example") == \
+        (True, True)
+    assert world.db.write_sync(correspondents.domains, box)[0] == "later.org"
+    first = world.db.write_sync(lambda: execute('SELECT "first_at" FROM "correspondent" WHERE "value" = ?',
+                                                ("bob@friend.org",)).fetchone()[0])
+    assert first == 100.0
