@@ -61,7 +61,9 @@ class World:
                         'WHERE "inbound_id" = ?', (inbound_id,)).fetchone()
             events = [(t, json.loads(d)) for t, d in execute(
                 'SELECT "type", "data" FROM "event" WHERE "message_id" = ?', (r[0],)).fetchall()]
-            found = execute('SELECT count(*) FROM message_fts WHERE message_id = ?', (r[0],)).fetchone()[0] == 1
+            found = None
+            if self.db.url.startswith("sqlite"):
+                found = execute('SELECT count(*) FROM message_fts WHERE message_id = ?', (r[0],)).fetchone()[0] == 1
             return {"id": r[0], "thread_id": r[1], "trust": json.loads(r[2]) if r[2] else None,
                     "quarantine": json.loads(r[3]) if r[3] else None, "quarantined_at": r[4], "events": events,
                     "indexed": found}
@@ -70,7 +72,8 @@ class World:
     def set_policy(self, **inbound: object) -> None:
         from mxd import mailpolicy
         doc = mailpolicy.normalise({"inbound": inbound})
-        self.db.write_sync(lambda: MailboxPolicy.replace(mailbox=self.box.id, policy=doc).execute())
+        self.db.write_sync(lambda: MailboxPolicy.insert(mailbox=self.box.id, policy=doc).on_conflict(
+            conflict_target=[MailboxPolicy.mailbox], update={MailboxPolicy.policy: doc}).execute())
 
 
 @pytest.fixture
@@ -81,6 +84,18 @@ def world(tmp_path: Path) -> Iterator[World]:
         yield World(database, cfg)
     finally:
         database.close()
+
+
+@pytest.fixture
+def pg_world(tmp_path: Path) -> Iterator[World]:
+    from tests.support.pg import fresh_database
+    cfg = config.load(None, {"MXD_DATA_DIR": str(tmp_path), "MXD_HOSTNAME": "mx.example.com"})
+    with fresh_database("mxd_trust") as url:
+        database = open_store(url)
+        try:
+            yield World(database, cfg)
+        finally:
+            database.close()
 
 
 def mail(from_: str = "Alice <alice@partner.org>", subject: str = "Hello", extra: str = "", body: str = "Hi.\r\n") -> bytes:
@@ -356,3 +371,15 @@ def test_correspondents_keep_their_first_time_and_read_domains_newest_first(worl
     first = world.db.write_sync(lambda: execute('SELECT "first_at" FROM "correspondent" WHERE "value" = ?',
                                                 ("bob@friend.org",)).fetchone()[0])
     assert first == 100.0
+
+
+@pytest.mark.slow
+def test_on_postgresql_correspondents_and_policy_quarantine(pg_world):
+    first = pg_world.deliver(mail(), auth())
+    assert first["trust"]["first_contact"] == {"address": True, "domain": True}
+    again = pg_world.deliver(mail(), auth())
+    assert again["trust"]["verdict"] == "trusted"
+    pg_world.set_policy(block_senders=["partner.org"])
+    blocked = pg_world.deliver(mail(), auth())
+    assert [r["code"] for r in blocked["quarantine"]] == ["sender_blocked"]
+    assert types(blocked) == ["message.quarantined"] and blocked["thread_id"] is None
