@@ -22,7 +22,7 @@ Computed once in the pipeline and stored as `Message.trust`; every reader shows 
 The verdict rule (`verdict`, the one place it is decided):
 - **suspicious** when any of: a lookalike author domain; a display-name spoof; DMARC fail; mail claiming one
   of mxd's own domains that is not authenticated; risky attachments; a spam engine verdict of
-  quarantine or worse;
+  quarantine or worse, or a score at or above its required score;
 - **trusted** when authenticated, the author address is a known correspondent, no Reply-To mismatch and
   nothing suspicious;
 - **unverified** otherwise (not authenticated, first contact, or a Reply-To to another domain).
@@ -402,6 +402,13 @@ def blocked_found(entries: list[dict], blocked: frozenset[str]) -> list[str]:
     return out
 
 
+def _over(score: Any, required: Any) -> bool:
+    """A spam score at or above the engine's own reject-worthy score."""
+    numbers = (int, float)
+    return (isinstance(score, numbers) and isinstance(required, numbers) and not isinstance(score, bool)
+            and not isinstance(required, bool) and required > 0 and score >= required)
+
+
 def verdict(doc: dict) -> tuple[str, list[dict]]:
     """The one verdict rule (see the module docstring): (verdict, reasons)."""
     suspicious: list[dict] = []
@@ -422,8 +429,9 @@ def verdict(doc: dict) -> tuple[str, list[dict]]:
         suspicious.append({"code": "risky_attachments", "detail": f"{first['name']}: {first['why']}"
                            + (f" (and {doc['risky_count'] - 1} more)" if doc.get("risky_count", 1) > 1 else "")})
     spam = doc.get("spam")
-    if spam and spam.get("action") in SPAM_SUSPICIOUS_ACTIONS:
-        suspicious.append({"code": "spam", "detail": f"spam engine: {spam['action']} (score {spam.get('score')})"})
+    if spam and (spam.get("action") in SPAM_SUSPICIOUS_ACTIONS or _over(spam.get("score"), spam.get("required_score"))):
+        suspicious.append({"code": "spam", "detail": f"spam engine: {spam['action']} (score {spam.get('score')}"
+                           f" of {spam.get('required_score')})"})
     if suspicious:
         return "suspicious", suspicious
     reasons: list[dict] = []

@@ -267,6 +267,9 @@ def test_a_spam_verdict_is_kept_and_a_quarantine_action_is_suspicious():
     clean = judge(message(), auth=Auth(dmarc="pass"), checks={"spam": {"action": "accept", "score": 0.1}},
                   known=trust.Known(True, True))
     assert clean["verdict"] == "trusted" and clean["spam"]["score"] == 0.1
+    high = judge(message(), auth=Auth(dmarc="pass"), known=trust.Known(True, True),
+                 checks={"spam": {"action": "accept", "score": 16.0, "required_score": 15.0}})
+    assert high["verdict"] == "suspicious" and high["reasons"][0]["code"] == "spam"
 
 
 # ---------------------------------------------------------------- the mailbox policy's quarantine reasons
