@@ -307,6 +307,7 @@ def warm() -> None:
     registrable("example.com")
     _scripts("a")
     _confusable("a", "a")
+    _one_edit("warm.example", "warn.example")
 
 
 # ---------------------------------------------------------------- authentication
