@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from mxd import mailpolicy
 from mxd.store.models import Organization
@@ -99,6 +101,26 @@ def test_invalid_policy_names_the_field_and_changes_nothing(app, body, field):
 def test_a_body_that_is_no_object_is_refused(app):
     assert app.api("PUT", PATH, content=b"[1, 2]", headers={"Content-Type": "application/json"}).status_code == 400
     assert app.api("PUT", PATH, content=b"{not json", headers={"Content-Type": "application/json"}).status_code == 400
+
+
+_SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floats(allow_nan=False, allow_infinity=False),
+                     st.text(max_size=40), st.sampled_from(["default", "hold", "refuse", "*.x.test", "a@b.test",
+                                                             "exe", "x@@y", "*.", "\u0430pple.test"]))
+_KEYS = st.sampled_from(["outbound", "inbound", "allow", "otherwise", "allow_senders", "block_senders",
+                         "require_authenticated", "blocked_attachments", "max_message_size", "other"])
+_JSON = st.recursive(_SCALARS, lambda inner: st.one_of(st.lists(inner, max_size=5),
+                                                       st.dictionaries(_KEYS, inner, max_size=5)), max_leaves=20)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=st.dictionaries(_KEYS, _JSON, max_size=4))
+def test_hostile_bodies_get_a_clear_answer_and_leave_a_valid_policy(app, body):
+    r = app.api("PUT", PATH, json=body)
+    assert r.status_code in (200, 422), r.text
+    if r.status_code == 422:
+        assert r.json()["error"]["code"] == "invalid_policy"
+    stored = app.api("GET", PATH).json()
+    assert mailpolicy.normalise(stored) == stored          # whatever came in, what is kept is a valid document
 
 
 # ---------------------------------------------------------------- who may read and change it
