@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from mxd import mailpolicy
 from mxd.store.models import Organization
+from tests.support import mcpclient
 from tests.support.asgi import InProcessApi, in_process_api
 from tests.support.daemon import wait_for
 from tests.support.sink import DOMAIN, World, platform_world
@@ -316,6 +317,25 @@ def test_held_by_policy_then_released_reaches_the_recipient(world):
     assert r.status_code == 200, r.text
     world.sink.wait("later@example.com", "held by policy")
     proc.api("DELETE", path)
+
+
+async def test_mcp_send_meets_the_same_rule(world):
+    proc = world.mxd
+    path = f"/api/mailboxes/agent@{DOMAIN}/policy"
+    assert proc.api("PUT", path, json={"outbound": {"allow": ["example.org"]}}).status_code == 200
+    token = proc.token(["read", "send"], mailboxes=[f"agent@{DOMAIN}"])
+    try:
+        async with mcpclient.session(proc, token) as s:
+            r = await s.call_tool("send_message", {"from_address": f"agent@{DOMAIN}", "to": ["no@example.com"],
+                                                   "subject": "over mcp", "text": "hi"})
+            assert r.is_error and r.structured_content["error"]["code"] == "recipient_not_allowed", r.content
+            assert "no@example.com" in r.structured_content["error"]["message"]
+            r = await s.call_tool("send_message", {"from_address": f"agent@{DOMAIN}", "to": ["yes@example.org"],
+                                                   "subject": "over mcp", "text": "hi"})
+            assert not r.is_error and r.structured_content["status"] == "queued", r.content
+    finally:
+        proc.api("DELETE", path)
+    world.sink.wait("yes@example.org", "over mcp")
 
 
 def _mxd(world: World, *args: str, stdin: str | None = None, token: str | None = None) -> subprocess.CompletedProcess:

@@ -36,7 +36,7 @@ async def policy_get(request: Request, principal: Principal) -> Response:
 
 @endpoint("PUT", "/v1/mailboxes/{mailbox_id}/policy", "setMailboxPolicyV1",
           "Change a mailbox's policy (merged: keys not given keep their values)", TAG_ROUTING, "admin",
-          body=ref("MailboxPolicyRequest"), example={"outbound": {"allow": ["partner.example"], "otherwise": "refuse"}},
+          body=ref("MailboxPolicyRequest"), example={"inbound": {"block_senders": ["spam.example"], "max_message_size": 10485760}},
           response=ref("MailboxPolicy"))
 async def policy_put(request: Request, principal: Principal) -> Response:
     body = await json_body(request)
