@@ -8,6 +8,12 @@ Rate limits and the daily cap read per-minute (and per-hour) counters kept in
 the send_count table, so a check costs a few indexed rows however much mail
 went out. Hand-written SQL: this runs for every message sent.
 
+A mailbox's outbound policy (mxd.mailpolicy, `outbound.allow`) limits whom it may send to, local
+recipients included: a recipient outside a non-empty allow-list is refused (`recipient_not_allowed`), or,
+when the mailbox chose `otherwise = "hold"`, the message is held for approval like an operator's hold
+rule. Only remote recipients can be held (they wait in the queue); a local recipient outside the list is
+refused either way. SMTP submission applies the same rule at RCPT (`rcpt_refusal`).
+
 Mail mxd sends itself (principal None: sign-up codes, welcome notices) has a
 budget of its own, `system_mail_daily_cap`, and counters of its own: what
 strangers can make mxd send never uses up the operator's or an organisation's
@@ -19,9 +25,11 @@ import time
 from dataclasses import dataclass, field
 
 from mxd import address as addr
+from mxd import mailpolicy
 from mxd.config import Config
 from mxd.db import execute, executemany
 from mxd.errors import MxdError
+from mxd.store import mailbox_policies
 from mxd.store.directory import Resolution, load_snapshot, routed
 from mxd.store.queue import is_return_path
 from mxd.store.tokens import Principal
@@ -103,6 +111,11 @@ def preflight(cfg: Config, principal: Principal | None, sender: str, recipients:
         rcpt = _parse(text, "recipient")
         if rcpt.key not in {p.key for p in parsed}:
             parsed.append(rcpt)
+    names = sorted({p.domain for p in parsed})
+    # An organisation's domain is local only once its ownership is proven (as at the MX): registering
+    # a domain must not capture what other senders, or its own, write to it.
+    served = routed(names)
+    policy_hold = _outbound_policy(box[0], box[1], parsed, served)
     keys = [p.key for p in parsed]
     # Suppressions are the sending organisation's own (the operator's: org_id "").
     suppressed = [r[0] for r in execute('SELECT "address" FROM "suppression" WHERE "org_id" = ? AND '
@@ -111,10 +124,6 @@ def preflight(cfg: Config, principal: Principal | None, sender: str, recipients:
         raise MxdError("recipient_suppressed", f"suppressed recipients: {', '.join(sorted(suppressed))}")
 
     decision = Decision(who, Sender(box[0], box[1], domain[0], box[2], system=principal is None))
-    names = sorted({p.domain for p in parsed})
-    # An organisation's domain is local only once its ownership is proven (as at the MX): registering
-    # a domain must not capture what other senders, or its own, write to it.
-    served = routed(names)
     snapshot = None
     for rcpt in parsed:
         if rcpt.domain not in served:
@@ -128,8 +137,58 @@ def preflight(cfg: Config, principal: Principal | None, sender: str, recipients:
 
     if decision.remote:
         _limits(cfg, decision.mailbox, decision.remote)
-        decision.hold_reason = _hold(cfg, decision.mailbox.mailbox_address, decision.remote)
+        decision.hold_reason = policy_hold or _hold(cfg, decision.mailbox.mailbox_address, decision.remote)
     return decision
+
+
+# ---------------------------------------------------------------- the mailbox's outbound policy
+def outbound_rule(mailbox_id: str) -> dict | None:
+    """The mailbox's outbound policy when it limits recipients ({"allow": [...], "otherwise": ...}), else
+    None. A point lookup per send: a changed policy is in force for the next message."""
+    rule = (mailbox_policies.get(mailbox_id) or mailpolicy.EMPTY)["outbound"]
+    return rule if rule.get("allow") else None
+
+
+def _not_allowed(mailbox: str, outside: list[str], holdable: bool) -> MxdError:
+    shown = ", ".join(outside[:5]) + (f" and {len(outside) - 5} more" if len(outside) > 5 else "")
+    why = " (a local recipient cannot be held)" if holdable else ""
+    return MxdError("recipient_not_allowed",
+                    f"{mailbox} may not send to {shown}: not in its outbound policy's allow-list{why}",
+                    fix=f"Send only to addresses and domains in outbound.allow (GET /api/mailboxes/{mailbox}/policy), "
+                        "or ask the operator or your organisation's admin to add the recipient.")
+
+
+def _outbound_policy(mailbox_id: str, mailbox: str, recipients: list[addr.Address], served: set[str]) -> str | None:
+    """Apply the mailbox's outbound allow-list: raises recipient_not_allowed, or answers the hold reason
+    (None when every recipient is allowed or the mailbox has no list)."""
+    rule = outbound_rule(mailbox_id)
+    if rule is None:
+        return None
+    outside = [p for p in recipients if not mailpolicy.matches(rule["allow"], p.key)]
+    if not outside:
+        return None
+    hold = rule.get("otherwise") == "hold"
+    local = [p.key for p in outside if p.domain in served]
+    if not hold or local:
+        raise _not_allowed(mailbox, local if hold else [p.key for p in outside], hold)
+    more = f" (+{len(outside) - 1} more)" if len(outside) > 1 else ""
+    return f"mailbox policy: {outside[0].key[:120]} not in outbound.allow{more}"     # hold_reason: 200 chars
+
+
+def rcpt_refusal(sender: str, recipient: str) -> MxdError | None:
+    """SMTP submission's RCPT TO: the refusal the preflight would give this recipient of a mailbox's
+    message under its outbound policy (None: allowed, or to be held, which the preflight decides at DATA)."""
+    who, rcpt = addr.try_parse(sender), addr.try_parse(recipient)
+    if who is None or rcpt is None:
+        return None
+    box = execute('SELECT "id", "address" FROM "mailbox" WHERE "address" = ?', (who.base_key,)).fetchone()
+    if box is None:
+        return None
+    try:
+        _outbound_policy(box[0], box[1], [rcpt], routed([rcpt.domain]))
+    except MxdError as exc:
+        return exc
+    return None
 
 
 # ---------------------------------------------------------------- counters

@@ -211,6 +211,34 @@ SCHEMAS: dict[str, dict] = {
 }
 
 
+
+# ---------------------------------------------------------------- mailbox policy (mxd.mailpolicy)
+_PATTERNS = dict(arr(STR, maxItems=1000), description="addresses, domains and *.domains")
+_POLICY_OUTBOUND = dict(allow=dict(_PATTERNS, description="the only recipients this mailbox may send to "
+                                                          "(addresses, domains, *.domains); [] = anyone"),
+                        otherwise=dict({"enum": ["refuse", "hold"]},
+                                       description="a recipient outside allow: refused (recipient_not_allowed) "
+                                                   "or the message held for approval"))
+_POLICY_INBOUND = dict(
+    allow_senders=dict(_PATTERNS, description="[] = anyone; else only these authors reach the mailbox"),
+    block_senders=dict(_PATTERNS, description="authors whose mail is quarantined (block wins over allow)"),
+    require_authenticated=dict(BOOL, description="mail that does not pass DMARC (or aligned SPF/DKIM without "
+                                                 "DMARC) is quarantined"),
+    blocked_attachments=dict(oneOf=[{"const": "default"}, arr(STR)],
+                             description="file extensions quarantined; \"default\": executables, scripts, "
+                                         "macro-enabled Office files, disk images"),
+    max_message_size=dict(null(dict(INT, minimum=1)), description="bytes; larger mail is quarantined"))
+SCHEMAS.update({
+    "MailboxPolicy": obj(["outbound", "inbound"],
+                         outbound=obj(["allow", "otherwise"], **_POLICY_OUTBOUND),
+                         inbound=obj(list(_POLICY_INBOUND), **_POLICY_INBOUND)),
+    "MailboxPolicyRequest": dict(obj(outbound=dict(obj(**_POLICY_OUTBOUND), additionalProperties=False),
+                                     inbound=dict(obj(**_POLICY_INBOUND), additionalProperties=False)),
+                                 additionalProperties=False,
+                                 description="Merged into the policy in force: keys not given keep their values."),
+})
+
+
 # ---------------------------------------------------------------- parameters
 PATH_PARAMS: dict[str, dict] = {
     "domain": dict(STR, description="domain name"),

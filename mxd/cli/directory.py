@@ -5,6 +5,7 @@ import argparse
 import sys
 from urllib.parse import quote
 
+from mxd.cli import mailbox_policy
 from mxd.cli.output import api_options, clip, fields, print_json, show, table, when
 from mxd.client import Client
 
@@ -82,6 +83,8 @@ def cmd_mailboxes(args: argparse.Namespace, api: Client) -> int:
     if args.action == "delete":
         api.delete(f"/api/mailboxes/{box}")
         return deleted(args, "mailbox", args.address)
+    if args.action == "policy":
+        return mailbox_policy.cmd_policy(args, api, f"/api/mailboxes/{box}/policy")
     if args.days is not None:
         answer = api.put(f"/api/mailboxes/{box}/retention", {"retention_days": args.days})
     else:
@@ -154,7 +157,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--off", action="store_true", help="mark it not ready")
     p.set_defaults(api_func=cmd_domains)
 
-    p = sub.add_parser("mailboxes", help="mailboxes: list, add, show, delete, retention")
+    p = sub.add_parser("mailboxes", aliases=["mailbox"], help="mailboxes: list, add, show, delete, retention, policy")
     acts = p.add_subparsers(dest="action", required=True)
     acts.add_parser("list", parents=[common], help="the mailboxes this token sees")
     q = acts.add_parser("add", parents=[common], help="create a mailbox")
@@ -166,6 +169,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     q = acts.add_parser("retention", parents=[common], help="show a mailbox's retention, or set it with --days")
     q.add_argument("address")
     q.add_argument("--days", type=int, help="keep messages this many days (0: the server's default)")
+    mailbox_policy.add_parser(acts, common)
     p.set_defaults(api_func=cmd_mailboxes)
 
     p = sub.add_parser("aliases", help="aliases: list, add, delete")

@@ -18,6 +18,7 @@ from aiosmtpd.smtp import AuthResult, LoginPassword, Session
 from aiosmtpd.smtp import Envelope as SmtpEnvelope
 
 from mxd import address as addr
+from mxd import policy
 from mxd import smtpcodes as codes
 from mxd.config import Config
 from mxd.db import Database, execute
@@ -175,6 +176,9 @@ class SubmissionHandler:
             return codes.TOO_MANY_RECIPIENTS
         if addr.try_parse(address) is None:
             return codes.BAD_ADDRESS
+        refusal = await self.db.read(policy.rcpt_refusal, envelope.mail_from or "", address)
+        if refusal is not None:                 # the sending mailbox's outbound policy (the preflight's rule)
+            return f"{refusal.smtp} ({refusal.code}: {refusal.message})"[:500]
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
         return codes.RECIPIENT_OK

@@ -1,4 +1,4 @@
-"""/api/mailboxes: the mailboxes a token sees, creating and deleting them, and each one's retention."""
+"""/api/mailboxes: the mailboxes a token sees, creating and deleting them, each one's retention and policy."""
 from __future__ import annotations
 
 from starlette.requests import Request
@@ -9,7 +9,7 @@ from mxd.api.endpoint import endpoint
 from mxd.api.http import ctx, json_body, note_audit
 from mxd.api.schemas import STR, TAG_ROUTING, list_of, null, obj, ref
 from mxd.errors import MxdError
-from mxd.service import directory
+from mxd.service import directory, mailbox_policy
 
 MAX_RETENTION_DAYS = 36500
 
@@ -59,6 +59,37 @@ async def mailbox_get(request: Request, principal: Principal) -> Response:
     return JSONResponse(directory.mailbox_dict(box, c.cfg))
 
 
+# The policy routes are declared before the mailbox's DELETE: a mailbox's policy goes with it.
+POLICY_EXAMPLE = {"outbound": {"allow": ["partner.example", "bob@example.com"], "otherwise": "hold"},
+                  "inbound": {"require_authenticated": True}}
+
+
+@endpoint("GET", "/api/mailboxes/{mailbox}/policy", "getMailboxPolicy",
+          "A mailbox's policy: whom it may send to, what mail reaches it", TAG_ROUTING, "read",
+          response=ref("MailboxPolicy"))
+async def policy_get(request: Request, principal: Principal) -> Response:
+    _, policy = await mailbox_policy.get(ctx(request), principal, request.path_params["mailbox"])
+    return JSONResponse(policy)
+
+
+@endpoint("PUT", "/api/mailboxes/{mailbox}/policy", "setMailboxPolicy",
+          "Change a mailbox's policy (merged: keys not given keep their values)", TAG_ROUTING, "admin",
+          body=ref("MailboxPolicyRequest"), example=POLICY_EXAMPLE, response=ref("MailboxPolicy"))
+async def policy_put(request: Request, principal: Principal) -> Response:
+    body = await json_body(request)
+    box, policy = await mailbox_policy.put(ctx(request), principal, request.path_params["mailbox"], body)
+    note_audit(request, mailbox=box.address, changed=mailbox_policy.changed_keys(body))
+    return JSONResponse(policy)
+
+
+@endpoint("DELETE", "/api/mailboxes/{mailbox}/policy", "resetMailboxPolicy",
+          "Put a mailbox's policy back to the default", TAG_ROUTING, "admin", response=ref("MailboxPolicy"))
+async def policy_delete(request: Request, principal: Principal) -> Response:
+    box, policy = await mailbox_policy.reset(ctx(request), principal, request.path_params["mailbox"])
+    note_audit(request, mailbox=box.address)
+    return JSONResponse(policy)
+
+
 @endpoint("DELETE", "/api/mailboxes/{mailbox}", "deleteMailbox", "Delete a mailbox and its mail", TAG_ROUTING,
           "admin", status=204)
 async def mailbox_delete(request: Request, principal: Principal) -> Response:
@@ -92,3 +123,4 @@ async def retention_put(request: Request, principal: Principal) -> Response:
     box = await directory.set_retention(c, principal, request.path_params["mailbox"], days or None)
     note_audit(request, mailbox=box.address, retention_days=days or None)
     return JSONResponse(directory.retention_dict(box, c.cfg))
+
