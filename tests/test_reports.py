@@ -376,3 +376,12 @@ def test_reports_delivered_by_smtp_reach_the_api(tmp_path: Path) -> None:
     finally:
         proc.stop()
 
+
+
+def test_dns_plan_sends_both_kinds_of_report_to_the_address_the_reader_reads() -> None:
+    from mxd import dnsrecords
+    plan = {p.kind: p.record for p in dnsrecords.plan("Example.TEST", "mx.example.test", [])}
+    assert plan["dmarc"].value.endswith("; rua=mailto:postmaster@example.test")
+    assert (plan["tls-rpt"].name, plan["tls-rpt"].value) == ("_smtp._tls.example.test",
+                                                             "v=TLSRPTv1; rua=mailto:postmaster@example.test")
+    assert dnsrecords.report_address("Example.TEST") == "postmaster@example.test"

@@ -1,7 +1,8 @@
 """DMARC aggregate and SMTP TLS reports read from the report addresses: which messages were looked at, the
 reports they held, and the per-organisation, per-source summaries the reports API shows.
 
-The report address of a served domain is its postmaster@ mailbox (the `rua=` of the DNS plan: mxd.dnsrecords).
+The report address of a served domain is its postmaster@ mailbox (`mxd.dnsrecords.report_address`, the
+`rua=` of the DNS plan).
 Functions run inside a `Database.read` / `write` call.
 """
 from __future__ import annotations
@@ -11,6 +12,7 @@ from typing import Any, Iterable
 
 import peewee as pw
 
+from mxd.dnsrecords import REPORT_LOCAL, report_address
 from mxd.ids import new_id
 from mxd.store.models import (
     DmarcReportRow,
@@ -21,8 +23,6 @@ from mxd.store.models import (
     ReportSource,
     TlsReportPolicy,
 )
-
-REPORT_LOCAL = "postmaster"
 
 
 def unread(limit: int) -> list[tuple[str, str]]:
@@ -167,4 +167,4 @@ def report_mailboxes(domains: list[str] | None) -> list[str] | None:
     if domains is None:
         return None
     return [m.id for m in Mailbox.select(Mailbox.id).where(
-        Mailbox.address.in_([f"{REPORT_LOCAL}@{d}" for d in domains] or [""]))]
+        Mailbox.address.in_([report_address(d) for d in domains] or [""]))]
