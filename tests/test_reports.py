@@ -8,6 +8,8 @@ import gzip
 import io
 import json
 import smtplib
+import subprocess
+import sys
 import time
 import tracemalloc
 import zipfile
@@ -373,6 +375,18 @@ def test_reports_delivered_by_smtp_reach_the_api(tmp_path: Path) -> None:
             ("Company-X", 5326, 303), ("Other", 5326, 303)]
         assert proc.api("GET", "/api/reports/dmarc?domain=other.test").json()["data"] == []
         assert proc.api("GET", "/api/reports/dmarc?since=not-a-time").status_code == 400
+
+        # the CLI shows the same
+        env = dict(proc.env, MXD_URL=proc.url(""), MXD_TOKEN=proc.admin_token)
+        cli = [sys.executable, "-m", "mxd.cli", "reports"]
+        out = subprocess.run([*cli, "dmarc", "--domain", "example.test", "--json"], env=env, capture_output=True,
+                             text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        assert [r["source_ip"] for r in json.loads(out.stdout)] == ["192.0.2.1", "198.51.100.7", "203.0.113.9"]
+        out = subprocess.run([*cli, "tls"], env=env, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0 and "certificate-expired 100" in out.stdout, out.stderr
+        out = subprocess.run([*cli, "errors"], env=env, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0 and "corrupt.zip: corrupt_archive" in out.stdout, out.stderr
     finally:
         proc.stop()
 
