@@ -23,6 +23,11 @@ MAX_MEMBERS = 16          # members of one zip archive
 MAX_PARTS = 64            # MIME parts looked at in one message
 MAX_RECORDS = 100_000     # records (DMARC) or policies (TLS) of one report
 _CHUNK = 64 * 1024
+_MAX_COUNT = 2**31 - 1    # counts are clamped into a 32-bit column; a reporter's absurd number stays a number
+
+
+def _count(value: Any) -> int:
+    return min(max(int(value or 0), 0), _MAX_COUNT)
 
 _ZIP = b"PK\x03\x04"
 _GZIP = b"\x1f\x8b"
@@ -170,19 +175,23 @@ def _text(data: bytes) -> str:
     return data.decode("utf-8", "replace").lstrip("\ufeff \t\r\n")
 
 
+_LAST_TIME = 253402300799.0     # 9999-12-31T23:59:59Z: any later time is not one a report can mean
+
+
 def _epoch(value: Any) -> float:
+    """Seconds since the epoch of a report's time (parsedmarc writes UTC without a zone), 0 when unusable."""
     if isinstance(value, (int, float)):
-        return float(value)
-    text = str(value or "").strip()
-    if not text:
-        return 0.0
-    try:
-        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return 0.0
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=timezone.utc)
-    return parsed.timestamp()
+        number = float(value)
+    else:
+        text = str(value or "").strip()
+        try:
+            parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        except ValueError:
+            return 0.0
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=timezone.utc)
+        number = parsed.timestamp()
+    return number if 0.0 <= number <= _LAST_TIME else 0.0
 
 
 def _refuse_dtd(text: str) -> None:
@@ -218,7 +227,7 @@ def parse_dmarc(data: bytes) -> DmarcReport:
             spf, dkim = str(evaluated.get("spf") or "none"), str(evaluated.get("dkim") or "none")
             ids = r.get("identifiers") or {}
             rows.append(DmarcRow(
-                str(r["source"]["ip_address"]), max(int(r.get("count") or 0), 0),
+                str(r["source"]["ip_address"]), _count(r.get("count")),
                 str(ids.get("header_from") or "").lower(), spf, dkim,
                 "pass" if "pass" in (spf, dkim) else "fail", str(evaluated.get("disposition") or "none"),
                 str(ids.get("envelope_from") or "")))
@@ -245,12 +254,13 @@ def parse_tls(data: bytes) -> TlsReport:
         if len(parsed["policies"]) > MAX_RECORDS:
             raise ReportError("too_large", f"{len(parsed['policies'])} policies")
         for p in parsed["policies"]:
-            failures = [{"result_type": str(f.get("result_type")), "count": int(f.get("failed_session_count") or 0),
+            failures = [{"result_type": str(f.get("result_type")), "count": _count(f.get("failed_session_count")),
                          **{k: str(f[k]) for k in ("receiving_mx_hostname", "receiving_ip", "sending_mta_ip",
                                                    "failure_reason_code") if f.get(k) is not None}}
                         for f in p.get("failure_details") or []]
             policies.append(TlsPolicy(str(p["policy_type"]), str(p["policy_domain"]).lower(),
-                                      int(p["successful_session_count"]), int(p["failed_session_count"]), failures))
+                                      _count(p["successful_session_count"]), _count(p["failed_session_count"]),
+                                      failures))
         return TlsReport(str(parsed["organization_name"]), str(parsed["contact_info"]), str(parsed["report_id"]),
                          _epoch(parsed["begin_date"]), _epoch(parsed["end_date"]), policies)
     except ReportError:

@@ -399,3 +399,18 @@ def test_dns_plan_sends_both_kinds_of_report_to_the_address_the_reader_reads() -
     assert (plan["tls-rpt"].name, plan["tls-rpt"].value) == ("_smtp._tls.example.test",
                                                              "v=TLSRPTv1; rua=mailto:postmaster@example.test")
     assert dnsrecords.report_address("Example.TEST") == "postmaster@example.test"
+
+
+def test_absurd_numbers_stay_in_range() -> None:
+    doc = json.loads(tls_json())
+    doc["policies"][0]["summary"]["total-successful-session-count"] = 10**30
+    doc["policies"][0]["summary"]["total-failure-session-count"] = -5
+    doc["date-range"]["start-datetime"] = "not a date"
+    [rep] = reports.parse_file(json.dumps(doc).encode(), MB)
+    assert (rep.policies[0].successful, rep.policies[0].failed, rep.begin) == (2**31 - 1, 0, 0.0)
+    [dmarc] = reports.parse_file(dmarc_xml(rows=(("192.0.2.1", 10**20, "pass", "pass"),)), MB)
+    assert dmarc.rows[0].count == 2**31 - 1
+    doc["policies"][0]["summary"]["total-failure-session-count"] = "many"
+    with pytest.raises(reports.ReportError) as e:
+        reports.parse_file(json.dumps(doc).encode(), MB)
+    assert e.value.code == "invalid_report"
