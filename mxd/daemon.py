@@ -21,6 +21,7 @@ from mxd.db import Database
 from mxd.defences.gate import Gate
 from mxd.delivery.scheduler import Scheduler
 from mxd.pipeline import Pipeline
+from mxd.report_reader import ReportReader
 from mxd.resolver import make_resolver
 from mxd.retention import RetentionSweeper
 from mxd.smtpserver.mx import MxHandler, MxServer
@@ -84,6 +85,7 @@ class Daemon:
         self.scheduler: Scheduler | None = None
         self.webhooks: WebhookWorker | None = None
         self.retention: RetentionSweeper | None = None
+        self.report_reader: ReportReader | None = None
         self.workers: concurrent.futures.Executor | None = None
         self.submission: SubmissionServer | None = None
         self.http: _Uvicorn | None = None
@@ -123,6 +125,8 @@ class Daemon:
         self.webhooks.start()
         self.retention = RetentionSweeper(cfg, self.db)
         self.retention.start()
+        self.report_reader = ReportReader(cfg, self.db)
+        self.report_reader.start()
 
         def queued() -> None:
             self.scheduler.notify()
@@ -166,6 +170,8 @@ class Daemon:
             await self.webhooks.stop()
         if self.retention:
             await self.retention.stop()
+        if self.report_reader:
+            await self.report_reader.stop()
         if self.pipeline:
             await self.pipeline.stop()
         if self.workers:

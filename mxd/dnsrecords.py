@@ -12,8 +12,9 @@ Policy choices:
   aligned with the From domain, so its own mail passes; quarantine rather than
   reject so mail broken by a forwarder or list is filed as spam, not lost.
   Relaxed alignment (RFC 7489 6.3 defaults, written out). Aggregate reports go
-  to postmaster@<domain>, which mxd always serves (RFC 5321 4.5.1); being in
-  the same domain it needs no RFC 7489 7.1 authorisation record.
+  to postmaster@<domain> (`report_address`), which mxd always serves (RFC 5321
+  4.5.1); being in the same domain it needs no RFC 7489 7.1 authorisation
+  record. TLS-RPT reports go there too; mxd.report_reader reads both from that mailbox.
 - The return path is the sending domain itself: bounces come back to the VERP
   address ``bounces+<queue id>.<tag>@<domain>`` (RFC 5321 4.4), so the domain's MX
   receives them and its SPF record is the one checked against MAIL FROM; no
@@ -39,6 +40,12 @@ if TYPE_CHECKING:                   # L0: only the type, not the key-handling mo
 DEFAULT_TTL = 3600
 MX_PREFERENCE = 10
 _TXT_CHUNK = 255        # RFC 1035 3.3: a <character-string> holds at most 255 octets
+REPORT_LOCAL = "postmaster"     # the local part of the DMARC rua= and TLS-RPT rua= address of every domain
+
+
+def report_address(domain: str) -> str:
+    """Where a domain's DMARC aggregate and TLS reports are sent: its postmaster@, which always exists."""
+    return f"{REPORT_LOCAL}@{normalize_domain(domain)}"
 
 
 @dataclass(frozen=True)
@@ -100,7 +107,7 @@ def required_records(
                 f"DKIM public key, selector {key.selector} ({key.algorithm})",
             ))
 
-    dmarc = f"v=DMARC1; p=quarantine; adkim=r; aspf=r; rua=mailto:postmaster@{domain}"
+    dmarc = f"v=DMARC1; p=quarantine; adkim=r; aspf=r; rua=mailto:{report_address(domain)}"
     records.append(DnsRecord(f"_dmarc.{domain}", "TXT", dmarc, "DMARC policy and where aggregate reports go"))
     return records
 
@@ -133,7 +140,7 @@ def recommended_records(domain: str, hostname: str) -> list[DnsRecord]:
         DnsRecord(f"_mta-sts.{domain}", "TXT", f"v=STSv1; id={policy_id}",
                   f"MTA-STS: senders require TLS to the MX; serve the policy at "
                   f"https://mta-sts.{domain}/.well-known/mta-sts.txt"),
-        DnsRecord(f"_smtp._tls.{domain}", "TXT", f"v=TLSRPTv1; rua=mailto:postmaster@{domain}",
+        DnsRecord(f"_smtp._tls.{domain}", "TXT", f"v=TLSRPTv1; rua=mailto:{report_address(domain)}",
                   "TLS-RPT: where senders report TLS failures delivering to this domain"),
     ]
 

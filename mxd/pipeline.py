@@ -70,7 +70,8 @@ _threads: concurrent.futures.ThreadPoolExecutor | None = None
 Item = tuple[str, bytes, str, str, str, str, str, "dict | None"]
 
 
-def _analyse_one(item: Item, auth_on: bool, authserv_id: str, dkim_dir: str) -> tuple[Any, Any, str, dict | None]:
+def _analyse_one(item: Item, auth_on: bool, authserv_id: str, dkim_dir: str,
+                 trusted_arc_sealers: tuple[str, ...] = ()) -> tuple[Any, Any, str, dict | None]:
     from mxd.authn import authenticate
     inbound_id, data, ip, helo, mail_from, source, trace, stored_auth = item
     if source == "outbound":                   # a submitted message: its DKIM fields become its trace
@@ -97,7 +98,7 @@ def _analyse_one(item: Item, auth_on: bool, authserv_id: str, dkim_dir: str) -> 
     elif auth_on and source == "smtp" and resolver is not None:
         try:
             auth = authenticate(data, ip=ip, helo=helo, mail_from=mail_from, resolver=resolver,
-                                authserv_id=authserv_id)
+                                authserv_id=authserv_id, trusted_arc_sealers=trusted_arc_sealers)
             trace = f"Authentication-Results: {auth.header_value}\r\n" + trace
         except Exception:
             log.exception("authentication checks failed on %s", inbound_id)
@@ -105,8 +106,8 @@ def _analyse_one(item: Item, auth_on: bool, authserv_id: str, dkim_dir: str) -> 
     return parsed, auth, trace, facts
 
 
-def analyse(items: list[Item], auth_on: bool, authserv_id: str,
-            dkim_dir: str = "") -> list[tuple[Any, Any, str, dict | None]]:
+def analyse(items: list[Item], auth_on: bool, authserv_id: str, dkim_dir: str = "",
+            trusted_arc_sealers: tuple[str, ...] = ()) -> list[tuple[Any, Any, str, dict | None]]:
     """(parsed, auth, trace, trust facts) per (id, data, remote_ip, helo, mail_from, source, trace, stored auth);
     never raises.
 
@@ -121,10 +122,11 @@ def analyse(items: list[Item], auth_on: bool, authserv_id: str,
     """
     global _threads
     if not auth_on or len(items) == 1:
-        return [_analyse_one(item, auth_on, authserv_id, dkim_dir) for item in items]
+        return [_analyse_one(item, auth_on, authserv_id, dkim_dir, trusted_arc_sealers) for item in items]
     if _threads is None:
         _threads = concurrent.futures.ThreadPoolExecutor(16, thread_name_prefix="mxd-auth")
-    return list(_threads.map(lambda item: _analyse_one(item, auth_on, authserv_id, dkim_dir), items))
+    return list(_threads.map(lambda item: _analyse_one(item, auth_on, authserv_id, dkim_dir, trusted_arc_sealers),
+                             items))
 
 
 class Pipeline(BackgroundWorker):
@@ -169,7 +171,8 @@ class Pipeline(BackgroundWorker):
             items = [(r.id, r.data, r.remote_ip, r.helo, r.mail_from, r.source, r.trace,
                       r.checks.get("auth") if r.checks else None) for r in rows]
             run = getattr(self._pool, "run", None)          # WorkerProcesses
-            args = (analyse, items, self.cfg.auth_checks, self.cfg.hostname, os.path.join(self.cfg.data_dir, "dkim"))
+            args = (analyse, items, self.cfg.auth_checks, self.cfg.hostname, os.path.join(self.cfg.data_dir, "dkim"),
+                    tuple(self.cfg.trusted_arc_sealers))
             results = await (run(*args) if run else asyncio.get_running_loop().run_in_executor(self._pool, *args))
             bounces = [r for r in rows if any(rcpt.get("bounce_entry") for rcpt in r.rcpts)]
             if bounces:                             # DSNs are parsed here: the writer never parses a message

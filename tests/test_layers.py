@@ -20,7 +20,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("rules", ("mxd.policy", "mxd.retention", "mxd.domaincheck", "mxd.sending", "mxd.delivery.bounces",
                "mxd.delivery.dsn", "mxd.delivery.mxhosts", "mxd.webhook_target")),
     ("service", ("mxd.access", "mxd.service")),
-    ("workers", ("mxd.pipeline", "mxd.workerpool", "mxd.worker", "mxd.delivery.scheduler", "mxd.webhook_sender")),
+    ("workers", ("mxd.pipeline", "mxd.workerpool", "mxd.worker", "mxd.delivery.scheduler", "mxd.webhook_sender",
+                 "mxd.report_reader")),
     ("doors", ("mxd.smtpserver", "mxd.api")),
     ("wiring", ("mxd.daemon", "mxd.cli", "mxd.api.app")),
 ]

@@ -292,3 +292,27 @@ TAG_MESSAGES = "Messages and threads"
 TAG_SENDING = "Drafts and sending"
 TAG_QUEUE = "Queue and suppressions"
 SCOPES = tokens.SCOPES
+
+
+# ---------------------------------------------------------------- DMARC and TLS reports
+TAG_REPORTS = "DMARC and TLS reports"
+_REPORT_ERROR = obj(["message_id", "errors"], message_id=STR, mailbox_id=STR, looked_at=NTIME,
+                    errors=arr(obj(["code", "detail"], code=dict(STR, description="corrupt_archive, too_large, "
+                                   "too_many_members, nested_archive, forbidden_xml, invalid_report, unknown_format"),
+                                   detail=STR, part=dict(STR, description="the attachment's file name"))))
+SCHEMAS.update({
+    "ReportError": _REPORT_ERROR,
+    "DmarcSummary": obj(["org_name", "domain", "source_ip", "messages"], org_name=STR,
+                        domain=dict(STR, description="the author domain the reports are about"), source_ip=STR,
+                        messages=INT, reports=INT, begin=NTIME, end=NTIME, spf_pass=INT, spf_fail=INT,
+                        dkim_pass=INT, dkim_fail=INT, dmarc_pass=INT, dmarc_fail=INT),
+    "TlsSummary": obj(["org_name", "policy_domain", "policy_type", "successful", "failed"], org_name=STR,
+                      policy_domain=STR, policy_type=dict(STR, description="sts, tlsa or no-policy-found"),
+                      successful=INT, failed=INT, reports=INT,
+                      failure_types={"type": "object", "additionalProperties": INT,
+                                     "description": "failed sessions per RFC 8460 result-type"}),
+    "DmarcReports": obj(["data"], data=arr(ref("DmarcSummary")), report_errors=arr(ref("ReportError"))),
+    "TlsReports": obj(["data"], data=arr(ref("TlsSummary")), report_errors=arr(ref("ReportError"))),
+})
+QUERY_PARAMS.setdefault("domain", {"schema": STR, "description": "only this domain"})
+QUERY_PARAMS.setdefault("include", {"schema": STR, "description": "comma-separated extras"})

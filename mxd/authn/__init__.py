@@ -1,4 +1,5 @@
-"""Inbound message authentication: SPF, DKIM and DMARC results and the Authentication-Results field that records them.
+"""Inbound message authentication: SPF, DKIM, DMARC and ARC results and the Authentication-Results field that
+records them.
 
 `authenticate` runs in a worker thread, asks DNS only through the Resolver it
 is given, and never raises: hostile headers, broken signatures and DNS
@@ -8,14 +9,16 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import Sequence
 
-from mxd.authn import dkim, dmarc, results, spf
+from mxd.authn import arc, dkim, dmarc, results, spf
+from mxd.authn.arc import ArcResult
 from mxd.authn.dkim import DkimResult
 from mxd.authn.dmarc import DmarcResult
 from mxd.authn.spf import SpfResult
 from mxd.resolver import Resolver
 
-__all__ = ["AuthResults", "DkimResult", "DmarcResult", "SpfResult", "authenticate"]
+__all__ = ["ArcResult", "AuthResults", "DkimResult", "DmarcResult", "SpfResult", "authenticate"]
 
 log = logging.getLogger(__name__)
 
@@ -31,11 +34,19 @@ class AuthResults:
     header_value: str           # Authentication-Results body, without the field name
     spf_detail: SpfResult | None = field(default=None, repr=False)
     dmarc_detail: DmarcResult | None = field(default=None, repr=False)
+    arc: str = "none"           # pass fail none temperror: the ARC chain (RFC 8617)
+    arc_sealers: list[str] = field(default_factory=list)   # d= of each ARC-Seal, most recent first
+    dmarc_override: str = ""    # why a DMARC failure was turned into a pass (a trusted ARC sealer), or ""
+
+    def arc_json(self) -> dict:
+        return {"arc": self.arc, "arc_sealers": list(self.arc_sealers), "dmarc_override": self.dmarc_override}
 
 
 def authenticate(raw: bytes, *, ip: str, helo: str, mail_from: str, resolver: Resolver,
-                 authserv_id: str) -> AuthResults:
-    """SPF (RFC 7208), DKIM (RFC 6376), DMARC (RFC 7489) and the RFC 8601 field for one received message."""
+                 authserv_id: str, trusted_arc_sealers: Sequence[str] = ()) -> AuthResults:
+    """SPF (RFC 7208), DKIM (RFC 6376), DMARC (RFC 7489), ARC (RFC 8617) and the RFC 8601 field for one
+    received message. A DMARC failure becomes a pass when a trusted ARC sealer vouches for the author
+    domain (mxd.authn.arc.override)."""
     try:
         spf_result = spf.check(ip, helo, mail_from, resolver)
     except Exception:  # a bug, not an input: report it and let the caller defer rather than reject
@@ -54,10 +65,25 @@ def authenticate(raw: bytes, *, ip: str, helo: str, mail_from: str, resolver: Re
         log.exception("dmarc evaluation failed")
         dmarc_result = DmarcResult("temperror", "", None, "internal error")
 
+    arc_result, override = ArcResult("none"), ""
     try:
-        value = results.header_value(authserv_id, spf_result, dkim_results, dmarc_result)
+        if dmarc.header_fields(raw, b"arc-seal"):      # unsealed: skip dkimpy's parse
+            arc_result = arc.verify(raw, resolver)
+            if dmarc_result.result == "fail":
+                override = arc.override(arc_result, dmarc_result.from_domain, trusted_arc_sealers)
+                if override:               # RFC 8617 7.2: local policy, recorded as such
+                    dmarc_result = DmarcResult("pass", dmarc_result.from_domain, dmarc_result.policy, override,
+                                               dmarc_result.record_domain)
+    except Exception:
+        log.exception("arc verification failed")
+        arc_result = ArcResult("temperror", reason="internal error")
+
+    try:
+        value = results.header_value(authserv_id, spf_result, dkim_results, dmarc_result, arc_result,
+                                     override=bool(override))
     except Exception:
         log.exception("building Authentication-Results failed")
         value = f"{authserv_id}; none"
     return AuthResults(spf_result.result, spf_result.domain, dkim_results, dmarc_result.result,
-                       dmarc_result.policy, dmarc_result.from_domain, value, spf_result, dmarc_result)
+                       dmarc_result.policy, dmarc_result.from_domain, value, spf_result, dmarc_result,
+                       arc_result.result, list(arc_result.sealers), override)

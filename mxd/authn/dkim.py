@@ -27,11 +27,11 @@ class DkimResult:
     reason: str = ""
 
 
-class _TempFail(Exception):
+class TempFail(Exception):
     """Raised from the key lookup: dkimpy catches its own DnsTimeoutError and calls it a bad signature."""
 
 
-class _KeyLookup:
+class KeyLookup:
     """dkimpy's dnsfunc(name: bytes, timeout=...) -> bytes | None, noting what the lookup found."""
 
     def __init__(self, resolver: Resolver) -> None:
@@ -47,7 +47,7 @@ class _KeyLookup:
         try:
             records = self.resolver.txt(qname)
         except DNSError as e:
-            raise _TempFail(str(e)) from None  # RFC 6376 6.1.2: TEMPFAIL
+            raise TempFail(str(e)) from None  # RFC 6376 6.1.2: TEMPFAIL
         if not records:
             return None
         # RFC 6376 3.6.2.2: several TXT records give undefined results; take the first.
@@ -93,11 +93,11 @@ def verify(raw: bytes, resolver: Resolver) -> list[DkimResult]:
 
 
 def _verify_one(message: dkimpy.DKIM, idx: int, algorithm: str, resolver: Resolver) -> tuple[str, str]:
-    lookup = _KeyLookup(resolver)
+    lookup = KeyLookup(resolver)
     message.pk = None
     try:
         ok = message.verify(idx=idx, dnsfunc=lookup)
-    except _TempFail as e:
+    except TempFail as e:
         return "temperror", f"key lookup: {e}"
     except dkimpy.DKIMException as e:
         text = str(e)

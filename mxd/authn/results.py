@@ -1,4 +1,4 @@
-"""The Authentication-Results field body (RFC 8601), built with authres from the SPF, DKIM and DMARC results."""
+"""The Authentication-Results field body (RFC 8601), built with authres from the SPF, DKIM, DMARC and ARC results."""
 from __future__ import annotations
 
 import re
@@ -6,6 +6,7 @@ import re
 from authres import core_features
 from authres.core import AuthenticationResult, AuthenticationResultProperty, AuthenticationResultsHeader
 
+from mxd.authn.arc import ArcResult
 from mxd.authn.dkim import DkimResult
 from mxd.authn.dmarc import DmarcResult
 from mxd.authn.spf import SpfResult
@@ -47,16 +48,31 @@ def _dkim(sig: DkimResult) -> AuthenticationResult:
     return AuthenticationResult("dkim", result=sig.result, reason=reason, properties=props)
 
 
-def _dmarc(dmarc: DmarcResult) -> AuthenticationResult:
+def _dmarc(dmarc: DmarcResult, override: bool = False) -> AuthenticationResult:
     props = _prop("header", "from", dmarc.from_domain, _DOMAIN)  # RFC 7489 11.2
-    reason = _reason(dmarc.reason) if dmarc.result in ("temperror", "permerror") else None
+    if override:        # RFC 8617 7.2 / RFC 7489 appendix C: a local policy override, by ARC
+        props += _prop("policy", "override", "arc")
+    reason = _reason(dmarc.reason) if dmarc.result in ("temperror", "permerror") or override else None
     return AuthenticationResult("dmarc", result=dmarc.result, reason=reason, properties=props)
 
 
-def header_value(authserv_id: str, spf: SpfResult, dkim: list[DkimResult], dmarc: DmarcResult) -> str:
-    """e.g. "mx.example.net; spf=pass smtp.mailfrom=a@x.org; dkim=none; dmarc=pass header.from=x.org"."""
+def _arc(arc: ArcResult) -> AuthenticationResult:
+    # RFC 8617 4.4 / 8601 arc=: header.as.d names the most recent sealer; the comment lists the chain's sealers
+    sealers = [s for s in arc.sealers if s and _DOMAIN.match(s)][:10]
+    props = _prop("header", "as.d", arc.last_sealer, _DOMAIN)
+    comment = ("sealed by " + " ".join(sealers)) if sealers else None
+    reason = _reason(arc.reason) if arc.result != "pass" and arc.reason else None
+    return AuthenticationResult("arc", result=arc.result, result_comment=comment, reason=reason, properties=props)
+
+
+def header_value(authserv_id: str, spf: SpfResult, dkim: list[DkimResult], dmarc: DmarcResult,
+                 arc: ArcResult | None = None, *, override: bool = False) -> str:
+    """e.g. "mx.example.net; spf=pass smtp.mailfrom=a@x.org; dkim=none; dmarc=pass header.from=x.org"; with an
+    ARC chain, "arc=pass (sealed by lists.example.org) header.as.d=lists.example.org" too."""
     results = [_spf(spf)]
     results += [_dkim(sig) for sig in dkim] or [AuthenticationResult("dkim", result="none")]
-    results.append(_dmarc(dmarc))
+    results.append(_dmarc(dmarc, override))
+    if arc is not None and arc.result != "none":
+        results.append(_arc(arc))
     authserv = authserv_id if _TOKEN.match(authserv_id or "") else "localhost"
     return AuthenticationResultsHeader(core_features(), authserv_id=authserv, results=results).header_value()

@@ -115,6 +115,7 @@ def auth_dict(auth: Any) -> dict:
     return {
         "spf": auth.spf, "dmarc": auth.dmarc, "dmarc_policy": auth.dmarc_policy,
         "dkim": [{"result": d.result, "domain": d.domain, "selector": d.selector} for d in auth.dkim],
+        **auth.arc_json(),
     }
 
 

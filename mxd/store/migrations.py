@@ -142,9 +142,14 @@ def _v8_inbound_defences(db: pw.Database) -> None:
     db.execute_sql('CREATE INDEX IF NOT EXISTS "message_quarantined_at" ON "message" ("quarantined_at")')
 
 
+def _v9_reports(db: pw.Database) -> None:
+    """DMARC aggregate and SMTP TLS reports read from the report addresses, and the messages looked at."""
+    db.create_tables(models.REPORT_MODELS, safe=True)
+
+
 STEPS: list[Callable[[pw.Database], None]] = [_v1_initial, _v2_platform, _v3_thread_order, _v4_search_mailbox,
                                               _v5_forged_bounces, _v6_tenant_boundaries, _v7_inbound_receipt,
-                                              _v8_inbound_defences]
+                                              _v8_inbound_defences, _v9_reports]
 
 
 def current_version(db: pw.Database) -> int:

@@ -351,3 +351,58 @@ class Meta(BaseModel):
 
 MODELS = [Organization, Agent, Webhook, WebhookDelivery, WebhookAttempt, Audit, Domain, Mailbox, Alias, Inbound, Thread, ThreadRef, Message, Attachment, Token, Event, QueueEntry,
           Suppression, SendCount, Idempotency, Draft, MailboxPolicy, Correspondent, Meta]
+
+
+# ---------------------------------------------------------------- DMARC and TLS reports (v9)
+class ReportSource(BaseModel):
+    """A message at a report address (postmaster@ of a served domain) the report reader looked at (v9): how
+    many reports it held and what could not be read (`errors`: [{"code", "detail", "part"}])."""
+    message_id = pw.CharField(primary_key=True, max_length=40)
+    mailbox_id = pw.CharField(max_length=40, index=True)
+    looked_at = pw.DoubleField(default=time.time, index=True)
+    reports = pw.IntegerField(default=0)
+    errors = JSONField(default=list)
+
+
+class ReceivedReport(BaseModel):
+    """One DMARC aggregate (kind "dmarc") or SMTP TLS (kind "tls") report, once per (kind, org, report id)."""
+    id = pw.CharField(primary_key=True, max_length=40)
+    kind = pw.CharField(max_length=8)
+    org_name = pw.CharField(max_length=255)
+    contact = pw.CharField(max_length=320, default="")
+    report_id = pw.CharField(max_length=255)
+    domain = pw.CharField(max_length=255, default="", index=True)   # DMARC: policy_published/domain
+    policy = pw.CharField(max_length=16, default="")                # DMARC: policy_published/p
+    begin = pw.DoubleField(index=True)
+    end = pw.DoubleField()
+    message_id = pw.CharField(max_length=40)
+    received_at = pw.DoubleField(default=time.time)
+
+    class Meta:
+        indexes = ((("kind", "org_name", "report_id"), True),)
+
+
+class DmarcReportRow(BaseModel):
+    """One <record> of a DMARC aggregate report: messages from one source IP with one set of results."""
+    report = pw.ForeignKeyField(ReceivedReport, backref="dmarc_rows", on_delete="CASCADE")
+    source_ip = pw.CharField(max_length=64)
+    count = pw.IntegerField()
+    header_from = pw.CharField(max_length=255, default="")
+    spf = pw.CharField(max_length=16)
+    dkim = pw.CharField(max_length=16)
+    dmarc = pw.CharField(max_length=16)
+    disposition = pw.CharField(max_length=16, default="none")
+
+
+class TlsReportPolicy(BaseModel):
+    """One policy of an SMTP TLS report: sessions that succeeded and failed, with the failure types."""
+    report = pw.ForeignKeyField(ReceivedReport, backref="tls_policies", on_delete="CASCADE")
+    policy_type = pw.CharField(max_length=20)
+    policy_domain = pw.CharField(max_length=255, index=True)
+    successful = pw.IntegerField()
+    failed = pw.IntegerField()
+    failures = JSONField(default=list)
+
+
+REPORT_MODELS = [ReportSource, ReceivedReport, DmarcReportRow, TlsReportPolicy]
+MODELS += REPORT_MODELS

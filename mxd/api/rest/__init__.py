@@ -13,6 +13,7 @@ from mxd.api.rest import (
     mailboxes,
     messages,
     queue,
+    reports,
     routing,
     send,
     system,
@@ -22,7 +23,7 @@ from mxd.api.rest import (
 )
 
 MODULES = (system, admin, domains, mailboxes, routing, messages, threads, send, drafts, queue, tokens, webhooks,
-           inbound)
+           inbound, reports)
 
 
 def routes() -> list[Route]:

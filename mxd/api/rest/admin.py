@@ -1,9 +1,6 @@
 """/api/bootstrap, /api/audit and /api/retention/run: what a new caller needs, the audit trail, retention now."""
 from __future__ import annotations
 
-import math
-from datetime import datetime, timezone
-
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -13,6 +10,7 @@ from mxd.api.http import ctx, json_body, note_audit, page_params
 from mxd.api.schemas import STR, TAG_ADMIN, obj, page_of, ref
 from mxd.errors import MxdError
 from mxd.service import admin, directory
+from mxd.timefmt import when
 
 
 @endpoint("GET", "/api/bootstrap", "bootstrap",
@@ -20,30 +18,6 @@ from mxd.service import admin, directory
 async def bootstrap(request: Request, principal: Principal) -> Response:
     """What a new operator or agent needs in one call: server, caller, domains, mailboxes, ports, next steps."""
     return JSONResponse(await admin.bootstrap(ctx(request), principal))
-
-
-def when(value: str | None, name: str) -> float | None:
-    """ISO 8601 (a time without zone is UTC) or seconds since the epoch."""
-    if value is None or value == "":
-        return None
-    try:
-        number = float(value)
-    except ValueError:
-        pass
-    else:
-        if not math.isfinite(number):
-            raise MxdError("bad_request", f"{name} must be a finite time")
-        return number
-    text = value.strip().replace("Z", "+00:00")
-    if "T" in text and text.count(" ") == 1:              # a "+" that arrived unencoded in the query string
-        text = text.replace(" ", "+")
-    try:
-        parsed = datetime.fromisoformat(text)
-        if parsed.tzinfo is None:
-            parsed = parsed.replace(tzinfo=timezone.utc)
-        return parsed.timestamp()
-    except (ValueError, OverflowError):
-        raise MxdError("bad_request", f"{name} must be ISO 8601 (2026-01-31T12:00:00Z) or epoch seconds") from None
 
 
 @endpoint("GET", "/api/audit", "listAudit", "Audit rows, newest first", TAG_ADMIN, "audit",
