@@ -57,7 +57,7 @@ def auth_to_json(auth: AuthResults) -> dict[str, Any]:
                   "header_b": d.header_b, "reason": d.reason} for d in auth.dkim],
         "dmarc": auth.dmarc, "dmarc_policy": auth.dmarc_policy, "from_domain": auth.from_domain,
         "dmarc_reason": dmarc.reason if dmarc else "",
-        "dmarc_record_domain": dmarc.record_domain if dmarc else "",
+        "dmarc_record_domain": dmarc.record_domain if dmarc else "", **auth.arc_json(),
     }
 
 
@@ -68,7 +68,9 @@ def auth_from_json(data: dict[str, Any]) -> AuthResults:
             for d in data.get("dkim") or []]
     return AuthResults(str(data.get("spf", "none")), str(data.get("spf_domain", "")), dkim,
                        str(data.get("dmarc", "none")), data.get("dmarc_policy"), str(data.get("from_domain", "")),
-                       str(data.get("header_value", "")))
+                       str(data.get("header_value", "")), arc=str(data.get("arc", "none")),
+                       arc_sealers=[str(s) for s in data.get("arc_sealers") or []],
+                       dmarc_override=str(data.get("dmarc_override", "")))
 
 
 # ---------------------------------------------------------------- the verdict on authentication
@@ -136,7 +138,7 @@ class Gate:
             recipients=cfg.client_recipients_per_minute, recipients_net=cfg.client_recipients_per_net_per_minute,
             unknown=cfg.unknown_recipients_per_ip, pause=cfg.seconds("harvest_pause"))
         self._listed: dict[str, tuple[float, str]] = {}     # ip -> (until, zone): a recent listing, for connect
-        self.authenticate = Authenticator(resolver, cfg.hostname)
+        self.authenticate = Authenticator(resolver, cfg.hostname, cfg.trusted_arc_sealers)
 
     def close(self) -> None:
         self.authenticate.close()

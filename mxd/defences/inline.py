@@ -16,7 +16,7 @@ import asyncio
 import concurrent.futures
 import functools
 import time
-from typing import Any
+from typing import Any, Sequence
 
 from mxd.authn import AuthResults, authenticate
 from mxd.resolver import DNSError, Resolver
@@ -99,8 +99,9 @@ class _MemoResolver:
 class Authenticator:
     """`authenticate` for the MX, on the loop when it can, on a thread when it cannot."""
 
-    def __init__(self, resolver: Resolver, authserv_id: str) -> None:
+    def __init__(self, resolver: Resolver, authserv_id: str, trusted_arc_sealers: Sequence[str] = ()) -> None:
         self.resolver, self.authserv_id = resolver, authserv_id
+        self.trusted_arc_sealers = tuple(trusted_arc_sealers)
         self.memo = _Memo(resolver)
         self.inline = _MemoResolver(self.memo)
         self.threads = concurrent.futures.ThreadPoolExecutor(8, thread_name_prefix="mxd-gate")
@@ -112,11 +113,11 @@ class Authenticator:
         for _ in range(MAX_RERUNS):
             try:
                 return authenticate(data, ip=ip, helo=helo, mail_from=mail_from, resolver=self.inline,
-                                    authserv_id=self.authserv_id)
+                                    authserv_id=self.authserv_id, trusted_arc_sealers=self.trusted_arc_sealers)
             except _Miss as miss:
                 if miss.kind is None:
                     break
                 await self.memo.fetch(miss.kind, miss.name)
         return await asyncio.get_running_loop().run_in_executor(self.threads, functools.partial(
             authenticate, data, ip=ip, helo=helo, mail_from=mail_from, resolver=self.resolver,
-            authserv_id=self.authserv_id))
+            authserv_id=self.authserv_id, trusted_arc_sealers=self.trusted_arc_sealers))
