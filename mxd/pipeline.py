@@ -29,7 +29,7 @@ from mxd.defences.gate import auth_from_json
 from mxd.delivery.bounces import bounce_received, delivery_report
 from mxd.ingest import InboundRow
 from mxd.mime.parse import attachment, parse
-from mxd.store import correspondents, messages, policies
+from mxd.store import correspondents, mailbox_policies, messages
 from mxd.workerpool import release_memory
 
 log = logging.getLogger("mxd.pipeline")
@@ -261,7 +261,7 @@ class Judgements:
     def policy(self, mailbox_id: str) -> dict | None:
         if mailbox_id not in self._policies:
             try:
-                self._policies[mailbox_id] = mailpolicy.normalise(policies.get(mailbox_id) or {})
+                self._policies[mailbox_id] = mailpolicy.normalise(mailbox_policies.get(mailbox_id) or {})
             except Exception:                   # a stored document that no longer normalises: the defaults
                 log.exception("the policy of %s cannot be read; the defaults apply", mailbox_id)
                 self._policies[mailbox_id] = None

@@ -15,7 +15,9 @@ from mxd.store.models import MailboxPolicy
 def get(mailbox_id: str) -> dict | None:
     """The stored document of this mailbox, or None (the default policy)."""
     row = execute('SELECT "policy" FROM "mailbox_policy" WHERE "mailbox_id" = ?', (mailbox_id,)).fetchone()
-    return json.loads(row[0]) if row and row[0] is not None else None
+    if row is None or row[0] is None:
+        return None
+    return json.loads(row[0]) if isinstance(row[0], (str, bytes)) else row[0]
 
 
 def updated_at(mailbox_id: str) -> float | None:
