@@ -26,12 +26,6 @@ from tests.support.store import sqlite_url
 AGENT = "agent@example.com"
 
 
-@dataclass
-class CheckedRow(InboundRow):
-    """An inbound row with the MX's findings, as the MX hands them to the pipeline."""
-    checks: dict | None = None
-
-
 def auth(dmarc: str = "pass", domain: str = "partner.org") -> AuthResults:
     return AuthResults("pass" if dmarc == "pass" else "fail", domain, [], dmarc, None, domain, "mx; none")
 
@@ -48,9 +42,9 @@ class World:
         """Store one message for the agent through the pipeline's analysis and writer steps; its row."""
         env = Envelope(mail_from=mail_from, rcpts=[Recipient(AGENT, (self.box.id,))], data=raw, source=source)
         self.db.write_sync(store, env)
-        base = as_row(env)
-        row = CheckedRow(*(getattr(base, f) for f in InboundRow.__dataclass_fields__), checks=checks)
-        [(parsed, _, trace, facts)] = pipeline.analyse([(row.id, row.data, "", "", mail_from, source, "")],
+        row = as_row(env)
+        row.checks = checks
+        [(parsed, _, trace, facts)] = pipeline.analyse([(row.id, row.data, "", "", mail_from, source, "", None)],
                                                       False, "mx.example.com")
         self.db.write_sync(self.pipe._store, [row], [(parsed, authn, trace, facts)], True)
         return self.message(row.id)
