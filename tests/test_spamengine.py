@@ -299,3 +299,11 @@ def test_auth_headers_map_mxds_results():
                                                    {"result": "tempfail", "domain": "y.test"}]}
     assert "DMARC" not in got                       # a failure's policy is not in the field: rspamd evaluates it
     assert auth_headers("") == [] and auth_headers("not a field") == []
+
+
+async def test_own_hostname_is_not_sent_as_the_clients():
+    async with FakeRspamd(body=b'{"action": "no action", "score": 0}') as fake:
+        await ask(cfg(fake.url), hostname="MX.example.test.")
+    (headers, _), = fake.requests
+    names = [k.lower() for k, _ in headers]
+    assert "hostname" not in names and "mta-name" in names

@@ -149,8 +149,8 @@ def request_headers(cfg: Config, *, ip: str, helo: str, mail_from: str, rcpts: l
     headers += [("Rcpt", _value(r)) for r in rcpts if _value(r)]
     if queue_id:
         headers.append(("Queue-ID", _value(queue_id)))
-    if hostname:
-        headers.append(("Hostname", _value(hostname)))
+    if hostname and hostname.lower().rstrip(".") != (cfg.hostname or "").lower().rstrip("."):
+        headers.append(("Hostname", _value(hostname)))   # the client's name; mxd's own is MTA-Name
     if cfg.hostname:
         headers.append(("MTA-Name", _value(cfg.hostname)))
     headers += [(name, value.encode()) for name, value in auth_headers(authentication_results)]
@@ -261,7 +261,9 @@ async def check(cfg: Config, data: bytes, *, ip: str, helo: str, mail_from: str,
                 authentication_results: str = "", hostname: str = "", queue_id: str = "") -> SpamVerdict:
     """rspamd's verdict on one message; accept/unscored when there is none (never raises).
 
-    hostname: the client's verified reverse-DNS name (rspamd's `Hostname`), "" when unknown.
+    hostname: the client's verified reverse-DNS name (rspamd's `Hostname`), "" when unknown (rspamd then
+    scores RDNS_NONE and HFILTER_HOSTNAME_UNKNOWN, as it does for any MTA that cannot name its client); mxd's
+    own hostname given here is ignored (it is sent as `MTA-Name`, and is never the client's name).
     authentication_results: the Authentication-Results body mxd computed for this message."""
     started = time.monotonic()
     if not cfg.rspamd_url:
