@@ -51,7 +51,7 @@ logging {{
 worker "normal" {{
     bind_socket = "127.0.0.1:{port}";
     .include "$CONFDIR/worker-normal.inc"
-    count = 1;
+    count = {workers};
 }}
 worker "controller" {{
     bind_socket = "127.0.0.1:{controller_port}";
@@ -82,13 +82,15 @@ class RspamdError(RuntimeError):
 
 class RspamdPeer:
     def __init__(self, workdir: Path, port: int, controller_port: int, nameserver: str, *,
-                 cache: Path | None = CACHE, log_level: str = "warning") -> None:
-        """nameserver: "127.0.0.1:PORT", the only DNS server rspamd asks."""
+                 cache: Path | None = CACHE, log_level: str = "warning", workers: int = 1) -> None:
+        """nameserver: "127.0.0.1:PORT", the only DNS server rspamd asks; workers: normal (scanner) processes,
+        each single-threaded (~260 MB each)."""
         self.workdir = Path(workdir).resolve()
         self.port, self.controller_port = port, controller_port
         self.nameserver = nameserver
         self.cache = cache
         self.log_level = log_level
+        self.workers = workers
         self.db_dir = self.workdir / "db"
         self.proc: subprocess.Popen | None = None
         self._log = None
@@ -106,7 +108,8 @@ class RspamdPeer:
         local = self.workdir / "local.d"
         local.mkdir(parents=True, exist_ok=True)
         (self.workdir / "rspamd.conf").write_text(_CONF.format(
-            port=self.port, controller_port=self.controller_port, log_level=self.log_level))
+            port=self.port, controller_port=self.controller_port, log_level=self.log_level,
+            workers=self.workers))
         (local / "options.inc").write_text(f'dns {{ nameserver = ["{self.nameserver}"]; timeout = 1s; '
                                            f'retransmits = 1; }}\n')
         (local / "fuzzy_check.conf").write_text("enabled = false;\n")
@@ -225,7 +228,7 @@ class RspamdPeer:
 
 
 @contextlib.contextmanager
-def running_rspamd(workdir: Path, nameserver: str | None = None) -> Iterator[RspamdPeer]:
+def running_rspamd(workdir: Path, nameserver: str | None = None, **kwargs) -> Iterator[RspamdPeer]:
     """A started peer on free loopback ports; with no nameserver, an empty loopback DNSServer (NXDOMAIN
     for every name) of its own, reachable as `peer.dns`."""
     from tests.support.daemon import free_port
@@ -235,7 +238,7 @@ def running_rspamd(workdir: Path, nameserver: str | None = None) -> Iterator[Rsp
         if nameserver is None:
             dns = stack.enter_context(DNSServer({}))
             nameserver = dns.nameserver
-        peer = RspamdPeer(workdir, free_port(), free_port(), nameserver)
+        peer = RspamdPeer(workdir, free_port(), free_port(), nameserver, **kwargs)
         peer.dns = dns                           # type: ignore[attr-defined]
         stack.enter_context(peer)
         yield peer
