@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import socket
 from dataclasses import dataclass, field
 
@@ -307,3 +308,18 @@ async def test_own_hostname_is_not_sent_as_the_clients():
     (headers, _), = fake.requests
     names = [k.lower() for k, _ in headers]
     assert "hostname" not in names and "mta-name" in names
+
+
+@given(ip=st.text(max_size=50), helo=st.text(max_size=300), mail_from=st.text(max_size=300),
+       rcpts=st.lists(st.text(max_size=100), max_size=5), hostname=st.text(max_size=100),
+       queue_id=st.text(max_size=50))
+@settings(max_examples=300, deadline=None)
+def test_request_headers_from_any_envelope_are_valid_http(ip, helo, mail_from, rcpts, hostname, queue_id):
+    import httpx
+    headers = spamengine.request_headers(cfg("http://127.0.0.1:1"), ip=ip, helo=helo, mail_from=mail_from,
+                                         rcpts=rcpts, hostname=hostname, queue_id=queue_id)
+    request = httpx.Request("POST", "http://127.0.0.1:1/checkv2", headers=headers, content=b"x")
+    for name, value in request.headers.raw:
+        assert not any(c < 0x20 or c == 0x7f for c in value)
+    kept = [r for r in rcpts if re.sub(r"[\x00-\x1f\x7f]", "", r).strip()]
+    assert len([v for k, v in headers if k == b"Rcpt"]) == len(kept)   # one Rcpt per recipient, none invented

@@ -136,24 +136,24 @@ def auth_headers(authentication_results: str) -> list[tuple[str, str]]:
 
 
 def request_headers(cfg: Config, *, ip: str, helo: str, mail_from: str, rcpts: list[str],
-                    authentication_results: str = "", hostname: str = "", queue_id: str = "") -> list[tuple[str, bytes]]:
+                    authentication_results: str = "", hostname: str = "", queue_id: str = "") -> list[tuple[bytes, bytes]]:
     """The rspamd protocol headers for one message (see the module docstring)."""
-    headers: list[tuple[str, bytes]] = [("User-Agent", b"mxd")]
+    headers: list[tuple[bytes, bytes]] = [(b"User-Agent", b"mxd")]
     try:
-        headers.append(("IP", str(ipaddress.ip_address(ip.strip().strip("[]"))).encode()))
+        headers.append((b"IP", str(ipaddress.ip_address(ip.strip().strip("[]"))).encode()))
     except ValueError:
         pass                                    # rspamd then scores without a client address
     if helo:
-        headers.append(("Helo", _value(helo)))
-    headers.append(("From", _value(mail_from)))  # "" is the null reverse-path (bounces)
-    headers += [("Rcpt", _value(r)) for r in rcpts if _value(r)]
+        headers.append((b"Helo", _value(helo)))
+    headers.append((b"From", _value(mail_from)))  # "" is the null reverse-path (bounces)
+    headers += [(b"Rcpt", _value(r)) for r in rcpts if _value(r)]
     if queue_id:
-        headers.append(("Queue-ID", _value(queue_id)))
+        headers.append((b"Queue-ID", _value(queue_id)))
     if hostname and hostname.lower().rstrip(".") != (cfg.hostname or "").lower().rstrip("."):
-        headers.append(("Hostname", _value(hostname)))   # the client's name; mxd's own is MTA-Name
+        headers.append((b"Hostname", _value(hostname)))   # the client's name; mxd's own is MTA-Name
     if cfg.hostname:
-        headers.append(("MTA-Name", _value(cfg.hostname)))
-    headers += [(name, value.encode()) for name, value in auth_headers(authentication_results)]
+        headers.append((b"MTA-Name", _value(cfg.hostname)))
+    headers += [(name.encode(), value.encode()) for name, value in auth_headers(authentication_results)]
     return headers
 
 
@@ -213,23 +213,33 @@ def parse_answer(body: bytes, seconds: float = 0.0) -> SpamVerdict:
 
 # ------------------------------------------------------------------ the client
 _clients: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient]" = weakref.WeakKeyDictionary()
+_only: list[tuple[asyncio.AbstractEventLoop, httpx.AsyncClient]] = []   # for a loop without weak references
 _last_logged: dict[str, float] = {}
 
 
 def _client() -> httpx.AsyncClient:
     loop = asyncio.get_running_loop()
-    client = _clients.get(loop)
+    try:
+        client = _clients.get(loop)
+    except TypeError:
+        client = _only[0][1] if _only and _only[0][0] is loop else None
     if client is None or client.is_closed:
         client = httpx.AsyncClient(limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
                                    trust_env=False, follow_redirects=False)
-        _clients[loop] = client
+        try:
+            _clients[loop] = client
+        except TypeError:
+            _only[:] = [(loop, client)]
     return client
 
 
 async def aclose() -> None:
     """Close the running loop's client (its pooled connections to rspamd); a later check makes a new one."""
     loop = asyncio.get_running_loop()
-    client = _clients.pop(loop, None)
+    try:
+        client = _clients.pop(loop, None)
+    except TypeError:
+        client = _only.pop()[1] if _only and _only[0][0] is loop else None
     if client is not None:
         await client.aclose()
 
@@ -246,7 +256,7 @@ def checkv2_url(base: str) -> str:
     return base.rstrip("/") + "/checkv2"
 
 
-async def _ask(client: httpx.AsyncClient, url: str, data: bytes, headers: list[tuple[str, bytes]],
+async def _ask(client: httpx.AsyncClient, url: str, data: bytes, headers: list[tuple[bytes, bytes]],
                timeout: float) -> tuple[int, bytes]:
     async with client.stream("POST", url, content=data, headers=headers, timeout=timeout) as response:
         body = bytearray()
