@@ -108,6 +108,33 @@ def test_rspamd_stopped_mid_run_costs_no_message(server, rspamd):
     assert found
 
 
+def test_rspamd_stopped_under_load_costs_no_message(server, rspamd):
+    """Ten clients sending while rspamd goes down and comes back: every message gets its 250 and is stored."""
+    marker = uuid.uuid4().hex
+    errors: list[BaseException] = []
+
+    def client(n: int) -> None:
+        try:
+            for i in range(5):
+                _send(server, _msg(f"{marker} load {n}.{i}"))
+        except BaseException as e:                              # noqa: BLE001  (reported below)
+            errors.append(e)
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(10)]
+    for t in threads:
+        t.start()
+    assert wait_for(lambda: len(_checks(server, marker)) >= 5)
+    with rspamd.stopped():
+        assert wait_for(lambda: len(_checks(server, marker)) >= 25 or not any(t.is_alive() for t in threads))
+    for t in threads:
+        t.join(120)
+    assert errors == []
+    stored = wait_for(lambda: len(_checks(server, marker)) == 50 and _checks(server, marker))
+    assert stored and all(c["spam"]["action"] == "accept" for c in stored)
+    found = wait_for(lambda: len([m for m in server.messages("agent@example.test") if marker in m["subject"]]) == 50)
+    assert found
+
+
 # ------------------------------------------------------------------ a stand-in that answers what we ask
 class _Engine(http.server.ThreadingHTTPServer):
     daemon_threads = True

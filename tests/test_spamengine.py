@@ -96,7 +96,7 @@ class FakeRspamd:
     """A loopback HTTP server answering every request with `status` and `body` (or hanging, or dripping)."""
     status: int = 200
     body: bytes = b"{}"
-    mode: str = "answer"                   # answer | hang | drip
+    mode: str = "answer"                   # answer | hang | drip | close
     requests: list[tuple[list[tuple[str, str]], bytes]] = field(default_factory=list)
     server: asyncio.AbstractServer | None = None
     port: int = 0
@@ -115,6 +115,8 @@ class FakeRspamd:
             self.requests.append((headers, body))
             if self.mode == "hang":
                 await asyncio.sleep(3600)
+            if self.mode == "close":                # read the request, then hang up without a word
+                return
             if self.mode == "drip":
                 writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n")
                 while True:
@@ -182,6 +184,13 @@ async def test_dripping_rspamd_is_cut_off_by_the_deadline():
     async with FakeRspamd(mode="drip") as fake:
         verdict = await ask(cfg(fake.url, timeout=0.5))
     assert verdict.unscored == "rspamd did not answer within 0.5s"
+
+
+async def test_rspamd_hanging_up_mid_request_gives_unscored():
+    async with FakeRspamd(mode="close") as fake:
+        verdict = await ask(cfg(fake.url))
+    assert verdict.action == "accept" and verdict.score is None
+    assert verdict.unscored == "HTTP error talking to rspamd: RemoteProtocolError"
 
 
 async def test_listening_socket_that_never_accepts_gives_unscored():
