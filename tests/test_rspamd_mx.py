@@ -90,6 +90,19 @@ def test_clean_message_is_accepted_and_its_score_kept(server):
     assert len(found) == 1
 
 
+def test_score_is_shown_on_the_message(server):
+    marker = uuid.uuid4().hex
+    _send(server, _msg(f"shown {marker}"))
+    checks, = wait_for(lambda: _checks(server, marker))
+    found = wait_for(lambda: [m for m in server.messages("agent@example.test") if marker in m["subject"]])
+    detail = server.api("GET", f"/api/messages/{found[0]['id']}").json()
+    if not isinstance(detail.get("trust"), dict):
+        pytest.skip("this build has no trust signals on messages (GET /api/messages/{id} trust)")
+    shown = detail["trust"]["spam"]
+    assert shown["score"] == checks["spam"]["score"] and shown["symbols"] == checks["spam"]["symbols"]
+    assert shown["action"] == "accept"
+
+
 def test_rspamd_stopped_mid_run_costs_no_message(server, rspamd):
     marker = uuid.uuid4().hex
     for i in range(2):
