@@ -9,7 +9,7 @@ import socket
 from dataclasses import dataclass, field
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mxd.config import Config
@@ -279,7 +279,7 @@ def test_parse_answer_returns_a_verdict_or_bad_answer(body):
 
 
 @given(_answers, st.sampled_from([200, 400, 500, 503]))
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=60, deadline=None)
 def test_check_never_raises_whatever_rspamd_answers(body, status):
     async def run() -> SpamVerdict:
         async with FakeRspamd(status=status, body=body) as fake:
@@ -332,3 +332,13 @@ def test_request_headers_from_any_envelope_are_valid_http(ip, helo, mail_from, r
         assert not any(c < 0x20 or c == 0x7f for c in value)
     kept = [r for r in rcpts if re.sub(r"[\x00-\x1f\x7f]", "", r).strip()]
     assert len([v for k, v in headers if k == b"Rcpt"]) == len(kept)   # one Rcpt per recipient, none invented
+
+
+async def test_ping(rspamd):
+    assert await spamengine.ping(cfg(rspamd.url)) == ""
+    assert await spamengine.ping(cfg("")) == "no spam engine configured"
+    assert (await spamengine.ping(cfg("http://127.0.0.1:1"))).startswith("cannot reach rspamd")
+    async with FakeRspamd(body=b"nope") as fake:
+        assert await spamengine.ping(cfg(fake.url)) == "rspamd answered HTTP 200 'nope' to /ping"
+    async with FakeRspamd(mode="hang") as fake:
+        assert await spamengine.ping(cfg(fake.url, timeout=0.3)) == "rspamd did not answer within 0.3s"

@@ -26,7 +26,7 @@ Actions (rspamd's word -> mxd's): `reject` -> reject (550 5.7.1), `soft reject` 
 `greylist`, `no action` -> accept. Any other word is kept in engine_action and accepted with its score.
 
 One httpx.AsyncClient (a connection pool) per event loop, created on first use; `aclose()` closes the
-running loop's client at shutdown.
+running loop's client at shutdown. `ping(cfg)` says whether rspamd answers (for health and doctor).
 """
 from __future__ import annotations
 
@@ -310,3 +310,19 @@ async def check(cfg: Config, data: bytes, *, ip: str, helo: str, mail_from: str,
         return parse_answer(body, seconds)
     except BadAnswer as e:
         return _unscored("answer", f"bad answer from rspamd: {e}", started)
+
+
+async def ping(cfg: Config) -> str:
+    """"" when rspamd answers `GET /ping` with pong within rspamd_timeout, else why not (for health and doctor)."""
+    if not cfg.rspamd_url:
+        return "no spam engine configured"
+    try:
+        async with asyncio.timeout(cfg.rspamd_timeout):
+            response = await _client().get(cfg.rspamd_url.rstrip("/") + "/ping", timeout=cfg.rspamd_timeout)
+    except (TimeoutError, httpx.TimeoutException):
+        return f"rspamd did not answer within {cfg.rspamd_timeout:g}s"
+    except httpx.HTTPError as e:
+        return f"cannot reach rspamd: {_printable(str(e), 120) or type(e).__name__}"
+    if response.status_code != 200 or response.text.strip() != "pong":
+        return f"rspamd answered HTTP {response.status_code} {_printable(response.text, 40)!r} to /ping"
+    return ""
