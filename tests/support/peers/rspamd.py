@@ -244,16 +244,30 @@ def running_rspamd(workdir: Path, nameserver: str | None = None, **kwargs) -> It
         yield peer
 
 
+_session: dict = {"users": 0, "stack": None, "peer": None}
+
+
 def _fixture():
     import pytest
 
     @pytest.fixture(scope="session")
     def rspamd(tmp_path_factory) -> Iterator[RspamdPeer]:
         """One rspamd for the session (import into a test module); a test that stops it uses
-        `with rspamd.stopped():`, which starts it again."""
+        `with rspamd.stopped():`, which starts it again. pytest makes one session fixture per module that
+        imports it: they share one peer, stopped when the last is torn down."""
         skip_unless_available()
-        with running_rspamd(tmp_path_factory.mktemp("rspamd")) as peer:
-            yield peer
+        if _session["peer"] is None:
+            stack = contextlib.ExitStack()
+            _session["peer"] = stack.enter_context(running_rspamd(tmp_path_factory.mktemp("rspamd")))
+            _session["stack"] = stack
+        _session["users"] += 1
+        try:
+            yield _session["peer"]
+        finally:
+            _session["users"] -= 1
+            if _session["users"] == 0:
+                stack, _session["stack"], _session["peer"] = _session["stack"], None, None
+                stack.close()
     return rspamd
 
 
