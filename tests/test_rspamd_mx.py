@@ -47,6 +47,9 @@ def _daemon(tmp_path_factory, rspamd_url: str, nameserver: str, timeout: str = "
         "MXD_RSPAMD_URL": rspamd_url, "MXD_RSPAMD_TIMEOUT": timeout, "MXD_DNS_NAMESERVERS": nameserver})
     proc.init()
     proc.start()
+    if "spam_engine" not in proc.get("/api/health").text:      # the MX's checks before the 250 (mxd.defences.gate)
+        proc.stop()
+        pytest.skip("this build's MX does not ask a spam engine before the 250")
     assert proc.api("POST", "/api/mailboxes", json={"address": "agent@example.test"}).status_code == 201
     return proc
 
