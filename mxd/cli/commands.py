@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import argparse
 
-from mxd.cli import directory, mail, ops
+from mxd.cli import directory, mail, ops, quarantine
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    for module in (directory, mail, ops):
+    for module in (directory, mail, ops, quarantine):
         module.register(sub)

@@ -8,7 +8,7 @@ from typing import Any, NamedTuple
 from mxd.db import execute, proxy
 from mxd.ids import new_id
 from mxd.ingest import with_trace
-from mxd.store import events, search, threads
+from mxd.store import events, search, threads, visibility
 from mxd.store.models import Attachment, Inbound, Message
 
 
@@ -123,25 +123,34 @@ class MessageRow(NamedTuple):
     plus_tag: str | None
     parse_errors: list
     text: str
+    trust: dict | None          # the trust signals (a list shows their verdict only)
+    quarantine: list | None     # the reasons while quarantined
+    quarantined_at: float | None
 
 
 _ROW_SQL = ('SELECT "id", "mailbox_id", "thread_id", "direction", "message_id", "subject", "from_addr", "to_addr", '
-            '"cc_addr", "date", "received_at", "size", "plus_tag", "parse_errors", "text" FROM "message"')
+            '"cc_addr", "date", "received_at", "size", "plus_tag", "parse_errors", "text", "trust", "quarantine", '
+            '"quarantined_at" FROM "message"')
 
 
 def _rows(sql: str, params: tuple | list) -> list[MessageRow]:
     loads = json.loads
     return [MessageRow(r[0], r[1], r[2], r[3], r[4], r[5], None if r[6] is None else loads(r[6]),
                        None if r[7] is None else loads(r[7]), None if r[8] is None else loads(r[8]), r[9], r[10],
-                       r[11], r[12], None if r[13] is None else loads(r[13]), r[14])
+                       r[11], r[12], None if r[13] is None else loads(r[13]), r[14],
+                       None if r[15] is None else loads(r[15]), None if r[16] is None else loads(r[16]), r[17])
             for r in execute(sql, params).fetchall()]
 
 
 def list_messages(mailbox_ids: list[str] | None, limit: int, before: str | None,
-                  thread_id: str | None = None) -> list[MessageRow]:
-    """Newest first (by id), at most limit, older than the cursor id `before`."""
+                  thread_id: str | None = None, include_quarantined: bool = False) -> list[MessageRow]:
+    """Newest first (by id), at most limit, older than the cursor id `before`; quarantined messages only when
+    asked (mxd.store.visibility)."""
     where: list[str] = []
     params: list = []
+    shown = visibility.shown_sql(include_quarantined)
+    if shown:
+        where.append(shown)
     if mailbox_ids is not None:
         if not mailbox_ids:
             return []
@@ -158,8 +167,10 @@ def list_messages(mailbox_ids: list[str] | None, limit: int, before: str | None,
 
 
 def in_thread(thread_id: str) -> list[MessageRow]:
-    """A thread's messages, oldest first (by Date, then id)."""
-    return _rows(_ROW_SQL + ' WHERE "thread_id" = ? ORDER BY "date", "id"', (thread_id,))
+    """A thread's messages, oldest first (by Date, then id); a quarantined message has no thread, and the
+    rule holds here as well."""
+    return _rows(_ROW_SQL + f' WHERE "thread_id" = ? AND {visibility.SHOWN_SQL} ORDER BY "date", "id"',
+                 (thread_id,))
 
 
 def get(message_id: str) -> Message | None:

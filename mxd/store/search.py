@@ -10,6 +10,8 @@ import re
 
 import peewee as pw
 
+from mxd.store import visibility
+
 _TERM = re.compile(r'(?:(from|to|subject):)?(?:"([^"]*)"|(\S+))', re.IGNORECASE)
 _FIELD_COLUMN = {"from": "addresses", "to": "addresses", "subject": "subject"}
 MAX_BODY = 200_000  # characters of body text indexed per message
@@ -97,12 +99,17 @@ def _fts5_query(q: str) -> str:
     return " AND ".join(parts)
 
 
-def search(db: pw.Database, q: str, mailbox_ids: list[str] | None, limit: int, before: str | None) -> list[str]:
-    """Message ids matching q, newest first, at most limit, older than the cursor id `before`."""
+def search(db: pw.Database, q: str, mailbox_ids: list[str] | None, limit: int, before: str | None,
+           include_quarantined: bool = False) -> list[str]:
+    """Message ids matching q, newest first, at most limit, older than the cursor id `before`.
+
+    Quarantined messages are indexed (so a search asking for them finds them) and left out unless
+    `include_quarantined` (mxd.store.visibility): the few quarantined ids are excluded in the query itself,
+    so a page is never short of what it should hold."""
     if mailbox_ids is not None and not mailbox_ids:
         return []
     if _is_sqlite(db):
-        return _search_fts5(db, q, mailbox_ids, limit, before)
+        return _search_fts5(db, q, mailbox_ids, limit, before, include_quarantined)
     words = [" & ".join(re.findall(r"\w+", m.group(2) or m.group(3) or "")) for m in _TERM.finditer(q)]
     words = [w for w in words if w]
     if not words:
@@ -115,6 +122,8 @@ def search(db: pw.Database, q: str, mailbox_ids: list[str] | None, limit: int, b
     if before:
         sql += " AND message_id < %s"
         params.append(before)
+    if not include_quarantined:
+        sql += f" AND message_id NOT IN ({visibility.QUARANTINED_IDS_SQL})"
     sql += f" ORDER BY message_id DESC LIMIT {int(limit)}"
     return [row[0] for row in db.execute_sql(sql, tuple(params)).fetchall()]
 
@@ -126,7 +135,7 @@ def search(db: pw.Database, q: str, mailbox_ids: list[str] | None, limit: int, b
 # row a rowid above all others. So "newest first" is "rowid descending", and the cursor id becomes a
 # rowid bound found by bisecting the rowids.
 def _search_fts5(db: pw.Database, q: str, mailbox_ids: list[str] | None, limit: int,
-                 before: str | None) -> list[str]:
+                 before: str | None, include_quarantined: bool = False) -> list[str]:
     match = _fts5_query(q)
     if not match:
         return []
@@ -146,6 +155,8 @@ def _search_fts5(db: pw.Database, q: str, mailbox_ids: list[str] | None, limit: 
         else:                               # every id sorted below the cursor; newer rows may have come since
             sql += " AND f.message_id < ?"
             params.append(before)
+    if not include_quarantined:
+        sql += f" AND f.message_id NOT IN ({visibility.QUARANTINED_IDS_SQL})"
     sql += f" ORDER BY f.rowid DESC LIMIT {int(limit)}"
     found = [row[0] for row in db.execute_sql(sql, tuple(params)).fetchall()]
     # The rowid bound is the cursor while rowid order is id order; never hand out what is not older.

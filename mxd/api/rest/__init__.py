@@ -12,6 +12,7 @@ from mxd.api.rest import (
     inbound,
     mailboxes,
     messages,
+    quarantine,
     queue,
     routing,
     send,
@@ -22,7 +23,7 @@ from mxd.api.rest import (
 )
 
 MODULES = (system, admin, domains, mailboxes, routing, messages, threads, send, drafts, queue, tokens, webhooks,
-           inbound)
+           inbound, quarantine)
 
 
 def routes() -> list[Route]:
