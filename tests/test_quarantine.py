@@ -15,6 +15,7 @@ from typing import Any, Iterator
 import pytest
 
 from mxd.api import mcp as mcp_api
+from mxd.cli import mail as mail_cli
 from mxd.cli import quarantine as quarantine_cli
 from mxd.client import Client
 from mxd.retention import run as retention_run
@@ -303,13 +304,19 @@ def test_cli_lists_releases_and_deletes(world, capsys):
 
     def run(*argv: str) -> tuple[int, str]:
         parser = argparse.ArgumentParser()
-        quarantine_cli.register(parser.add_subparsers(dest="command"))
-        args = parser.parse_args(["quarantine", *argv])
+        sub = parser.add_subparsers(dest="command")
+        quarantine_cli.register(sub)
+        mail_cli.register(sub)
+        args = parser.parse_args(list(argv) if argv[0] == "messages" else ["quarantine", *argv])
         code = args.api_func(args, client)
         return code, capsys.readouterr().out
 
     code, out = run("list", "--reason", "spam")
     assert code == 0 and first in out and second not in out and "spam" in out
+    assert first not in run("messages", "list", "--mailbox", BOX)[1]
+    assert first in run("messages", "list", "--mailbox", BOX, "--include-quarantined")[1]
+    code, out = run("messages", "show", first, "--include-quarantined")
+    assert code == 0 and "quarantine" in out and "spam: score 15" in out and "suspicious" in out
     code, out = run("release", first)
     assert code == 0 and f"released {first} into {BOX}" in out
     code, out = run("delete", second)
