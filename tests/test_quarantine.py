@@ -6,6 +6,7 @@ one organisation; retention removes old held mail. Held messages are stored as t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import time
@@ -18,12 +19,15 @@ from mxd.api import mcp as mcp_api
 from mxd.cli import mail as mail_cli
 from mxd.cli import quarantine as quarantine_cli
 from mxd.client import Client
+from mxd.db import proxy
 from mxd.retention import run as retention_run
 from mxd.secretbox import SecretBox
-from mxd.store import directory, tokens, webhook_rows
+from mxd.store import acks, directory, messages, quarantine, search, tokens, webhook_rows
 from mxd.store.models import Event, Inbound, Message, Organization
 from tests.support.asgi import InProcessApi, in_process_api
+from tests.support.pg import fresh_database
 from tests.support.quarantine import hold
+from tests.support.store import sqlite_url, started_store
 from tests.support.tenants import OPERATOR, deliver
 
 BOX, OTHER_ORG_BOX = "agent@example.test", "one@b.test"
@@ -323,3 +327,29 @@ def test_cli_lists_releases_and_deletes(world, capsys):
     assert code == 0 and f"deleted {second}" in out
     code, out = run("list")
     assert "(nothing in quarantine)" in out
+
+
+# ---------------------------------------------------------------- the same rule on PostgreSQL
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_the_store_rule_on_both_databases(tmp_path, backend):
+    with contextlib.ExitStack() as stack:
+        url = sqlite_url(tmp_path) if backend == "sqlite" else stack.enter_context(fresh_database("mxd_quarantine"))
+        db = stack.enter_context(started_store(url))
+        db.write_sync(lambda: directory.create_domain("example.test")
+                      and directory.create_mailbox(BOX))
+        box_id = db.write_sync(lambda: directory.get_mailbox(BOX).id)
+        plain = deliver(db, BOX, "plain hello")
+        held = hold(db, BOX, f"urgent {HELD_WORD}", body=f"wire it now {HELD_WORD}")
+
+        def reads(include: bool) -> tuple[list, list, list]:
+            rows = messages.list_messages([box_id], 10, None, include_quarantined=include)
+            found = search.search(proxy.obj, HELD_WORD, [box_id], 10, None, include_quarantined=include)
+            polled = acks.poll(box_id, 10, include_quarantined=include)
+            return [(r.id, (r.trust or {}).get("verdict")) for r in rows], found, [m.id for m in polled]
+
+        assert db.write_sync(reads, False) == ([(plain, None)], [], [plain])
+        assert db.write_sync(reads, True) == ([(held, "suspicious"), (plain, None)], [held], [plain, held])
+        assert [m.id for m in db.write_sync(quarantine.held, [box_id], 10, None, "dmarc_quarantine")] == [held]
+        msg, thread_id = db.write_sync(quarantine.release, held, 86400.0)
+        assert msg.quarantined_at is None and thread_id
+        assert db.write_sync(reads, False)[1] == [held]
