@@ -102,12 +102,18 @@ def _sent(answer: dict) -> None:
 
 
 # ---------------------------------------------------------------- rendering
+def trust_reasons(reasons: Any) -> str:
+    """Trust or quarantine reasons ([{"code", "detail"}]) as one line."""
+    return "; ".join(f"{r.get('code')}: {r.get('detail')}" if isinstance(r, dict) and r.get("detail")
+                     else str(r.get("code") if isinstance(r, dict) else r) for r in reasons or [])
+
+
 def _message(m: dict) -> None:
     keys = ("id", "thread_id", "mailbox", "direction", "message_id", "date", "from", "to", "cc", "subject")
     pairs = [(k, m.get(k)) for k in keys if m.get(k) not in (None, [])]
     trust = m.get("trust") or {}
     if trust.get("verdict"):
-        pairs.append(("trust", f"{trust['verdict']} {'; '.join(map(str, trust.get('reasons') or []))}".strip()))
+        pairs.append(("trust", f"{trust['verdict']} {trust_reasons(trust.get('reasons'))}".strip()))
     pairs += [("quarantine", f"{r.get('code')}: {r.get('detail') or ''}") for r in m.get("quarantine") or []
               if isinstance(r, dict)]
     pairs += [("attachment", f"{a['filename'] or '(unnamed)'} {a['content_type']} {human_size(a['size'] or 0)} "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from mxd.cli import mail
 from mxd.cli.directory import seg
 from mxd.cli.output import api_options, clip, collect, fields, list_options, show, table
 from mxd.client import Client
@@ -25,7 +26,7 @@ def _held(m: dict) -> None:
               if isinstance(r, dict)]
     trust = m.get("trust") or {}
     if trust:
-        pairs.append(("verdict", f"{trust.get('verdict')} {', '.join(map(str, trust.get('reasons') or []))}"))
+        pairs.append(("trust", f"{trust.get('verdict')} {mail.trust_reasons(trust.get('reasons'))}".strip()))
     fields(pairs)
 
 

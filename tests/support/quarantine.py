@@ -13,9 +13,11 @@ from mxd.mime.parse import parse
 from mxd.store import directory, events, search
 from mxd.store.models import Inbound, Message
 
-SUSPICIOUS = {"verdict": "suspicious", "reasons": ["dmarc failed at a p=quarantine domain"],
-              "authenticated": False, "first_contact": True, "lookalike": None, "display_name_spoof": False,
-              "reply_to_mismatch": False, "risky_attachments": [], "spam": None}
+SUSPICIOUS = {"verdict": "suspicious", "reasons": [{"code": "dmarc_fail", "detail": "p=quarantine"}],
+              "author": "ceo@examp1e.test", "authenticated": False, "authentication": {"how": None},
+              "first_contact": {"address": True, "domain": True},
+              "lookalike": {"domain": "examp1e.test", "resembles": "example.test", "how": "homoglyph"},
+              "display_name_spoof": None, "reply_to_mismatch": None, "risky_attachments": [], "spam": None}
 
 
 def hold(db: Database, address: str, subject: str, reasons: list[dict] | None = None, *,
