@@ -15,11 +15,9 @@ SHOWN_SQL = '"quarantined_at" IS NULL'                          # a row readers 
 QUARANTINED_IDS_SQL = 'SELECT "id" FROM "message" WHERE "quarantined_at" IS NOT NULL'
 
 
-def shown_sql(include_quarantined: bool = False, alias: str = "") -> str | None:
-    """The WHERE fragment of the rule for a query on "message" (with `alias`); None: nothing to filter."""
-    if include_quarantined:
-        return None
-    return f'{alias}.{SHOWN_SQL}' if alias else SHOWN_SQL
+def shown_sql(include_quarantined: bool = False) -> str | None:
+    """The WHERE fragment of the rule for a query on "message"; None: nothing to filter."""
+    return None if include_quarantined else SHOWN_SQL
 
 
 def shown(include_quarantined: bool = False) -> Any:
