@@ -154,3 +154,34 @@ def matches(patterns: list[str], address: str) -> bool:
         if pattern.startswith("*.") and (domain == pattern[2:] or domain.endswith(pattern[1:])):
             return True
     return False
+
+
+def quarantine_reasons(policy: dict | None, *, author: str, authenticated: bool, blocked_attachments: list[str],
+                       size: int) -> list[dict]:
+    """Why one inbound message is quarantined under a mailbox's `policy` (None: `EMPTY`), as
+    [{"code", "detail"}] in the order of the rules; [] when it reaches the mailbox.
+
+    `author` is the RFC5322.From address ("" when there is none), `authenticated` the trust signal of that
+    name (DMARC pass, or aligned SPF/DKIM without a DMARC record), `blocked_attachments` the names of the
+    attachments and archive members whose type is in `blocked_types(policy)`, `size` the message's bytes.
+    A mailbox without a policy of its own has the default attachment list, so every mailbox quarantines
+    executables, scripts and macro-enabled files unless its policy says otherwise (`"blocked_attachments": []`).
+    """
+    rules = (policy or EMPTY)["inbound"]
+    reasons: list[dict] = []
+    if author and matches(rules["block_senders"], author):
+        reasons.append({"code": "sender_blocked", "detail": f"{author} is on the mailbox's block list"})
+    elif rules["allow_senders"] and not (author and matches(rules["allow_senders"], author)):
+        reasons.append({"code": "sender_not_allowed",
+                        "detail": f"{author or 'a message without an author'} is not on the mailbox's allow list"})
+    if rules["require_authenticated"] and not authenticated:
+        reasons.append({"code": "unauthenticated",
+                        "detail": "the mailbox accepts only authenticated mail (DMARC, or aligned SPF/DKIM)"})
+    if blocked_attachments:
+        more = f" and {len(blocked_attachments) - 1} more" if len(blocked_attachments) > 1 else ""
+        reasons.append({"code": "blocked_attachment",
+                        "detail": f"{blocked_attachments[0][:200]}{more}: a blocked file type"})
+    limit = rules["max_message_size"]
+    if limit is not None and size > limit:
+        reasons.append({"code": "too_large", "detail": f"{size} bytes, the mailbox takes at most {limit}"})
+    return reasons

@@ -20,14 +20,14 @@ import logging
 import os
 from typing import Any, Callable
 
-from mxd import sending, workerpool
+from mxd import mailpolicy, sending, trust, workerpool
 from mxd.background import BackgroundWorker
 from mxd.config import Config
 from mxd.db import Database, execute, proxy
 from mxd.delivery.bounces import bounce_received, delivery_report
 from mxd.ingest import InboundRow
-from mxd.mime.parse import parse
-from mxd.store import messages
+from mxd.mime.parse import attachment, parse
+from mxd.store import correspondents, messages, policies
 from mxd.workerpool import release_memory
 
 log = logging.getLogger("mxd.pipeline")
@@ -55,18 +55,18 @@ _threads: concurrent.futures.ThreadPoolExecutor | None = None
 
 
 def _analyse_one(item: tuple[str, bytes, str, str, str, str, str], auth_on: bool, authserv_id: str,
-                 dkim_dir: str) -> tuple[Any, Any, str]:
+                 dkim_dir: str) -> tuple[Any, Any, str, dict | None]:
     from mxd.authn import authenticate
     inbound_id, data, ip, helo, mail_from, source, trace = item
     if source == "outbound":                   # a submitted message: its DKIM fields become its trace
         try:
             dkim, parsed = sending.prepare(dkim_dir, data, mail_from.rsplit("@", 1)[-1].lower())
-            return parsed, None, dkim
+            return parsed, None, dkim, None
         except Exception as exc:               # checked when it was accepted; never lose the message if it fails
             log.exception("signing %s failed; it is sent unsigned", inbound_id)
             parsed = parse(data)
             parsed.errors.append(f"not DKIM-signed: {type(exc).__name__}: {exc}"[:300])
-            return parsed, None, ""
+            return parsed, None, "", None
     try:
         parsed = parse(data)
     except Exception:                          # parse() is not meant to raise; never lose the message if it does
@@ -81,12 +81,13 @@ def _analyse_one(item: tuple[str, bytes, str, str, str, str, str], auth_on: bool
             trace = f"Authentication-Results: {auth.header_value}\r\n" + trace
         except Exception:
             log.exception("authentication checks failed on %s", inbound_id)
-    return parsed, auth, trace
+    facts = trust.facts(parsed, data, lambda index: (attachment(data, index) or (None, None))[1])
+    return parsed, auth, trace, facts
 
 
 def analyse(items: list[tuple[str, bytes, str, str, str, str, str]], auth_on: bool, authserv_id: str,
-            dkim_dir: str = "") -> list[tuple[Any, Any, str]]:
-    """(parsed, auth, trace) per (id, data, remote_ip, helo, mail_from, source, trace); never raises.
+            dkim_dir: str = "") -> list[tuple[Any, Any, str, dict | None]]:
+    """(parsed, auth, trace, trust facts) per (id, data, remote_ip, helo, mail_from, source, trace); never raises.
 
     A sent copy (source "outbound") is signed instead of authenticated: its trace is then its
     DKIM-Signature fields.
@@ -161,44 +162,121 @@ class Pipeline(BackgroundWorker):
             self._slots.release()
             self._wake.set()
 
-    async def _store_part(self, rows: list[InboundRow], results: list[tuple[Any, Any, str]]) -> None:
+    async def _store_part(self, rows: list[InboundRow], results: list[tuple[Any, ...]]) -> None:
         """A few messages per writer job (bulk: each job then waits its turn behind clients' writes)."""
         try:
             await self.db.write(self._store, rows, results, False, bulk=True)
         except Exception:                       # one bad message: redo the part one savepoint each
             await self.db.write(self._store, rows, results, True, bulk=True)
 
-    def _store(self, rows: list[InboundRow], results: list[tuple[Any, Any, str]], careful: bool) -> None:
+    def _store(self, rows: list[InboundRow], results: list[tuple[Any, ...]], careful: bool) -> None:
         """Runs in the writer: the messages, and for a bounce to a VERP address, the queue entry's fate.
 
         The batch first goes in as one unit; if anything fails, the writer rolls it back and it is
-        retried with a savepoint per message, so one bad message spares the rest.
+        retried with a savepoint per message, so one bad message spares the rest. What the trust
+        signals and quarantine decisions read from the store is read once per batch (`Judgements`).
         """
-        for row, (parsed, auth, trace, *report) in zip(rows, results):
+        batch = Judgements()
+        for row, (parsed, auth, trace, facts, *report) in zip(rows, results):
             dsn = report[0] if report else None
             if not careful:
-                self._store_one(row, parsed, auth, trace, dsn)
+                self._store_one(row, parsed, auth, trace, dsn, facts, batch)
                 continue
             try:
                 with proxy.obj.atomic():
-                    self._store_one(row, parsed, auth, trace, dsn)
+                    self._store_one(row, parsed, auth, trace, dsn, facts, batch)
                 continue
             except Exception:
                 log.exception("storing inbound %s failed; storing it unparsed", row.id)
             try:
                 with proxy.obj.atomic():            # the raw message, flagged, rather than nothing
-                    self._store_one(row, None, None, trace, dsn)
+                    self._store_one(row, None, None, trace, dsn, None, batch)
             except Exception:
                 # Not even that: take it off the work list so it cannot spin; the raw bytes stay in inbound.
                 log.exception("inbound %s cannot be stored as a message; its raw bytes stay in the store", row.id)
                 execute('UPDATE "inbound" SET "processed" = ? WHERE "id" = ?', (True, row.id))
 
-    def _store_one(self, row: InboundRow, parsed: Any, auth: Any, trace: str, dsn: list[dict] | None = None) -> None:
-        """Runs in the writer; `dsn` is the delivery report of a bounce to a VERP address (None: not a DSN)."""
+    def _store_one(self, row: InboundRow, parsed: Any, auth: Any, trace: str, dsn: list[dict] | None = None,
+                   facts: dict | None = None, batch: Judgements | None = None) -> None:
+        """Runs in the writer; `dsn` is the delivery report of a bounce to a VERP address (None: not a DSN),
+        `facts` what mxd.trust read of the message in the analysis step."""
         if row.source == "outbound":
             sending.complete(self.cfg, row, trace, parsed)
             return
-        messages.deliver(row, parsed, auth, trace, self.window)
+        judge = (batch or Judgements()).judge(row, auth, facts)
+        messages.deliver(row, parsed, auth, trace, self.window, judge=judge)
         for rcpt in row.rcpts:
             if rcpt.get("bounce_entry"):
                 bounce_received(rcpt["bounce_entry"], dsn)
+
+
+class Judgements:
+    """Runs in the writer, one per batch: the trust signals and quarantine reasons of each inbound message
+    for each of its mailboxes, with what they read from the store (mxd's domains, a mailbox's policy and
+    correspondent domains, whether it knows an author) read once per batch. An authenticated author
+    becomes a correspondent of the mailbox once the message is judged, unless the message is suspicious
+    (a lookalike domain that passes its own SPF must not become a reference of its own)."""
+
+    def __init__(self) -> None:
+        self._own: tuple[str, ...] | None = None
+        self._policies: dict[str, dict | None] = {}
+        self._domains: dict[str, tuple[str, ...]] = {}
+        self._known: dict[tuple[str, str, str], tuple[bool, bool]] = {}
+        self._lookalikes: dict[str, dict[str, dict | None]] = {}
+
+    def own_domains(self) -> tuple[str, ...]:
+        if self._own is None:
+            self._own = tuple(r[0] for r in execute('SELECT "name" FROM "domain" ORDER BY "name"').fetchall())
+        return self._own
+
+    def policy(self, mailbox_id: str) -> dict | None:
+        if mailbox_id not in self._policies:
+            try:
+                self._policies[mailbox_id] = mailpolicy.normalise(policies.get(mailbox_id) or {})
+            except Exception:                   # a stored document that no longer normalises: the defaults
+                log.exception("the policy of %s cannot be read; the defaults apply", mailbox_id)
+                self._policies[mailbox_id] = None
+        return self._policies[mailbox_id]
+
+    def judge(self, row: InboundRow, auth: Any, facts: dict | None) -> messages.Judge:
+        checks = getattr(row, "checks", None)
+        if isinstance(checks, (str, bytes)):
+            try:
+                checks = json.loads(checks)
+            except ValueError:
+                checks = None
+        checks = checks if isinstance(checks, dict) else None
+        from_mx = [r for r in (checks or {}).get("quarantine") or [] if isinstance(r, dict) and r.get("code")]
+        fact = facts or trust.facts(None, b"")
+
+        def decide(mailbox_id: str) -> tuple[dict | None, list[dict] | None]:
+            doc = None
+            reasons = list(from_mx)
+            try:
+                doc, author = self._signals(mailbox_id, row, auth, checks, fact)
+                policy = self.policy(mailbox_id)
+                blocked = trust.blocked_found(fact.get("attachments") or [], mailpolicy.blocked_types(policy))
+                reasons += mailpolicy.quarantine_reasons(policy, author=fact.get("author") or "",
+                                                         authenticated=doc["authenticated"],
+                                                         blocked_attachments=blocked, size=len(row.data))
+                if doc["authenticated"] and doc["author"] and doc["verdict"] != "suspicious":
+                    correspondents.record(mailbox_id, [doc["author"]], row.received_at)
+                    self._known[(mailbox_id, *author)] = (True, True)
+            except Exception:                   # a bug in a signal must never cost the message
+                log.exception("trust signals of inbound %s failed", row.id)
+            return doc, reasons or None
+        return decide
+
+    def _signals(self, mailbox_id: str, row: InboundRow, auth: Any, checks: dict | None,
+                 fact: dict) -> tuple[dict, tuple[str, str]]:
+        found = correspondents.split(fact.get("author") or "") or ("", "")
+        key = (mailbox_id, *found)
+        if key not in self._known:
+            self._known[key] = correspondents.known(mailbox_id, *found)
+        if mailbox_id not in self._domains:
+            self._domains[mailbox_id] = correspondents.domains(mailbox_id)
+        known = trust.Known(*self._known[key], domains=self._domains[mailbox_id])
+        doc = trust.signals(fact, auth=auth, checks=checks, known=known, own_domains=self.own_domains(),
+                            blocked=mailpolicy.blocked_types(self.policy(mailbox_id)), local=row.source == "local",
+                            lookalikes=self._lookalikes.setdefault(mailbox_id, {}))
+        return doc, found

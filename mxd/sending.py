@@ -37,7 +37,7 @@ from mxd.ingest import (
 from mxd.mime.header import split, strict_problems, unfold
 from mxd.mime.parse import authors as parse_authors
 from mxd.mime.parse import parse
-from mxd.store import audit, events, messages
+from mxd.store import audit, correspondents, events, messages
 from mxd.store import queue as outqueue
 from mxd.store.models import Idempotency
 from mxd.store.tokens import Principal
@@ -191,6 +191,9 @@ def complete(cfg: Config, row: Any, dkim: str, parsed: Any) -> dict | None:
         return None
     entries = outqueue.add(plan["message_id"], plan["mailbox_id"], row.id, row.mail_from, plan["domain"],
                            plan["remote"], cfg.seconds("queue_lifetime"), plan["hold"])
+    # Whoever this mailbox writes to is a correspondent of it from now on (trust signals: first_contact).
+    correspondents.record(plan["mailbox_id"], [*plan["remote"], *(rcpt for rcpt, _, _ in plan["local"])],
+                          row.received_at)
     signed = dkim.encode("ascii") + row.data
     now = time.time()
     for rcpt, mailbox_ids, tag in plan["local"]:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from typing import Any, NamedTuple
+import time
+from typing import Any, Callable, NamedTuple
 
 import peewee as pw
 
@@ -20,7 +21,8 @@ def _addr_list(addresses: list[Any]) -> list[dict]:
 
 _COLUMNS = ("id", "mailbox_id", "inbound_id", "thread_id", "direction", "received_at", "envelope_from", "envelope_to",
             "plus_tag", "message_id", "in_reply_to", "references", "subject", "from_addr", "to_addr", "cc_addr",
-            "reply_to", "date", "text", "html", "size", "auth_results", "auth", "parse_errors")
+            "reply_to", "date", "text", "html", "size", "auth_results", "auth", "parse_errors", "trust", "quarantine",
+            "quarantined_at")
 _INSERT = ('INSERT INTO "message" (' + ", ".join(f'"{c}"' for c in _COLUMNS) + ") VALUES ("
            + ", ".join("?" * len(_COLUMNS)) + ")")
 
@@ -29,10 +31,20 @@ def _json(value: Any) -> str:
     return json.dumps(value, separators=(",", ":")) if value else ("[]" if isinstance(value, list) else "null")
 
 
+# What the pipeline decided for one target mailbox: (trust document or None, quarantine reasons or None).
+Judge = Callable[[str], tuple[dict | None, list[dict] | None]]
+
+
 def deliver(inbound: Any, parsed: Any, auth: Any, trace: str, window_seconds: float,
-            direction: str = "in", message_id: str | None = None) -> list[tuple[str, str]] | None:
+            direction: str = "in", message_id: str | None = None,
+            judge: Judge | None = None) -> list[tuple[str, str | None]] | None:
     """Create one message per distinct recipient mailbox; returns (message id, thread id) for each,
     or None when the inbound row was processed already (another worker got there first).
+
+    `judge(mailbox_id)` gives the message's trust signals and quarantine reasons for that mailbox
+    (mxd.pipeline). A quarantined message (reasons given) is stored unthreaded (thread id None), indexed
+    (a search with include=quarantined finds it), and announced as `message.quarantined` with its
+    reasons instead of `message.inbound`.
 
     Runs in the writer's transaction. `inbound` is an ingest.InboundRow (or an Inbound model).
 
@@ -67,19 +79,22 @@ def deliver(inbound: Any, parsed: Any, auth: Any, trace: str, window_seconds: fl
     when = fields["date"] if fields["date"] is not None else inbound.received_at
     addresses = " ".join(f"{a['name']} {a['address']}" for a in
                          fields["from_addr"] + fields["to_addr"] + fields["cc_addr"]) + " " + inbound.mail_from
-    created: list[tuple[str, str]] = []
+    created: list[tuple[str, str | None]] = []
     for mailbox_id, rcpt in targets.items():
         if mailbox_id not in existing:
             continue                                # the mailbox was deleted after RCPT
         msg_id, message_id = message_id or new_id("msg"), None
-        thread_id = threads.assign(mailbox_id, fields["message_id"], fields["in_reply_to"], fields["references"],
-                                   fields["subject"], when, window_seconds)
+        trust, reasons = judge(mailbox_id) if judge is not None else (None, None)
+        thread_id = None if reasons else threads.assign(
+            mailbox_id, fields["message_id"], fields["in_reply_to"], fields["references"], fields["subject"], when,
+            window_seconds)
         values = {
             "id": msg_id, "mailbox_id": mailbox_id, "inbound_id": inbound.id, "thread_id": thread_id,
             "direction": direction, "received_at": inbound.received_at, "envelope_from": inbound.mail_from,
             "envelope_to": rcpt["address"], "plus_tag": rcpt.get("tag"), "size": len(inbound.data),
             "auth_results": auth.header_value if auth else "", "auth": _json(auth_dict(auth)) if auth else None,
-            **fields}
+            "trust": _json(trust) if trust else None, "quarantine": _json(reasons) if reasons else None,
+            "quarantined_at": time.time() if reasons else None, **fields}
         for key in ("in_reply_to", "references", "from_addr", "to_addr", "cc_addr", "reply_to", "parse_errors"):
             values[key] = _json(values[key])
         execute(_INSERT, tuple(values[c] for c in _COLUMNS))
@@ -89,7 +104,9 @@ def deliver(inbound: Any, parsed: Any, auth: Any, trace: str, window_seconds: fl
                 "content_type": a.content_type[:255], "size": a.size, "content_id": (a.content_id or None),
                 "disposition": a.disposition} for a in parsed.attachments]).execute()
         search.index(proxy.obj, msg_id, mailbox_id, fields["subject"], addresses, fields["text"])
-        if direction == "in":
+        if reasons:
+            events.emit("message.quarantined", mailbox_id=mailbox_id, message_id=msg_id, reasons=reasons)
+        elif direction == "in":
             events.emit("message.inbound", mailbox_id=mailbox_id, message_id=msg_id, thread_id=thread_id)
         created.append((msg_id, thread_id))
     execute('UPDATE "inbound" SET "processed" = ?, "trace" = ? WHERE "id" = ?', (True, trace, inbound.id))
