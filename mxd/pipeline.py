@@ -18,6 +18,7 @@ import concurrent.futures
 import json
 import logging
 import os
+import threading
 from typing import Any, Callable
 
 from mxd import mailpolicy, sending, trust, workerpool
@@ -120,6 +121,7 @@ class Pipeline(BackgroundWorker):
         self._inflight: set[str] = set()
         self._slots = asyncio.Semaphore(max(2, cfg.pipeline_processes * 2))
         self._busy = False
+        threading.Thread(target=trust.warm, name="mxd-trust-warm", daemon=True).start()   # off the writer
 
     async def run_once(self) -> float | None:
         rows = await self.db.read(_pending, set(self._inflight), BATCH)
@@ -246,7 +248,9 @@ class Judgements:
             except ValueError:
                 checks = None
         checks = checks if isinstance(checks, dict) else None
-        from_mx = [r for r in (checks or {}).get("quarantine") or [] if isinstance(r, dict) and r.get("code")]
+        listed = (checks or {}).get("quarantine")
+        from_mx = [{"code": str(r["code"])[:64], "detail": str(r.get("detail") or "")[:500]}
+                   for r in (listed if isinstance(listed, list) else []) if isinstance(r, dict) and r.get("code")]
         fact = facts or trust.facts(None, b"")
 
         def decide(mailbox_id: str) -> tuple[dict | None, list[dict] | None]:

@@ -13,7 +13,7 @@ Computed once in the pipeline and stored as `Message.trust`; every reader shows 
      "author": "a@b.example" | null,
      "authenticated": bool, "authentication": {"how": "dmarc" | "spf" | "dkim" | "local" | null, ...},
      "first_contact": {"address": bool, "domain": bool},   # true: never seen by this mailbox
-     "lookalike": null | {"domain", "resembles", "how": "homoglyph" | "one_edit" | "mixed_script"},
+     "lookalike": null | {"domain", "resembles", "how": "homoglyph" | "one_edit" | "embedded" | "mixed_script"},
      "display_name_spoof": null | {"name", "why"},
      "reply_to_mismatch": null | {"author_domain", "reply_to"},
      "risky_attachments": [{"name", "why"}],
@@ -22,7 +22,7 @@ Computed once in the pipeline and stored as `Message.trust`; every reader shows 
 The verdict rule (`verdict`, the one place it is decided):
 - **suspicious** when any of: a lookalike author domain; a display-name spoof; DMARC fail; mail claiming one
   of mxd's own domains that is not authenticated; risky attachments; a spam engine verdict of
-  quarantine or worse;
+  quarantine or worse, or a score at or above its required score;
 - **trusted** when authenticated, the author address is a known correspondent, no Reply-To mismatch and
   nothing suspicious;
 - **unverified** otherwise (not authenticated, first contact, or a Reply-To to another domain).
@@ -264,8 +264,9 @@ def _one_edit(a: str, b: str) -> bool:
 
 def lookalike(domain: str, references: Iterable[str]) -> dict | None:
     """{"domain", "resembles", "how"} when `domain` (A-label) is confusable with, or one edit away from,
-    one of the `references` (A-labels) without being it or under it; or is a Latin name mixed with
-    Cyrillic or Greek letters. Compared on the registrable parts, in Unicode form."""
+    one of the `references` (A-labels) without being it or under it, or wears one as its subdomain
+    (example.com.evil.net); or is a Latin name mixed with Cyrillic or Greek letters. Compared on the
+    registrable parts, in Unicode form."""
     if not domain or len(domain) > 253:
         return None
     mine = registrable(domain)
@@ -287,6 +288,8 @@ def lookalike(domain: str, references: Iterable[str]) -> dict | None:
         theirs_u = unicode_form(theirs).lower()
         if theirs_u == mine_u:
             continue
+        if f".{theirs}." in f".{domain}.":          # example.com.evil.net: the name worn as a subdomain
+            return {"domain": domain, "resembles": theirs, "how": "embedded"}
         if _confusable(mine_skeleton, theirs_u):
             return {"domain": domain, "resembles": theirs, "how": "homoglyph"}
         if mine.isascii() and _one_edit(mine, theirs):
@@ -296,6 +299,15 @@ def lookalike(domain: str, references: Iterable[str]) -> dict | None:
         if "LATIN" in scripts and scripts & {"CYRILLIC", "GREEK"}:
             return {"domain": domain, "resembles": None, "how": "mixed_script"}
     return None
+
+
+def warm() -> None:
+    """Load the public suffix list and the confusables data now (about half a second), so that the first
+    message does not wait for them in the writer."""
+    registrable("example.com")
+    _scripts("a")
+    _confusable("a", "a")
+    _one_edit("warm.example", "warn.example")
 
 
 # ---------------------------------------------------------------- authentication
@@ -316,7 +328,8 @@ def authentication(auth: Any, author_domain: str, local: bool = False) -> dict:
     spf = getattr(auth, "spf", "") or ""
     dkim_pass = [d.domain for d in (getattr(auth, "dkim", None) or []) if getattr(d, "result", "") == "pass"]
     out = {"authenticated": False, "how": None, "dmarc": dmarc or None, "spf": spf or None,
-           "dkim": "pass" if dkim_pass else ("fail" if getattr(auth, "dkim", None) else None)}
+           "dkim": "pass" if dkim_pass else next((getattr(d, "result", None) for d in getattr(auth, "dkim", None) or []),
+                                                 None)}
     if dmarc == "pass":
         out.update(authenticated=True, how="dmarc")
     elif dmarc == "none" and author_domain:
@@ -390,6 +403,13 @@ def blocked_found(entries: list[dict], blocked: frozenset[str]) -> list[str]:
     return out
 
 
+def _over(score: Any, required: Any) -> bool:
+    """A spam score at or above the engine's own reject-worthy score."""
+    numbers = (int, float)
+    return (isinstance(score, numbers) and isinstance(required, numbers) and not isinstance(score, bool)
+            and not isinstance(required, bool) and required > 0 and score >= required)
+
+
 def verdict(doc: dict) -> tuple[str, list[dict]]:
     """The one verdict rule (see the module docstring): (verdict, reasons)."""
     suspicious: list[dict] = []
@@ -410,8 +430,9 @@ def verdict(doc: dict) -> tuple[str, list[dict]]:
         suspicious.append({"code": "risky_attachments", "detail": f"{first['name']}: {first['why']}"
                            + (f" (and {doc['risky_count'] - 1} more)" if doc.get("risky_count", 1) > 1 else "")})
     spam = doc.get("spam")
-    if spam and spam.get("action") in SPAM_SUSPICIOUS_ACTIONS:
-        suspicious.append({"code": "spam", "detail": f"spam engine: {spam['action']} (score {spam.get('score')})"})
+    if spam and (spam.get("action") in SPAM_SUSPICIOUS_ACTIONS or _over(spam.get("score"), spam.get("required_score"))):
+        suspicious.append({"code": "spam", "detail": f"spam engine: {spam['action']} (score {spam.get('score')}"
+                           f" of {spam.get('required_score')})"})
     if suspicious:
         return "suspicious", suspicious
     reasons: list[dict] = []
@@ -459,7 +480,8 @@ def signals(fact: dict, *, auth: Any, checks: dict | None, known: Known, own_dom
         "risky_attachments": found[:MAX_RISKY_SHOWN],
         "risky_count": len(found),
         "spam": {"score": spam.get("score"), "required_score": spam.get("required_score"),
-                 "action": spam.get("action"), "symbols": spam.get("symbols") or {}}
+                 "action": spam.get("action"),
+                 "symbols": spam["symbols"] if isinstance(spam.get("symbols"), dict) else {}}
         if isinstance(spam, dict) else None,
     }
     if not authn["authenticated"] and domain and any(domain == o or domain.endswith("." + o) for o in own):

@@ -77,6 +77,8 @@ def zipped(*names: str, nested: dict[str, bytes] | None = None, encrypt: bool = 
     ("exmaple.com", "example.com", "one_edit"),            # a transposition
     ("examples.com", "example.com", "one_edit"),
     ("rnicrosoft.com", "microsoft.com", "homoglyph"),
+    ("example.com.evil.net", "example.com", "embedded"),
+    ("login.microsoft.com.x.co.uk", "microsoft.com", "embedded"),
 ])
 def test_lookalikes_of_a_reference_are_caught(domain, resembles, how):
     assert trust.lookalike(domain, ["example.com", "microsoft.com"]) == \
@@ -265,6 +267,9 @@ def test_a_spam_verdict_is_kept_and_a_quarantine_action_is_suspicious():
     clean = judge(message(), auth=Auth(dmarc="pass"), checks={"spam": {"action": "accept", "score": 0.1}},
                   known=trust.Known(True, True))
     assert clean["verdict"] == "trusted" and clean["spam"]["score"] == 0.1
+    high = judge(message(), auth=Auth(dmarc="pass"), known=trust.Known(True, True),
+                 checks={"spam": {"action": "accept", "score": 16.0, "required_score": 15.0}})
+    assert high["verdict"] == "suspicious" and high["reasons"][0]["code"] == "spam"
 
 
 # ---------------------------------------------------------------- the mailbox policy's quarantine reasons

@@ -15,7 +15,7 @@ import pytest
 
 from mxd import config, pipeline
 from mxd.authn import AuthResults
-from mxd.db import Database
+from mxd.db import Database, execute
 from mxd.ingest import Envelope, InboundRow, Recipient, as_row, store
 from mxd.store import correspondents, directory, open_store
 from mxd.store.models import MailboxPolicy
@@ -57,12 +57,13 @@ class World:
 
     def message(self, inbound_id: str) -> dict:
         def read() -> dict:
-            from mxd.db import execute
             r = execute('SELECT "id", "thread_id", "trust", "quarantine", "quarantined_at" FROM "message" '
                         'WHERE "inbound_id" = ?', (inbound_id,)).fetchone()
             events = [(t, json.loads(d)) for t, d in execute(
                 'SELECT "type", "data" FROM "event" WHERE "message_id" = ?', (r[0],)).fetchall()]
-            found = execute('SELECT count(*) FROM message_fts WHERE message_id = ?', (r[0],)).fetchone()[0] == 1
+            found = None
+            if self.db.url.startswith("sqlite"):
+                found = execute('SELECT count(*) FROM message_fts WHERE message_id = ?', (r[0],)).fetchone()[0] == 1
             return {"id": r[0], "thread_id": r[1], "trust": json.loads(r[2]) if r[2] else None,
                     "quarantine": json.loads(r[3]) if r[3] else None, "quarantined_at": r[4], "events": events,
                     "indexed": found}
@@ -71,7 +72,8 @@ class World:
     def set_policy(self, **inbound: object) -> None:
         from mxd import mailpolicy
         doc = mailpolicy.normalise({"inbound": inbound})
-        self.db.write_sync(lambda: MailboxPolicy.replace(mailbox=self.box.id, policy=doc).execute())
+        self.db.write_sync(lambda: MailboxPolicy.insert(mailbox=self.box.id, policy=doc).on_conflict(
+            conflict_target=[MailboxPolicy.mailbox], update={MailboxPolicy.policy: doc}).execute())
 
 
 @pytest.fixture
@@ -82,6 +84,18 @@ def world(tmp_path: Path) -> Iterator[World]:
         yield World(database, cfg)
     finally:
         database.close()
+
+
+@pytest.fixture
+def pg_world(tmp_path: Path) -> Iterator[World]:
+    from tests.support.pg import fresh_database
+    cfg = config.load(None, {"MXD_DATA_DIR": str(tmp_path), "MXD_HOSTNAME": "mx.example.com"})
+    with fresh_database("mxd_trust") as url:
+        database = open_store(url)
+        try:
+            yield World(database, cfg)
+        finally:
+            database.close()
 
 
 def mail(from_: str = "Alice <alice@partner.org>", subject: str = "Hello", extra: str = "", body: str = "Hi.\r\n") -> bytes:
@@ -320,3 +334,52 @@ def test_a_suspicious_authenticated_author_does_not_become_known(world):
     m = world.deliver(mail("Boss <boss@examp1e.com>"), auth(domain="examp1e.com"), mail_from="boss@examp1e.com")
     assert m["trust"]["first_contact"]["address"] is True and m["trust"]["verdict"] == "suspicious"
     assert m["trust"]["lookalike"]["resembles"] == "example.com"
+
+
+@pytest.mark.parametrize("checks", [{"quarantine": 5}, {"quarantine": "dmarc"}, {"quarantine": [None, 3, {"x": 1}]},
+                                    {"spam": "high"}, {"spam": {"symbols": 5}}, "not json", ["a list"]])
+def test_malformed_checks_never_cost_the_message(world, checks):
+    m = world.deliver(mail(), auth(), checks=checks)
+    assert m["id"] and m["quarantine"] is None and m["trust"]["verdict"] == "unverified"
+
+
+@pytest.mark.slow
+def test_smtp_a_correspondent_written_to_through_submission_is_known(daemon):
+    from tests.support.smtp import insecure_tls
+    token = daemon.token(["send"], ["agent@example.test"], name="submission")
+    with smtplib.SMTP("127.0.0.1", daemon.submission_port, timeout=15) as s:
+        s.starttls(context=insecure_tls())
+        s.login("agent@example.test", token)
+        s.sendmail("agent@example.test", ["erin@partner.test"],
+                   b"From: agent@example.test\r\nTo: erin@partner.test\r\nSubject: to erin\r\n\r\nhello\r\n")
+    deadline = time.monotonic() + 30
+    while not daemon.sql('SELECT 1 FROM "correspondent" WHERE "value" = ?', ("erin@partner.test",)):
+        assert time.monotonic() < deadline, "the sent copy was not completed"
+        time.sleep(0.1)
+    m = smtp_deliver(daemon, "erin@partner.test", letter("Erin <erin@partner.test>", "from erin"), "from erin")
+    assert m["trust"]["first_contact"] == {"address": False, "domain": False}
+
+
+def test_correspondents_keep_their_first_time_and_read_domains_newest_first(world):
+    box = world.box.id
+    world.db.write_sync(correspondents.record, box, ["Bob@Friend.ORG", "not an address", "x@bücher.example"], 100.0)
+    world.db.write_sync(correspondents.record, box, ["bob@friend.org", "amy@later.org"], 200.0)
+    assert world.db.write_sync(correspondents.known, box, "bob@friend.org", "friend.org") == (True, True)
+    assert world.db.write_sync(correspondents.known, box, "x@xn--bcher-kva.example", "xn--bcher-kva.example") == \
+        (True, True)
+    assert world.db.write_sync(correspondents.domains, box)[0] == "later.org"
+    first = world.db.write_sync(lambda: execute('SELECT "first_at" FROM "correspondent" WHERE "value" = ?',
+                                                ("bob@friend.org",)).fetchone()[0])
+    assert first == 100.0
+
+
+@pytest.mark.slow
+def test_on_postgresql_correspondents_and_policy_quarantine(pg_world):
+    first = pg_world.deliver(mail(), auth())
+    assert first["trust"]["first_contact"] == {"address": True, "domain": True}
+    again = pg_world.deliver(mail(), auth())
+    assert again["trust"]["verdict"] == "trusted"
+    pg_world.set_policy(block_senders=["partner.org"])
+    blocked = pg_world.deliver(mail(), auth())
+    assert [r["code"] for r in blocked["quarantine"]] == ["sender_blocked"]
+    assert types(blocked) == ["message.quarantined"] and blocked["thread_id"] is None
