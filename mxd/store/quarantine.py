@@ -11,7 +11,7 @@ from typing import Any
 
 from mxd.db import execute, proxy
 from mxd.errors import MxdError
-from mxd.store import events, search, threads
+from mxd.store import events, search, threads, visibility
 from mxd.store.models import Message
 
 REASONS = ("dmarc_quarantine", "dmarc_reject", "spam", "sender_blocked", "sender_not_allowed", "unauthenticated",
@@ -31,7 +31,7 @@ def held(mailbox_ids: list[str] | None, limit: int, before: str | None, reason: 
     found: list[Message] = []
     cursor = before
     while len(found) < limit:
-        query = Message.select().where(Message.quarantined_at.is_null(False))
+        query = Message.select().where(visibility.quarantined())
         if mailbox_ids is not None:
             query = query.where(Message.mailbox.in_(mailbox_ids))
         if cursor:
