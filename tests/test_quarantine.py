@@ -350,6 +350,17 @@ def test_the_store_rule_on_both_databases(tmp_path, backend):
         assert db.write_sync(reads, False) == ([(plain, None)], [], [plain])
         assert db.write_sync(reads, True) == ([(held, "suspicious"), (plain, None)], [held], [plain, held])
         assert [m.id for m in db.write_sync(quarantine.held, [box_id], 10, None, "dmarc_quarantine")] == [held]
+
+        # more quarantined matches than a page: the page still holds what is shown, in order
+        older = deliver(db, BOX, "plain lighthouse")
+        hidden = [hold(db, BOX, f"held lighthouse {i}") for i in range(5)]
+        newer = deliver(db, BOX, "plain lighthouse again")
+        for scope in ([box_id], None):
+            pages = [db.write_sync(search.search, proxy.obj, "lighthouse", scope, 2, before)
+                     for before in (None, newer)]
+            assert pages == [[newer, older], [older]]
+            assert db.write_sync(search.search, proxy.obj, "lighthouse", scope, 3, None, True) == [
+                newer, hidden[4], hidden[3]]
         msg, thread_id = db.write_sync(quarantine.release, held, 86400.0)
         assert msg.quarantined_at is None and thread_id
         assert db.write_sync(reads, False)[1] == [held]

@@ -104,12 +104,37 @@ def search(db: pw.Database, q: str, mailbox_ids: list[str] | None, limit: int, b
     """Message ids matching q, newest first, at most limit, older than the cursor id `before`.
 
     Quarantined messages are indexed (so a search asking for them finds them) and left out unless
-    `include_quarantined` (mxd.store.visibility): the few quarantined ids are excluded in the query itself,
-    so a page is never short of what it should hold."""
+    `include_quarantined` (mxd.store.visibility). They are few: a page of matches is read as before and the
+    quarantined among it (a primary-key lookup of at most `limit` ids) dropped, and the next matches read
+    when that left the page short. Excluding them inside the match query would read the message id of
+    every match before the mailbox filter, which costs a seek into the index's content table each."""
     if mailbox_ids is not None and not mailbox_ids:
         return []
+    found: list[str] = []
+    while True:
+        batch = _matches(db, q, mailbox_ids, limit, before)
+        if include_quarantined:
+            return batch
+        hidden = _quarantined_among(db, batch)
+        found += [i for i in batch if i not in hidden]
+        if len(found) >= limit or len(batch) < limit:
+            return found[:limit]
+        before = batch[-1]
+
+
+def _quarantined_among(db: pw.Database, ids: list[str]) -> set[str]:
+    if not ids:
+        return set()
+    mark = "?" if _is_sqlite(db) else "%s"
+    sql = (f'SELECT "id" FROM "message" WHERE "id" IN ({",".join([mark] * len(ids))}) '
+           f"AND {visibility.QUARANTINED_SQL}")
+    return {row[0] for row in db.execute_sql(sql, tuple(ids)).fetchall()}
+
+
+def _matches(db: pw.Database, q: str, mailbox_ids: list[str] | None, limit: int, before: str | None) -> list[str]:
+    """Every matching message id (quarantined ones too), newest first, at most limit, older than `before`."""
     if _is_sqlite(db):
-        return _search_fts5(db, q, mailbox_ids, limit, before, include_quarantined)
+        return _search_fts5(db, q, mailbox_ids, limit, before)
     words = [" & ".join(re.findall(r"\w+", m.group(2) or m.group(3) or "")) for m in _TERM.finditer(q)]
     words = [w for w in words if w]
     if not words:
@@ -122,8 +147,6 @@ def search(db: pw.Database, q: str, mailbox_ids: list[str] | None, limit: int, b
     if before:
         sql += " AND message_id < %s"
         params.append(before)
-    if not include_quarantined:
-        sql += f" AND message_id NOT IN ({visibility.QUARANTINED_IDS_SQL})"
     sql += f" ORDER BY message_id DESC LIMIT {int(limit)}"
     return [row[0] for row in db.execute_sql(sql, tuple(params)).fetchall()]
 
@@ -135,7 +158,7 @@ def search(db: pw.Database, q: str, mailbox_ids: list[str] | None, limit: int, b
 # row a rowid above all others. So "newest first" is "rowid descending", and the cursor id becomes a
 # rowid bound found by bisecting the rowids.
 def _search_fts5(db: pw.Database, q: str, mailbox_ids: list[str] | None, limit: int,
-                 before: str | None, include_quarantined: bool = False) -> list[str]:
+                 before: str | None) -> list[str]:
     match = _fts5_query(q)
     if not match:
         return []
@@ -155,8 +178,6 @@ def _search_fts5(db: pw.Database, q: str, mailbox_ids: list[str] | None, limit: 
         else:                               # every id sorted below the cursor; newer rows may have come since
             sql += " AND f.message_id < ?"
             params.append(before)
-    if not include_quarantined:
-        sql += f" AND f.message_id NOT IN ({visibility.QUARANTINED_IDS_SQL})"
     sql += f" ORDER BY f.rowid DESC LIMIT {int(limit)}"
     found = [row[0] for row in db.execute_sql(sql, tuple(params)).fetchall()]
     # The rowid bound is the cursor while rowid order is id order; never hand out what is not older.

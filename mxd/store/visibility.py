@@ -16,10 +16,9 @@ from mxd.store.models import Message
 # A row readers show by default. The unary + keeps SQLite from reading the quarantined_at index for a condition
 # nearly every row meets (it would then sort the whole table for a list's ORDER BY "id" LIMIT n).
 SHOWN_SQL = '+"quarantined_at" IS NULL'
-# The few quarantined ids, as a range on the quarantined_at index (a time, so > 0; SQLite answers
-# IS NOT NULL by scanning the table).
+# A quarantined row, as a range on the quarantined_at index (a time, so > 0; SQLite answers IS NOT NULL by
+# scanning the table).
 QUARANTINED_SQL = '"quarantined_at" > 0'
-QUARANTINED_IDS_SQL = f'SELECT "id" FROM "message" WHERE {QUARANTINED_SQL}'
 
 
 def shown_sql(include_quarantined: bool = False) -> str | None:
