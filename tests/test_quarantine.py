@@ -159,6 +159,8 @@ def test_held_mail_is_left_out_of_every_reader_unless_asked(world, mcp):
     assert refused["is_error"] and refused["error"]["code"] == "not_found"
     read = mcp("get_message", message_id=held, include_quarantined=True)
     assert read["trust"]["verdict"] == "suspicious" and HELD_WORD in read["untrusted_content"]["text"]
+    assert mcp("list_attachments", message_id=held)["is_error"]
+    assert mcp("list_attachments", message_id=held, include_quarantined=True)["attachments"] == []
 
     bodies = webhook_bodies(api, ["message.inbound", "message.quarantined"])
     by_type = {(b["type"], b["data"]["message_id"]) for b in bodies}

@@ -224,9 +224,10 @@ async def get_thread(ctx: ToolContext,
     return await _call(ctx, "get_thread", "read", work)
 
 
-async def list_attachments(ctx: ToolContext, message_id: MessageId) -> CallToolResult:
+async def list_attachments(ctx: ToolContext, message_id: MessageId,
+                           include_quarantined: IncludeQuarantined = False) -> CallToolResult:
     async def work(c: Services, principal: Principal, note: dict) -> dict:
-        out = await mail.message_detail(c, principal, message_id)
+        out = await mail.message_detail(c, principal, message_id, include_quarantined=include_quarantined)
         return {"message_id": out["id"], "attachments": out["attachments"], "notice": NOTICE}
     return await _call(ctx, "list_attachments", "read", work)
 
@@ -238,9 +239,10 @@ def _textual(content_type: str) -> bool:
 
 async def get_attachment_text(ctx: ToolContext, message_id: MessageId,
                               attachment_id: Annotated[str, Field(description="An attachment id (att_...).")],
-                              max_chars: MaxChars = MAX_TEXT) -> CallToolResult:
+                              max_chars: MaxChars = MAX_TEXT,
+                              include_quarantined: IncludeQuarantined = False) -> CallToolResult:
     async def work(c: Services, principal: Principal, note: dict) -> dict:
-        found = await mail.attachment(c, principal, message_id, attachment_id)
+        found = await mail.attachment(c, principal, message_id, attachment_id, include_quarantined)
         att = found.row
         out = {"message_id": message_id, "id": att.id, "filename": att.filename, "content_type": att.content_type,
                "size": att.size, "notice": NOTICE}
