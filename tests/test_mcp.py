@@ -147,7 +147,7 @@ async def test_list_search_and_read_a_message(world):
 
         listed = await call(s, "list_messages", mailbox=AGENT, limit=50)
         [item] = [m for m in listed["data"] if m["id"] == inbound["id"]]
-        assert set(item) == {"id", "thread_id", "mailbox", "direction", "from", "subject", "date", "snippet"}
+        assert set(item) == {"id", "thread_id", "mailbox", "direction", "from", "subject", "date", "snippet", "verdict"}
         assert item["subject"] == "quarterly numbers" and item["from"]["address"] == "carol@elsewhere.org"
         assert "numbers are attached" in item["snippet"] and "outside senders" in listed["notice"]
 

@@ -97,6 +97,16 @@ def real(daemon) -> dict[str, str]:
                      timeout=60)
     assert found, "the message with an attachment never arrived"
     msg = _ok(proc.api("GET", f"/api/messages/{found[0]['id']}"), "message")
+    for subject in ("held", "gone held"):             # an executable: quarantined by the mailbox's default policy
+        q = EmailMessage()
+        q["From"], q["To"], q["Subject"] = "someone@remote.test", "agent@example.test", subject
+        q.set_content("run it")
+        q.add_attachment(b"MZ", maintype="application", subtype="octet-stream", filename="invoice.pdf.exe")
+        with smtplib.SMTP("127.0.0.1", proc.mx_port, timeout=30) as s:
+            s.send_message(q)
+    held = wait_for(lambda: {x["subject"]: x["id"] for x in proc.api("GET", "/api/quarantine").json()["data"]}
+                    if len(proc.api("GET", "/api/quarantine").json()["data"]) == 2 else None, timeout=60)
+    assert held, "the quarantined messages never arrived"
     sent = _ok(proc.api("POST", "/api/send", json={"from": "agent@example.test", "to": ["x@remote.test"],
                                                     "subject": "queued", "text": "t"}), "send")
     gone_sent = _ok(proc.api("POST", "/api/send", json={"from": "agent@example.test", "to": ["y@remote.test"],
@@ -106,6 +116,7 @@ def real(daemon) -> dict[str, str]:
     hook = {"url": "http://127.0.0.1:9/hook", "event_types": ["message.inbound"]}
     values = {
         "msg": msg["id"], "thr": msg["thread_id"], "att": msg["attachments"][0]["id"],
+        "held": held["held"], "gone_held": held["gone held"],
         "drf": _ok(proc.api("POST", "/api/drafts", json={"from": "agent@example.test", "to": ["x@remote.test"],
                                                          "subject": "d", "text": "d"}), "draft")["id"],
         "queue": sent["recipients"][0]["queue_id"], "gone_queue": gone_sent["recipients"][0]["queue_id"],
@@ -128,7 +139,8 @@ def _path_parameters(op: openapi.Op, v: dict[str, str]) -> dict[str, str]:
     gone = op.method == "DELETE"
     by_id = {"/api/messages/": v["msg"], "/api/threads/": v["thr"], "/api/drafts/": v["drf"],
              "/api/tokens/": v["gone_tok"], "/api/queue/": v["gone_queue"] if gone else v["queue"],
-             "/api/webhooks/": v["gone_whk"] if gone else v["whk"], "/v1/webhooks/": v["whk"]}
+             "/api/webhooks/": v["gone_whk"] if gone else v["whk"], "/v1/webhooks/": v["whk"],
+             "/api/quarantine/": v["gone_held"] if gone else v["held"]}
     named = {"domain": "throwaway.test" if gone else "example.test",
              "mailbox": "throwaway@example.test" if gone else "agent@example.test", "alias": v["alias"],
              "address": v["suppressed"], "att": v["att"], "agent_id": v["agent"], "domain_id": v["domain_id"],

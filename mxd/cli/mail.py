@@ -102,9 +102,20 @@ def _sent(answer: dict) -> None:
 
 
 # ---------------------------------------------------------------- rendering
+def trust_reasons(reasons: Any) -> str:
+    """Trust or quarantine reasons ([{"code", "detail"}]) as one line."""
+    return "; ".join(f"{r.get('code')}: {r.get('detail')}" if isinstance(r, dict) and r.get("detail")
+                     else str(r.get("code") if isinstance(r, dict) else r) for r in reasons or [])
+
+
 def _message(m: dict) -> None:
     keys = ("id", "thread_id", "mailbox", "direction", "message_id", "date", "from", "to", "cc", "subject")
     pairs = [(k, m.get(k)) for k in keys if m.get(k) not in (None, [])]
+    trust = m.get("trust") or {}
+    if trust.get("verdict"):
+        pairs.append(("trust", f"{trust['verdict']} {trust_reasons(trust.get('reasons'))}".strip()))
+    pairs += [("quarantine", f"{r.get('code')}: {r.get('detail') or ''}") for r in m.get("quarantine") or []
+              if isinstance(r, dict)]
     pairs += [("attachment", f"{a['filename'] or '(unnamed)'} {a['content_type']} {human_size(a['size'] or 0)} "
                              f"{a['id']}") for a in m.get("attachments") or []]
     pairs += [("delivery", f"{d['recipient']} {d['status']} after {d['attempts']} attempt(s) "
@@ -125,7 +136,8 @@ def _thread(t: dict) -> None:
 # ---------------------------------------------------------------- commands
 def cmd_messages(args: argparse.Namespace, api: Client) -> int:
     if args.action in ("list", "search"):
-        params = {"mailbox": args.mailbox, "thread_id": getattr(args, "thread", None)}
+        params = {"mailbox": args.mailbox, "thread_id": getattr(args, "thread", None),
+                  "include": "quarantined" if args.include_quarantined else None}
         path = "/api/messages"
         if args.action == "search":
             params["q"] = args.query
@@ -133,10 +145,11 @@ def cmd_messages(args: argparse.Namespace, api: Client) -> int:
         rows = collect(args, api, path, params, "messages")
         return show(args, rows, lambda r: table(r, MESSAGE_COLUMNS))
     if args.action == "show":
+        include = {"include": "quarantined"} if args.include_quarantined else None
         if args.raw:
-            sys.stdout.buffer.write(api.request("GET", f"/api/messages/{seg(args.id)}/raw").content)
+            sys.stdout.buffer.write(api.request("GET", f"/api/messages/{seg(args.id)}/raw", params=include).content)
             return 0
-        return show(args, api.get(f"/api/messages/{seg(args.id)}"), _message)
+        return show(args, api.get(f"/api/messages/{seg(args.id)}", **(include or {})), _message)
     if args.action == "attachment":
         return _save_attachment(args, api)
     body = compose_body(args)
@@ -245,12 +258,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     q = acts.add_parser("list", parents=[common, listing], help="newest first")
     q.add_argument("--mailbox")
     q.add_argument("--thread", help="only this thread's messages")
+    q.add_argument("--include-quarantined", action="store_true", help="also quarantined messages")
     q = acts.add_parser("search", parents=[common, listing], help="full-text search")
     q.add_argument("query")
     q.add_argument("--mailbox")
+    q.add_argument("--include-quarantined", action="store_true", help="also quarantined messages")
     q = acts.add_parser("show", parents=[common], help="one message (--raw: its RFC 5322 bytes)")
     q.add_argument("id")
     q.add_argument("--raw", action="store_true")
+    q.add_argument("--include-quarantined", action="store_true", help="also when it is quarantined")
     q = acts.add_parser("attachment", parents=[common], help="save an attachment (ids are in messages show)")
     q.add_argument("id")
     q.add_argument("attachment_id")

@@ -11,12 +11,18 @@ from mxd.errors import MxdError
 from mxd.mime.parse import attachment as attachment_part
 from mxd.mime.parse import attachment_text as attachment_text_part
 from mxd.service import Services
-from mxd.store import acks, messages, search, threads
+from mxd.store import acks, messages, search, threads, visibility
 from mxd.store.models import Attachment, Mailbox, Message, QueueEntry, Thread
 from mxd.timefmt import iso
 
 SNIPPET = 200
 Shape = Callable[[Any, str], dict]
+INCLUDE_QUARANTINED = "quarantined"      # include=quarantined: readers show quarantined mail too
+
+
+def includes_quarantined(include: str | None) -> bool:
+    """Whether a request's `include` (a comma-separated list) asks for quarantined mail."""
+    return bool(include) and INCLUDE_QUARANTINED in {p.strip() for p in str(include).split(",")}
 
 
 # ---------------------------------------------------------------- shapes
@@ -30,6 +36,7 @@ def summary(msg: Message | messages.MessageRow, mailbox_address: str) -> dict:
         "date": iso(msg.date), "received_at": iso(msg.received_at),
         "snippet": " ".join(text[:SNIPPET * 2].split())[:SNIPPET], "size": msg.size,
         "plus_tag": msg.plus_tag, "has_parse_errors": bool(msg.parse_errors),
+        "verdict": (msg.trust or {}).get("verdict"), "quarantined": msg.quarantined_at is not None,
     }
 
 
@@ -45,6 +52,7 @@ def detail(msg: Message, mailbox_address: str, attachments: list[Attachment]) ->
                          "url": f"/api/messages/{msg.id}/attachments/{a.id}"} for a in attachments],
         "authentication_results": msg.auth_results, "auth": msg.auth,
         "parse_errors": msg.parse_errors,
+        "trust": msg.trust, "quarantine": msg.quarantine, "quarantined_at": iso(msg.quarantined_at),
     })
     return out
 
@@ -76,22 +84,25 @@ def page(items: list[dict], limit: int, fetched: int, last_id: str | None) -> di
 # ---------------------------------------------------------------- lists and search
 async def message_page(s: Services, principal: Principal, *, mailbox: str | None = None,
                        thread_id: str | None = None, limit: int = 50, cursor: str | None = None,
-                       shape: Shape = summary) -> dict:
-    """Messages newest first, of one mailbox or of every mailbox the principal may see."""
+                       shape: Shape = summary, include_quarantined: bool = False) -> dict:
+    """Messages newest first, of one mailbox or of every mailbox the principal may see (quarantined ones
+    only with `include_quarantined`)."""
     def work() -> dict:
         ids, names = access.mailbox_scope(principal, mailbox)
-        rows = messages.list_messages(ids, limit, cursor, thread_id)
+        rows = messages.list_messages(ids, limit, cursor, thread_id, include_quarantined)
         return page([shape(m, names.get(m.mailbox_id, "")) for m in rows], limit, len(rows),
                     rows[-1].id if rows else None)
     return await s.db.read(work)
 
 
 async def search_page(s: Services, principal: Principal, query: str, *, mailbox: str | None = None,
-                      limit: int = 50, cursor: str | None = None, shape: Shape = summary) -> dict:
+                      limit: int = 50, cursor: str | None = None, shape: Shape = summary,
+                      include_quarantined: bool = False) -> dict:
     """Full-text search over the mailboxes the principal may see (or the one named)."""
     def work() -> dict:
         ids, names = access.mailbox_scope(principal, mailbox)
-        found = messages.by_ids(search.search(Message._meta.database.obj, query, ids, limit, cursor))
+        found = messages.by_ids(search.search(Message._meta.database.obj, query, ids, limit, cursor,
+                                              include_quarantined))
         return page([shape(m, names.get(m.mailbox_id, "")) for m in found], limit, len(found),
                     found[-1].id if found else None)
     return await s.db.read(work)
@@ -116,9 +127,21 @@ class MessageView:
     acknowledged: bool
 
 
-def _view(principal: Principal, message_id: str, not_found: str | None) -> MessageView:
-    msg, box = access.visible_with_mailbox(Message, message_id, principal,
-                                           not_found or f"message {message_id!r} not found")
+def visible_message(principal: Principal, message_id: str, not_found: str | None = None,
+                    include_quarantined: bool = False) -> tuple[Message, Mailbox]:
+    """(message, mailbox) if the principal may read it; a quarantined message is 404 unless asked for
+    (mxd.store.visibility), as if it had not arrived. Runs in a reader."""
+    label = not_found or f"message {message_id!r} not found"
+    msg, box = access.visible_with_mailbox(Message, message_id, principal, label)
+    if not visibility.is_shown(msg, include_quarantined):
+        raise MxdError("not_found", label, fix="A quarantined message is read with include=quarantined, or "
+                                               "through GET /api/quarantine/{id} (admin).")
+    return msg, box
+
+
+def _view(principal: Principal, message_id: str, not_found: str | None,
+          include_quarantined: bool = False) -> MessageView:
+    msg, box = visible_message(principal, message_id, not_found, include_quarantined)
     out = full_detail(msg, box.address)
     if msg.direction == "out":
         out["delivery"] = delivery_status(msg.id)
@@ -126,15 +149,16 @@ def _view(principal: Principal, message_id: str, not_found: str | None) -> Messa
 
 
 async def message_view(s: Services, principal: Principal, message_id: str,
-                       not_found: str | None = None) -> MessageView:
+                       not_found: str | None = None, include_quarantined: bool = False) -> MessageView:
     """The message as `message_detail`, with its mailbox and ack state; `not_found`: the 404's message
     (default "message '<id>' not found")."""
-    return await s.db.read(_view, principal, message_id, not_found)
+    return await s.db.read(_view, principal, message_id, not_found, include_quarantined)
 
 
-async def message_detail(s: Services, principal: Principal, message_id: str) -> dict:
-    """The parsed message, with its delivery state if outgoing."""
-    return (await message_view(s, principal, message_id)).detail
+async def message_detail(s: Services, principal: Principal, message_id: str,
+                         include_quarantined: bool = False) -> dict:
+    """The parsed message, with its delivery state if outgoing, its trust signals and quarantine reasons."""
+    return (await message_view(s, principal, message_id, include_quarantined=include_quarantined)).detail
 
 
 async def thread_detail(s: Services, principal: Principal, thread_id: str) -> dict:
@@ -147,10 +171,10 @@ async def thread_detail(s: Services, principal: Principal, thread_id: str) -> di
     return await s.db.read(work)
 
 
-async def raw(s: Services, principal: Principal, message_id: str) -> bytes:
+async def raw(s: Services, principal: Principal, message_id: str, include_quarantined: bool = False) -> bytes:
     """The message as stored (RFC 5322 bytes, with mxd's trace headers)."""
     def work() -> bytes:
-        return messages.raw(access.visible(Message, message_id, principal, f"message {message_id!r} not found"))
+        return messages.raw(visible_message(principal, message_id, include_quarantined=include_quarantined)[0])
     return await s.db.read(work)
 
 
@@ -175,9 +199,10 @@ class StoredAttachment:
         return found[1]
 
 
-async def attachment(s: Services, principal: Principal, message_id: str, attachment_id: str) -> StoredAttachment:
+async def attachment(s: Services, principal: Principal, message_id: str, attachment_id: str,
+                     include_quarantined: bool = False) -> StoredAttachment:
     def work() -> StoredAttachment:
-        msg = access.visible(Message, message_id, principal, f"message {message_id!r} not found")
+        msg = visible_message(principal, message_id, include_quarantined=include_quarantined)[0]
         att = Attachment.get_or_none((Attachment.id == attachment_id) & (Attachment.message == msg.id))
         if att is None:
             raise MxdError("not_found", "attachment not found")
@@ -193,11 +218,11 @@ def _inbox_box(principal: Principal, mailbox: str, by_id: bool) -> Mailbox:
 
 
 async def inbox(s: Services, principal: Principal, mailbox: str, limit: int, *, by_id: bool = False,
-                shape: Shape = summary) -> dict:
+                shape: Shape = summary, include_quarantined: bool = False) -> dict:
     """Inbound messages of one mailbox not yet acknowledged, oldest first (`by_id`: the mailbox by id only)."""
     def work() -> dict:
         box = _inbox_box(principal, mailbox, by_id)
-        rows = acks.poll(box.id, limit + 1)
+        rows = acks.poll(box.id, limit + 1, include_quarantined)
         data = [shape(m, box.address) for m in rows[:limit]]
         return {"mailbox": box.address, "mailbox_id": box.id, "data": data, "count": len(data),
                 "has_more": len(rows) > limit}
@@ -205,10 +230,10 @@ async def inbox(s: Services, principal: Principal, mailbox: str, limit: int, *, 
 
 
 async def acknowledge(s: Services, principal: Principal, mailbox: str, message_ids: list[str], *,
-                      by_id: bool = False) -> dict:
+                      by_id: bool = False, include_quarantined: bool = False) -> dict:
     """Mark inbound messages of one mailbox processed; answers those acknowledged and those not found."""
     def work() -> dict:
         box = _inbox_box(principal, mailbox, by_id)
-        acked, missing = acks.ack(box.id, message_ids)
+        acked, missing = acks.ack(box.id, message_ids, include_quarantined)
         return {"mailbox": box.address, "mailbox_id": box.id, "acknowledged": acked, "not_found": missing}
     return await s.db.write(work)

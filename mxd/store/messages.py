@@ -6,10 +6,12 @@ import json
 import time
 from typing import Any, Callable, NamedTuple
 
+import peewee as pw
+
 from mxd.db import execute, proxy
 from mxd.ids import new_id
 from mxd.ingest import with_trace
-from mxd.store import events, search, threads
+from mxd.store import events, search, threads, visibility
 from mxd.store.models import Attachment, Inbound, Message
 
 
@@ -141,25 +143,41 @@ class MessageRow(NamedTuple):
     plus_tag: str | None
     parse_errors: list
     text: str
+    trust: dict | None          # {"verdict": ...} only: a list shows the verdict, not every signal
+    quarantine: list | None     # the reasons while quarantined
+    quarantined_at: float | None
 
 
-_ROW_SQL = ('SELECT "id", "mailbox_id", "thread_id", "direction", "message_id", "subject", "from_addr", "to_addr", '
-            '"cc_addr", "date", "received_at", "size", "plus_tag", "parse_errors", "text" FROM "message"')
+_ROW_COLUMNS = ('"id", "mailbox_id", "thread_id", "direction", "message_id", "subject", "from_addr", "to_addr", '
+                '"cc_addr", "date", "received_at", "size", "plus_tag", "parse_errors", "text", {verdict}, '
+                '"quarantine", "quarantined_at"')
+# The trust verdict alone, read by the database from the JSON (the signals and spam symbols are not decoded
+# for a list): JSON1 in SQLite, the json operator in PostgreSQL (the column is text in both).
+_VERDICT = {True: """json_extract("trust", '$.verdict')""", False: """CAST("trust" AS json)->>'verdict'"""}
+
+
+def _row_sql() -> str:
+    return f'SELECT {_ROW_COLUMNS.format(verdict=_VERDICT[isinstance(proxy.obj, pw.SqliteDatabase)])} FROM "message"'
 
 
 def _rows(sql: str, params: tuple | list) -> list[MessageRow]:
     loads = json.loads
     return [MessageRow(r[0], r[1], r[2], r[3], r[4], r[5], None if r[6] is None else loads(r[6]),
                        None if r[7] is None else loads(r[7]), None if r[8] is None else loads(r[8]), r[9], r[10],
-                       r[11], r[12], None if r[13] is None else loads(r[13]), r[14])
-            for r in execute(sql, params).fetchall()]
+                       r[11], r[12], None if r[13] is None else loads(r[13]), r[14],
+                       None if r[15] is None else {"verdict": r[15]}, None if r[16] is None else loads(r[16]), r[17])
+            for r in execute(_row_sql() + sql, params).fetchall()]
 
 
 def list_messages(mailbox_ids: list[str] | None, limit: int, before: str | None,
-                  thread_id: str | None = None) -> list[MessageRow]:
-    """Newest first (by id), at most limit, older than the cursor id `before`."""
+                  thread_id: str | None = None, include_quarantined: bool = False) -> list[MessageRow]:
+    """Newest first (by id), at most limit, older than the cursor id `before`; quarantined messages only when
+    asked (mxd.store.visibility)."""
     where: list[str] = []
     params: list = []
+    shown = visibility.shown_sql(include_quarantined)
+    if shown:
+        where.append(shown)
     if mailbox_ids is not None:
         if not mailbox_ids:
             return []
@@ -171,13 +189,15 @@ def list_messages(mailbox_ids: list[str] | None, limit: int, before: str | None,
     if before:
         where.append('"id" < ?')
         params.append(before)
-    sql = _ROW_SQL + (" WHERE " + " AND ".join(where) if where else "") + ' ORDER BY "id" DESC LIMIT ?'
+    sql = (" WHERE " + " AND ".join(where) if where else "") + ' ORDER BY "id" DESC LIMIT ?'
     return _rows(sql, (*params, int(limit)))
 
 
 def in_thread(thread_id: str) -> list[MessageRow]:
-    """A thread's messages, oldest first (by Date, then id)."""
-    return _rows(_ROW_SQL + ' WHERE "thread_id" = ? ORDER BY "date", "id"', (thread_id,))
+    """A thread's messages, oldest first (by Date, then id); a quarantined message has no thread, and the
+    rule holds here as well."""
+    return _rows(f' WHERE "thread_id" = ? AND {visibility.SHOWN_SQL} ORDER BY "date", "id"',
+                 (thread_id,))
 
 
 def get(message_id: str) -> Message | None:
@@ -188,7 +208,7 @@ def by_ids(ids: list[str]) -> list[MessageRow]:
     """The messages with these ids, in the order given (ids that do not exist are left out)."""
     if not ids:
         return []
-    found = {r.id: r for r in _rows(_ROW_SQL + f' WHERE "id" IN ({",".join("?" * len(ids))})', tuple(ids))}
+    found = {r.id: r for r in _rows(f' WHERE "id" IN ({",".join("?" * len(ids))})', tuple(ids))}
     return [found[i] for i in ids if i in found]
 
 

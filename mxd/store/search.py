@@ -10,6 +10,8 @@ import re
 
 import peewee as pw
 
+from mxd.store import visibility
+
 _TERM = re.compile(r'(?:(from|to|subject):)?(?:"([^"]*)"|(\S+))', re.IGNORECASE)
 _FIELD_COLUMN = {"from": "addresses", "to": "addresses", "subject": "subject"}
 MAX_BODY = 200_000  # characters of body text indexed per message
@@ -97,10 +99,40 @@ def _fts5_query(q: str) -> str:
     return " AND ".join(parts)
 
 
-def search(db: pw.Database, q: str, mailbox_ids: list[str] | None, limit: int, before: str | None) -> list[str]:
-    """Message ids matching q, newest first, at most limit, older than the cursor id `before`."""
+def search(db: pw.Database, q: str, mailbox_ids: list[str] | None, limit: int, before: str | None,
+           include_quarantined: bool = False) -> list[str]:
+    """Message ids matching q, newest first, at most limit, older than the cursor id `before`.
+
+    Quarantined messages are indexed (so a search asking for them finds them) and left out unless
+    `include_quarantined` (mxd.store.visibility). They are few: a page of matches is read as before and the
+    quarantined among it (a primary-key lookup of at most `limit` ids) dropped, and the next matches read
+    when that left the page short. Excluding them inside the match query would read the message id of
+    every match before the mailbox filter, which costs a seek into the index's content table each."""
     if mailbox_ids is not None and not mailbox_ids:
         return []
+    found: list[str] = []
+    while True:
+        batch = _matches(db, q, mailbox_ids, limit, before)
+        if include_quarantined:
+            return batch
+        hidden = _quarantined_among(db, batch)
+        found += [i for i in batch if i not in hidden]
+        if len(found) >= limit or len(batch) < limit:
+            return found[:limit]
+        before = batch[-1]
+
+
+def _quarantined_among(db: pw.Database, ids: list[str]) -> set[str]:
+    if not ids:
+        return set()
+    mark = "?" if _is_sqlite(db) else "%s"
+    sql = (f'SELECT "id" FROM "message" WHERE "id" IN ({",".join([mark] * len(ids))}) '
+           f"AND {visibility.QUARANTINED_SQL}")
+    return {row[0] for row in db.execute_sql(sql, tuple(ids)).fetchall()}
+
+
+def _matches(db: pw.Database, q: str, mailbox_ids: list[str] | None, limit: int, before: str | None) -> list[str]:
+    """Every matching message id (quarantined ones too), newest first, at most limit, older than `before`."""
     if _is_sqlite(db):
         return _search_fts5(db, q, mailbox_ids, limit, before)
     words = [" & ".join(re.findall(r"\w+", m.group(2) or m.group(3) or "")) for m in _TERM.finditer(q)]

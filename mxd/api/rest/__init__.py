@@ -12,6 +12,7 @@ from mxd.api.rest import (
     inbound,
     mailboxes,
     messages,
+    quarantine,
     queue,
     reports,
     routing,
@@ -23,7 +24,7 @@ from mxd.api.rest import (
 )
 
 MODULES = (system, admin, domains, mailboxes, routing, messages, threads, send, drafts, queue, tokens, webhooks,
-           inbound, reports)
+           inbound, quarantine, reports)
 
 
 def routes() -> list[Route]:

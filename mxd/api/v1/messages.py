@@ -59,10 +59,11 @@ async def messages_send(request: Request, principal: Principal) -> Response:
 
 
 @endpoint("GET", "/v1/messages/{message_id}", "getMessageV1", "A message with its delivery state", TAG_MESSAGES,
-          "read", response=ref("V1Message"))
+          "read", query=("include",), response=ref("V1Message"))
 async def message_get(request: Request, principal: Principal) -> Response:
     view = await mail.message_view(ctx(request), principal, request.path_params["message_id"],
-                                   not_found="message not found")      # /v1's words, as they always were
+                                   not_found="message not found",      # /v1's words, as they always were
+                                   include_quarantined=mail.includes_quarantined(request.query_params.get("include")))
     out = dict(view.detail, mailbox_id=view.mailbox_id, acknowledged=view.acknowledged)
     if "delivery" in out:                       # after the two above, as the answer always had it
         out["delivery"] = out.pop("delivery")
