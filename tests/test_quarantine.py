@@ -366,3 +366,17 @@ def test_the_store_rule_on_both_databases(tmp_path, backend):
         msg, thread_id = db.write_sync(quarantine.release, held, 86400.0)
         assert msg.quarantined_at is None and thread_id
         assert db.write_sync(reads, False)[1] == [held]
+
+
+def test_held_mail_cannot_be_replied_to_until_released(world):
+    """A reply names its parent: a quarantined parent is not there (404 on both dialects), a released one is."""
+    api: InProcessApi = world["api"]
+    _, held = held_and_plain(api)
+    box_id = api.db.write_sync(lambda: directory.get_mailbox(BOX).id)
+    r = api.api("POST", f"/api/messages/{held}/reply", json={"text": "on it"})
+    assert r.status_code == 404 and r.json()["error"]["code"] == "not_found", r.text
+    r = api.api("POST", "/v1/messages", json={"mailbox_id": box_id, "in_reply_to": held, "text": "on it"})
+    assert r.status_code == 404 and r.json()["error"]["code"] == "not_found", r.text
+    assert api.api("POST", f"/api/quarantine/{held}/release").status_code == 200
+    r = api.api("POST", f"/api/messages/{held}/reply", json={"text": "on it"})
+    assert r.status_code != 404, r.text

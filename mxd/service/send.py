@@ -27,7 +27,7 @@ from mxd.sending import Outgoing
 from mxd.sending import send as send_outgoing
 from mxd.service import Services
 from mxd.service.mail import page
-from mxd.store import directory, orgs
+from mxd.store import directory, orgs, visibility
 from mxd.store.models import Draft as DraftRow
 from mxd.store.models import Mailbox, Message, Thread
 from mxd.timefmt import iso
@@ -209,6 +209,8 @@ def reply_context(principal: Principal, message_id: str | None = None, thread_id
                   .order_by(Message.direction == "out", Message.id.desc()).first()) if thread else None
     else:
         parent = Message.get_or_none(Message.id == message_id)
+    if parent is not None and not visibility.is_shown(parent):
+        parent = None                       # a quarantined message is not there to reply to until it is released
     box = Mailbox.get_or_none(Mailbox.id == parent.mailbox_id) if parent else None
     if parent is None or box is None or not principal.sees(box.address, box.org_id):
         raise MxdError("not_found", "message or thread not found")
@@ -249,7 +251,7 @@ async def mailbox_letter(s: Services, principal: Principal, mailbox_id: Any, par
         if parent_id is None:
             return box, None
         parent = Message.get_or_none(Message.id == parent_id) if isinstance(parent_id, str) else None
-        if parent is None or parent.mailbox_id != box.id:
+        if parent is None or parent.mailbox_id != box.id or not visibility.is_shown(parent):
             raise MxdError("not_found", f"message {parent_id!r} not found in this mailbox")
         return box, parent
     box, parent = await s.db.read(work)
