@@ -444,3 +444,23 @@ def test_unsigned_spf_pass_cpu_cost() -> None:
     per_message = (time.process_time() - started) / n
     assert res.spf == "pass" and res.dmarc == "pass"
     assert per_message < 0.001
+
+
+def test_spf_memo_evaluates_a_burst_once_and_never_keeps_a_temperror(monkeypatch) -> None:
+    """The MX keeps SPF results of recent (IP, HELO, MAIL FROM) for a few seconds: the same sender on the
+    same host is looked up once per burst; another IP, sender or HELO is its own question; a temperror
+    is asked again; an expired entry is evaluated anew."""
+    r = StaticResolver({"x.org": {"TXT": ["v=spf1 ip4:192.0.2.0/24 -all"]}, "down.org": "SERVFAIL"})
+    memo = spf.Memo(seconds=5.0)
+    first = memo.check("192.0.2.1", "h.x.org", "a@x.org", r)
+    asked = len(r.queries)
+    assert first.result == "pass" and asked > 0
+    assert memo.check("192.0.2.1", "H.X.ORG", "A@x.org", r) == first and len(r.queries) == asked
+    assert memo.check("198.51.100.1", "h.x.org", "a@x.org", r).result == "fail" and len(r.queries) > asked
+    asked = len(r.queries)
+    assert memo.check("192.0.2.1", "h.x.org", "a@down.org", r).result == "temperror"
+    assert memo.check("192.0.2.1", "h.x.org", "a@down.org", r).result == "temperror" and len(r.queries) > asked + 1
+    later = time.monotonic() + 6.0
+    monkeypatch.setattr(spf.time, "monotonic", lambda: later)
+    asked = len(r.queries)
+    assert memo.check("192.0.2.1", "h.x.org", "a@x.org", r).result == "pass" and len(r.queries) > asked

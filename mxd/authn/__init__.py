@@ -43,21 +43,23 @@ class AuthResults:
 
 
 def authenticate(raw: bytes, *, ip: str, helo: str, mail_from: str, resolver: Resolver,
-                 authserv_id: str, trusted_arc_sealers: Sequence[str] = ()) -> AuthResults:
+                 authserv_id: str, trusted_arc_sealers: Sequence[str] = (),
+                 spf_memo: spf.Memo | None = None) -> AuthResults:
     """SPF (RFC 7208), DKIM (RFC 6376), DMARC (RFC 7489), ARC (RFC 8617) and the RFC 8601 field for one
     received message. A DMARC failure becomes a pass when a trusted ARC sealer vouches for the author
-    domain (mxd.authn.arc.override)."""
+    domain (mxd.authn.arc.override). `spf_memo` keeps SPF results of recent (IP, HELO, MAIL FROM)."""
     try:
-        spf_result = spf.check(ip, helo, mail_from, resolver)
+        spf_result = (spf_memo.check if spf_memo is not None else spf.check)(ip, helo, mail_from, resolver)
     except Exception:  # a bug, not an input: report it and let the caller defer rather than reject
         log.exception("spf check failed")
         spf_result = SpfResult("temperror", "", "mailfrom", "", "internal error")
 
-    signed = bool(dmarc.header_fields(raw, b"dkim-signature"))
+    head = dmarc.header_of(raw)
+    signed = bool(dmarc.header_fields(raw, b"dkim-signature", head))
     dkim_results = dkim.verify(raw, resolver) if signed else []  # unsigned: skip dkimpy's parse
 
     try:
-        from_domain, from_error = dmarc.author_domain(raw)
+        from_domain, from_error = dmarc.author_domain(raw, head)
         passes = [r.domain for r in dkim_results if r.result == "pass"]
         dmarc_result = dmarc.evaluate(from_domain, spf_result.result, spf_result.domain, passes, resolver,
                                       from_error=from_error)
@@ -67,7 +69,7 @@ def authenticate(raw: bytes, *, ip: str, helo: str, mail_from: str, resolver: Re
 
     arc_result, override = ArcResult("none"), ""
     try:
-        if dmarc.header_fields(raw, b"arc-seal"):      # unsealed: skip dkimpy's parse
+        if dmarc.header_fields(raw, b"arc-seal", head):      # unsealed: skip dkimpy's parse
             arc_result = arc.verify(raw, resolver)
             if dmarc_result.result == "fail":
                 override = arc.override(arc_result, dmarc_result.from_domain, trusted_arc_sealers)

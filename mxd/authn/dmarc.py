@@ -14,7 +14,7 @@ import threading
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
-from mxd.mime.header import split
+from mxd.mime.header import Header, split
 from mxd.mime.parse import authors
 from mxd.resolver import DNSError, Resolver
 
@@ -32,10 +32,16 @@ class DmarcResult:
 
 # --- RFC5322.From ---
 
-def header_fields(raw: bytes, name: bytes) -> list[bytes]:
-    """Unfolded bodies of every header field called `name` (case-insensitive), in order, as
-    `mxd.mime.header.split` (mxd's one header splitter) finds them."""
-    head = split(raw, 0, min(len(raw), MAX_HEADER_BYTES))
+def header_of(raw: bytes) -> Header:
+    """The header section as `mxd.mime.header.split` (mxd's one header splitter) finds it, looked at no
+    further than MAX_HEADER_BYTES."""
+    return split(raw, 0, min(len(raw), MAX_HEADER_BYTES))
+
+
+def header_fields(raw: bytes, name: bytes, head: Header | None = None) -> list[bytes]:
+    """Unfolded bodies of every header field called `name` (case-insensitive), in order (`head`: the
+    message's `header_of`, when it was split already)."""
+    head = head if head is not None else header_of(raw)
     return [b"".join(lines).strip() for lines in head.values(name)]
 
 
@@ -56,10 +62,10 @@ def normalize_domain(domain: str) -> str:
     return domain
 
 
-def author_domain(raw: bytes) -> tuple[str, str]:
+def author_domain(raw: bytes, head: Header | None = None) -> tuple[str, str]:
     """(RFC5322.From domain, "") or ("", why there is none). The From addresses are the parser's
     (`mxd.mime.parse.authors`), so the domain evaluated is the one every reader of the message shows."""
-    head = split(raw, 0, min(len(raw), MAX_HEADER_BYTES))
+    head = head if head is not None else header_of(raw)
     count = len(head.values(b"from"))
     if not count:
         return "", "no From field"

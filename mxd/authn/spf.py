@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import time
 import urllib.parse
 from dataclasses import dataclass
 from typing import Callable
@@ -385,6 +386,29 @@ def _ascii_domain(domain: str) -> str:
         return domain.encode("idna").decode("ascii")
     except UnicodeError:
         return ""
+
+
+class Memo:
+    """Recent SPF results by (client IP, HELO, MAIL FROM), for `seconds`: a burst of messages from one
+    sender and host is evaluated once. Only final results are kept (a temperror is asked again). Kept no
+    longer than the resolver answers it was computed from would be, so nothing goes stale beyond that."""
+
+    def __init__(self, seconds: float = 5.0, size: int = 4096) -> None:
+        self.seconds, self.size = seconds, size
+        self.entries: dict[tuple[str, str, str], tuple[float, SpfResult]] = {}
+
+    def check(self, ip: str, helo: str, mail_from: str, resolver: Resolver) -> SpfResult:
+        key = (ip, helo.lower(), mail_from.lower())
+        now = time.monotonic()
+        hit = self.entries.get(key)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        result = check(ip, helo, mail_from, resolver)
+        if result.result != "temperror":
+            if len(self.entries) >= self.size:
+                self.entries.clear()
+            self.entries[key] = (now + self.seconds, result)
+        return result
 
 
 def check(ip: str, helo: str, mail_from: str, resolver: Resolver) -> SpfResult:

@@ -18,7 +18,7 @@ import functools
 import time
 from typing import Any, Sequence
 
-from mxd.authn import AuthResults, authenticate
+from mxd.authn import AuthResults, authenticate, spf
 from mxd.resolver import DNSError, Resolver
 
 MEMO_SECONDS = 5.0
@@ -102,6 +102,7 @@ class Authenticator:
     def __init__(self, resolver: Resolver, authserv_id: str, trusted_arc_sealers: Sequence[str] = ()) -> None:
         self.resolver, self.authserv_id = resolver, authserv_id
         self.trusted_arc_sealers = tuple(trusted_arc_sealers)
+        self.spf_memo = spf.Memo(MEMO_SECONDS)
         self.memo = _Memo(resolver)
         self.inline = _MemoResolver(self.memo)
         self.threads = concurrent.futures.ThreadPoolExecutor(8, thread_name_prefix="mxd-gate")
@@ -113,11 +114,12 @@ class Authenticator:
         for _ in range(MAX_RERUNS):
             try:
                 return authenticate(data, ip=ip, helo=helo, mail_from=mail_from, resolver=self.inline,
-                                    authserv_id=self.authserv_id, trusted_arc_sealers=self.trusted_arc_sealers)
+                                    authserv_id=self.authserv_id, trusted_arc_sealers=self.trusted_arc_sealers,
+                                    spf_memo=self.spf_memo)
             except _Miss as miss:
                 if miss.kind is None:
                     break
                 await self.memo.fetch(miss.kind, miss.name)
         return await asyncio.get_running_loop().run_in_executor(self.threads, functools.partial(
             authenticate, data, ip=ip, helo=helo, mail_from=mail_from, resolver=self.resolver,
-            authserv_id=self.authserv_id, trusted_arc_sealers=self.trusted_arc_sealers))
+            authserv_id=self.authserv_id, trusted_arc_sealers=self.trusted_arc_sealers, spf_memo=self.spf_memo))
