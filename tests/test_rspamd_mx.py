@@ -91,6 +91,8 @@ def test_clean_message_is_accepted_and_its_score_kept(server):
     assert not [q for q in checks.get("quarantine", []) if q["code"] == "spam"]
     found = wait_for(lambda: [m for m in server.messages("agent@example.test") if marker in m["subject"]])
     assert len(found) == 1
+    engine = server.get("/api/health").json()["defences"]["check_time"]["spam_engine"]
+    assert engine["count"] >= 1 and 0 < engine["share"] <= 1 and engine["p99_ms"] >= engine["p50_ms"] > 0
 
 
 def test_score_is_shown_on_the_message(server):

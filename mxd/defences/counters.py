@@ -19,6 +19,7 @@ _SAMPLES = 4096
 refusals: Counter[str] = Counter()
 problems: dict[str, dict[str, Any]] = {}
 _check_seconds: deque[float] = deque(maxlen=_SAMPLES)
+_engine_seconds: deque[tuple[float, float]] = deque(maxlen=_SAMPLES)   # (spam engine, all checks) per message
 
 
 def refused(reason: str) -> None:
@@ -47,6 +48,11 @@ def checked(seconds: float) -> None:
     _check_seconds.append(seconds)
 
 
+def engine_checked(engine: float, total: float) -> None:
+    """The spam engine's time for one message, and the time all the checks at DATA took for it."""
+    _engine_seconds.append((engine, total))
+
+
 def percentile(values: list[float], fraction: float) -> float:
     if not values:
         return 0.0
@@ -56,8 +62,16 @@ def percentile(values: list[float], fraction: float) -> float:
 
 def check_times() -> dict[str, Any]:
     values = list(_check_seconds)
-    return {"count": len(values), "p50_ms": round(percentile(values, 0.50) * 1000, 3),
-            "p99_ms": round(percentile(values, 0.99) * 1000, 3)}
+    out: dict[str, Any] = {"count": len(values), "p50_ms": round(percentile(values, 0.50) * 1000, 3),
+                           "p99_ms": round(percentile(values, 0.99) * 1000, 3)}
+    pairs = list(_engine_seconds)
+    if pairs:
+        engine = [e for e, _ in pairs]
+        total = sum(t for _, t in pairs)
+        out["spam_engine"] = {"count": len(pairs), "p50_ms": round(percentile(engine, 0.50) * 1000, 3),
+                              "p99_ms": round(percentile(engine, 0.99) * 1000, 3),
+                              "share": round(sum(engine) / total, 3) if total > 0 else 0.0}
+    return out
 
 
 def snapshot() -> dict[str, Any]:
@@ -72,3 +86,4 @@ def reset() -> None:
     refusals.clear()
     problems.clear()
     _check_seconds.clear()
+    _engine_seconds.clear()

@@ -220,7 +220,9 @@ class Gate:
                 checks["auth"] = auth_to_json(auth)
                 value = auth.header_value
                 decision = judge_auth(self.cfg, auth, ip)
+        engine_seconds = None
         if decision.reply is None and self.cfg.rspamd_url:
+            engine_started = time.perf_counter()
             try:
                 verdict = await spamengine.check(self.cfg, data, ip=ip, helo=helo, mail_from=mail_from, rcpts=rcpts,
                                                  authentication_results=value, hostname=self.cfg.hostname,
@@ -229,6 +231,7 @@ class Gate:
                 log.exception("spam engine failed")
                 verdict = spamengine.SpamVerdict("accept", unscored=f"{type(e).__name__}: {e}"[:200])
             checks["spam"] = verdict.to_json()
+            engine_seconds = time.perf_counter() - engine_started
             spam = judge_spam(verdict)
             decision.notes += spam.notes
             decision.quarantine += spam.quarantine
@@ -236,7 +239,10 @@ class Gate:
                 decision.reply, decision.reason = spam.reply, spam.reason
         checks["quarantine"] += decision.quarantine
         checks["notes"] += decision.notes
-        counters.checked(time.perf_counter() - started)
+        took = time.perf_counter() - started
+        counters.checked(took)
+        if engine_seconds is not None:
+            counters.engine_checked(engine_seconds, took)
         if decision.reply is not None:
             counters.refused(decision.reason)
         return DataOutcome(decision.reply, checks, value)
