@@ -189,6 +189,12 @@ def test_dmarc_quarantine_accepted_with_its_reason(mxd):
     checks = _checks(mxd, text)
     assert [q["code"] for q in checks["quarantine"]] == ["dmarc_quarantine"]
     assert checks["auth"]["dmarc"] == "fail" and checks["auth"]["dmarc_policy"] == "quarantine"
+    # ... and the pipeline holds it: in the quarantine with its reason, not in the mailbox's list
+    held = wait_for(lambda: [m for m in mxd.api("GET", "/api/quarantine").json()["data"]
+                             if m["subject"] == "doubtful ceo"])
+    assert [q["code"] for q in held[0]["quarantine"]] == ["dmarc_quarantine"]
+    assert held[0]["verdict"] == "suspicious"
+    assert not [m for m in mxd.messages(MAILBOX) if m["subject"] == "doubtful ceo"]
 
 
 def test_passing_mail_delivered_authenticated_once(mxd):
@@ -239,6 +245,9 @@ def test_dmarc_reject_off_quarantines_and_spf_rule_off_accepts(lenient):
     step, code, text = _send(lenient, "127.0.0.5", "ceo@reject.test", "forged but kept")
     assert (step, code) == ("DATA", 250), text
     assert [q["code"] for q in _checks(lenient, text)["quarantine"]] == ["dmarc_reject"]
+    held = wait_for(lambda: [m for m in lenient.api("GET", "/api/quarantine").json()["data"]
+                             if m["subject"] == "forged but kept"])
+    assert [q["code"] for q in held[0]["quarantine"]] == ["dmarc_reject"]
     step, code, text = _send(lenient, "127.0.0.5", "x@nodmarc.test", "spf fail kept")
     assert (step, code) == ("DATA", 250), text
     assert _checks(lenient, text)["auth"]["spf"] == "fail"
