@@ -31,8 +31,8 @@ def _msg(subject: str, body: str = "Hello, the minutes of Tuesday are below.\n")
     return m
 
 
-def _send(proc: MxdProcess, msg: EmailMessage) -> None:
-    with smtplib.SMTP("127.0.0.1", proc.mx_port, timeout=30) as s:
+def _send(proc: MxdProcess, msg: EmailMessage, source: str = "127.0.0.1") -> None:
+    with smtplib.SMTP("127.0.0.1", proc.mx_port, timeout=30, source_address=(source, 0)) as s:
         s.send_message(msg, from_addr="alice@remote.test", to_addrs=["agent@example.test"])
 
 
@@ -158,12 +158,14 @@ class _Engine(http.server.ThreadingHTTPServer):
     daemon_threads = True
     answer: dict = {}
     hang = False
+    seen: list = []                  # the headers of each request
     release = threading.Event()
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.server.seen.append(dict(self.headers))
         if self.server.hang:
             self.server.release.wait(60)
             return
@@ -193,6 +195,7 @@ def staged(tmp_path_factory, engine):
     with DNSServer({}) as dns:
         proc = _daemon(tmp_path_factory, f"http://127.0.0.1:{engine.server_address[1]}", dns.nameserver,
                        timeout="1")
+        proc.dns = dns                  # type: ignore[attr-defined]
         yield proc
         proc.stop()
 
@@ -226,3 +229,22 @@ def test_engine_that_never_answers_costs_only_the_timeout(staged, engine):
         engine.hang = False
     assert checks["spam"]["action"] == "accept"
     assert checks["spam"]["unscored"] == "rspamd did not answer within 1s"
+
+
+def test_the_engine_is_told_the_clients_confirmed_name(staged, engine):
+    """rspamd's Hostname is the client's forward-confirmed reverse-DNS name (as Postfix tells milters): a
+    PTR name that leads back to the IP is sent; none, or one that leads elsewhere, is not (rspamd then
+    scores the client as nameless); mxd's own hostname goes as MTA-Name."""
+    engine.hang, engine.answer = False, {"action": "no action", "score": 0.0, "required_score": 15.0, "symbols": {}}
+    staged.dns.set_ptr("127.0.0.9", ["mail.remote.test"])
+    staged.dns.set("mail.remote.test", "A", ["127.0.0.9"])
+    staged.dns.set_ptr("127.0.0.10", ["liar.remote.test"])
+    staged.dns.set("liar.remote.test", "A", ["127.0.0.99"])
+    names = {}
+    for ip in ("127.0.0.9", "127.0.0.10", "127.0.0.11"):
+        engine.seen.clear()
+        _send(staged, _msg(f"named {uuid.uuid4().hex}"), source=ip)
+        [headers] = engine.seen
+        assert headers["IP"] == ip and headers.get("MTA-Name")
+        names[ip] = headers.get("Hostname")
+    assert names == {"127.0.0.9": "mail.remote.test", "127.0.0.10": None, "127.0.0.11": None}

@@ -21,6 +21,7 @@ from mxd.config import Config, parse_dns_lists
 from mxd.defences import counters, dnsbl, spamengine
 from mxd.defences.inline import Authenticator
 from mxd.defences.limits import ClientLimits, Trusted
+from mxd.defences.rdns import ClientNames
 from mxd.resolver import Resolver
 
 log = logging.getLogger("mxd.defences")
@@ -130,6 +131,7 @@ class Gate:
 
     def __init__(self, cfg: Config, resolver: Resolver) -> None:
         self.cfg, self.resolver = cfg, resolver
+        self.client_names = ClientNames(resolver)
         self.trusted = Trusted(cfg.trusted_networks)
         self.blocklists = parse_dns_lists(cfg.dnsbl_zones)
         self.allowlists = parse_dns_lists(cfg.dnswl_zones)
@@ -161,6 +163,8 @@ class Gate:
 
     def start_lookup(self, ip: str) -> "asyncio.Task[dnsbl.ClientVerdict] | None":
         """The DNS list lookups for a new client, started at connect so the banner waits for nothing."""
+        if self.cfg.rspamd_url:
+            self.client_names.start(ip)         # its name for the spam engine, ready by DATA
         if not (self.blocklists or self.allowlists) or ip in self.trusted:
             return None
         return asyncio.ensure_future(dnsbl.check_client(self.resolver, self.blocklists, self.allowlists, ip))
@@ -224,8 +228,9 @@ class Gate:
         if decision.reply is None and self.cfg.rspamd_url:
             engine_started = time.perf_counter()
             try:
+                client_name = await self.client_names.name(ip)
                 verdict = await spamengine.check(self.cfg, data, ip=ip, helo=helo, mail_from=mail_from, rcpts=rcpts,
-                                                 authentication_results=value, hostname=self.cfg.hostname,
+                                                 authentication_results=value, hostname=client_name,
                                                  queue_id=queue_id)
             except Exception as e:                      # the contract says never; a message is never lost to it
                 log.exception("spam engine failed")
