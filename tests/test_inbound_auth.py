@@ -34,9 +34,11 @@ def _deliver(proc: MxdProcess, mail_from: str, data: bytes, subject: str) -> dic
         s.sendmail(mail_from, ["agent@example.test"], data)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
-        for m in proc.messages("agent@example.test"):
+        listed = proc.api("GET", "/api/messages", params={"mailbox": "agent@example.test", "limit": 500,
+                                                          "include": "quarantined"}).json()["data"]
+        for m in listed:                   # the forged ones are kept in the quarantine
             if m["subject"] == subject:
-                return proc.api("GET", f"/api/messages/{m['id']}").json()
+                return proc.api("GET", f"/api/messages/{m['id']}", params={"include": "quarantined"}).json()
         time.sleep(0.1)
     raise AssertionError("message not processed")
 
@@ -75,6 +77,7 @@ def test_forged_sender_fails_spf_and_dmarc(world):
     assert detail["auth"]["spf"] == "fail"
     assert detail["auth"]["dmarc"] == "fail" and detail["auth"]["dmarc_policy"] == "reject"
     assert "dkim=none" in detail["authentication_results"]
+    assert [q["code"] for q in detail["quarantine"]] == ["dmarc_reject"] and detail["trust"]["verdict"] == "suspicious"
 
 
 def test_unknown_domain_gives_none(world):

@@ -67,7 +67,7 @@ def test_a_bounce_is_parsed_before_the_writer_job(monkeypatch):
     row = InboundRow("inb_1", 0.0, "smtp", "", [{"address": "bounces+q1@sec.test", "bounce_entry": "q1"}],
                      "192.0.2.1", "mx.peer.test", dsn, "")
     cfg = SimpleNamespace(thread_subject_window_days=7, pipeline_processes=1, auth_checks=False,
-                          hostname="mx.sec.test", data_dir="/nonexistent")
+                          hostname="mx.sec.test", data_dir="/nonexistent", trusted_arc_sealers=[])
     writer = _Writer()
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         async def run() -> None:
