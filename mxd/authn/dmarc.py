@@ -8,6 +8,7 @@ evaluated as that domain.
 """
 from __future__ import annotations
 
+import functools
 import random
 import re
 import threading
@@ -62,15 +63,31 @@ def normalize_domain(domain: str) -> str:
     return domain
 
 
+_AUTHORS: dict[bytes, tuple[str, str]] = {}      # the answer for a From field seen recently
+_AUTHORS_SIZE = 4096
+
+
 def author_domain(raw: bytes, head: Header | None = None) -> tuple[str, str]:
     """(RFC5322.From domain, "") or ("", why there is none). The From addresses are the parser's
-    (`mxd.mime.parse.authors`), so the domain evaluated is the one every reader of the message shows."""
+    (`mxd.mime.parse.authors`), so the domain evaluated is the one every reader of the message shows.
+    The answer depends on the From field alone, so one seen recently is answered from memory."""
     head = head if head is not None else header_of(raw)
-    count = len(head.values(b"from"))
-    if not count:
+    fields = head.values(b"from")
+    if not fields:
         return "", "no From field"
-    if count > 1:
+    if len(fields) > 1:
         return "", "several From fields"  # RFC 5322 3.6: exactly one
+    key = b"".join(fields[0])
+    found = _AUTHORS.get(key)
+    if found is None:
+        found = _author_domain(raw, head)
+        if len(_AUTHORS) >= _AUTHORS_SIZE:
+            _AUTHORS.clear()
+        _AUTHORS[key] = found
+    return found
+
+
+def _author_domain(raw: bytes, head: Header) -> tuple[str, str]:
     addresses = [a.address for a in authors(raw, head) if a.address]
     if not addresses:
         return "", "no address in From"
@@ -87,8 +104,10 @@ _psl = None
 _psl_lock = threading.Lock()
 
 
+@functools.lru_cache(maxsize=8192)
 def org_domain(domain: str) -> str:
-    """The registered domain per the Public Suffix List (offline); a public suffix is its own org domain."""
+    """The registered domain per the Public Suffix List (offline); a public suffix is its own org domain.
+    Kept for the domains seen recently: every message asks it for its author domain."""
     global _psl
     if _psl is None:
         with _psl_lock:
