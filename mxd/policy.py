@@ -175,20 +175,28 @@ def _outbound_policy(mailbox_id: str, mailbox: str, recipients: list[addr.Addres
     return f"mailbox policy: {outside[0].key[:120]} not in outbound.allow{more}"     # hold_reason: 200 chars
 
 
-def rcpt_refusal(sender: str, recipient: str) -> MxdError | None:
-    """SMTP submission's RCPT TO: the refusal the preflight would give this recipient of a mailbox's
-    message under its outbound policy (None: allowed, or to be held, which the preflight decides at DATA)."""
-    who, rcpt = addr.try_parse(sender), addr.try_parse(recipient)
-    if who is None or rcpt is None:
+def sender_rule(sender: str) -> tuple[str, dict] | None:
+    """The outbound allow-list of the mailbox `sender` names, with its address, when it limits recipients
+    (None otherwise). Runs in a reader; SMTP submission asks it once per sender and session."""
+    who = addr.try_parse(sender)
+    if who is None:
         return None
     box = execute('SELECT "id", "address" FROM "mailbox" WHERE "address" = ?', (who.base_key,)).fetchone()
-    if box is None:
+    rule = outbound_rule(box[0]) if box is not None else None
+    return (box[1], rule) if rule is not None else None
+
+
+def rcpt_refusal(found: tuple[str, dict] | None, recipient: str) -> MxdError | None:
+    """SMTP submission's RCPT TO: the refusal the preflight would give this recipient under the sending
+    mailbox's outbound allow-list (`sender_rule`), decided without the store. None: allowed, or held (the
+    preflight decides at DATA, and checks the policy in force again there)."""
+    rcpt = addr.try_parse(recipient)
+    if found is None or rcpt is None:
         return None
-    try:
-        _outbound_policy(box[0], box[1], [rcpt], routed([rcpt.domain]))
-    except MxdError as exc:
-        return exc
-    return None
+    mailbox, rule = found
+    if rule.get("otherwise") == "hold" or mailpolicy.matches(rule["allow"], rcpt.key):
+        return None
+    return _not_allowed(mailbox, [rcpt.key], False)
 
 
 # ---------------------------------------------------------------- counters

@@ -66,10 +66,12 @@ class SubmissionSession(Session):
     """A submission session: aiosmtpd's, and which sender addresses its token may use (asked once each)."""
 
     send_as: dict[str, bool]
+    rules: dict[str, tuple[str, dict] | None]      # the sender mailbox's outbound allow-list (policy.sender_rule)
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__(loop)
         self.send_as = {}
+        self.rules = {}
 
 
 class Credentials(NamedTuple):
@@ -163,7 +165,8 @@ class SubmissionHandler:
         # path's preflight checks the sender again in the transaction that queues the message.
         ok = session.send_as.get(address)
         if ok is None:
-            ok = session.send_as[address] = await self.db.read(may_send_as, session.auth_data, address)
+            ok, session.rules[address] = await self.db.read(_sender_checks, session.auth_data, address)
+            session.send_as[address] = ok
         if not ok:
             return NOT_ALLOWED
         envelope.mail_from = address
@@ -176,7 +179,7 @@ class SubmissionHandler:
             return codes.TOO_MANY_RECIPIENTS
         if addr.try_parse(address) is None:
             return codes.BAD_ADDRESS
-        refusal = await self.db.read(policy.rcpt_refusal, envelope.mail_from or "", address)
+        refusal = policy.rcpt_refusal(session.rules.get(envelope.mail_from or ""), address)
         if refusal is not None:                 # the sending mailbox's outbound policy (the preflight's rule)
             return f"{refusal.smtp} ({refusal.code}: {refusal.message})"[:500]
         envelope.rcpt_tos.append(address)
@@ -215,6 +218,13 @@ def _sender(secret: str, address: str) -> tokens.Principal | None:
         return None
     principal = tokens.principal(row)
     return principal if principal.has("send") and may_send_as(principal, address) else None
+
+
+def _sender_checks(principal: object, address: str) -> tuple[bool, tuple[str, dict] | None]:
+    """At MAIL, in one read: may the session's token send as `address`, and the mailbox's outbound allow-list
+    (checked at each RCPT without the store; the preflight at DATA checks both again)."""
+    ok = may_send_as(principal, address)
+    return ok, policy.sender_rule(address) if ok else None
 
 
 def may_send_as(principal: object, text: str) -> bool:
