@@ -76,6 +76,28 @@ class Config:
     """PEM certificate chain for STARTTLS. Empty means DATA_DIR/tls/cert.pem (self-signed, made by `mxd init`)."""
     tls_key: str = ""
     """PEM private key for tls_cert. Empty means DATA_DIR/tls/key.pem."""
+    tls_watch_interval: float = 10.0
+    """Seconds between checks of tls_cert and tls_key for a change on disk (certbot renewing them); a changed pair is
+    loaded without a restart, as on SIGHUP. 0: only SIGHUP reloads them."""
+    tls_min_version: str = "1.2"
+    """Lowest TLS version on submission (587, 465) and HTTPS: "1.2" or "1.3". The MX keeps any version a peer has."""
+    acme: bool = False
+    """Get and renew the certificate with ACME (Let's Encrypt by default) for the hostname and mta-sts.<domain> of
+    every domain with MTA-STS on. tls_cert and tls_key are then ignored."""
+    acme_directory: str = "https://acme-v02.api.letsencrypt.org/directory"
+    """The ACME server's directory URL."""
+    acme_email: str = ""
+    """Contact address given to the ACME server for the account (expiry notices). Empty: no contact."""
+    acme_challenge: str = "http-01"
+    """How names are proven: "http-01" (served on acme_http_listen) or "tls-alpn-01" (on https_listen)."""
+    acme_http_listen: str = "0.0.0.0:80"
+    """host:port answering ACME HTTP-01 challenges; every other path is redirected to HTTPS. Empty disables it."""
+    acme_ca_file: str = ""
+    """PEM file of CA certificates trusted for the ACME server's own HTTPS (a test ACME server). Empty: the system's."""
+    https_listen: str = ""
+    """host:port of the HTTPS listener (the API and the MTA-STS policy), with the same certificate. Empty disables it."""
+    mta_sts_max_age: int = 604800
+    """max_age in seconds of the MTA-STS policies served for our domains (RFC 8461 3.2)."""
 
     # --- inbound limits ---
     max_message_size: int = 25 * 1024 * 1024
@@ -163,6 +185,19 @@ class Config:
     """host:port of a relay for all outbound mail (for networks that block port 25). Empty: direct to MX."""
     outbound_allow_private: bool = False
     """Deliver to MX hosts at loopback, private, link-local or other non-public addresses (for tests and LANs). The smart host is always allowed."""
+    outbound_mta_sts: bool = True
+    """Honour recipient domains' MTA-STS policies (RFC 8461): in enforce mode deliver only to the MX hosts a policy
+    names, over TLS with a certificate valid for that name."""
+    outbound_dane: bool = True
+    """Honour DNSSEC-validated TLSA records of recipients' MX hosts (RFC 7672). Needs a validating resolver in
+    dns_nameservers (one that sets the AD bit); answers without it are treated as unsigned."""
+    outbound_tls_ca_file: str = ""
+    """PEM file of CA certificates trusted, besides the system's, for MTA-STS policy hosts and MX certificates."""
+    tls_reports: bool = True
+    """Send a daily SMTP TLS report (RFC 8460) to every recipient domain that publishes a _smtp._tls rua mailto:."""
+    tls_report_from: str = ""
+    """Address the TLS reports are sent from (one of our domains, so they are DKIM-signed with its key).
+    Empty: tls-reports@ the default domain, else the first domain."""
     smart_host_tls: str = "required"
     """TLS to the smart host: "required" (STARTTLS), "implicit" (port 465 style), "opportunistic" or "none"."""
     smart_host_username: str = ""
@@ -263,6 +298,23 @@ class Config:
         for key in ("submission_listen", "submissions_listen", "smart_host"):
             if getattr(self, key):
                 parse_hostport(getattr(self, key), key)
+        for key in ("acme_http_listen", "https_listen"):
+            if getattr(self, key):
+                parse_hostport(getattr(self, key), key)
+        if self.tls_min_version not in ("1.2", "1.3"):
+            raise ConfigError('tls_min_version: must be "1.2" or "1.3"')
+        if self.acme_challenge not in ("http-01", "tls-alpn-01"):
+            raise ConfigError('acme_challenge: must be "http-01" or "tls-alpn-01"')
+        if self.acme and urllib.parse.urlsplit(self.acme_directory).scheme != "https":
+            raise ConfigError(f"acme_directory: expected an https:// URL, got {self.acme_directory!r}")
+        if self.acme and self.acme_challenge == "http-01" and not self.acme_http_listen:
+            raise ConfigError("acme_http_listen: HTTP-01 challenges need it (or set acme_challenge = \"tls-alpn-01\")")
+        if self.acme and self.acme_challenge == "tls-alpn-01" and not self.https_listen:
+            raise ConfigError("https_listen: TLS-ALPN-01 challenges are answered there; set it")
+        if self.tls_watch_interval < 0:
+            raise ConfigError("tls_watch_interval: must be 0 (SIGHUP only) or a positive number of seconds")
+        if self.mta_sts_max_age < 86400 or self.mta_sts_max_age > 31557600:
+            raise ConfigError("mta_sts_max_age: must be between 86400 (a day) and 31557600 seconds (RFC 8461 3.2)")
         if self.smart_host_tls not in ("required", "implicit", "opportunistic", "none"):
             raise ConfigError('smart_host_tls: must be "required", "implicit", "opportunistic" or "none"')
         if not self.retry_schedule:

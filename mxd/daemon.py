@@ -16,6 +16,7 @@ from mxd import keys
 from mxd.api import httpconn, mcp
 from mxd.api.app import create_app
 from mxd.api.http import Context
+from mxd.certs.contexts import ServerTLS
 from mxd.config import Config, parse_hostport
 from mxd.db import Database
 from mxd.defences.gate import Gate
@@ -91,6 +92,8 @@ class Daemon:
         self.http: _Uvicorn | None = None
         self._http_task: asyncio.Task | None = None
         self.mcp: mcp.McpService | None = None
+        self.tls: ServerTLS | None = None
+        self._tls_watch: asyncio.Task | None = None
         self._stop = asyncio.Event()
 
     async def start(self) -> None:
@@ -106,7 +109,11 @@ class Daemon:
 
         if not cfg.tls_cert:                       # a self-signed certificate until real files are configured
             keys.ensure_self_signed_cert(cfg.tls_cert_path, cfg.tls_key_path, cfg.hostname)
-        tls = keys.load_ssl_context(cfg.tls_cert_path, cfg.tls_key_path)
+        self.tls = ServerTLS(cfg)                  # the certificate every listener presents, swapped without a restart
+        try:
+            self.tls.load(cfg.tls_cert_path, cfg.tls_key_path)
+        except (OSError, ValueError) as exc:
+            raise StartupError(f"cannot load the certificate {cfg.tls_cert_path} with its key {cfg.tls_key_path}: {exc}") from None
 
         self.db = await asyncio.get_running_loop().run_in_executor(None, open_store, cfg.effective_store_url)
         secret = await self.db.write(tokens.ensure_admin)
@@ -133,9 +140,11 @@ class Daemon:
             self.pipeline.notify()
         if mx_sock is not None:
             self.gate = Gate(cfg, resolver)         # the MX's checks before the 250 (mxd.defences)
-            self.mx = MxServer(cfg, MxHandler(cfg, self.db, directory, self.pipeline.notify, self.gate), tls)
+            self.mx = MxServer(cfg, MxHandler(cfg, self.db, directory, self.pipeline.notify, self.gate),
+                               self.tls.context("mx"))
             await self.mx.start_on(mx_sock)
-        self.submission = SubmissionServer(cfg, SubmissionHandler(cfg, self.db, self.pipeline.notify), tls)
+        self.submission = SubmissionServer(cfg, SubmissionHandler(cfg, self.db, self.pipeline.notify),
+                                           self.tls.context("submission"))
         await self.submission.start_on(sub_sock, subs_sock)
         app = create_app(Context(cfg, self.db, directory, self.workers, queued, resolver))
         self.mcp = await mcp.start(app)             # the MCP SDK's session manager, for the daemon's lifetime
@@ -143,8 +152,15 @@ class Daemon:
         self._http_task = asyncio.get_running_loop().create_task(self.http.serve(sockets=[http_sock]))
         while not self.http.started and not self._http_task.done():
             await asyncio.sleep(0.01)
+        if cfg.tls_watch_interval > 0:
+            self._tls_watch = asyncio.get_running_loop().create_task(self.tls.watch(cfg.tls_watch_interval))
         log.info("mxd started: MX %s, HTTP %s, store %s", cfg.mx_listen or "off", cfg.http_listen,
                  cfg.effective_store_url.split("@")[-1])
+
+    def reload(self) -> None:
+        """SIGHUP: load the certificate files again (a renewal by certbot or another tool)."""
+        if self.tls is not None:
+            self.tls.reload(force=True)
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -153,6 +169,8 @@ class Daemon:
         await self._stop.wait()
 
     async def stop(self) -> None:
+        if self._tls_watch:
+            self._tls_watch.cancel()
         if self.submission:
             await self.submission.stop()
         if self.mx:
@@ -186,6 +204,7 @@ async def serve(cfg: Config) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, daemon.request_stop)
+    loop.add_signal_handler(signal.SIGHUP, daemon.reload)
     try:
         await daemon.start()
         print(f"mxd: MX on {cfg.mx_listen or 'off'}, submission on {cfg.submission_listen or 'off'} and "

@@ -17,6 +17,7 @@ import socket
 import ssl
 from dataclasses import dataclass
 from types import TracebackType
+from typing import Callable
 
 import aiosmtplib
 from aiosmtplib.errors import (
@@ -43,6 +44,7 @@ class DeliveryError(Exception):
     text: str = ""
     host: str | None = None
     stage: str = "connect"   # one of STAGES; NoRoute/NullMX in mxd.delivery.mxhosts use "dns"
+    tls_result: str = ""     # RFC 8460 4.3 result type when TLS failed a policy (mxd.delivery.tlspolicy)
 
     def __str__(self) -> str:
         reply = " ".join(str(x) for x in (self.code, self.enhanced) if x)
@@ -89,6 +91,17 @@ def _tls_context(verify: bool) -> ssl.SSLContext:
     return ctx
 
 
+def _result_type(verify_code: int | None) -> str:
+    """RFC 8460 4.3's result type for a refused handshake (OpenSSL's X509_V_ERR_* code when a certificate was)."""
+    if verify_code == 10:           # X509_V_ERR_CERT_HAS_EXPIRED
+        return "certificate-expired"
+    if verify_code == 62:           # X509_V_ERR_HOSTNAME_MISMATCH
+        return "certificate-host-mismatch"
+    if verify_code is not None:
+        return "certificate-not-trusted"
+    return "validation-failure"
+
+
 def _is_ip(value: str) -> bool:
     try:
         ipaddress.ip_address(value)
@@ -124,6 +137,25 @@ def _describe(exc: BaseException) -> str:
 
 class _TLSFailed(Exception):
     """STARTTLS was answered 220 but no working TLS session came of it."""
+
+    def __init__(self, text: str, verify_code: int | None = None) -> None:
+        super().__init__(text)
+        self.verify_code = verify_code     # OpenSSL's X509_V_ERR_* when the certificate was refused
+
+
+def peer_chain(smtp: aiosmtplib.SMTP) -> list[bytes]:
+    """The certificates the server presented (DER, leaf first); [] without TLS."""
+    transport = smtp.transport
+    sslobj = transport.get_extra_info("ssl_object") if transport is not None else None
+    if sslobj is None:
+        return []
+    inner = getattr(sslobj, "_sslobj", None)
+    getter = getattr(inner, "get_unverified_chain", None)     # public from Python 3.13
+    if getter is not None:
+        chain = getter() or []
+        return [c.public_bytes(ssl._ssl.ENCODING_DER) if hasattr(c, "public_bytes") else bytes(c) for c in chain]
+    leaf = sslobj.getpeercert(binary_form=True)
+    return [leaf] if leaf else []
 
 
 class _Pipe(asyncio.Protocol):
@@ -242,7 +274,8 @@ class Connection:
 
     def __init__(self, host: str, port: int, *, helo_name: str, ip_for_connect: str | None, tls: str,
                  tls_verify: bool, timeout: float, data_timeout: float, username: str | None,
-                 password: str | None, tls_context: ssl.SSLContext | None) -> None:
+                 password: str | None, tls_context: ssl.SSLContext | None,
+                 check_tls: "Callable[[list[bytes]], object | None] | None" = None) -> None:
         self.host, self.port, self.helo_name = host, port, helo_name
         self.ip = ip_for_connect
         self.tls_mode, self.tls_verify = tls, tls_verify
@@ -252,18 +285,24 @@ class Connection:
         self._smtp: aiosmtplib.SMTP | None = None
         self._pipe: _Pipe | None = None          # the message phase when the server offers PIPELINING
         self._tls = False
+        self._enforce_check = True
         self._dirty = False                 # a transaction was begun and not completed: RSET first
         self._lock = asyncio.Lock()
         self.server_banner = ""
         self.last_reply = ""
         self.tls_fallback = False           # STARTTLS failed and the session was redone in plaintext
+        self._check_tls = check_tls          # a policy's check of the presented chain (DANE)
+        self.tls_failure: object | None = None   # what check_tls said of the chain, when anything
+        self.tls_version = ""
         self.messages_sent = 0
 
     @classmethod
     async def open(cls, host: str, port: int, *, helo_name: str, ip_for_connect: str | None = None,
                    tls: str = "opportunistic", tls_verify: bool = False, timeout: float = 60,
                    username: str | None = None, password: str | None = None,
-                   data_timeout: float = 600, tls_context: ssl.SSLContext | None = None) -> "Connection":
+                   data_timeout: float = 600, tls_context: ssl.SSLContext | None = None,
+                   check_tls: "Callable[[list[bytes]], object | None] | None" = None,
+                   enforce_check: bool = True) -> "Connection":
         """Connect to host (at ip_for_connect when given, else host), greet, secure and authenticate.
 
         tls: "opportunistic" uses STARTTLS when offered and, if the handshake fails,
@@ -271,6 +310,10 @@ class Connection:
         "required" fails instead; "none" never uses TLS; "implicit" is TLS from the
         first byte (RFC 8314, port 465). `host` is the TLS server name; certificates
         are checked only with tls_verify (or a tls_context that checks them).
+        check_tls is called with the presented chain (DER, leaf first) after the
+        handshake; what it returns (a failure, or None) is kept in `tls_failure`, and
+        with enforce_check a failure ends the session (stage "starttls", never a
+        fallback to plaintext). Its `text` and `result_type` are used when present.
         data_timeout bounds the wait for the reply to the end of data
         (RFC 5321 4.5.3.2.6 suggests 10 minutes), timeout every other step.
         """
@@ -278,13 +321,15 @@ class Connection:
             raise ValueError(f"tls must be one of {TLS_MODES}")
         conn = cls(host, port, helo_name=helo_name, ip_for_connect=ip_for_connect, tls=tls,
                    tls_verify=tls_verify, timeout=timeout, data_timeout=data_timeout,
-                   username=username, password=password, tls_context=tls_context)
+                   username=username, password=password, tls_context=tls_context, check_tls=check_tls)
+        conn._enforce_check = enforce_check
         try:
             await conn._start(starttls=tls in ("opportunistic", "required"))
         except _TLSFailed as exc:
             conn._drop()
             if tls == "required":
-                raise DeliveryError(False, None, None, f"TLS handshake failed: {exc}", host, "starttls") from None
+                raise DeliveryError(False, None, None, f"TLS handshake failed: {exc}", host, "starttls",
+                                    tls_result=_result_type(exc.verify_code)) from None
             conn.tls_fallback = True
             await conn._start(starttls=False)
         smtp = conn._smtp
@@ -323,7 +368,8 @@ class Connection:
             if starttls and smtp.supports_extension("starttls"):
                 await self._starttls()
             elif self.tls_mode == "required":
-                raise DeliveryError(False, None, None, "STARTTLS not offered", self.host, "starttls")
+                raise DeliveryError(False, None, None, "STARTTLS not offered", self.host, "starttls",
+                                    tls_result="starttls-not-supported")
             if self._username is not None:
                 await self._auth()
         except BaseException:
@@ -359,11 +405,24 @@ class Connection:
                 raise _TLSFailed(exc.message) from None
             # RFC 3207 4: after a refused STARTTLS (454) the client decides; opportunistic goes on in plaintext
             if self.tls_mode == "required":
-                raise self._refused(exc, "starttls", permanent=False) from None
+                error = self._refused(exc, "starttls", permanent=False)
+                error.tls_result = "starttls-not-supported"
+                raise error from None
             return
+        except ssl.SSLCertVerificationError as exc:
+            raise _TLSFailed(f"certificate refused: {exc.verify_message}", exc.verify_code) from None
         except (ssl.SSLError, *_BROKEN) as exc:
             raise _TLSFailed(f"{type(exc).__name__}: {exc}") from None
         self._tls = True
+        sslobj = smtp.transport.get_extra_info("ssl_object") if smtp.transport is not None else None
+        self.tls_version = (sslobj.version() or "") if sslobj is not None else ""
+        if self._check_tls is not None:
+            failure = self._check_tls(peer_chain(smtp))
+            self.tls_failure = failure
+            if failure is not None and self._enforce_check:
+                text = str(getattr(failure, "text", failure))
+                raise DeliveryError(False, None, None, f"TLS policy not met: {text}", self.host, "starttls",
+                                    tls_result=str(getattr(failure, "result_type", "validation-failure")))
         try:
             self._note(await smtp.ehlo())   # RFC 3207 4.2: forget what was learnt before TLS, greet again
         except (ssl.SSLError, *_BROKEN) as exc:

@@ -162,7 +162,9 @@ SCHEMAS: dict[str, dict] = {
                   description="The saved send request (from, to, subject, text, ...) with these fields."),
     "QueueEntry": obj(["id", "message_id", "recipient", "status"], id=STR, message_id=STR, recipient=STR, domain=STR,
                       status=STR, attempts=INT, created_at=NTIME, next_attempt_at=NTIME, last_attempt_at=NTIME,
-                      expires_at=NTIME, last_reply=NSTR, last_host=NSTR, hold_reason=NSTR),
+                      expires_at=NTIME, last_reply=NSTR, last_host=NSTR, hold_reason=NSTR,
+                      tls={"type": ["object", "null"], "description": "The transport security policy the last attempt "
+                           "was held to (policy: dane, mta-sts, opportunistic or smart-host; mode; host; detail)."}),
     "Suppression": obj(["address", "reason"], address=STR, organization_id=NSTR, reason=STR, detail=NSTR,
                        created_at=NTIME),
     "AuditEntry": obj(["id", "at", "actor", "action", "result"], id=STR, at=TIME, actor=STR, org_id=NSTR,

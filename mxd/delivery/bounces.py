@@ -39,10 +39,11 @@ def _utc(ts: float | None) -> datetime | None:
     return None if ts is None else datetime.fromtimestamp(ts, timezone.utc)
 
 
-def fail_and_bounce(cfg: Config, entry_id: str, reply: str, host: str, action: str) -> None:
-    """Runs in the writer. action "failed": the entry fails for good; "delayed": a one-time warning."""
+def fail_and_bounce(cfg: Config, entry_id: str, reply: str, host: str, action: str, tls: str | None = None) -> None:
+    """Runs in the writer. action "failed": the entry fails for good; "delayed": a one-time warning.
+    tls: the transport policy of the last attempt (JSON, mxd.delivery.tlspolicy), when one was made."""
     if action == "failed":
-        entry = outqueue.failed(entry_id, reply, host)
+        entry = outqueue.failed(entry_id, reply, host, tls)
         status = status_of(reply, True)
         if is_hard_bounce(status):
             suppression.add(entry.recipient, "hard_bounce", reply, suppression.org_of_entry_sender(entry.message_id))

@@ -20,7 +20,10 @@ from mxd.background import BackgroundWorker
 from mxd.config import Config, parse_hostport
 from mxd.db import Database, execute
 from mxd.delivery import bounces
+from mxd.delivery.mtasts import PolicyCache
 from mxd.delivery.mxhosts import NoRoute, NullMX, Target, resolve_targets
+from mxd.delivery.tlspolicy import Applied, DomainPlan, TransportPolicy
+from mxd.delivery.tlsrpt import TlsTally
 from mxd.ingest import with_trace
 from mxd.netcheck import refusal
 from mxd.resolver import Resolver
@@ -35,6 +38,12 @@ IDLE = 2.0            # seconds an idle connection waits for more of its domain'
 PER_LANE = 8          # queued entries per open lane before another connection is opened
 RECORD_EVERY = 32     # accepted messages recorded per write (and whenever the lane runs dry)
 COALESCE = 0.01       # after a wake-up, let more submissions arrive before leasing again
+
+
+def _named(applied: Applied) -> str:
+    """"DANE", "MTA-STS (enforce)": the policy a failure is reported under."""
+    name = {"dane": "DANE", "mta-sts": "MTA-STS"}.get(applied.policy, applied.policy)
+    return f"{name} ({applied.mode})" if applied.mode and applied.policy != "dane" else name
 
 
 def _reply(code: int | None, enhanced: str | None, text: str) -> str:
@@ -60,12 +69,16 @@ class Scheduler(BackgroundWorker):
         self._inflight: set[str] = set()                     # leased entries whose outcome is not recorded
         self._data: dict[str, bytes] = {}                    # message bytes of leased entries, by entry id
         self._pruned_at = 0.0
+        self.transport = TransportPolicy(cfg, resolver, PolicyCache(cfg, db, resolver) if cfg.outbound_mta_sts else None)
+        self.tally = TlsTally(db)               # outbound TLS results for the daily reports (RFC 8460)
+        self._flushed_at = time.monotonic()
 
     async def stop(self) -> None:
         await super().stop()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.tally.flush()
 
     def _spawn(self, coro: "asyncio.coroutines") -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -81,6 +94,9 @@ class Scheduler(BackgroundWorker):
         if time.monotonic() - self._pruned_at > 3600:
             self._pruned_at = time.monotonic()
             await self.db.write(policy.prune)
+        if time.monotonic() - self._flushed_at > 60:
+            self._flushed_at = time.monotonic()
+            await self.tally.flush()
         room = min(BATCH, BATCH * 4 - len(self._inflight))
         entries, data, due = await self.db.write(_lease, room) if room > 0 else ([], {}, None)
         for entry in entries:
@@ -136,24 +152,64 @@ class Scheduler(BackgroundWorker):
             targets = public_targets(domain, targets)
         return targets, self.cfg.outbound_mx_port
 
-    async def _connect(self, targets: list[Target], port: int) -> tuple[Connection | None, DeliveryError | None]:
+    async def _connect(self, domain: str, targets: list[Target], port: int
+                       ) -> tuple[Connection | None, DeliveryError | None, Applied]:
+        """The first host that takes a connection meeting its transport policy (mxd.delivery.tlspolicy),
+        with the policy that applied; else the last error. Each TLS outcome is noted for the TLS report."""
         cfg, last = self.cfg, None
-        smart = bool(cfg.smart_host)
+        if cfg.smart_host:
+            target = targets[0]
+            applied = Applied("smart-host", cfg.smart_host_tls, target.host, "all mail goes through smart_host")
+            for ip in target.addresses:
+                try:
+                    return await Connection.open(
+                        target.host, port, helo_name=cfg.hostname, ip_for_connect=ip, tls=cfg.smart_host_tls,
+                        timeout=60, username=cfg.smart_host_username or None,
+                        password=cfg.smart_host_password or None), None, applied
+                except DeliveryError as exc:
+                    last = exc
+            return None, last, applied
+        dplan: DomainPlan = await self.transport.plan_domain(domain)
+        if dplan.sts_failure is not None:
+            self.tally.note(Applied("mta-sts", "", "", dplan.sts_failure.text, "sts", [], domain), "",
+                            dplan.sts_failure.result_type, dplan.sts_failure.text)
+        applied = Applied("opportunistic", "", "", "", "no-policy-found", [], domain)
         for target in targets:
+            plan = await self.transport.plan_host(dplan, target, port)
+            applied = plan.applied
+            if plan.refuse is not None:
+                self.tally.note(applied, "", plan.refuse.result_type, plan.refuse.text)
+                applied.detail = plan.refuse.text
+                last = DeliveryError(False, 451, "4.7.5", f"{_named(applied)}: {plan.refuse.text}", target.host,
+                                     "starttls", tls_result=plan.refuse.result_type)
+                continue
             for ip in target.addresses:
                 try:
                     conn = await Connection.open(
-                        target.host, port, helo_name=cfg.hostname, ip_for_connect=ip,
-                        tls=cfg.smart_host_tls if smart else "opportunistic", timeout=60,
-                        username=(cfg.smart_host_username or None) if smart else None,
-                        password=(cfg.smart_host_password or None) if smart else None)
-                    return conn, None
+                        target.host, port, helo_name=cfg.hostname, ip_for_connect=ip, tls=plan.tls, timeout=60,
+                        tls_context=plan.context, check_tls=plan.check, enforce_check=plan.enforce)
                 except DeliveryError as exc:
+                    if exc.tls_result:
+                        self.tally.note(applied, ip, exc.tls_result, exc.text)
+                        applied.detail = exc.text
+                        exc.code, exc.enhanced = exc.code or 451, exc.enhanced or "4.7.5"
+                        exc.text = f"{_named(applied)}: {exc.text}"
                     last = exc
-        return None, last
+                    continue
+                failure = conn.tls_failure
+                if failure is not None:                  # testing mode: delivered, and reported
+                    self.tally.note(applied, ip, failure.result_type, failure.text)
+                    applied.detail = f"would have failed: {failure.text}"
+                elif not conn.tls_active:
+                    self.tally.note(applied, ip, "starttls-not-supported", "the session went on without TLS")
+                    applied.detail = "no TLS: " + ("the handshake failed" if conn.tls_fallback else "STARTTLS not offered")
+                else:
+                    self.tally.note(applied, ip)
+                return conn, None, applied
+        return None, last, applied
 
     async def _fail_queued(self, domain: str, taken: dict[str, QueueEntry], permanent: bool, reply: str,
-                           host: str) -> None:
+                           host: str, tls: str = "") -> None:
         """No connection could be had: every entry waiting for this domain gets the outcome, unless
         other lanes are connected and can carry them (then the domain gets no more lanes than those)."""
         if self._connected[domain]:
@@ -163,7 +219,7 @@ class Scheduler(BackgroundWorker):
         taken.update((e.id, e) for e in queue)
         queue.clear()
         for entry in list(taken.values()):
-            await self._outcome(entry, permanent, reply, host)
+            await self._outcome(entry, permanent, reply, host, tls)
             del taken[entry.id]
 
     async def _lane_run(self, domain: str, taken: dict[str, QueueEntry]) -> None:
@@ -177,10 +233,11 @@ class Scheduler(BackgroundWorker):
             return await self._fail_queued(domain, taken, False, "451 4.4.4 no address for the destination", "")
         if not self._queues[domain]:
             return
-        conn, error = await self._connect(targets, port)
+        conn, error, applied = await self._connect(domain, targets, port)
+        tls = applied.to_json()
         if conn is None:
             reply = _reply(error.code, error.enhanced, error.text) if error else "451 4.4.1 no host reachable"
-            return await self._fail_queued(domain, taken, False, reply, error.host or "" if error else "")
+            return await self._fail_queued(domain, taken, False, reply, error.host or "" if error else "", tls)
         self._connected[domain] += 1
         sent: list[tuple[QueueEntry, str, str]] = []
         relayed = bool(self.cfg.smart_host)
@@ -190,7 +247,7 @@ class Scheduler(BackgroundWorker):
             while True:
                 if not queue:
                     if sent:
-                        self._record_sent(sent, relayed, taken)
+                        self._record_sent(sent, relayed, taken, tls)
                     ready = self._ready[domain]
                     ready.clear()
                     try:
@@ -210,7 +267,7 @@ class Scheduler(BackgroundWorker):
                     [result] = await conn.send(entry.return_path, [entry.recipient], data)
                 except DeliveryError as exc:
                     reply = _reply(exc.code, exc.enhanced, exc.text)
-                    await self._outcome(entry, exc.permanent, reply, exc.host or "")
+                    await self._outcome(entry, exc.permanent, reply, exc.host or "", tls)
                     del taken[entry.id]
                     if exc.stage in ("connect", "ehlo", "starttls") or not exc.permanent:
                         return           # the connection is gone: the rest waits for another lane
@@ -219,22 +276,22 @@ class Scheduler(BackgroundWorker):
                 if result.ok:
                     sent.append((entry, reply, host))
                     if len(sent) >= RECORD_EVERY:
-                        self._record_sent(sent, relayed, taken)
+                        self._record_sent(sent, relayed, taken, tls)
                 else:
-                    await self._outcome(entry, result.permanent, reply, host)
+                    await self._outcome(entry, result.permanent, reply, host, tls)
                     del taken[entry.id]
                 if not conn.is_open:
                     return
         finally:
             self._connected[domain] -= 1
-            self._record_sent(sent, relayed, taken)
+            self._record_sent(sent, relayed, taken, tls)
             try:
                 await conn.close()
             except Exception:                     # the outcomes are recorded; a failing QUIT changes nothing
                 log.debug("closing the connection to %s failed", domain, exc_info=True)
 
     def _record_sent(self, sent: list[tuple[QueueEntry, str, str]], relayed: bool,
-                     taken: dict[str, QueueEntry]) -> None:
+                     taken: dict[str, QueueEntry], tls: str = "") -> None:
         """Accepted by the remote side; written in the background while the lane sends on."""
         if not sent:
             return
@@ -243,11 +300,11 @@ class Scheduler(BackgroundWorker):
         for entry, _, _ in batch:
             self._data.pop(entry.id, None)
             taken.pop(entry.id, None)
-        self._spawn(self._write_sent(batch, relayed))
+        self._spawn(self._write_sent(batch, relayed, tls))
 
-    async def _write_sent(self, batch: list[tuple[QueueEntry, str, str]], relayed: bool) -> None:
+    async def _write_sent(self, batch: list[tuple[QueueEntry, str, str]], relayed: bool, tls: str = "") -> None:
         try:
-            await self.db.write(outqueue.delivered_many, batch, relayed)
+            await self.db.write(outqueue.delivered_many, batch, relayed, tls)
         except Exception:
             # Left leased: due again when the lease ends, so delivered once more rather than lost.
             log.exception("recording %d delivered entries failed", len(batch))
@@ -256,18 +313,18 @@ class Scheduler(BackgroundWorker):
                 self._inflight.discard(entry.id)
             self._wake.set()                      # room to lease more
 
-    async def _outcome(self, entry: QueueEntry, permanent: bool, reply: str, host: str) -> None:
+    async def _outcome(self, entry: QueueEntry, permanent: bool, reply: str, host: str, tls: str = "") -> None:
         """Record a failure: permanent ones fail and bounce; temporary ones back off until the lifetime ends."""
         self._inflight.discard(entry.id)          # its outcome is recorded here, once
         self._data.pop(entry.id, None)
         if not permanent:
-            updated, expired = await self.db.write(outqueue.deferred, entry.id, reply, host, self.cfg.retry_delays)
+            updated, expired = await self.db.write(outqueue.deferred, entry.id, reply, host, self.cfg.retry_delays, tls)
             self._wake.set()                      # the run loop learns the new next attempt time
             if not expired:
                 await self._maybe_warn(updated)
                 return
             reply = f"{reply} (gave up after {self.cfg.queue_lifetime})"
-        await self.db.write(bounces.fail_and_bounce, self.cfg, entry.id, reply, host, "failed")
+        await self.db.write(bounces.fail_and_bounce, self.cfg, entry.id, reply, host, "failed", tls or None)
         self.on_local()
 
     async def _maybe_warn(self, entry: QueueEntry) -> None:

@@ -3,6 +3,7 @@ entries, queue entries, suppressions and webhooks (never a webhook's secrets). T
 mxd.timefmt.iso, except a token's, which the API has always given as epoch seconds."""
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -35,7 +36,19 @@ def queue_entry(entry: QueueEntry) -> dict:
             "status": entry.status, "attempts": entry.attempts, "created_at": iso(entry.created_at),
             "next_attempt_at": iso(entry.next_attempt_at) if entry.status in ACTIVE else None,
             "last_attempt_at": iso(entry.last_attempt_at), "expires_at": iso(entry.expires_at),
-            "last_reply": entry.last_reply, "last_host": entry.last_host, "hold_reason": entry.hold_reason}
+            "last_reply": entry.last_reply, "last_host": entry.last_host, "hold_reason": entry.hold_reason,
+            "tls": _tls(entry.tls or "")}
+
+
+def _tls(value: str) -> dict | None:
+    """The transport policy the last attempt was held to: {"policy", "mode", "host", "detail"} (None before one)."""
+    if not value:
+        return None
+    try:
+        found = json.loads(value)
+    except ValueError:
+        return None
+    return found if isinstance(found, dict) else None
 
 
 def suppression(row: Suppression) -> dict:

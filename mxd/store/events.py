@@ -10,7 +10,7 @@ from mxd.ids import new_id
 
 TYPES = ("message.inbound", "message.queued", "message.sent", "message.delivered", "message.deferred",
          "message.failed", "message.blocked", "message.held", "message.released", "domain.verified",
-         "inbound.unacknowledged", "message.quarantined")
+         "inbound.unacknowledged", "message.quarantined", "certificate.renewed", "certificate.renewal_failed")
 
 
 def emit(type_: str, *, mailbox_id: str | None = None, message_id: str | None = None, **data: Any) -> str:

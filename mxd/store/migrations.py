@@ -147,9 +147,23 @@ def _v9_reports(db: pw.Database) -> None:
     db.create_tables(models.REPORT_MODELS, safe=True)
 
 
+def _v10_transport_security(db: pw.Database) -> None:
+    """MTA-STS served per domain, the transport policy of each delivery attempt, recipient domains' MTA-STS
+    policies, and the outbound TLS results that daily TLS reports sum up."""
+    from playhouse.migrate import SchemaMigrator
+    from playhouse.migrate import migrate as run
+
+    migrator = SchemaMigrator.from_database(db)
+    for model, name in ((models.Domain, "mta_sts_mode"), (models.QueueEntry, "tls")):
+        table = model._meta.table_name
+        if name not in {c.name for c in db.get_columns(table)}:
+            run(migrator.add_column(table, name, model._meta.fields[name]))
+    db.create_tables(models.TRANSPORT_MODELS, safe=True)
+
+
 STEPS: list[Callable[[pw.Database], None]] = [_v1_initial, _v2_platform, _v3_thread_order, _v4_search_mailbox,
                                               _v5_forged_bounces, _v6_tenant_boundaries, _v7_inbound_receipt,
-                                              _v8_inbound_defences, _v9_reports]
+                                              _v8_inbound_defences, _v9_reports, _v10_transport_security]
 
 
 def current_version(db: pw.Database) -> int:

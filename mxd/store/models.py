@@ -69,6 +69,7 @@ class Domain(BaseModel):
     catchall_mailbox_id = pw.CharField(null=True, max_length=40)
     verify_token = pw.CharField(null=True, max_length=64)     # an organisation's ownership proof (TXT _mxd-verify)
     owner_verified_at = pw.DoubleField(null=True)             # when that proof was found (or the operator vouched)
+    mta_sts_mode = pw.CharField(max_length=10, default="testing")   # the MTA-STS policy served: off testing enforce
 
 
 class Mailbox(BaseModel):
@@ -283,6 +284,7 @@ class QueueEntry(BaseModel):
     last_host = pw.CharField(max_length=255, default="")
     delay_notified = pw.BooleanField(default=False)
     hold_reason = pw.CharField(max_length=200, null=True)
+    tls = pw.TextField(null=True)       # JSON: the transport security policy of the last attempt (mxd.delivery.tlspolicy)
 
 
 class Suppression(BaseModel):
@@ -406,3 +408,51 @@ class TlsReportPolicy(BaseModel):
 
 REPORT_MODELS = [ReportSource, ReceivedReport, DmarcReportRow, TlsReportPolicy]
 MODELS += REPORT_MODELS
+
+
+class MtaStsPolicy(BaseModel):
+    """A recipient domain's MTA-STS policy as last fetched (RFC 8461 5.1), kept until it expires."""
+    domain = pw.CharField(primary_key=True, max_length=255)
+    policy_id = pw.CharField(max_length=64)             # the id of the _mta-sts TXT record it came with
+    mode = pw.CharField(max_length=10)                   # enforce testing none
+    mx = JSONField(default=list)                         # the mx patterns
+    max_age = pw.IntegerField()
+    text = pw.TextField()                                # the policy as served
+    fetched_at = pw.DoubleField()
+    expires_at = pw.DoubleField(index=True)              # fetched_at + max_age
+    checked_at = pw.DoubleField(default=0)               # the last look at the TXT record
+    last_error = pw.TextField(default="")                # the last failed refresh, kept for reports
+
+
+class TlsResult(BaseModel):
+    """Outbound TLS sessions per day, policy and outcome: what a daily SMTP TLS report (RFC 8460) sums up.
+    result_type "" counts successes; otherwise one of RFC 8460 4.3's result types."""
+    day = pw.CharField(max_length=10)                    # UTC date, YYYY-MM-DD
+    policy_domain = pw.CharField(max_length=255)
+    policy_type = pw.CharField(max_length=20)            # sts tlsa no-policy-found
+    policy_string = JSONField(default=list)
+    mx_host = pw.CharField(max_length=255, default="")
+    result_type = pw.CharField(max_length=40, default="")
+    sending_ip = pw.CharField(max_length=64, default="")
+    receiving_ip = pw.CharField(max_length=64, default="")
+    detail = pw.TextField(default="")                    # additional-information / failure-reason-code
+    count = pw.IntegerField(default=0)
+
+    class Meta:
+        indexes = ((("day", "policy_domain", "policy_type", "mx_host", "result_type", "receiving_ip"), True),)
+
+
+class TlsReportSent(BaseModel):
+    """A daily TLS report sent (or given up) for one domain and day, so that it goes out once."""
+    policy_domain = pw.CharField(max_length=255)
+    day = pw.CharField(max_length=10)
+    sent_at = pw.DoubleField(default=time.time)
+    rua = pw.TextField(default="")
+    outcome = pw.CharField(max_length=20, default="queued")   # queued no-rua failed
+
+    class Meta:
+        primary_key = pw.CompositeKey("policy_domain", "day")
+
+
+TRANSPORT_MODELS = [MtaStsPolicy, TlsResult, TlsReportSent]
+MODELS += TRANSPORT_MODELS

@@ -92,8 +92,8 @@ def bounce_target(local_part: str, domain: str) -> tuple[str, str] | None:
 
 _INSERT = ('INSERT INTO "queue_entry" ("id", "message_id", "inbound_id", "mail_from", "return_path", "recipient", '
            '"domain", "status", "attempts", "created_at", "next_attempt_at", "expires_at", "lease_until", '
-           '"last_reply", "last_host", "delay_notified", "hold_reason") '
-           'VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, 0, ?, ?, ?, ?)')
+           '"last_reply", "last_host", "delay_notified", "hold_reason", "tls") '
+           'VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, 0, ?, ?, ?, ?, \'\')')
 
 
 def add(message_id: str, mailbox_id: str, inbound_id: str, mail_from: str, sender_domain: str,
@@ -162,15 +162,15 @@ def delivered(entry: QueueEntry, reply: str, host: str, relayed: bool = False) -
     events.emit(f"message.{status}", reply=reply, host=host, **_event_args(entry))
 
 
-def delivered_many(batch: list[tuple[QueueEntry, str, str]], relayed: bool) -> None:
+def delivered_many(batch: list[tuple[QueueEntry, str, str]], relayed: bool, tls: str = "") -> None:
     """`delivered` for many entries: one UPDATE statement for all and one look-up of their mailboxes;
     each entry still gets its own event."""
     if not batch:
         return
     status, now = ("sent" if relayed else "delivered"), time.time()
     executemany('UPDATE "queue_entry" SET "status" = ?, "last_reply" = ?, "last_host" = ?, "last_attempt_at" = ?, '
-                '"attempts" = "attempts" + 1, "lease_until" = 0 WHERE "id" = ?',
-                [(status, reply, host, now, entry.id) for entry, reply, host in batch])
+                '"attempts" = "attempts" + 1, "lease_until" = 0, "tls" = ? WHERE "id" = ?',
+                [(status, reply, host, now, tls, entry.id) for entry, reply, host in batch])
     message_ids = sorted({entry.message_id for entry, _, _ in batch})
     mailboxes: dict[str, str] = {}
     for start in range(0, len(message_ids), 500):
@@ -182,7 +182,7 @@ def delivered_many(batch: list[tuple[QueueEntry, str, str]], relayed: bool) -> N
                     message_id=entry.message_id, recipient=entry.recipient)
 
 
-def deferred(entry_id: str, reply: str, host: str, delays: list[float]) -> tuple[QueueEntry, bool]:
+def deferred(entry_id: str, reply: str, host: str, delays: list[float], tls: str = "") -> tuple[QueueEntry, bool]:
     """Schedule the next attempt; returns (entry, expired). An expired entry is left for `failed`."""
     entry = QueueEntry.get_by_id(entry_id)
     now = time.time()
@@ -190,7 +190,7 @@ def deferred(entry_id: str, reply: str, host: str, delays: list[float]) -> tuple
     delay = delays[min(attempts - 1, len(delays) - 1)] * random.uniform(0.9, 1.1)   # jitter spreads retries
     expired = now >= entry.expires_at
     QueueEntry.update(status="deferred", last_reply=reply, last_host=host, last_attempt_at=now, attempts=attempts,
-                      next_attempt_at=now + delay, lease_until=0).where(QueueEntry.id == entry_id).execute()
+                      next_attempt_at=now + delay, lease_until=0, tls=tls).where(QueueEntry.id == entry_id).execute()
     if not expired:
         events.emit("message.deferred", reply=reply, host=host, attempts=attempts, next_attempt_at=now + delay,
                     **_event_args(entry))
@@ -198,9 +198,10 @@ def deferred(entry_id: str, reply: str, host: str, delays: list[float]) -> tuple
     return entry, expired
 
 
-def failed(entry_id: str, reply: str, host: str) -> QueueEntry:
+def failed(entry_id: str, reply: str, host: str, tls: str | None = None) -> QueueEntry:
     entry = QueueEntry.get_by_id(entry_id)
     QueueEntry.update(status="failed", last_reply=reply, last_host=host, last_attempt_at=time.time(),
+                      tls=entry.tls if tls is None else tls,
                       attempts=QueueEntry.attempts + (0 if entry.status == "failed" else 1), lease_until=0
                       ).where(QueueEntry.id == entry_id).execute()
     events.emit("message.failed", reply=reply, host=host, **_event_args(entry))
