@@ -9,6 +9,7 @@ from __future__ import annotations
 import email
 import email.policy
 import re
+import ssl
 import threading
 from dataclasses import dataclass
 from email.message import EmailMessage
@@ -25,18 +26,31 @@ DOMAIN = "agents.test"
 
 
 class MailSink:
-    """Accepts every message; keeps (recipients, parsed message)."""
+    """Accepts every message; keeps (recipients, parsed message). With tls_context it offers STARTTLS
+    and notes, per message, whether it came over TLS (`plaintext` counts MAIL commands seen in clear)."""
 
-    def __init__(self, ip: str = SINK_IP, port: int | None = None) -> None:
+    def __init__(self, ip: str = SINK_IP, port: int | None = None, tls_context: ssl.SSLContext | None = None) -> None:
         self.ip, self.port = ip, port or free_port(ip)
         self.messages: list[tuple[list[str], EmailMessage]] = []
+        self.tls_flags: list[bool] = []          # per message: did it come over TLS
+        self.plaintext = 0                       # MAIL FROM commands received without TLS
         self.lock = threading.Lock()
-        self.controller = Controller(self, hostname=ip, port=self.port)
+        kwargs: dict[str, Any] = {"tls_context": tls_context, "require_starttls": False} if tls_context else {}
+        self.controller = Controller(self, hostname=ip, port=self.port, **kwargs)
+
+    async def handle_MAIL(self, server: Any, session: Any, envelope: Any, address: str, options: list[str]) -> str:
+        if session.ssl is None:
+            with self.lock:
+                self.plaintext += 1
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return "250 OK"
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         msg = email.message_from_bytes(envelope.original_content or envelope.content, policy=email.policy.default)
         with self.lock:
             self.messages.append(([r.lower() for r in envelope.rcpt_tos], msg))
+            self.tls_flags.append(session.ssl is not None)
         return "250 2.0.0 OK"
 
     def start(self) -> "MailSink":
