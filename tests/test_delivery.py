@@ -294,6 +294,21 @@ def test_temporary_failures_retry_on_schedule_then_deliver(mxd_factory, peer_fac
     assert len(peer.accepted) == 1 and peer.accepted[0]["rcpts"] == ["bob@greylist.test"]
 
 
+def test_each_attempt_names_its_transport_policy(mxd_factory, peer_factory):
+    """GET /api/queue/{id} says which policy the last attempt was held to, and what came of TLS: a peer
+    without STARTTLS and without DANE or MTA-STS is reached in clear, opportunistically (RFC 7435)."""
+    peer = peer_factory("127.0.0.3", rcpt_replies=["451 4.7.1 greylisted, try again later"])
+    m = mxd_factory(MXD_RETRY_SCHEDULE="1s,1s")
+    sent = send(m, "carol@greylist.test", "which policy")
+    qid = sent["recipients"][0]["queue_id"]
+    assert m.api("GET", f"/api/queue/{qid}").json()["tls"] is None          # no attempt yet, or one under way
+    wait_status(m, sent["id"], "delivered", 15)
+    entry = m.api("GET", f"/api/queue/{qid}").json()
+    assert entry["tls"] == {"policy": "opportunistic", "mode": "", "host": "mx.greylist.test",
+                            "detail": "no TLS: STARTTLS not offered"}, entry
+    assert len(peer.accepted) == 1
+
+
 def test_hard_failure_bounces_and_suppresses(mxd_factory, peer_factory):
     peer = peer_factory("127.0.0.4", default_reply="550 5.1.1 <nobody@reject.test>: no such user")
     m = mxd_factory()

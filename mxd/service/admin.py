@@ -159,6 +159,11 @@ async def queue_page(s: Services, status: str | None, limit: int, cursor: str | 
     return page([shapes.queue_entry(r) for r in rows], limit, len(rows), rows[-1].id if rows else None)
 
 
+async def queue_get(s: Services, entry_id: str) -> dict:
+    """One queue entry: its state, the last reply, and the transport policy its last attempt was held to."""
+    return shapes.queue_entry(await s.db.read(outqueue.get, entry_id))
+
+
 QUEUE_ACTIONS = {"retry": outqueue.retry_now, "hold": outqueue.hold, "release": outqueue.release}
 
 

@@ -19,6 +19,12 @@ async def queue_list(request: Request, principal: Principal) -> Response:
     return JSONResponse(await admin.queue_page(ctx(request), request.query_params.get("status"), limit, cursor))
 
 
+@endpoint("GET", "/api/queue/{id}", "getQueueEntry", "A queue entry", TAG_QUEUE, "admin", operator=True,
+          response=ref("QueueEntry"))
+async def queue_get(request: Request, principal: Principal) -> Response:
+    return JSONResponse(await admin.queue_get(ctx(request), request.path_params["id"]))
+
+
 async def _act(request: Request, action: str) -> Response:
     return JSONResponse(await admin.queue_action(ctx(request), action, request.path_params["id"]))
 
