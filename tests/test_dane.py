@@ -268,3 +268,20 @@ async def test_lookup_through_unbound(dnssec: DnssecPeer) -> None:
     assert got.failure is not None and got.failure.result_type == "dnssec-invalid"
     got = await dane.lookup(r, "plain.test", "mx.plain.test", 25)
     assert not got.usable and not got.secure and got.failure is None
+
+
+async def test_dnssec_answers_are_cached_for_their_ttl_apart_from_plain_ones() -> None:
+    """A non-validating server (tests.support.dnsserver never sets AD): records, insecure, asked once per TTL."""
+    from tests.support.dnsserver import DNSServer
+    zone = {"_25._tcp.mx.cache.test": {"TLSA": [f"3 1 1 {'ab' * 32}"]}, "mx.cache.test": {"A": ["127.0.0.2"]}}
+    with DNSServer(zone, ttl=60) as server:
+        r = make_resolver([server.nameserver], timeout=2)
+        for _ in range(3):
+            assert await r.atlsa("_25._tcp.mx.cache.test") == ([(3, 1, 1, bytes.fromhex("ab" * 32))], False)
+            assert await r.atlsa("_25._tcp.gone.cache.test") == ([], False)       # NXDOMAIN, cached by the SOA
+            assert not await r.asecure("mx.cache.test", "A")
+        assert await r.aa("mx.cache.test") == ["127.0.0.2"]                       # its own lookup, own cache
+        asked = [(name, rdtype) for name, rdtype, _ in server.queries]
+        assert asked.count(("_25._tcp.mx.cache.test", "TLSA")) == 1
+        assert asked.count(("_25._tcp.gone.cache.test", "TLSA")) == 1
+        assert asked.count(("mx.cache.test", "A")) == 2
