@@ -197,7 +197,10 @@ async def test_lookup_decisions() -> None:
     # the port names the TLSA record: nothing at _2525._tcp
     assert not (await dane.lookup(r, "signed.test", "mx.signed.test", 2525)).secure
     # an MX naming an address has no TLSA base domain
-    assert (await dane.lookup(r, "signed.test", "127.0.0.2", 25)).records == []
+    asked = len(r.queries)
+    for literal in ("127.0.0.2", "[127.0.0.2]", "[IPv6:::1]"):
+        assert (await dane.lookup(r, literal.strip("[]"), literal, 25)) == Lookup(literal.lower(), port=25)
+    assert len(r.queries) == asked                                  # nothing asked for them
 
 
 async def test_plan_host_follows_the_lookup(tmp_path: Path) -> None:
@@ -285,3 +288,20 @@ async def test_dnssec_answers_are_cached_for_their_ttl_apart_from_plain_ones() -
         assert asked.count(("_25._tcp.mx.cache.test", "TLSA")) == 1
         assert asked.count(("_25._tcp.gone.cache.test", "TLSA")) == 1
         assert asked.count(("mx.cache.test", "A")) == 2
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_damaged_certificates_never_raise(pki, data) -> None:
+    """Bytes of the real leaf changed here and there: the parser may refuse them or read something else,
+    but verify answers a failure (a change inside the signed part breaks the match) and never raises."""
+    leaf = bytearray(pki["leaf"][0])
+    for _ in range(data.draw(st.integers(1, 4))):
+        leaf[data.draw(st.integers(0, len(leaf) - 1))] = data.draw(st.integers(0, 255))
+    chain = [bytes(leaf), pki["leaf"][1]]
+    cut = data.draw(st.integers(0, len(leaf)))
+    record = tlsa(3, 0, 1, pki["leaf"][0])
+    for presented in (chain, [bytes(leaf)[:cut]]):
+        result = dane.verify(found(record, tlsa(2, 0, 1, pki["inter"])), presented, HOST)
+        if bytes(leaf) != pki["leaf"][0]:
+            assert result is not None

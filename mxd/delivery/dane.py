@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cryptography.x509 import verification
 
@@ -92,9 +93,12 @@ def _failure(result_type: str, text: str) -> "TlsFailure":
     return TlsFailure(result_type, text)
 
 
-def _is_ip(host: str) -> bool:
+def _is_address(host: str) -> bool:
+    """An address literal ("[192.0.2.1]", "[IPv6:...]") or an MX naming an address: no TLSA base domain."""
+    if host.startswith("["):
+        return True
     try:
-        ipaddress.ip_address(host.strip("[]"))
+        ipaddress.ip_address(host)
         return True
     except ValueError:
         return False
@@ -108,7 +112,7 @@ async def lookup(resolver: Resolver, domain: str, host: str, port: int) -> Looku
     known to be signed is a failure: the host is not used, and mail is never sent in clear to it."""
     host = host.lower().rstrip(".")
     found = Lookup(host, port=port)
-    if not host or host == "." or _is_ip(host):
+    if not host or host == "." or _is_address(host):
         return found                         # an address literal or an MX naming an address: no TLSA base domain
     try:
         if not await resolver.asecure(domain, "MX"):
@@ -141,7 +145,7 @@ def _selected(cert: x509.Certificate, der: bytes, selector: int) -> bytes:
 def _matches(record: Tlsa, cert: x509.Certificate, der: bytes) -> bool:
     try:
         data = _selected(cert, der, record.selector)
-    except (ValueError, TypeError):          # a key type cryptography cannot re-encode
+    except (ValueError, TypeError, UnsupportedAlgorithm):     # a key type cryptography cannot read
         return False
     if record.mtype == SHA256:
         data = hashlib.sha256(data).digest()
@@ -172,7 +176,16 @@ def verify(lookup: Lookup, chain: list[bytes], host: str) -> "TlsFailure | None"
 
     DANE-EE (3): the leaf certificate or its public key matches; names and dates are not checked
     (RFC 7672 3.1.1). DANE-TA (2): a certificate of the chain matches, and the leaf chains up to it
-    with valid dates and the MX host name among its DNS names (RFC 7672 3.1.2, 3.2)."""
+    with valid dates and the MX host name among its DNS names (RFC 7672 3.1.2, 3.2). The chain comes
+    from the peer: whatever it holds ends in a failure, never an exception."""
+    try:
+        return _verify(lookup, chain, host)
+    except Exception as exc:                 # a certificate that breaks the parser authenticates nothing
+        return _failure("validation-failure", f"the certificate chain of {host} cannot be checked against "
+                                              f"{lookup.name}: {type(exc).__name__}: {exc}")
+
+
+def _verify(lookup: Lookup, chain: list[bytes], host: str) -> "TlsFailure | None":
     records = [r for r in lookup.records if r.usable]
     named = "; ".join(r.text() for r in records) or "none"
     if not chain:
