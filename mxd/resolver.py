@@ -43,6 +43,7 @@ class Resolver(Protocol):
     async def aaaaa(self, name: str) -> list[str]: ...
     async def atlsa(self, name: str) -> tuple[list[TlsaRecord], bool]: ...
     async def asecure(self, name: str, rdtype: str) -> bool: ...
+    async def acanonical(self, name: str) -> tuple[str, bool]: ...
 
 
 TlsaRecord = tuple[int, int, int, bytes]
@@ -130,7 +131,7 @@ class DNSPythonResolver:
         self._dnssec.use_search_by_default = False
         self._dnssec.use_edns(0, dns.flags.DO, 1232)
         self._dnssec.flags = dns.flags.RD | dns.flags.AD
-        self._secure: dict[tuple[str, str], tuple[float, list, bool]] = {}
+        self._secure: dict[tuple[str, str], tuple[float, list, bool, str]] = {}
 
     def _cached(self, key: tuple[str, str]) -> list | None:
         hit = self._front.get(key)
@@ -204,41 +205,50 @@ class DNSPythonResolver:
     async def aaaaa(self, name: str) -> list[str]:
         return await self._aquery(name, "AAAA")
 
-    async def _dnssec_query(self, name: str, rdtype: str) -> tuple[list, bool]:
-        """(records, secure); NXDOMAIN and NODATA are ([], secure of the denial); SERVFAIL (a bogus
-        answer, when the resolver validates) and timeouts raise DNSError. Cached for the answer's TTL,
-        or a negative answer's (RFC 2308), at most an hour."""
+    async def _dnssec_query(self, name: str, rdtype: str) -> tuple[list, bool, str]:
+        """(records, secure, canonical name); NXDOMAIN and NODATA are ([], secure of the denial, name);
+        SERVFAIL (a bogus answer, when the resolver validates) and timeouts raise DNSError. Cached for
+        the answer's TTL, or a negative answer's (RFC 2308), at most an hour."""
         key = (name.lower(), rdtype)
         hit = self._secure.get(key)
         if hit is not None and hit[0] > time.monotonic():
-            return hit[1], hit[2]
+            return hit[1], hit[2], hit[3]
         response: Any = None
+        canonical = name.lower().rstrip(".")
         try:
             answer = await self._dnssec.resolve(name, rdtype, raise_on_no_answer=False, search=False)
             response = answer.response
             records = _convert(rdtype, answer.rrset or [])
             ttl = answer.rrset.ttl if answer.rrset is not None else _negative_ttl(response)
+            canonical = _host(answer.canonical_name)
         except dns.resolver.NXDOMAIN as e:
             responses = e.responses()
             response = next(iter(responses.values()), None) if responses else None
             records, ttl = [], _negative_ttl(response)
         except Exception as e:
-            return self._failure(name, rdtype, e), False
+            return self._failure(name, rdtype, e), False, canonical
         secure = bool(response is not None and response.flags & dns.flags.AD)
         if ttl > 0 and self._front_size:
             if len(self._secure) >= self._front_size:
                 self._secure.clear()
-            self._secure[key] = (time.monotonic() + min(ttl, 3600), records, secure)
-        return records, secure
+            self._secure[key] = (time.monotonic() + min(ttl, 3600), records, secure, canonical)
+        return records, secure, canonical
 
     async def atlsa(self, name: str) -> tuple[list[TlsaRecord], bool]:
         """The TLSA records at name (RFC 6698) and whether the answer was DNSSEC-validated (AD)."""
-        return await self._dnssec_query(name, "TLSA")
+        records, secure, _ = await self._dnssec_query(name, "TLSA")
+        return records, secure
 
     async def asecure(self, name: str, rdtype: str) -> bool:
         """Whether the RRset (or its denial) at name was DNSSEC-validated: the secure MX RRset and
         address records RFC 7672 2.2 requires before TLSA records are looked up."""
         return (await self._dnssec_query(name, rdtype))[1]
+
+    async def acanonical(self, name: str) -> tuple[str, bool]:
+        """The name its CNAME chain leads to (itself without one), from its A lookup, and whether that
+        answer was secure: RFC 7672 2.2.2's CNAME-expanded TLSA base domain."""
+        _, secure, canonical = await self._dnssec_query(name, "A")
+        return canonical, secure
 
 
 def make_resolver(nameservers: list[str], timeout: float = 5.0, cache_size: int = 4096) -> Resolver:
@@ -324,3 +334,17 @@ class StaticResolver:
     async def asecure(self, name: str, rdtype: str) -> bool:
         self._lookup(name, rdtype)          # a failing name raises DNSError, as the real lookup would
         return self._is_secure(name)
+
+    async def acanonical(self, name: str) -> tuple[str, bool]:
+        secure = self._is_secure(name)
+        name = name.lower().rstrip(".")
+        for _ in range(9):
+            entry = self.zone.get(name)
+            if isinstance(entry, str):
+                raise DNSError(f"A {name}: {entry}")
+            if not isinstance(entry, dict) or "CNAME" not in entry:
+                return name, secure
+            target = entry["CNAME"]
+            name = (target[0] if isinstance(target, (list, tuple)) else target).lower().rstrip(".")
+            secure = secure and self._is_secure(name)
+        raise DNSError(f"A {name}: CNAME loop")

@@ -106,6 +106,16 @@ def test_dane_ta_checks_the_host_name(pki) -> None:
     assert "mx.elsewhere.test" in failure.text and HOST in failure.text
 
 
+def test_dane_ta_accepts_the_tlsa_base_domain_of_an_alias(pki) -> None:
+    # the MX host mx-alias.dane.test is a CNAME for HOST, whose TLSA records were used (RFC 7672 3.2.2)
+    lookup = Lookup("mx-alias.dane.test", [tlsa(2, 0, 1, pki["inter"])], True, port=25, secure=True, base=HOST)
+    assert lookup.name == f"_25._tcp.{HOST}" and lookup.reference_names() == [HOST, "mx-alias.dane.test"]
+    assert dane.verify(lookup, pki["leaf"], "mx-alias.dane.test") is None
+    lookup.base = "mx-other.dane.test"
+    failure = dane.verify(lookup, pki["leaf"], "mx-alias.dane.test")
+    assert failure is not None and failure.result_type == "certificate-host-mismatch"
+
+
 def test_dane_ta_checks_dates_and_signatures(pki) -> None:
     failure = dane.verify(found(tlsa(2, 0, 1, pki["inter"])), pki["expired"], HOST)
     assert failure is not None and failure.result_type == "validation-failure"
@@ -160,6 +170,10 @@ SIGNED_ZONE = {
     "_25._tcp.mx-bogus.signed.test": "SERVFAIL",
     "badmx.signed.test": "SERVFAIL",
     "cross.signed.test": {"MX": [(10, "mx.plain.test")]},
+    "alias.signed.test": {"MX": [(10, "mx-alias.signed.test")]},
+    "mx-alias.signed.test": {"CNAME": "mx.signed.test"},
+    "mx-alias2.signed.test": {"CNAME": "mx-bare.signed.test"},
+    "_25._tcp.mx-alias2.signed.test": {"TLSA": [(3, 1, 1, "cc" * 32)]},
     # an unsigned domain whose MX host is in the signed zone, and the other way round
     "plain.test": {"MX": [(10, "mx.signed.test")]},
     "mx.plain.test": {"A": ["127.0.0.6"]},
@@ -191,6 +205,12 @@ async def test_lookup_decisions() -> None:
     # RFC 7672 2.2.1: an MX host name from an insecure MX lookup has no DANE, whatever its zone says
     got = await dane.lookup(r, "plain.test", "mx.signed.test", 25)
     assert not got.usable and not got.secure and got.failure is None
+    # an alias: its target's TLSA records first (RFC 7672 2.2.2) ...
+    got = await dane.lookup(r, "alias.signed.test", "mx-alias.signed.test", 25)
+    assert got.usable and got.base == "mx.signed.test" and got.name == "_25._tcp.mx.signed.test"
+    # ... then its own when the target has none
+    got = await dane.lookup(r, "alias.signed.test", "mx-alias2.signed.test", 25)
+    assert got.usable and got.base == "" and got.policy_strings() == ["3 1 1 " + "cc" * 32]
     # a secure MX naming a host in an unsigned zone (insecure address records, RFC 7672 2.2.2): no DANE
     got = await dane.lookup(r, "cross.signed.test", "mx.plain.test", 25)
     assert not got.usable and not got.secure and got.failure is None
@@ -239,6 +259,7 @@ def dnssec(tmp_path_factory) -> Iterator[DnssecPeer]:
         f"_25._tcp.mx.dane.test. TLSA 2 0 1 {'cd' * 32}",
         f"_25._tcp.bogus.dane.test. TLSA 3 1 1 {'ef' * 32}",
         "bogus.dane.test. A 127.0.0.3",
+        "alias.dane.test. CNAME mx.dane.test.",
     ], tamper=[("_25._tcp.bogus.dane.test", "TLSA")])
     peer.zone("plain.test", ["plain.test. MX 10 mx.plain.test.", "mx.plain.test. A 127.0.0.4",
                              f"_25._tcp.mx.plain.test. TLSA 3 1 1 {'ab' * 32}"], signed=False)
@@ -267,6 +288,8 @@ async def test_lookup_through_unbound(dnssec: DnssecPeer) -> None:
     r = make_resolver([dnssec.nameserver], timeout=2)
     got = await dane.lookup(r, "dane.test", "mx.dane.test", 25)
     assert got.usable and got.secure and len(got.records) == 2
+    got = await dane.lookup(r, "dane.test", "alias.dane.test", 25)
+    assert got.usable and got.base == "mx.dane.test" and await r.acanonical("alias.dane.test") == ("mx.dane.test", True)
     got = await dane.lookup(r, "dane.test", "bogus.dane.test", 25)
     assert got.failure is not None and got.failure.result_type == "dnssec-invalid"
     got = await dane.lookup(r, "plain.test", "mx.plain.test", 25)
@@ -290,6 +313,7 @@ async def test_dnssec_answers_are_cached_for_their_ttl_apart_from_plain_ones() -
         assert asked.count(("mx.cache.test", "A")) == 2
 
 
+@pytest.mark.filterwarnings("ignore::cryptography.utils.CryptographyDeprecationWarning")
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_damaged_certificates_never_raise(pki, data) -> None:

@@ -66,17 +66,23 @@ class Tlsa:
 class Lookup:
     """The TLSA records of one MX host. `usable`: secure records with a usage we support (DANE applies).
     `failure`: a bogus answer or a failed lookup of a host that must use DANE (do not deliver to it).
-    `secure`: a DNSSEC-validated, non-empty TLSA RRset was found (TLS is mandatory, RFC 7672 2.2)."""
+    `secure`: a DNSSEC-validated, non-empty TLSA RRset was found (TLS is mandatory, RFC 7672 2.2).
+    `base`: the TLSA base domain when it is not the host name (the host's secure CNAME target, 2.2.2)."""
     host: str
     records: list[Tlsa] = field(default_factory=list)
     usable: bool = False
     failure: "TlsFailure | None" = None
     port: int = 25
     secure: bool = False
+    base: str = ""
 
     @property
     def name(self) -> str:
-        return f"_{self.port}._tcp.{self.host}"
+        return f"_{self.port}._tcp.{self.base or self.host}"
+
+    def reference_names(self) -> list[str]:
+        """The names a DANE-TA certificate may carry (RFC 7672 3.2.2): the TLSA base domain and the MX host."""
+        return list(dict.fromkeys(n for n in (self.base, self.host) if n))
 
     def describe(self) -> str:
         if self.usable:
@@ -108,8 +114,10 @@ async def lookup(resolver: Resolver, domain: str, host: str, port: int) -> Looku
     """The TLSA records of host's SMTP service (RFC 7672 2.2).
 
     TLSA records count only when the MX RRset of `domain` (RFC 7672 2.2.1) and the address records of
-    `host` (2.2.2) are secure too; an insecure step means no DANE. A failed lookup once the domain is
-    known to be signed is a failure: the host is not used, and mail is never sent in clear to it."""
+    `host` (2.2.2) are secure too; an insecure step means no DANE. When host is an alias with a secure
+    CNAME chain, the TLSA records of its target come first, then the host's own (2.2.2). A failed lookup
+    once the domain is known to be signed is a failure: the host is not used, and mail is never sent in
+    clear to it."""
     host = host.lower().rstrip(".")
     found = Lookup(host, port=port)
     if not host or host == "." or _is_address(host):
@@ -123,12 +131,20 @@ async def lookup(resolver: Resolver, domain: str, host: str, port: int) -> Looku
     try:
         if not (await resolver.asecure(host, "A") or await resolver.asecure(host, "AAAA")):
             return found
-        rows, secure = await resolver.atlsa(found.name)
+        canonical, chain_secure = await resolver.acanonical(host)
+        rows: list = []
+        secure = False
+        for base in ([canonical] if chain_secure and canonical != host else []) + [host]:
+            found.base = base if base != host else ""
+            rows, secure = await resolver.atlsa(found.name)
+            if secure and rows:
+                break
     except DNSError as exc:
         found.failure = _failure("dnssec-invalid", f"DNSSEC lookup for {found.name} failed (bogus or "
                                                    f"unreachable, RFC 7672 2.1.1): {exc}")
         return found
     if not secure or not rows:
+        found.base = ""
         return found
     found.records = [Tlsa(*row) for row in rows]
     found.secure = True
@@ -206,16 +222,20 @@ def _verify(lookup: Lookup, chain: list[bytes], host: str) -> "TlsFailure | None
         return _failure("validation-failure", f"the certificate chain of {host} matches none of the TLSA records "
                                               f"at {lookup.name}: {named}")
     host = host.lower().rstrip(".")
-    try:
-        verifier = (verification.PolicyBuilder().store(verification.Store(anchors))
-                    .extension_policies(ca_policy=_CA_POLICY, ee_policy=_EE_POLICY)
-                    .build_server_verifier(verification.DNSName(host)))
-        verifier.verify(leaf, [cert for cert, _ in certs[1:]])
-    except (verification.VerificationError, ValueError) as exc:
-        if not any(_name_matches(n, host) for n in _names(leaf)):
-            return _failure("certificate-host-mismatch",
-                            f"the certificate of {host} (names: {', '.join(_names(leaf)) or 'none'}) does not name "
-                            f"{host}, as DANE-TA at {lookup.name} requires")
-        return _failure("validation-failure", f"the certificate of {host} does not chain to the DANE-TA trust anchor "
-                                              f"at {lookup.name} ({named}): {exc}")
-    return None
+    references = list(dict.fromkeys([*lookup.reference_names(), host]))
+    error: Exception | None = None
+    for name in references:
+        try:
+            verifier = (verification.PolicyBuilder().store(verification.Store(anchors))
+                        .extension_policies(ca_policy=_CA_POLICY, ee_policy=_EE_POLICY)
+                        .build_server_verifier(verification.DNSName(name)))
+            verifier.verify(leaf, [cert for cert, _ in certs[1:]])
+            return None
+        except (verification.VerificationError, ValueError) as exc:
+            error = exc
+    if not any(_name_matches(n, ref) for n in _names(leaf) for ref in references):
+        return _failure("certificate-host-mismatch",
+                        f"the certificate of {host} (names: {', '.join(_names(leaf)) or 'none'}) names none of "
+                        f"{', '.join(references)}, as DANE-TA at {lookup.name} requires")
+    return _failure("validation-failure", f"the certificate of {host} does not chain to the DANE-TA trust anchor "
+                                          f"at {lookup.name} ({named}): {error}")
