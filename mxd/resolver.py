@@ -3,6 +3,11 @@
 Every lookup answers a plain list: NXDOMAIN and NODATA are an empty list, a
 temporary failure (SERVFAIL, timeout, no reachable nameserver) raises
 `DNSError`, which callers map to "temperror" (RFC 7208 2.6.6, RFC 8601 2.7).
+
+The DNSSEC-aware lookups (`atlsa`, `asecure`, for DANE) also say whether the answer is secure: the
+configured resolver set the AD bit on it (RFC 4035 3.2.3, RFC 6840 5.7), which only a validating
+resolver on the host should be trusted to do (RFC 7672 8.1, as Postfix does). A bogus answer is a
+SERVFAIL from such a resolver, so it raises DNSError like any temporary failure.
 """
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ from typing import Any, Mapping, Protocol
 
 import dns.asyncresolver
 import dns.exception
+import dns.flags
 import dns.name
 import dns.nameserver
 import dns.rdatatype
@@ -35,6 +41,13 @@ class Resolver(Protocol):
     async def amx(self, name: str) -> list[tuple[int, str]]: ...
     async def aa(self, name: str) -> list[str]: ...
     async def aaaaa(self, name: str) -> list[str]: ...
+    async def atlsa(self, name: str) -> tuple[list[TlsaRecord], bool]: ...
+    async def asecure(self, name: str, rdtype: str) -> bool: ...
+    async def acanonical(self, name: str) -> tuple[str, bool]: ...
+
+
+TlsaRecord = tuple[int, int, int, bytes]
+"""A TLSA record (RFC 6698 2.1): usage, selector, matching type, certificate association data."""
 
 
 def _host(name: Any) -> str:
@@ -51,7 +64,17 @@ def _convert(rdtype: str, rrset: Any) -> list:
         return sorted((r.preference, _host(r.exchange)) for r in rrset)
     if rdtype == "PTR":
         return [_host(r.target) for r in rrset]
+    if rdtype == "TLSA":
+        return [(r.usage, r.selector, r.mtype, bytes(r.cert)) for r in rrset]
     return [r.address for r in rrset]
+
+
+def _negative_ttl(response: Any) -> int:
+    """How long a negative answer may be cached (RFC 2308 5): the SOA's TTL bounded by its minimum."""
+    for rrset in getattr(response, "authority", None) or []:
+        if rrset.rdtype == dns.rdatatype.SOA and len(rrset):
+            return min(rrset.ttl, rrset[0].minimum)
+    return 0
 
 
 def _reverse(ip: str) -> str | None:
@@ -100,6 +123,15 @@ class DNSPythonResolver:
             r.use_search_by_default = False
         self._front: dict[tuple[str, str], tuple[float, list]] = {}
         self._front_size = cache_size
+        # DNSSEC-aware lookups ask with the DO bit and AD (RFC 6840 5.7) through a resolver of their own:
+        # dnspython's cache does not key on flags, and the plain lookups' answers carry no AD.
+        self._dnssec = dns.asyncresolver.Resolver(configure=False)
+        self._dnssec.nameservers = servers
+        self._dnssec.lifetime, self._dnssec.timeout = self._async.lifetime, self._async.timeout
+        self._dnssec.use_search_by_default = False
+        self._dnssec.use_edns(0, dns.flags.DO, 1232)
+        self._dnssec.flags = dns.flags.RD | dns.flags.AD
+        self._secure: dict[tuple[str, str], tuple[float, list, bool, str]] = {}
 
     def _cached(self, key: tuple[str, str]) -> list | None:
         hit = self._front.get(key)
@@ -173,6 +205,51 @@ class DNSPythonResolver:
     async def aaaaa(self, name: str) -> list[str]:
         return await self._aquery(name, "AAAA")
 
+    async def _dnssec_query(self, name: str, rdtype: str) -> tuple[list, bool, str]:
+        """(records, secure, canonical name); NXDOMAIN and NODATA are ([], secure of the denial, name);
+        SERVFAIL (a bogus answer, when the resolver validates) and timeouts raise DNSError. Cached for
+        the answer's TTL, or a negative answer's (RFC 2308), at most an hour."""
+        key = (name.lower(), rdtype)
+        hit = self._secure.get(key)
+        if hit is not None and hit[0] > time.monotonic():
+            return hit[1], hit[2], hit[3]
+        response: Any = None
+        canonical = name.lower().rstrip(".")
+        try:
+            answer = await self._dnssec.resolve(name, rdtype, raise_on_no_answer=False, search=False)
+            response = answer.response
+            records = _convert(rdtype, answer.rrset or [])
+            ttl = answer.rrset.ttl if answer.rrset is not None else _negative_ttl(response)
+            canonical = _host(answer.canonical_name)
+        except dns.resolver.NXDOMAIN as e:
+            responses = e.responses()
+            response = next(iter(responses.values()), None) if responses else None
+            records, ttl = [], _negative_ttl(response)
+        except Exception as e:
+            return self._failure(name, rdtype, e), False, canonical
+        secure = bool(response is not None and response.flags & dns.flags.AD)
+        if ttl > 0 and self._front_size:
+            if len(self._secure) >= self._front_size:
+                self._secure.clear()
+            self._secure[key] = (time.monotonic() + min(ttl, 3600), records, secure, canonical)
+        return records, secure, canonical
+
+    async def atlsa(self, name: str) -> tuple[list[TlsaRecord], bool]:
+        """The TLSA records at name (RFC 6698) and whether the answer was DNSSEC-validated (AD)."""
+        records, secure, _ = await self._dnssec_query(name, "TLSA")
+        return records, secure
+
+    async def asecure(self, name: str, rdtype: str) -> bool:
+        """Whether the RRset (or its denial) at name was DNSSEC-validated: the secure MX RRset and
+        address records RFC 7672 2.2 requires before TLSA records are looked up."""
+        return (await self._dnssec_query(name, rdtype))[1]
+
+    async def acanonical(self, name: str) -> tuple[str, bool]:
+        """The name its CNAME chain leads to (itself without one), from its A lookup, and whether that
+        answer was secure: RFC 7672 2.2.2's CNAME-expanded TLSA base domain."""
+        _, secure, canonical = await self._dnssec_query(name, "A")
+        return canonical, secure
+
 
 def make_resolver(nameservers: list[str], timeout: float = 5.0, cache_size: int = 4096) -> Resolver:
     """A dnspython resolver asking `nameservers` ("host", "host:port", "[v6]:port"); empty = /etc/resolv.conf."""
@@ -186,10 +263,13 @@ class StaticResolver:
      "broken.example": "SERVFAIL"}. A TXT entry may be a list of strings (one RR,
     several character-strings); a "CNAME" entry (one target) is followed; PTR
     records live under the reverse name or under the IP address itself.
+    TLSA records are (usage, selector, matching type, data as bytes or hex). Answers are insecure
+    (no AD) unless their name is in or under one of the `secure` zones.
     """
 
-    def __init__(self, zone: Mapping[str, Any] | None = None) -> None:
+    def __init__(self, zone: Mapping[str, Any] | None = None, secure: tuple[str, ...] | list[str] = ()) -> None:
         self.zone: dict[str, Any] = {k.lower().rstrip("."): v for k, v in (zone or {}).items()}
+        self.secure_zones = [z.lower().rstrip(".") for z in secure]
         self.queries: list[tuple[str, str]] = []
 
     def _lookup(self, name: str, rdtype: str) -> list:
@@ -241,3 +321,30 @@ class StaticResolver:
 
     async def aaaaa(self, name: str) -> list[str]:
         return self.aaaa(name)
+
+    def _is_secure(self, name: str) -> bool:
+        name = name.lower().rstrip(".")
+        return any(name == z or name.endswith("." + z) for z in self.secure_zones)
+
+    async def atlsa(self, name: str) -> tuple[list[TlsaRecord], bool]:
+        found = [(int(u), int(s), int(m), d if isinstance(d, bytes) else bytes.fromhex(d))
+                 for u, s, m, d in self._lookup(name, "TLSA")]
+        return found, self._is_secure(name)
+
+    async def asecure(self, name: str, rdtype: str) -> bool:
+        self._lookup(name, rdtype)          # a failing name raises DNSError, as the real lookup would
+        return self._is_secure(name)
+
+    async def acanonical(self, name: str) -> tuple[str, bool]:
+        secure = self._is_secure(name)
+        name = name.lower().rstrip(".")
+        for _ in range(9):
+            entry = self.zone.get(name)
+            if isinstance(entry, str):
+                raise DNSError(f"A {name}: {entry}")
+            if not isinstance(entry, dict) or "CNAME" not in entry:
+                return name, secure
+            target = entry["CNAME"]
+            name = (target[0] if isinstance(target, (list, tuple)) else target).lower().rstrip(".")
+            secure = secure and self._is_secure(name)
+        raise DNSError(f"A {name}: CNAME loop")

@@ -8,6 +8,7 @@ for pair in postfix:postfix swaks:swaks opendkim-testmsg:opendkim-tools nsd:nsd 
     command -v "${pair%%:*}" >/dev/null 2>&1 || [ -x "/usr/sbin/${pair%%:*}" ] || need+=("${pair#*:}")
 done
 perl -MNet::SSLeay -e1 >/dev/null 2>&1 || need+=(libnet-ssleay-perl)     # swaks --tls
+for pair in unbound:unbound ldns-signzone:ldnsutils; do command -v "${pair%%:*}" >/dev/null 2>&1 || [ -x "/usr/sbin/${pair%%:*}" ] || need+=("${pair#*:}"); done   # DANE: validating resolver, zone signing
 if [ ${#need[@]} -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     echo 'postfix postfix/main_mailer_type select No configuration' | debconf-set-selections

@@ -91,6 +91,11 @@ class TransportPolicy:
                 # RFC 7672 2.1.1: a bogus or failed TLSA lookup means the host must not be used
                 return HostPlan(host, "required", refuse=tlsa.failure, enforce=True,
                                 applied=Applied("dane", "enforce", host, tlsa.failure.text, "tlsa", [], dplan.domain))
+            if tlsa.secure:
+                # RFC 7672 2.2: secure TLSA records, none usable: TLS stays mandatory, unauthenticated
+                return HostPlan(host, "required", None, None, enforce=True,
+                                applied=Applied("dane", "enforce", host, tlsa.describe(), "tlsa",
+                                                tlsa.policy_strings(), dplan.domain))
         sts = dplan.sts
         if sts is not None and sts.mode in ("enforce", "testing"):
             enforce = sts.mode == "enforce"
