@@ -29,6 +29,7 @@ from mxd.service import directory as directory_service
 from mxd.store import open_store, tls_results
 from mxd.store.directory import Directory
 from mxd.store.models import Domain, Inbound, QueueEntry, TlsReportSent, TlsResult
+from mxd.tls_reporter import JITTER, RETRY, TlsReporter, until_next_pass
 from mxd.tlsreport import Result
 from tests.support.store import db, sqlite_url  # noqa: F401 (fixture)
 
@@ -354,3 +355,18 @@ async def test_old_results_are_pruned_and_a_bad_day_is_refused(sending):
     with pytest.raises(MxdError) as caught:
         await tls_reports.send_reports(s, day="last tuesday")
     assert caught.value.code == "bad_request"
+
+
+async def test_the_daily_pass_sends_and_sleeps_until_after_next_midnight(sending):
+    s = sending
+    now = time.time()
+    _note(s.db, utc_day(now - 86400), "peer.test", 3)
+    reporter = TlsReporter(s)
+    wait = await reporter.run_once()
+    assert await s.db.read(lambda: [(r.policy_domain, r.outcome) for r in TlsReportSent.select()]) == [
+        ("peer.test", "queued")]
+    to_midnight = 86400 - time.time() % 86400
+    assert wait is not None and JITTER[0] - 5 <= wait - to_midnight <= JITTER[1] + 5
+    assert until_next_pass(86400 * 10 + 3600, 600) == 86400 - 3600 + 600
+    _note(s.db, utc_day(now - 86400), "down.test")
+    assert await reporter.run_once() == RETRY                   # DNS failed: again in an hour, not tomorrow

@@ -5,6 +5,8 @@ report mail and its reports reader records the numbers that were sent."""
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 import time
 
 import pytest
@@ -127,3 +129,6 @@ def test_report_is_sent_dkim_verified_and_read_by_the_second_mxd(world):
 
     r = sender.api("POST", "/api/tls-reports/send", json={"day": "03/12/2026"})
     assert r.status_code == 400 and r.json()["error"]["code"] == "bad_request"
+    cli = subprocess.run([sys.executable, "-m", "mxd.cli", "tls-reports", "send", "--day", day, "--url", sender.url(""),
+                          "--token", sender.admin_token], env=sender.env, capture_output=True, text=True, timeout=60)
+    assert cli.returncode == 0 and cli.stdout.strip() == "no TLS report was due", cli.stdout + cli.stderr
