@@ -180,7 +180,8 @@ def compressed(report: dict) -> bytes:
 def message(report: dict, domain: str, submitter: str, from_addr: str, to: list[str], message_id: str,
             now: float | None = None) -> bytes:
     """The report as mail: multipart/report; report-type="tlsrpt" with a text part and the gzipped
-    JSON as application/tlsrpt+gzip, TLS-Report-Domain and TLS-Report-Submitter, and the subject 5.3 asks."""
+    JSON as application/tlsrpt+gzip, TLS-Report-Domain and TLS-Report-Submitter, the subject 5.3 asks, and
+    TLS-Required: No."""
     rid = report["report-id"]
     msg = EmailMessage()
     msg["From"] = from_addr
@@ -190,6 +191,9 @@ def message(report: dict, domain: str, submitter: str, from_addr: str, to: list[
     msg["Message-ID"] = message_id
     msg["TLS-Report-Domain"] = domain
     msg["TLS-Report-Submitter"] = submitter
+    # RFC 8460 5.3: a report is delivered despite TLS failures (it is how the domain learns of them);
+    # RFC 8689 5 is the way a message says so to the MTAs that carry it
+    msg["TLS-Required"] = "No"
     total_ok = sum(p["summary"]["total-successful-session-count"] for p in report["policies"])
     total_failed = sum(p["summary"]["total-failure-session-count"] for p in report["policies"])
     msg.set_content(

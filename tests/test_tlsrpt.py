@@ -31,7 +31,8 @@ from mxd.store.directory import Directory
 from mxd.store.models import Domain, Inbound, QueueEntry, TlsReportSent, TlsResult
 from mxd.tls_reporter import JITTER, RETRY, TlsReporter, until_next_pass
 from mxd.tlsreport import Result
-from tests.support.store import db, sqlite_url  # noqa: F401 (fixture)
+from tests.support.pg import fresh_database
+from tests.support.store import db, sqlite_url, started_store  # noqa: F401 (fixture)
 
 # RFC 8460 4.4 (with erratum 6241: mx-host is a list) and 4.3's result types, as JSON Schema.
 RFC8460_SCHEMA = {
@@ -244,6 +245,7 @@ def test_report_mail_is_a_tlsrpt_multipart_report_the_reports_reader_reads():
     msg = email.message_from_bytes(raw, policy=email.policy.default)
     assert msg.get_content_type() == "multipart/report" and msg.get_param("report-type") == "tlsrpt"
     assert msg["TLS-Report-Domain"] == "peer.test" and msg["TLS-Report-Submitter"] == "mx.example.test"
+    assert msg["TLS-Required"] == "No"
     assert msg["Subject"] == ("Report Domain: peer.test Submitter: mx.example.test "
                               "Report-ID: <2026-03-04T00:00:00Z_peer.test@mx.example.test>")
     assert msg["From"] == "tls-reports@example.test" and msg["To"] == "tlsrpt@peer.test, ops@peer.test"
@@ -370,3 +372,23 @@ async def test_the_daily_pass_sends_and_sleeps_until_after_next_midnight(sending
     assert until_next_pass(86400 * 10 + 3600, 600) == 86400 - 3600 + 600
     _note(s.db, utc_day(now - 86400), "down.test")
     assert await reporter.run_once() == RETRY                   # DNS failed: again in an hour, not tomorrow
+
+
+@pytest.mark.slow
+async def test_rows_add_up_and_a_claim_holds_on_postgresql():
+    """The upsert-increment and the claim on PostgreSQL, where several nodes share one store."""
+    with fresh_database("mxd_tlsrpt") as url, started_store(url) as database:
+        one, two = TlsTally(database), TlsTally(database)          # two nodes' tallies
+        for tally in (one, two, one):
+            tally.note(_applied(), "192.0.2.1")
+            tally.note(_applied(), "192.0.2.1", "certificate-expired", "expired")
+            await tally.flush()
+        today = utc_day(time.time())
+        found = await database.read(tls_results.of_day, "peer.test", today)
+        assert [(r.result_type, r.count, r.policy_string, r.detail) for r in found] == [
+            ("", 3, STS, ""), ("certificate-expired", 3, STS, "expired")]
+        assert await database.read(tls_results.unreported, [today]) == [("peer.test", today)]
+        assert await database.write(tls_results.claim, "peer.test", today)
+        assert not await database.write(tls_results.claim, "peer.test", today)
+        assert await database.read(tls_results.unreported, [today]) == []
+        assert await database.write(tls_results.prune, "9999-01-01") == 2

@@ -8,8 +8,9 @@ import time
 from dataclasses import dataclass
 from typing import Iterable
 
-from peewee import EXCLUDED, fn
+from peewee import EXCLUDED, IntegrityError, fn
 
+from mxd.db import proxy
 from mxd.store.models import TlsReportSent, TlsResult
 from mxd.tlsreport import Result
 
@@ -74,7 +75,11 @@ def claim(domain: str, day: str, now: float | None = None) -> bool:
         if row.outcome != "sending" or row.sent_at > now - CLAIM_SECONDS:
             return False
         row.delete_instance()
-    TlsReportSent.create(policy_domain=domain, day=day, sent_at=now, outcome="sending")
+    try:
+        with proxy.atomic():          # a savepoint: when another node claimed it first, only this insert fails
+            TlsReportSent.create(policy_domain=domain, day=day, sent_at=now, outcome="sending")
+    except IntegrityError:
+        return False
     return True
 
 
