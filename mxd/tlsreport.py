@@ -46,20 +46,19 @@ class Result:
 
 # ---------------------------------------------------------------- the reporting policy (RFC 8460 3)
 _WSP = " \t"
+_VERSION = re.compile(r"v=TLSRPTv1[ \t]*;")      # tlsrpt-version field-delim: case-sensitive (%s)
 
 
 def parse_record(txts: list[str]) -> list[str] | None:
     """The rua URIs of a domain's `_smtp._tls` TXT answers, or None when it has no usable TLSRPT policy.
 
-    RFC 8460 3: records not starting with "v=TLSRPTv1" are discarded; other than exactly one left means
+    RFC 8460 3: records not starting with "v=TLSRPTv1;" are discarded; other than exactly one left means
     no policy; fields are separated by ";" with optional white space; rua= is a comma list of URIs (which
     cannot hold "," or "!"); a record without rua is no policy."""
-    records = [t for t in txts if isinstance(t, str) and t.startswith("v=TLSRPTv1")]
+    records = [t for t in txts if isinstance(t, str) and _VERSION.match(t)]
     if len(records) != 1:
         return None
     fields = [f.strip(_WSP) for f in records[0][:MAX_RECORD].split(";")]
-    if fields[0] != "v=TLSRPTv1":
-        return None                 # "v=TLSRPTv10" or "v=TLSRPTv1 x": another version, or no field delimiter
     rua = None
     for field in fields[1:]:
         if field.startswith("rua="):
@@ -201,7 +200,8 @@ def message(report: dict, domain: str, submitter: str, from_addr: str, to: list[
         f"for the domain {domain}, covering {report['date-range']['start-datetime']}\n"
         f"to {report['date-range']['end-datetime']}: {total_ok} successful and {total_failed} failed\n"
         "TLS sessions. The report is attached.\n", cte="7bit")
-    msg.add_attachment(compressed(report), maintype="application", subtype="tlsrpt+gzip",
+    maintype, subtype = MEDIA_TYPE.split("/")
+    msg.add_attachment(compressed(report), maintype=maintype, subtype=subtype,
                        filename=filename(submitter, domain, report))
     msg.set_type("multipart/report")
     msg.set_param("report-type", "tlsrpt")

@@ -152,6 +152,8 @@ async def test_flush_all_writes_every_tally_of_a_store(db):  # noqa: F811
     (["v=TLSRPTv1; rua=mailto:a@peer.test", "v=TLSRPTv1; rua=mailto:b@peer.test"], None),   # two records: none
     (["v=TLSRPTv1"], None),                                     # no rua
     (["v=TLSRPTv10; rua=mailto:a@peer.test"], None),            # another version
+    (["v=TLSRPTv10; rua=mailto:b@peer.test", "v=TLSRPTv1;rua=mailto:a@peer.test"], ["mailto:a@peer.test"]),
+    (["v=TLSRPTv1 rua=mailto:a@peer.test"], None),              # no field delimiter
     (["V=TLSRPTv1; rua=mailto:a@peer.test"], None),              # the version is case-sensitive
     (["v=TLSRPTv1; rua=mailto:a@peer.test!10m"], None),         # "!" cannot be in a TLSRPT URI
     (["v=TLSRPTv1; rua="], None),
