@@ -4,6 +4,7 @@ a store's results (once per domain and day, DKIM-signed, through the one send pa
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import email
 import email.policy
 import gzip
@@ -394,3 +395,20 @@ async def test_rows_add_up_and_a_claim_holds_on_postgresql():
         assert not await database.write(tls_results.claim, "peer.test", today)
         assert await database.read(tls_results.unreported, [today]) == []
         assert await database.write(tls_results.prune, "9999-01-01") == 2
+
+
+async def test_a_sender_that_cannot_send_marks_the_report_failed_and_a_set_one_is_used(sending):
+    now = time.time()
+    yesterday = utc_day(now - 86400)
+    _note(sending.db, yesterday, "peer.test")
+    elsewhere = dataclasses.replace(sending, cfg=dataclasses.replace(sending.cfg, tls_report_from="r@nowhere.test"))
+    [r] = await tls_reports.send_reports(elsewhere, now=now)
+    assert r["outcome"] == "failed" and "nowhere.test" in r["reason"]
+    assert await sending.db.read(lambda: tls_results.sent("peer.test", yesterday).outcome) == "failed"
+    _note(sending.db, yesterday, "other.test")
+    own = dataclasses.replace(sending, cfg=dataclasses.replace(sending.cfg, tls_report_from="ops@example.test"),
+                              resolver=StaticResolver({"_smtp._tls.other.test": {"TXT": [
+                                  "v=TLSRPTv1; rua=mailto:tlsrpt@other.test"]}}))
+    [r] = await tls_reports.send_reports(own, now=now)
+    assert r["outcome"] == "queued"
+    assert await sending.db.read(lambda: [e.mail_from for e in QueueEntry.select()]) == ["ops@example.test"]

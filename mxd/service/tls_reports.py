@@ -36,12 +36,13 @@ def past_days(now: float) -> list[str]:
     return [_day(now - 86400 * n) for n in range(1, REPORT_DAYS + 1)]
 
 
-def report_sender(configured: str, default_domain: str) -> str:
+def report_sender(configured: str, default_domain: str) -> tuple[str, bool]:
     """Runs in the writer: the address reports come from (`tls_report_from`, else tls-reports@ the default
-    domain), its mailbox made if missing (the preflight sends only from mailboxes; replies land there)."""
+    domain), its mailbox made if missing (the preflight sends only from mailboxes; replies land there), and
+    whether it was made."""
     address = configured or f"tls-reports@{orgs.default_domain(default_domain).name}"
-    box, _ = directory.create_mailbox(address, "TLS reports")
-    return str(box.address)
+    box, created = directory.create_mailbox(address, "TLS reports")
+    return str(box.address), created
 
 
 async def send_reports(s: Services, day: str | None = None, now: float | None = None) -> list[dict[str, Any]]:
@@ -82,7 +83,9 @@ async def send_one(s: Services, domain: str, day: str) -> dict[str, Any] | None:
         return dict(entry, outcome="no-rua", rua=uris or [], reason=reason)
     entry["rua"] = rcpts
     try:
-        sender = await s.db.write(report_sender, s.cfg.tls_report_from, s.cfg.default_domain)
+        sender, created = await s.db.write(report_sender, s.cfg.tls_report_from, s.cfg.default_domain)
+        if created:
+            await s.db.read(s.directory.refresh)     # replies to it are routed at once
         results = await s.db.read(tls_results.of_day, domain, day)
         sender_domain = sender.rsplit("@", 1)[1]
         report = tlsreport.build(day, domain, results, s.cfg.hostname, f"postmaster@{sender_domain}")
