@@ -29,6 +29,7 @@ from mxd.smtpserver.mx import MxHandler, MxServer
 from mxd.smtpserver.submission import SubmissionHandler, SubmissionServer
 from mxd.store import open_store, tokens
 from mxd.store.directory import Directory
+from mxd.tls_reporter import TlsReporter
 from mxd.webhook_sender import WebhookWorker
 from mxd.workerpool import make_workers
 
@@ -87,6 +88,7 @@ class Daemon:
         self.webhooks: WebhookWorker | None = None
         self.retention: RetentionSweeper | None = None
         self.report_reader: ReportReader | None = None
+        self.tls_reporter: TlsReporter | None = None
         self.workers: concurrent.futures.Executor | None = None
         self.submission: SubmissionServer | None = None
         self.http: _Uvicorn | None = None
@@ -146,6 +148,9 @@ class Daemon:
         self.submission = SubmissionServer(cfg, SubmissionHandler(cfg, self.db, self.pipeline.notify),
                                            self.tls.context("submission"))
         await self.submission.start_on(sub_sock, subs_sock)
+        if cfg.tls_reports:                        # the daily SMTP TLS reports (RFC 8460)
+            self.tls_reporter = TlsReporter(Context(cfg, self.db, directory, self.workers, queued, resolver))
+            self.tls_reporter.start()
         app = create_app(Context(cfg, self.db, directory, self.workers, queued, resolver))
         self.mcp = await mcp.start(app)             # the MCP SDK's session manager, for the daemon's lifetime
         self.http = _Uvicorn(http_config(cfg, app))
@@ -182,6 +187,8 @@ class Daemon:
             await self._http_task
         if self.mcp:
             await self.mcp.stop()
+        if self.tls_reporter:
+            await self.tls_reporter.stop()
         if self.scheduler:
             await self.scheduler.stop()
         if self.webhooks:

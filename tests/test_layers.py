@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parent.parent / "mxd"
 # Lowest first. A module belongs to the longest prefix listed; every module must belong somewhere.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("pure", ("mxd", "mxd.config", "mxd.errors", "mxd.smtpcodes", "mxd.address", "mxd.ids", "mxd.netcheck",
-              "mxd.timefmt", "mxd.mime", "mxd.client", "mxd.mailpolicy", "mxd.trust", "mxd.reports")),
+              "mxd.timefmt", "mxd.mime", "mxd.client", "mxd.mailpolicy", "mxd.trust", "mxd.reports", "mxd.tlsreport")),
     ("io", ("mxd.resolver", "mxd.db", "mxd.authn", "mxd.dkimsign", "mxd.keys", "mxd.secretbox", "mxd.smtpclient",
             "mxd.dnsrecords", "mxd.defences", "mxd.certs")),
     ("tables", ("mxd.store", "mxd.ingest")),
@@ -22,7 +22,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
                "mxd.delivery.tlspolicy", "mxd.delivery.mtasts", "mxd.delivery.dane", "mxd.delivery.tlsrpt")),
     ("service", ("mxd.access", "mxd.service")),
     ("workers", ("mxd.pipeline", "mxd.workerpool", "mxd.worker", "mxd.delivery.scheduler", "mxd.webhook_sender",
-                 "mxd.report_reader")),
+                 "mxd.report_reader", "mxd.tls_reporter")),
     ("doors", ("mxd.smtpserver", "mxd.api")),
     ("wiring", ("mxd.daemon", "mxd.cli", "mxd.api.app")),
 ]

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import argparse
 
-from mxd.cli import directory, mail, ops, quarantine, reports
+from mxd.cli import directory, mail, ops, quarantine, reports, tls_reports
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    for module in (directory, mail, ops, quarantine, reports):
+    for module in (directory, mail, ops, quarantine, reports, tls_reports):
         module.register(sub)

@@ -19,12 +19,13 @@ from mxd.api.rest import (
     send,
     system,
     threads,
+    tls_reports,
     tokens,
     webhooks,
 )
 
 MODULES = (system, admin, domains, mailboxes, routing, messages, threads, send, drafts, queue, tokens, webhooks,
-           inbound, quarantine, reports)
+           inbound, quarantine, reports, tls_reports)
 
 
 def routes() -> list[Route]:
