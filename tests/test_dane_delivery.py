@@ -46,9 +46,9 @@ class World:
     def __init__(self, mxd: MxdProcess, sinks: dict[str, MailSink]) -> None:
         self.mxd, self.sinks = mxd, sinks
 
-    def send(self, domain: str, subject: str) -> str:
+    def send(self, domain: str, subject: str, headers: dict[str, str] | None = None) -> str:
         r = self.mxd.api("POST", "/api/send", json={"from": SENDER, "to": f"bob@{domain}", "subject": subject,
-                                                   "text": f"body of {subject}"})
+                                                   "text": f"body of {subject}", **({"headers": headers} if headers else {})})
         assert r.status_code == 202, r.text
         return r.json()["recipients"][0]["queue_id"]
 
@@ -144,7 +144,18 @@ def test_mismatching_tlsa_defers_and_never_sends_in_clear(world: World) -> None:
     assert row["tls"]["policy"] == "dane" and row["last_host"] == "mx-bad.dane.test"
     assert "TLSA" in row["tls"]["detail"]
     sink = world.sinks["bad.dane.test"]
-    assert sink.messages == [] and sink.plaintext == 0        # the session ended after the handshake, before MAIL
+    assert not sink.find("bob@bad.dane.test", "dane-mismatch") and sink.plaintext == 0   # ended before MAIL
+
+
+def test_tls_required_no_is_delivered_despite_a_mismatch(world: World) -> None:
+    """RFC 8689 5: a message that says "TLS-Required: No" (as TLS reports do, RFC 8460 5.3) is delivered
+    although the host fails its DANE policy: over STARTTLS when offered, the policy not enforced."""
+    queue_id = world.send("bad.dane.test", "dane-optional", headers={"TLS-Required": "No"})
+    row = world.entry(queue_id, "delivered")
+    assert row["tls"]["policy"] == "opportunistic" and "RFC 8689" in row["tls"]["detail"], row
+    sink = world.sinks["bad.dane.test"]
+    [msg] = sink.wait("bob@bad.dane.test", "dane-optional")
+    assert msg["TLS-Required"] == "No" and sink.plaintext == 0
 
 
 def test_secure_tlsa_without_usable_records_still_requires_tls(world: World) -> None:

@@ -30,3 +30,14 @@ def test_a_connection_the_server_closed_while_idle_costs_no_retry(mxd_factory, m
         assert peer.connections == 2 and len(peer.accepted) == 2
     finally:
         peer.stop()
+
+
+def test_tls_required_no_is_read_from_the_header_only() -> None:
+    """RFC 8689 5: the header field, in any case, with spaces; never the body, never another value."""
+    from mxd.delivery.scheduler import tls_optional
+    assert tls_optional(b"Subject: report\r\nTLS-Required: No\r\n\r\nbody\r\n")
+    assert tls_optional(b"DKIM-Signature: v=1\r\ntls-required:   no \r\nSubject: x\r\n\r\nbody")
+    assert not tls_optional(b"Subject: report\r\n\r\nTLS-Required: No\r\n")          # in the body
+    assert not tls_optional(b"Subject: report\r\nTLS-Required: Yes\r\n\r\nbody")
+    assert not tls_optional(b"Subject: report\r\nX-TLS-Required: No\r\n\r\nbody")
+    assert not tls_optional(b"Subject: TLS-Required: No\r\n\r\nbody")

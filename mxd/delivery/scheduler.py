@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections import defaultdict, deque
 
@@ -38,6 +39,16 @@ IDLE = 2.0            # seconds an idle connection waits for more of its domain'
 PER_LANE = 8          # queued entries per open lane before another connection is opened
 RECORD_EVERY = 32     # accepted messages recorded per write (and whenever the lane runs dry)
 COALESCE = 0.01       # after a wake-up, let more submissions arrive before leasing again
+
+
+TLS_OPTIONAL = " tls-optional"     # suffix of the lane key of messages that say "TLS-Required: No"
+_TLS_OPTIONAL = re.compile(rb"(?im)^TLS-Required:[ \t]*No[ \t]*\r?$")
+
+
+def tls_optional(message: bytes) -> bool:
+    """The header says "TLS-Required: No" (RFC 8689 5): TLS policies are not to stop its delivery."""
+    head = message.split(b"\r\n\r\n", 1)[0]
+    return b"tls-required" in head.lower() and _TLS_OPTIONAL.search(head) is not None
 
 
 def _named(applied: Applied) -> str:
@@ -103,9 +114,12 @@ class Scheduler(BackgroundWorker):
             if entry.id in self._inflight:
                 continue
             self._inflight.add(entry.id)
-            if entry.inbound_id in data:
-                self._data[entry.id] = data[entry.inbound_id]
-            self._queues[entry.domain].append(entry)
+            raw = data.get(entry.inbound_id)
+            if raw is not None:
+                self._data[entry.id] = raw
+            # RFC 8689: mail that says "TLS-Required: No" (TLS reports, RFC 8460 5.3) has a lane of its own
+            self._queues[entry.domain + TLS_OPTIONAL if raw is not None and tls_optional(raw) else entry.domain
+                         ].append(entry)
         self._open_lanes()
         if room > 0 and len(entries) >= room:
             return 0
@@ -152,11 +166,23 @@ class Scheduler(BackgroundWorker):
             targets = public_targets(domain, targets)
         return targets, self.cfg.outbound_mx_port
 
-    async def _connect(self, domain: str, targets: list[Target], port: int
+    async def _connect(self, domain: str, targets: list[Target], port: int, relaxed: bool = False
                        ) -> tuple[Connection | None, DeliveryError | None, Applied]:
         """The first host that takes a connection meeting its transport policy (mxd.delivery.tlspolicy),
-        with the policy that applied; else the last error. Each TLS outcome is noted for the TLS report."""
+        with the policy that applied; else the last error. Each TLS outcome is noted for the TLS report.
+        relaxed: the messages say "TLS-Required: No" (RFC 8689 5): STARTTLS when offered, no policy
+        enforced, and the sessions are left out of the TLS reports (RFC 8460 5.3)."""
         cfg, last = self.cfg, None
+        if relaxed and not cfg.smart_host:
+            for target in targets:
+                applied = Applied("opportunistic", "", target.host, "TLS-Required: No (RFC 8689): no policy enforced")
+                for ip in target.addresses:
+                    try:
+                        return await Connection.open(target.host, port, helo_name=cfg.hostname, ip_for_connect=ip,
+                                                     tls="opportunistic", timeout=60), None, applied
+                    except DeliveryError as exc:
+                        last = exc
+            return None, last, Applied("opportunistic", "", "", "TLS-Required: No (RFC 8689)")
         if cfg.smart_host:
             target = targets[0]
             applied = Applied("smart-host", cfg.smart_host_tls, target.host, "all mail goes through smart_host")
@@ -223,8 +249,9 @@ class Scheduler(BackgroundWorker):
             del taken[entry.id]
 
     async def _lane_run(self, domain: str, taken: dict[str, QueueEntry]) -> None:
-        try:
-            targets, port = await self._targets(domain)
+        name, relaxed = domain.removesuffix(TLS_OPTIONAL), domain.endswith(TLS_OPTIONAL)   # the lane's key, and
+        try:                                                                           # the destination domain
+            targets, port = await self._targets(name)
         except NullMX:     # RFC 7505 3: a null MX means the domain accepts no mail
             return await self._fail_queued(domain, taken, True, "556 5.1.10 recipient domain has a null MX (RFC 7505)", "")
         except DeliveryError as exc:
@@ -233,7 +260,7 @@ class Scheduler(BackgroundWorker):
             return await self._fail_queued(domain, taken, False, "451 4.4.4 no address for the destination", "")
         if not self._queues[domain]:
             return
-        conn, error, applied = await self._connect(domain, targets, port)
+        conn, error, applied = await self._connect(name, targets, port, relaxed)
         tls = applied.to_json()
         if conn is None:
             reply = _reply(error.code, error.enhanced, error.text) if error else "451 4.4.1 no host reachable"
