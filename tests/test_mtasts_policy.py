@@ -177,7 +177,7 @@ def test_contexts_are_cached_and_verify() -> None:
 
 # ------------------------------------------------------------------ the cache against real peers
 
-DOMAINS = ["good", "huge", "bad", "redirect", "html", "notfound", "none", "silent", "twice", "servfail", "nxt",
+DOMAINS = ["good", "huge", "gzip", "bad", "redirect", "html", "notfound", "none", "silent", "twice", "servfail", "nxt",
            "stale", "latin"]
 
 
@@ -262,9 +262,18 @@ async def test_changed_id_refetches_in_the_background(db, peers, ca_file: str) -
     assert (policy.mode, policy.policy_id, failure) == ("enforce", "2", None)
     row = await db.read(lambda: MtaStsPolicy.get_by_id("stale.sts.test"))
     assert "invalid" in row.last_error and row.policy_id == "2"
+    # and a policy host that stops answering costs the message nothing
+    cache.retry = 0
+    dns.set("_mta-sts.stale.sts.test", "TXT", ["v=STSv1; id=4"])
+    dns.set("mta-sts.stale.sts.test", "A", [SILENT_IP])
+    assert (await cache.get("stale.sts.test"))[0].policy_id == "2"
+    await _settle(cache)
+    policy, failure = await cache.get("stale.sts.test")
+    assert (policy.mode, policy.policy_id, failure) == ("enforce", "2", None)
+    row = await db.read(lambda: MtaStsPolicy.get_by_id("stale.sts.test"))
+    assert "no answer within" in row.last_error
     # so does a TXT record that disappears (RFC 8461 5.1: the cached policy is used until it expires)
     dns.set("_mta-sts.stale.sts.test", "TXT", None)
-    cache.retry = 0
     await cache.get("stale.sts.test")
     await _settle(cache)
     assert (await cache.get("stale.sts.test"))[0].policy_id == "2"
@@ -282,6 +291,8 @@ async def _settle(cache: PolicyCache) -> None:
     ("bad", "version: STSv1\nmode: enforce\n", 200, "text/plain", "sts-policy-invalid", "is invalid"),
     ("redirect", "", 301, "text/plain", "sts-policy-fetch-error", "redirect"),
     ("html", policy_text("enforce", "a.test"), 200, "text/html", "sts-policy-invalid", "not text/plain"),
+    ("gzip", __import__("gzip").compress(b"version: STSv1\nmode: enforce\nmx: a.test\nmax_age: 86400\n" + b"x" * 10**7),
+     200, "text/plain", "sts-policy-invalid", "compressed"),
     ("notfound", None, 404, "text/plain", "sts-policy-fetch-error", "HTTP 404"),
     ("latin", b"version: STSv1\nmode: enforce\nmx: \xe9.test\nmax_age: 1\n", 200, "text/plain; charset=utf-8",
      "sts-policy-invalid", "UTF-8"),
@@ -294,7 +305,8 @@ async def test_bad_policy_hosts_give_no_policy_and_a_reported_failure(db, peers,
     if body is None:
         server.forget(host)
     else:
-        server.serve(host, body, status, ctype, {"Location": "https://elsewhere.test/"} if status == 301 else None)
+        headers = {"Location": "https://elsewhere.test/"} if status == 301 else None
+        server.serve(host, body, status, ctype, {"Content-Encoding": "gzip"} if name == "gzip" else headers)
     cache = _cache(db, dns, ca_file)
     policy, failure = await cache.get(f"{name}.sts.test")
     assert policy is None and failure is not None

@@ -244,7 +244,8 @@ async def fetch_policy(host: str, ip: str, context: ssl.SSLContext) -> str:
     try:
         async with httpx.AsyncClient(verify=context, follow_redirects=False, trust_env=False,
                                      timeout=FETCH_TIMEOUT) as client:
-            async with client.stream("GET", url, headers={"Host": host, "Accept": "text/plain"},
+            async with client.stream("GET", url, headers={"Host": host, "Accept": "text/plain",
+                                                          "Accept-Encoding": "identity"},
                                      extensions={"sni_hostname": host}) as r:
                 if r.is_redirect:
                     raise FetchError(FETCH_ERROR, f"{host} answered HTTP {r.status_code} (a redirect, "
@@ -255,8 +256,11 @@ async def fetch_policy(host: str, ip: str, context: ssl.SSLContext) -> str:
                 if ctype != "text/plain":
                     raise FetchError(POLICY_INVALID, f"{host} served the policy as {ctype[:60] or 'no type'!r}, "
                                                      "not text/plain")
+                if r.headers.get("content-encoding", "identity").strip().lower() != "identity":
+                    # read as sent: a compressed body could unpack to far more than the size limit
+                    raise FetchError(POLICY_INVALID, f"{host} served the policy compressed")
                 body = bytearray()
-                async for chunk in r.aiter_bytes():
+                async for chunk in r.aiter_raw():
                     body += chunk
                     if len(body) > MAX_POLICY:
                         raise FetchError(POLICY_INVALID, f"{host} served more than {MAX_POLICY // 1024} KiB")
