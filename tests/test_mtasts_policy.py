@@ -4,6 +4,7 @@ on loopback (fetch limits, failures, refresh, the store across restarts)."""
 from __future__ import annotations
 
 import datetime
+import time
 from typing import Iterator
 
 import pytest
@@ -227,6 +228,11 @@ async def test_fetch_cache_and_store(db, peers, ca_file: str) -> None:
     assert (await cache.get("good.sts.test"))[0] == policy          # from memory: no fetch, no DNS
     assert server.fetches(host) == 1
     assert len([q for q in dns.queries if q[0] == "_mta-sts.good.sts.test"]) == txt_queries
+    # once cached, a delivery's lookup touches neither the store nor DNS
+    store, resolver = cache.db, cache.resolver
+    cache.db = cache.resolver = _Untouchable()
+    assert (await cache.get("good.sts.test"))[0] == policy
+    cache.db, cache.resolver = store, resolver
     row = await db.read(lambda: MtaStsPolicy.get_by_id("good.sts.test"))
     assert (row.mode, row.mx, row.policy_id) == ("enforce", ["mx.good.sts.test", "*.good.sts.test"], "1")
     assert row.expires_at - row.fetched_at == 86400
@@ -278,6 +284,27 @@ async def test_changed_id_refetches_in_the_background(db, peers, ca_file: str) -
     await _settle(cache)
     assert (await cache.get("stale.sts.test"))[0].policy_id == "2"
     await cache.close()
+
+
+async def test_policy_near_its_end_is_refetched_in_the_background(db, peers, ca_file: str) -> None:
+    dns, server, _ = peers
+    host = "mta-sts.good.sts.test"
+    server.serve(host, policy_text("enforce", "mx.good.sts.test", max_age=86400))
+    cache = _cache(db, dns, ca_file)
+    await cache.get("good.sts.test")
+    fetched = server.fetches(host)
+    await _settle(cache)
+    assert server.fetches(host) == fetched
+    cache._states["good.sts.test"].expires_at = time.time() + 3600      # less than a quarter of max_age left
+    assert (await cache.get("good.sts.test"))[0] is not None
+    await _settle(cache)
+    assert server.fetches(host) == fetched + 1                          # same id, refreshed all the same
+    assert cache._states["good.sts.test"].expires_at > time.time() + 86000
+
+
+class _Untouchable:
+    def __getattr__(self, name: str):
+        raise AssertionError(f"{name} used on the cached path")
 
 
 async def _settle(cache: PolicyCache) -> None:
