@@ -19,6 +19,8 @@ from mxd.store.models import MtaStsPolicy
 from mxd.stspolicy import MAX_AGE_LIMIT, ParsedPolicy, PolicyError, parse_policy, txt_id
 from tests.support.dnsserver import DNSServer
 from tests.support.peers.https_policy import PolicyServer, SilentHost, policy_text
+from tests.support.pg import fresh_database
+from tests.support.store import started_store
 
 POLICY_IP = "127.0.0.21"       # the policy hosts' HTTPS server (port 443)
 SILENT_IP = "127.0.0.22"       # a policy host that never answers
@@ -382,3 +384,25 @@ async def test_private_policy_host_refused_without_allow_private(db, peers, ca_f
     cache = PolicyCache(cfg, db, make_resolver([dns.nameserver], timeout=2, cache_size=0))
     policy, failure = await cache.get("good.sts.test")
     assert policy is None and "no (public) address" in failure.text
+
+
+async def test_policies_kept_in_postgresql(peers, ca_file: str) -> None:
+    """The same store code on PostgreSQL (several nodes share their cached policies through it)."""
+    dns, server, _ = peers
+    host = "mta-sts.good.sts.test"
+    server.serve(host, policy_text("testing", "mx.good.sts.test"))
+    dns.set("_mta-sts.good.sts.test", "TXT", ["v=STSv1; id=pg1"])
+    try:
+        with fresh_database("mxd_sts_policies") as url, started_store(url) as pg:
+            cache = _cache(pg, dns, ca_file)
+            assert (await cache.get("good.sts.test"))[0].mode == "testing"
+            dns.set("_mta-sts.good.sts.test", "TXT", ["v=STSv1; id=pg2"])
+            server.serve(host, policy_text("enforce", "mx.good.sts.test"))
+            cache.recheck = 0
+            await cache.get("good.sts.test")
+            await _settle(cache)
+            server.forget(host)
+            policy, _ = await _cache(pg, dns, ca_file).get("good.sts.test")      # another node, same store
+            assert (policy.mode, policy.policy_id) == ("enforce", "pg2")
+    finally:
+        dns.set("_mta-sts.good.sts.test", "TXT", ["v=STSv1; id=1;"])

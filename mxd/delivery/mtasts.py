@@ -285,7 +285,8 @@ def _save(policy: Policy, now: float, expires_at: float) -> None:
     fields = dict(policy_id=policy.policy_id, mode=policy.mode, mx=policy.mx, max_age=policy.max_age,
                   text=policy.text, fetched_at=now, expires_at=expires_at, checked_at=now, last_error="")
     MtaStsPolicy.insert(domain=policy.domain, **fields).on_conflict(
-        conflict_target=[MtaStsPolicy.domain], update=fields).execute()
+        conflict_target=[MtaStsPolicy.domain],
+        update={getattr(MtaStsPolicy, name): value for name, value in fields.items()}).execute()
 
 
 def _note_error(domain: str, text: str) -> None:
