@@ -374,6 +374,8 @@ async def test_no_policy_cases(db, peers, ca_file: str) -> None:
     assert await cache.get("twice.sts.test") == (None, None)            # two records: none (RFC 8461 3.1)
     assert await cache.get("nxt.sts.test") == (None, None)              # no record
     assert await cache.get("servfail.sts.test") == (None, None)         # DNS failing: no policy, no crash
+    assert await cache.get("[127.0.0.1]") == (None, None)
+    assert await cache.get("bad..name") == (None, None)
     assert server.fetches("mta-sts.twice.sts.test") == 0
 
 

@@ -116,6 +116,8 @@ class PolicyCache:
     async def get(self, domain: str) -> "tuple[Policy | None, TlsFailure | None]":
         """(the policy in force, a fetch or parse failure to report). No policy: (None, None)."""
         domain = domain.lower().rstrip(".")
+        if not domain or domain.startswith("["):       # an address literal has no policy
+            return None, None
         if not self._loaded:
             await self._load()
         now = time.time()
