@@ -250,7 +250,7 @@ async def test_changed_id_refetches_in_the_background(db, peers, ca_file: str) -
     server.serve(host, policy_text("testing", "mx.stale.sts.test"))
     cache = _cache(db, dns, ca_file)
     assert (await cache.get("stale.sts.test"))[0].mode == "testing"
-    cache.recheck = 0                                   # look at the TXT record on every get
+    cache.recheck = cache.retry = 0                     # look at the TXT record on every get, even after failures
     assert (await cache.get("stale.sts.test"))[0].mode == "testing"
     await _settle(cache)
     assert server.fetches(host) == 1                    # same id: not fetched again
@@ -262,6 +262,7 @@ async def test_changed_id_refetches_in_the_background(db, peers, ca_file: str) -
     assert (await cache.get("stale.sts.test"))[0].mode == "enforce"
     assert server.fetches(host) == 2
     # a refresh that fails keeps the cached policy in force and notes why in the store
+    await _settle(cache)
     dns.set("_mta-sts.stale.sts.test", "TXT", ["v=STSv1; id=3"])
     server.serve(host, "version: STSv1\nmode: bogus\n")
     await cache.get("stale.sts.test")
@@ -271,7 +272,7 @@ async def test_changed_id_refetches_in_the_background(db, peers, ca_file: str) -
     row = await db.read(lambda: MtaStsPolicy.get_by_id("stale.sts.test"))
     assert "invalid" in row.last_error and row.policy_id == "2"
     # and a policy host that stops answering costs the message nothing
-    cache.retry = 0
+    await _settle(cache)
     dns.set("_mta-sts.stale.sts.test", "TXT", ["v=STSv1; id=4"])
     dns.set("mta-sts.stale.sts.test", "A", [SILENT_IP])
     assert (await cache.get("stale.sts.test"))[0].policy_id == "2"
@@ -281,6 +282,7 @@ async def test_changed_id_refetches_in_the_background(db, peers, ca_file: str) -
     row = await db.read(lambda: MtaStsPolicy.get_by_id("stale.sts.test"))
     assert "no answer within" in row.last_error
     # so does a TXT record that disappears (RFC 8461 5.1: the cached policy is used until it expires)
+    await _settle(cache)
     dns.set("_mta-sts.stale.sts.test", "TXT", None)
     await cache.get("stale.sts.test")
     await _settle(cache)
@@ -302,6 +304,13 @@ async def test_policy_near_its_end_is_refetched_in_the_background(db, peers, ca_
     await _settle(cache)
     assert server.fetches(host) == fetched + 1                          # same id, refreshed all the same
     assert cache._states["good.sts.test"].expires_at > time.time() + 86000
+    # near its end again with the host failing: one try, then the cached policy until RETRY has passed
+    cache._states["good.sts.test"].expires_at = time.time() + 3600
+    server.forget(host)
+    for _ in range(3):
+        assert (await cache.get("good.sts.test"))[0] is not None
+        await _settle(cache)
+    assert server.fetches(host) == fetched + 2
 
 
 class _Untouchable:

@@ -127,7 +127,8 @@ class PolicyCache:
             self._trim()
         policy = state.in_force(now)
         if policy is not None:
-            if now - state.checked_at >= self.recheck or state.expires_at - now < policy.max_age / 4:
+            if now >= state.retry_at and (now - state.checked_at >= self.recheck
+                                          or state.expires_at - now < policy.max_age / 4):
                 self._discover(domain, state)          # RFC 8461 5.1: refreshed in the background
             return (policy if policy.mode != "none" else None), None
         if now >= state.retry_at:
