@@ -20,6 +20,7 @@ BAD_MX = "127.0.0.23"           # a certificate for another name
 GOOD_MX = "127.0.0.24"          # a certificate valid for the MX names it serves
 SILENT_MX = "127.0.0.25"        # an MX that must never be contacted
 POLICY_IP = "127.0.0.26"        # the policy hosts (HTTPS on 443)
+PLAIN_MX = "127.0.0.27"         # no STARTTLS at all
 
 SCENARIOS = {                   # domain: (its MX hosts as (preference, name, address), the policy served)
     "enforce-bad": ([(10, "mx", BAD_MX)], policy_text("enforce", "mx.enforce-bad.sts.test")),
@@ -28,6 +29,7 @@ SCENARIOS = {                   # domain: (its MX hosts as (preference, name, ad
     "testing": ([(10, "mx", BAD_MX)], policy_text("testing", "mx.testing.sts.test")),
     "malformed": ([(10, "mx", BAD_MX)], "version: STSv1\nmode: enforce\nmx: mx.malformed.sts.test\n"),
     "sticky": ([(10, "mx", GOOD_MX)], policy_text("enforce", "mx.sticky.sts.test")),
+    "notls": ([(10, "mx", PLAIN_MX)], policy_text("enforce", "mx.notls.sts.test")),
 }
 
 
@@ -61,6 +63,7 @@ class World:
                       for _, label, ip in hosts if ip == GOOD_MX]
         self.good = MailSink(GOOD_MX, MX_PORT, _server_context(ca.issue_cert(*good_names))).start()
         self.silent = ConnectionCounter(SILENT_MX, MX_PORT)
+        self.plain = MailSink(PLAIN_MX, MX_PORT).start()
         self.policies = PolicyServer(POLICY_IP, ca, [f"mta-sts.{name}.sts.test" for name in SCENARIOS]).start()
         for name, (_, text) in SCENARIOS.items():
             self.policies.serve(f"mta-sts.{name}.sts.test", text)
@@ -76,7 +79,7 @@ class World:
 
     def stop(self) -> None:
         self.mxd.stop()
-        for peer in (self.policies, self.silent, self.good, self.bad):
+        for peer in (self.policies, self.silent, self.plain, self.good, self.bad):
             peer.stop()
         self.dns.stop()
 
@@ -129,6 +132,14 @@ def test_enforce_with_a_wrong_certificate_defers_and_sends_nothing(world: World)
     assert "certificate" in tls["detail"].lower()
     assert world.bad.find("bob@enforce-bad.sts.test") == []
     assert world.bad.plaintext == 0                   # nothing in clear, ever
+
+
+def test_enforce_without_starttls_defers_and_sends_nothing_in_clear(world: World) -> None:
+    entry = world.send("bob@notls.sts.test", "no starttls")
+    assert entry["status"] == "deferred", entry
+    assert entry["last_reply"].startswith("451 4.7.5 MTA-STS (enforce): ") and "STARTTLS" in entry["last_reply"]
+    assert (entry["tls"]["policy"], entry["tls"]["mode"]) == ("mta-sts", "enforce")
+    assert world.plain.messages == [] and world.plain.plaintext == 0     # not even MAIL FROM
 
 
 def test_enforce_with_a_valid_certificate_delivers_over_tls(world: World) -> None:

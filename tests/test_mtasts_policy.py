@@ -12,7 +12,7 @@ import trustme
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mxd.config import Config
+from mxd.config import Config, ConfigError
 from mxd.delivery.mtasts import Policy, PolicyCache, verifying_context, webpki_check
 from mxd.resolver import make_resolver
 from mxd.store.models import MtaStsPolicy
@@ -172,7 +172,12 @@ def test_webpki_check(ca: trustme.CA, ca_file: str) -> None:
     assert webpki_check(good, "[127.0.0.1]", ca_file).result_type in ("validation-failure", "certificate-host-mismatch")
 
 
-def test_contexts_are_cached_and_verify() -> None:
+def test_contexts_are_cached_and_verify(tmp_path) -> None:
+    with pytest.raises(ConfigError, match="outbound_tls_ca_file"):
+        verifying_context(str(tmp_path / "missing.pem"))
+    (tmp_path / "junk.pem").write_text("not a certificate")
+    with pytest.raises(ConfigError, match="outbound_tls_ca_file"):
+        verifying_context(str(tmp_path / "junk.pem"))
     ctx = verifying_context("")
     assert verifying_context("") is ctx
     assert ctx.check_hostname and ctx.minimum_version >= __import__("ssl").TLSVersion.TLSv1_2

@@ -26,7 +26,7 @@ from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from cryptography.x509.verification import Criticality, ExtensionPolicy, PolicyBuilder, Store, VerificationError
 
-from mxd.config import Config
+from mxd.config import Config, ConfigError
 from mxd.db import Database
 from mxd.netcheck import refusal
 from mxd.resolver import DNSError, Resolver
@@ -303,7 +303,10 @@ def verifying_context(ca_file: str) -> ssl.SSLContext:
     ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     if ca_file:
-        ctx.load_verify_locations(ca_file)
+        try:
+            ctx.load_verify_locations(ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"outbound_tls_ca_file: cannot load CA certificates from {ca_file}: {exc}") from None
     return ctx
 
 
