@@ -13,7 +13,8 @@ ROOT = Path(__file__).resolve().parent.parent / "mxd"
 # Lowest first. A module belongs to the longest prefix listed; every module must belong somewhere.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("pure", ("mxd", "mxd.config", "mxd.errors", "mxd.smtpcodes", "mxd.address", "mxd.ids", "mxd.netcheck",
-              "mxd.timefmt", "mxd.mime", "mxd.client", "mxd.mailpolicy", "mxd.trust", "mxd.reports", "mxd.tlsreport")),
+              "mxd.timefmt", "mxd.mime", "mxd.client", "mxd.mailpolicy", "mxd.trust", "mxd.reports", "mxd.tlsreport",
+              "mxd.stspolicy")),
     ("io", ("mxd.resolver", "mxd.db", "mxd.authn", "mxd.dkimsign", "mxd.keys", "mxd.secretbox", "mxd.smtpclient",
             "mxd.dnsrecords", "mxd.defences", "mxd.certs")),
     ("tables", ("mxd.store", "mxd.ingest")),

@@ -89,6 +89,8 @@ class Scheduler(BackgroundWorker):
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.transport.sts_cache is not None:
+            await self.transport.sts_cache.close()
         await self.tally.flush()
 
     def _spawn(self, coro: "asyncio.coroutines") -> None:

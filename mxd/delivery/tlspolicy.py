@@ -112,6 +112,9 @@ class TransportPolicy:
                 return HostPlan(host, "required", self._verify, None, enforce=True, applied=applied)
             return HostPlan(host, "opportunistic", None,
                             lambda chain: mtasts.webpki_check(chain, host, self.cfg.outbound_tls_ca_file), applied=applied)
-        return HostPlan(host, "opportunistic", applied=Applied("opportunistic", "", host, "no DANE or MTA-STS policy",
+        detail = "no DANE or MTA-STS policy"
+        if dplan.sts_failure is not None:       # RFC 8461 5: no policy could be had; the failure is reported
+            detail += f" ({dplan.sts_failure.text})"
+        return HostPlan(host, "opportunistic", applied=Applied("opportunistic", "", host, detail,
                                                                "no-policy-found", [], dplan.domain))
 
