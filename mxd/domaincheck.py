@@ -31,6 +31,7 @@ from mxd.address import normalize_domain
 from mxd.config import Config
 from mxd.delivery.mtasts import verifying_context
 from mxd.errors import MxdError
+from mxd.netcheck import refusal
 from mxd.resolver import DNSError, Resolver
 from mxd.store import directory, events
 from mxd.store.models import Domain
@@ -211,10 +212,16 @@ async def fetch_policy(cfg: Config, domain: str, resolver: Resolver, want: str) 
         return dict(step, status=ERROR, detail=f"{host} does not resolve: {exc}")
     if not addresses:
         return dict(step, detail=f"{host} has no address record")
+    if not cfg.outbound_allow_private:              # a check is no way to reach this host's own network
+        refused = [f"{a} ({refusal(a)})" for a in addresses if refusal(a)]
+        addresses = [a for a in addresses if not refusal(a)]
+        if not addresses:
+            return dict(step, status=ERROR, detail=f"{host} resolves only to non-public addresses: "
+                                                   f"{', '.join(refused)} (outbound_allow_private is off)")
     context = verifying_context(cfg.outbound_tls_ca_file)
     async with httpx.AsyncClient(verify=context, timeout=POLICY_TIMEOUT, follow_redirects=False,
                                  trust_env=False) as client:
-        for address in addresses:
+        for address in addresses[:3]:
             url = f"https://{f'[{address}]' if ':' in address else address}{POLICY_PATH}"
             try:
                 async with client.stream("GET", url, headers={"Host": host},

@@ -261,3 +261,107 @@ def test_cli_sets_the_mode_and_shows_the_checks(served):
     finally:
         proc.api("PATCH", "/api/domains/notxt.test", json={"mta_sts_mode": "testing"})
 
+
+
+# ---------------------------------------------------------------- the fetch against hostile or broken policy hosts
+HOSTILE_IP = "127.26.1.3"
+
+
+@pytest.fixture(scope="module")
+def hostile(tmp_path_factory):
+    """An HTTPS server on HOSTILE_IP:443 for mta-sts.hostile.test whose answer the test picks."""
+    import http.server
+    import threading
+
+    tmp = tmp_path_factory.mktemp("hostile")
+    ca = trustme.CA()
+    cert = ca.issue_cert("mta-sts.hostile.test")
+    ca.cert_pem.write_to_path(str(tmp / "ca.pem"))
+    state = {"answer": "ok"}
+    good = dnsrecords.mta_sts_policy("hostile.test", HOSTNAME).encode()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            kind = state["answer"]
+            if kind == "silent":
+                threading.Event().wait(5)
+                return
+            status, media, body = {
+                "ok": (200, "text/plain", good), "redirect": (302, "text/plain", b""),
+                "html": (200, "text/html", good), "huge": (200, "text/plain", good + b"x" * 1_000_000),
+                "other": (200, "text/plain", good.replace(b"testing", b"enforce")),
+                "binary": (200, "text/plain", bytes(range(256)) * 10)}[kind]
+            self.send_response(status)
+            self.send_header("Content-Type", media)
+            if status == 302:
+                self.send_header("Location", "https://elsewhere.test/")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            try:
+                self.wfile.write(body)
+            except OSError:
+                pass
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer((HOSTILE_IP, 443), Handler)
+    server.daemon_threads = True
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    cert.configure_cert(ctx)
+    server.socket = ctx.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield state, tmp
+    server.shutdown()
+    server.server_close()
+
+
+def _fetch(tmp, env: dict | None = None, zone: dict | None = None) -> dict:
+    import asyncio
+
+    from mxd import config as config_mod
+    from mxd import domaincheck
+    from mxd.resolver import StaticResolver
+    cfg = config_mod.load(None, dict({"MXD_DATA_DIR": str(tmp), "MXD_HOSTNAME": HOSTNAME,
+                                      "MXD_OUTBOUND_TLS_CA_FILE": str(tmp / "ca.pem"),
+                                      "MXD_OUTBOUND_ALLOW_PRIVATE": "true"}, **(env or {})))
+    resolver = StaticResolver({"mta-sts.hostile.test": {"A": [HOSTILE_IP]}} if zone is None else zone)
+    want = dnsrecords.mta_sts_policy("hostile.test", HOSTNAME)
+    return asyncio.run(domaincheck.fetch_policy(cfg, "hostile.test", resolver, want))
+
+
+@pytest.mark.parametrize("answer, status, detail", [
+    ("ok", "found", "valid certificate"),
+    ("redirect", "missing", "HTTP 302 (senders do not follow redirects"),
+    ("html", "wrong", "not text/plain"),
+    ("huge", "wrong", "not the one expected"),
+    ("other", "wrong", "not the one expected"),
+    ("binary", "wrong", "not the one expected"),
+])
+def test_fetch_judges_what_the_policy_host_answers(hostile, answer, status, detail):
+    state, tmp = hostile
+    state["answer"] = answer
+    step = _fetch(tmp)
+    assert (step["check"], step["status"]) == ("policy", status)
+    assert detail in step["detail"]
+    if answer == "huge":
+        assert len(step["found"]) <= 64 * 1024 + 16 * 1024          # read no further than the limit (and a chunk)
+
+
+def test_fetch_gives_up_on_a_host_that_never_answers(hostile, monkeypatch):
+    from mxd import domaincheck
+    state, tmp = hostile
+    state["answer"] = "silent"
+    monkeypatch.setattr(domaincheck, "POLICY_TIMEOUT", 0.5)
+    step = _fetch(tmp)
+    assert step["status"] == "error" and "Timeout" in step["detail"]
+
+
+def test_fetch_never_reaches_private_addresses_unless_allowed(hostile):
+    state, tmp = hostile
+    state["answer"] = "ok"
+    step = _fetch(tmp, env={"MXD_OUTBOUND_ALLOW_PRIVATE": "false"})
+    assert step["status"] == "error" and "non-public" in step["detail"] and HOSTILE_IP in step["detail"]
+    assert _fetch(tmp, zone={"mta-sts.hostile.test": "SERVFAIL"})["status"] == "error"
+    assert _fetch(tmp, zone={})["status"] == "missing"
