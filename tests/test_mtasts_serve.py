@@ -117,6 +117,16 @@ def test_mode_set_by_the_operator_changes_policy_plan_and_id(app):
     assert app.api("GET", "/api/domains/example.test").json()["mta_sts_mode"] == "off"
 
 
+def test_v1_dialect_sets_and_shows_the_mode(app):
+    domain_id = app.api("GET", "/api/domains/other.test").json()["id"]
+    r = app.api("PATCH", f"/v1/domains/{domain_id}", json={"mta_sts_mode": "enforce"})
+    assert r.status_code == 200 and r.json()["mta_sts_mode"] == "enforce" and r.json()["domain"] == "other.test"
+    assert app.api("GET", f"/v1/domains/{domain_id}").json()["mta_sts_mode"] == "enforce"
+    assert "mode: enforce\r\n" in _policy(app, "mta-sts.other.test").text
+    assert app.api("PATCH", f"/v1/domains/{domain_id}", json={"mta_sts_mode": "strict"}).status_code == 400
+    assert app.api("PATCH", "/v1/domains/dom_nope", json={"mta_sts_mode": "off"}).status_code == 404
+
+
 def test_max_age_comes_from_config(tmp_path):
     ids = []
     for name, age in (("a", "86400"), ("b", "1209600")):          # one store at a time (peewee's proxy is global)
