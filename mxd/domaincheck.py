@@ -10,7 +10,8 @@ MTA-STS (RFC 8461) is checked end to end when the domain's mode is not "off": th
 with the id of the policy served now, the policy host mta-sts.<domain> resolving to this server, and
 the policy fetched from it as a sender would (HTTPS on port 443 to the address our resolver gives,
 the certificate verified against the system's CAs and `outbound_tls_ca_file`, no redirects) and
-compared with ours. Passing on a domain in "testing" makes it `enforce_ready`; the switch to
+compared with ours, and our MX answering STARTTLS at the hostname's address with a certificate valid for
+the hostname (what an enforcing sender demands). Passing on a domain in "testing" makes it `enforce_ready`; the switch to
 "enforce" stays the operator's (a bad certificate on the MX then delays mail at every sender).
 
 An organisation's domain also has an ownership record, TXT `_mxd-verify.<domain>`
@@ -26,9 +27,9 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from mxd import dnsrecords, keys
+from mxd import dnsrecords, keys, smtpclient
 from mxd.address import normalize_domain
-from mxd.config import Config
+from mxd.config import Config, parse_hostport
 from mxd.delivery.mtasts import verifying_context
 from mxd.errors import MxdError
 from mxd.netcheck import refusal
@@ -212,12 +213,10 @@ async def fetch_policy(cfg: Config, domain: str, resolver: Resolver, want: str) 
         return dict(step, status=ERROR, detail=f"{host} does not resolve: {exc}")
     if not addresses:
         return dict(step, detail=f"{host} has no address record")
-    if not cfg.outbound_allow_private:              # a check is no way to reach this host's own network
-        refused = [f"{a} ({refusal(a)})" for a in addresses if refusal(a)]
-        addresses = [a for a in addresses if not refusal(a)]
-        if not addresses:
-            return dict(step, status=ERROR, detail=f"{host} resolves only to non-public addresses: "
-                                                   f"{', '.join(refused)} (outbound_allow_private is off)")
+    addresses, refused = _public(cfg, addresses)    # a check is no way to reach this host's own network
+    if not addresses:
+        return dict(step, status=ERROR, detail=f"{host} resolves only to non-public addresses: "
+                                               f"{', '.join(refused)} (outbound_allow_private is off)")
     context = verifying_context(cfg.outbound_tls_ca_file)
     async with httpx.AsyncClient(verify=context, timeout=POLICY_TIMEOUT, follow_redirects=False,
                                  trust_env=False) as client:
@@ -252,6 +251,48 @@ async def fetch_policy(cfg: Config, domain: str, resolver: Resolver, want: str) 
     return step
 
 
+def _public(cfg: Config, addresses: list[str]) -> tuple[list[str], list[str]]:
+    """(the addresses a check may connect to, the refused ones with why): all of them with outbound_allow_private."""
+    if cfg.outbound_allow_private:
+        return addresses, []
+    return [a for a in addresses if not refusal(a)], [f"{a} ({refusal(a)})" for a in addresses if refusal(a)]
+
+
+async def check_mx_certificate(cfg: Config, resolver: Resolver) -> dict:
+    """What an MTA-STS sender in enforce mode checks at our MX (RFC 8461 4.2): STARTTLS at the hostname's
+    address, on the MX port, with a certificate valid for the hostname. One step {"check": "mx_certificate"}."""
+    step = {"check": "mx_certificate", "status": MISSING, "detail": ""}
+    if not cfg.mx_listen:
+        return dict(step, status=ERROR, detail="the MX listener is off (mx_listen)")
+    port = parse_hostport(cfg.mx_listen, "mx_listen")[1]
+    try:
+        addresses = await _addresses(resolver, cfg.hostname)
+    except DNSError as exc:
+        return dict(step, status=ERROR, detail=f"{cfg.hostname} does not resolve: {exc}")
+    addresses, refused = _public(cfg, addresses)
+    if refused and not addresses:
+        return dict(step, status=ERROR, detail=f"{cfg.hostname} resolves only to non-public addresses: "
+                                               f"{', '.join(refused)} (outbound_allow_private is off)")
+    if not addresses:
+        return dict(step, detail=f"{cfg.hostname} has no address record")
+    for address in addresses[:3]:
+        try:
+            conn = await smtpclient.Connection.open(
+                cfg.hostname, port, helo_name=cfg.hostname, ip_for_connect=address, tls="required",
+                tls_context=verifying_context(cfg.outbound_tls_ca_file), timeout=POLICY_TIMEOUT)
+        except smtpclient.DeliveryError as exc:
+            if exc.stage == "starttls" and exc.tls_result:
+                return dict(step, status=CERTIFICATE_INVALID,
+                            detail=f"the MX certificate at {address}:{port} fails for {cfg.hostname}: {exc.text}")
+            step = dict(step, status=ERROR, detail=f"{address}:{port}: {exc}")
+            continue
+        version = conn.tls_version
+        await conn.close()
+        return dict(step, status=FOUND,
+                    detail=f"STARTTLS at {address}:{port} ({version}) with a certificate valid for {cfg.hostname}")
+    return step
+
+
 async def check_mta_sts(cfg: Config, domain: str, mode: str, resolver: Resolver,
                         records: list[RecordCheck]) -> MtaStsCheck:
     """The MTA-STS steps: the TXT record and the policy host (from the record checks already made), then the
@@ -268,7 +309,7 @@ async def check_mta_sts(cfg: Config, domain: str, mode: str, resolver: Resolver,
                       ERROR: rc.error or "DNS failure"}[rc.status]
             steps.append({"check": what, "status": rc.status, "detail": f"{rc.record.name}: {detail}",
                           "expected": rc.record.value, "found": rc.found})
-    steps.append(await fetch_policy(cfg, domain, resolver, policy))
+    steps += await asyncio.gather(fetch_policy(cfg, domain, resolver, policy), check_mx_certificate(cfg, resolver))
     return MtaStsCheck(mode, policy, steps)
 
 

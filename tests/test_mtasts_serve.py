@@ -1,6 +1,7 @@
 """The MTA-STS policy of our domains (RFC 8461): its text and TXT id, /.well-known/mta-sts.txt per Host and
 mode, the mode set by the operator, and the domain check fetching the policy over HTTPS as a sender does
-(a real DNS server and the daemon's HTTPS listener on port 443 of a loopback address)."""
+(a real DNS server and the daemon's HTTPS listener on port 443 of a loopback address) and trying our MX's
+certificate as an enforcing sender would."""
 from __future__ import annotations
 
 import ssl
@@ -150,7 +151,7 @@ def served(tmp_path_factory):
     ca.cert_pem.write_to_path(str(tmp / "ca.pem"))
     dns = DNSServer({HOSTNAME: {"A": [POLICY_IP]}}).start()
     proc = MxdProcess(tmp / "data", domains=["good.test", "notxt.test", "oldid.test", "noserve.test", "badcert.test"],
-                      env={"MXD_DNS_NAMESERVERS": dns.nameserver, "MXD_DNS_TIMEOUT": "2",
+                      host=POLICY_IP, env={"MXD_DNS_NAMESERVERS": dns.nameserver, "MXD_DNS_TIMEOUT": "2",
                            "MXD_TLS_CERT": str(tmp / "cert.pem"), "MXD_TLS_KEY": str(tmp / "key.pem"),
                            "MXD_HTTPS_LISTEN": f"{POLICY_IP}:443", "MXD_OUTBOUND_TLS_CA_FILE": str(tmp / "ca.pem")})
     proc.init()
@@ -188,7 +189,9 @@ def test_https_listener_serves_the_policy_with_a_certificate_senders_verify(serv
 def test_verify_passes_when_txt_host_and_policy_all_hold(served):
     proc, _, _ = served
     sts, steps = _sts(proc, "good.test")
-    assert {k: v["status"] for k, v in steps.items()} == {"txt": "found", "host": "found", "policy": "found"}
+    assert {k: v["status"] for k, v in steps.items()} == {"txt": "found", "host": "found", "policy": "found",
+                                                          "mx_certificate": "found"}
+    assert f"STARTTLS at {POLICY_IP}:{proc.mx_port}" in steps["mx_certificate"]["detail"]
     assert sts["ok"] is True and sts["enforce_ready"] is True and sts["mode"] == "testing"
     assert sts["policy_url"] == "https://mta-sts.good.test/.well-known/mta-sts.txt"
     # enforcing is the operator's step; verify never switches it
@@ -375,3 +378,32 @@ def test_fetch_never_reaches_private_addresses_unless_allowed(hostile):
     assert step["status"] == "error" and "non-public" in step["detail"] and HOSTILE_IP in step["detail"]
     assert _fetch(tmp, zone={"mta-sts.hostile.test": "SERVFAIL"})["status"] == "error"
     assert _fetch(tmp, zone={})["status"] == "missing"
+
+
+def test_mx_certificate_step_refuses_a_certificate_for_another_name(tmp_path):
+    import asyncio
+
+    from mxd import config as config_mod
+    from mxd import domaincheck
+    from mxd.resolver import StaticResolver
+    from tests.support.sink import MailSink
+    ca = trustme.CA()
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ca.issue_cert("someone-else.test").configure_cert(server)
+    sink = MailSink(ip="127.26.1.4", tls_context=server).start()
+    try:
+        def step(mx_listen: str) -> dict:
+            cfg = config_mod.load(None, {"MXD_DATA_DIR": str(tmp_path), "MXD_HOSTNAME": HOSTNAME,
+                                         "MXD_MX_LISTEN": mx_listen, "MXD_OUTBOUND_ALLOW_PRIVATE": "true",
+                                         "MXD_OUTBOUND_TLS_CA_FILE": str(tmp_path / "ca.pem")})
+            resolver = StaticResolver({HOSTNAME: {"A": ["127.26.1.4"]}})
+            return asyncio.run(domaincheck.check_mx_certificate(cfg, resolver))
+        bad = step(f"0.0.0.0:{sink.port}")
+        assert (bad["check"], bad["status"]) == ("mx_certificate", "certificate_invalid")
+        assert HOSTNAME in bad["detail"]
+        assert sink.messages == []
+        off = step("")
+        assert off["status"] == "error" and "mx_listen" in off["detail"]
+    finally:
+        sink.stop()
