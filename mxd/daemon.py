@@ -162,6 +162,8 @@ class Daemon:
         while not (self.http.started and (self.https is None or self.https.started)) and not (
                 self._http_task.done() or (self._https_task is not None and self._https_task.done())):
             await asyncio.sleep(0.01)
+        if self._https_task is not None and self._https_task.done():
+            raise StartupError(f"the HTTPS listener on {cfg.https_listen} did not start: {self._https_task.exception()}")
         if cfg.tls_watch_interval > 0:
             self._tls_watch = asyncio.get_running_loop().create_task(self.tls.watch(cfg.tls_watch_interval))
         log.info("mxd started: MX %s, HTTP %s, HTTPS %s, store %s", cfg.mx_listen or "off", cfg.http_listen,

@@ -102,6 +102,18 @@ def test_sighup_swaps_the_certificate_for_new_connections_only(https):
         assert again.status_code == 200 and _peer(again) == before
 
 
+def test_https_port_taken_stops_the_start_with_a_fix(tmp_path):
+    with socket.socket() as taken:
+        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        taken.bind(("127.0.0.1", HTTPS_PORT + 2))
+        taken.listen()
+        proc = MxdProcess(tmp_path / "data", env={"MXD_HTTPS_LISTEN": f"127.0.0.1:{HTTPS_PORT + 2}"})
+        proc.init()
+        with pytest.raises(RuntimeError, match=r"cannot listen on 127\.0\.0\.1:\d+ for HTTPS: .*MXD_HTTPS_LISTEN"):
+            proc.start()
+        proc.stop()
+
+
 def test_stop_is_graceful_and_closes_the_https_port(https):
     """Last in this module: it stops the module's daemon."""
     proc, _, tmp = https
