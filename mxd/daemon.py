@@ -107,11 +107,11 @@ class Daemon:
         # Bind first, so that a port problem is reported before anything else happens.
         mx_sock = bind_socket(cfg.mx_listen, "the MX", "MXD_MX_LISTEN") if cfg.mx_listen else None
         http_sock = bind_socket(cfg.http_listen, "the HTTP API", "MXD_HTTP_LISTEN")
+        https_sock = bind_socket(cfg.https_listen, "HTTPS", "MXD_HTTPS_LISTEN") if cfg.https_listen else None
         sub_sock = bind_socket(cfg.submission_listen, "submission", "MXD_SUBMISSION_LISTEN") \
             if cfg.submission_listen else None
         subs_sock = bind_socket(cfg.submissions_listen, "submission over TLS", "MXD_SUBMISSIONS_LISTEN") \
             if cfg.submissions_listen else None
-        https_sock = bind_socket(cfg.https_listen, "HTTPS", "MXD_HTTPS_LISTEN") if cfg.https_listen else None
 
         if not cfg.tls_cert:                       # a self-signed certificate until real files are configured
             keys.ensure_self_signed_cert(cfg.tls_cert_path, cfg.tls_key_path, cfg.hostname)
@@ -154,20 +154,22 @@ class Daemon:
         await self.submission.start_on(sub_sock, subs_sock)
         app = create_app(Context(cfg, self.db, directory, self.workers, queued, resolver))
         self.mcp = await mcp.start(app)             # the MCP SDK's session manager, for the daemon's lifetime
-        self.http = _Uvicorn(http_config(cfg, app))
-        self._http_task = asyncio.get_running_loop().create_task(self.http.serve(sockets=[http_sock]))
-        if https_sock is not None:                # the same app over TLS: the API and the MTA-STS policy
+        if https_sock is not None:                 # the same app over TLS: the API and the MTA-STS policy
             self.https = _Uvicorn(http_config(cfg, app, self.tls.context("https")))
             self._https_task = asyncio.get_running_loop().create_task(self.https.serve(sockets=[https_sock]))
-        while not (self.http.started and (self.https is None or self.https.started)) and not (
-                self._http_task.done() or (self._https_task is not None and self._https_task.done())):
+            while not self.https.started and not self._https_task.done():
+                await asyncio.sleep(0.01)
+            if self._https_task.done():
+                raise StartupError(f"the HTTPS listener on {cfg.https_listen} did not start: "
+                                   f"{self._https_task.exception()}")
+        self.http = _Uvicorn(http_config(cfg, app))
+        self._http_task = asyncio.get_running_loop().create_task(self.http.serve(sockets=[http_sock]))
+        while not self.http.started and not self._http_task.done():
             await asyncio.sleep(0.01)
-        if self._https_task is not None and self._https_task.done():
-            raise StartupError(f"the HTTPS listener on {cfg.https_listen} did not start: {self._https_task.exception()}")
         if cfg.tls_watch_interval > 0:
             self._tls_watch = asyncio.get_running_loop().create_task(self.tls.watch(cfg.tls_watch_interval))
-        log.info("mxd started: MX %s, HTTP %s, HTTPS %s, store %s", cfg.mx_listen or "off", cfg.http_listen,
-                 cfg.https_listen or "off", cfg.effective_store_url.split("@")[-1])
+        log.info("mxd started: MX %s, HTTP %s, store %s", cfg.mx_listen or "off", cfg.http_listen,
+                 cfg.effective_store_url.split("@")[-1])
 
     def reload(self) -> None:
         """SIGHUP: load the certificate files again (a renewal by certbot or another tool)."""
