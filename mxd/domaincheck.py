@@ -41,7 +41,8 @@ FOUND, MISSING, WRONG, ERROR = "found", "missing", "wrong", "error"
 CERTIFICATE_INVALID = "certificate_invalid"        # the policy host's certificate fails verification
 POLICY_PATH = "/.well-known/mta-sts.txt"
 POLICY_LIMIT = 64 * 1024                           # read no more of a policy than this
-POLICY_TIMEOUT = 10.0
+POLICY_TIMEOUT = 10.0                              # seconds for a whole answer (RFC 8461 3.3 suggests at most 60)
+SHOWN = 2048                                       # characters of a wrong policy shown back
 
 
 @dataclass
@@ -223,13 +224,17 @@ async def fetch_policy(cfg: Config, domain: str, resolver: Resolver, want: str) 
         for address in addresses[:3]:
             url = f"https://{f'[{address}]' if ':' in address else address}{POLICY_PATH}"
             try:
-                async with client.stream("GET", url, headers={"Host": host},
-                                         extensions={"sni_hostname": host}) as r:
+                async with asyncio.timeout(POLICY_TIMEOUT), \
+                        client.stream("GET", url, headers={"Host": host}, extensions={"sni_hostname": host}) as r:
                     body = b""
-                    async for chunk in r.aiter_bytes():
+                    async for chunk in r.aiter_bytes():     # no more than the limit, however it trickles
                         body += chunk
                         if len(body) > POLICY_LIMIT:
                             break
+            except TimeoutError:
+                step = dict(step, status=ERROR, detail=f"https://{host}{POLICY_PATH} ({address}): no complete answer "
+                                                       f"within {POLICY_TIMEOUT:g} s")
+                continue
             except httpx.HTTPError as exc:
                 bad = _cause(exc)
                 if bad is not None:
@@ -243,10 +248,11 @@ async def fetch_policy(cfg: Config, domain: str, resolver: Resolver, want: str) 
                 return dict(step, detail=f"https://{host}{POLICY_PATH} answered HTTP {r.status_code}{how}")
             media = r.headers.get("content-type", "").split(";")[0].strip().lower()
             text = body[:POLICY_LIMIT].decode("utf-8", "replace")
+            shown = text[:SHOWN]
             if media != "text/plain":
-                return dict(step, status=WRONG, detail=f"served as {media or 'no type'}, not text/plain", found=text)
+                return dict(step, status=WRONG, detail=f"served as {media or 'no type'}, not text/plain", found=shown)
             if _lines(text) != _lines(want):
-                return dict(step, status=WRONG, detail="the policy served is not the one expected", found=text)
+                return dict(step, status=WRONG, detail="the policy served is not the one expected", found=shown)
             return dict(step, status=FOUND, detail=f"served over HTTPS by {address} with a valid certificate")
     return step
 
