@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 from typing import Any, Generator
 
 import uvicorn
@@ -59,16 +60,18 @@ def bind_socket(listen: str, what: str, env: str) -> socket.socket:
     return sock
 
 
-def http_config(cfg: Config, app: Any) -> uvicorn.Config:
+def http_config(cfg: Config, app: Any, tls: ssl.SSLContext | None = None) -> uvicorn.Config:
     """uvicorn's settings for the API. Proxy headers (X-Forwarded-For, -Proto) are read only from
     `trusted_proxies`: uvicorn's default believes any loopback peer, so anything on this host could pose
     as any client to the per-IP limits and the audit trail. The h11 protocol with read deadlines
-    (mxd.api.httpconn) bounds what a silent or slow client holds."""
+    (mxd.api.httpconn) bounds what a silent or slow client holds. With `tls` (ServerTLS's "https"
+    context, whose SNI callback serves the certificate loaded last) the server speaks HTTPS."""
     return uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False, timeout_graceful_shutdown=10,
                           http=httpconn.protocol(cfg.http_header_timeout),
                           timeout_keep_alive=cfg.http_keepalive_timeout,   # type: ignore[arg-type]
                           proxy_headers=bool(cfg.trusted_proxies), forwarded_allow_ips=list(cfg.trusted_proxies),
-                          server_header=False)
+                          server_header=False,
+                          ssl_context_factory=None if tls is None else (lambda _config, _default: tls))
 
 
 class _Uvicorn(uvicorn.Server):
@@ -93,6 +96,8 @@ class Daemon:
         self.submission: SubmissionServer | None = None
         self.http: _Uvicorn | None = None
         self._http_task: asyncio.Task | None = None
+        self.https: _Uvicorn | None = None
+        self._https_task: asyncio.Task | None = None
         self.mcp: mcp.McpService | None = None
         self.tls: ServerTLS | None = None
         self._tls_watch: asyncio.Task | None = None
@@ -104,6 +109,7 @@ class Daemon:
         # Bind first, so that a port problem is reported before anything else happens.
         mx_sock = bind_socket(cfg.mx_listen, "the MX", "MXD_MX_LISTEN") if cfg.mx_listen else None
         http_sock = bind_socket(cfg.http_listen, "the HTTP API", "MXD_HTTP_LISTEN")
+        https_sock = bind_socket(cfg.https_listen, "HTTPS", "MXD_HTTPS_LISTEN") if cfg.https_listen else None
         sub_sock = bind_socket(cfg.submission_listen, "submission", "MXD_SUBMISSION_LISTEN") \
             if cfg.submission_listen else None
         subs_sock = bind_socket(cfg.submissions_listen, "submission over TLS", "MXD_SUBMISSIONS_LISTEN") \
@@ -153,6 +159,14 @@ class Daemon:
             self.tls_reporter.start()
         app = create_app(Context(cfg, self.db, directory, self.workers, queued, resolver))
         self.mcp = await mcp.start(app)             # the MCP SDK's session manager, for the daemon's lifetime
+        if https_sock is not None:                 # the same app over TLS: the API and the MTA-STS policy
+            self.https = _Uvicorn(http_config(cfg, app, self.tls.context("https")))
+            self._https_task = asyncio.get_running_loop().create_task(self.https.serve(sockets=[https_sock]))
+            while not self.https.started and not self._https_task.done():
+                await asyncio.sleep(0.01)
+            if self._https_task.done():
+                raise StartupError(f"the HTTPS listener on {cfg.https_listen} did not start: "
+                                   f"{self._https_task.exception()}")
         self.http = _Uvicorn(http_config(cfg, app))
         self._http_task = asyncio.get_running_loop().create_task(self.http.serve(sockets=[http_sock]))
         while not self.http.started and not self._http_task.done():
@@ -182,9 +196,12 @@ class Daemon:
             await self.mx.stop(grace=30.0)
         if self.gate:
             self.gate.close()
-        if self.http and self._http_task:
-            self.http.should_exit = True
-            await self._http_task
+        for server, task in ((self.http, self._http_task), (self.https, self._https_task)):
+            if server and task:
+                server.should_exit = True
+        for task in (self._http_task, self._https_task):
+            if task:
+                await task
         if self.mcp:
             await self.mcp.stop()
         if self.tls_reporter:
@@ -215,7 +232,8 @@ async def serve(cfg: Config) -> None:
     try:
         await daemon.start()
         print(f"mxd: MX on {cfg.mx_listen or 'off'}, submission on {cfg.submission_listen or 'off'} and "
-              f"{cfg.submissions_listen or 'off'} (TLS), HTTP on http://{cfg.http_listen}, data in {cfg.data_dir}",
+              f"{cfg.submissions_listen or 'off'} (TLS), HTTP on http://{cfg.http_listen}"
+              f"{f', HTTPS on https://{cfg.https_listen}' if cfg.https_listen else ''}, data in {cfg.data_dir}",
               flush=True)
         await daemon.wait()
     finally:

@@ -21,9 +21,12 @@ Policy choices:
   separate return-path host is needed, and SPF aligns with the From domain
   (RFC 7489 3.1.2).
 - MTA-STS (RFC 8461) and TLS-RPT (RFC 8460) are recommended, not required:
-  mail flows without them. The policy is ``mode: testing`` so a certificate
-  problem is reported (to the TLS-RPT address), never turned into lost mail;
-  its ``id`` is derived from the policy text, so it changes when the policy does.
+  mail flows without them. A domain's policy is ``mode: testing`` until the
+  operator switches it to ``enforce`` (or ``off``: nothing served, nothing to
+  publish), so a certificate problem is reported (to the TLS-RPT address), never
+  turned into lost mail; its ``id`` is derived from the policy text, so it
+  changes when the policy does. The policy host ``mta-sts.<domain>`` is a CNAME
+  to our hostname: mxd serves the policy itself on its HTTPS listener.
 """
 from __future__ import annotations
 
@@ -126,27 +129,53 @@ class PlannedRecord:
                     return_path=self.return_path, zone_line=self.record.zone_line())
 
 
+MTA_STS_MODES = ("off", "testing", "enforce")     # a domain's policy: none served, RFC 8461 "testing", "enforce"
+MTA_STS_LABEL = "mta-sts"                          # RFC 8461 3.3: the policy host is mta-sts.<domain>
+
+
 def mta_sts_policy(domain: str, hostname: str, mode: str = "testing", max_age: int = 604800) -> str:
-    """The policy file served at https://mta-sts.<domain>/.well-known/mta-sts.txt (RFC 8461 3.2)."""
+    """The policy file served at https://mta-sts.<domain>/.well-known/mta-sts.txt (RFC 8461 3.2): CRLF lines,
+    our MX host the only `mx`. The same text for every domain of this server with the same mode."""
     normalize_domain(domain)
-    return f"version: STSv1\r\nmode: {mode}\r\nmx: {normalize_domain(hostname)}\r\nmax_age: {max_age}\r\n"
+    if mode not in ("testing", "enforce"):
+        raise ValueError(f"no MTA-STS policy is served in mode {mode!r}")
+    return f"version: STSv1\r\nmode: {mode}\r\nmx: {normalize_domain(hostname)}\r\nmax_age: {int(max_age)}\r\n"
 
 
-def recommended_records(domain: str, hostname: str) -> list[DnsRecord]:
-    """MTA-STS (RFC 8461 3.1) and TLS-RPT (RFC 8460 3) TXT records: recommended, not needed to send."""
+def mta_sts_id(policy: str) -> str:
+    """The `id` of the _mta-sts TXT record (RFC 8461 3.1: 1-32 alphanumerics) for this policy text: a hash of
+    it, so the id changes whenever the policy does and senders fetch it again."""
+    return hashlib.sha256(policy.encode()).hexdigest()[:20]
+
+
+def mta_sts_records(domain: str, hostname: str, mode: str = "testing", max_age: int = 604800) -> list[DnsRecord]:
+    """The _mta-sts TXT record (RFC 8461 3.1) with the policy's id, and the policy host mta-sts.<domain>
+    pointing at this server; none when the domain's MTA-STS is off."""
     domain = normalize_domain(domain)
-    policy_id = hashlib.sha256(mta_sts_policy(domain, hostname).encode()).hexdigest()[:20]   # 1-32 alphanumerics
+    if mode == "off":
+        return []
+    policy_id = mta_sts_id(mta_sts_policy(domain, hostname, mode, max_age))
     return [
         DnsRecord(f"_mta-sts.{domain}", "TXT", f"v=STSv1; id={policy_id}",
-                  f"MTA-STS: senders require TLS to the MX; serve the policy at "
-                  f"https://mta-sts.{domain}/.well-known/mta-sts.txt"),
+                  f"MTA-STS ({mode}): senders require TLS to the MX; the policy is at "
+                  f"https://{MTA_STS_LABEL}.{domain}/.well-known/mta-sts.txt"),
+        DnsRecord(f"{MTA_STS_LABEL}.{domain}", "CNAME", normalize_domain(hostname),
+                  "MTA-STS policy host: this server answers HTTPS for it (https_listen) with a certificate "
+                  "valid for this name"),
+    ]
+
+
+def recommended_records(domain: str, hostname: str, mode: str = "testing", max_age: int = 604800) -> list[DnsRecord]:
+    """MTA-STS (RFC 8461 3.1) and TLS-RPT (RFC 8460 3) records: recommended, not needed to send."""
+    domain = normalize_domain(domain)
+    return mta_sts_records(domain, hostname, mode, max_age) + [
         DnsRecord(f"_smtp._tls.{domain}", "TXT", f"v=TLSRPTv1; rua=mailto:{report_address(domain)}",
                   "TLS-RPT: where senders report TLS failures delivering to this domain"),
     ]
 
 
 def plan(domain: str, hostname: str, dkim_keys: list[DkimKey], ipv4: str | None = None,
-         ipv6: str | None = None) -> list[PlannedRecord]:
+         ipv6: str | None = None, mta_sts_mode: str = "testing", mta_sts_max_age: int = 604800) -> list[PlannedRecord]:
     """Everything to publish for a domain: the required records, then the recommended ones."""
     out = []
     for rec in required_records(domain, hostname, dkim_keys, ipv4, ipv6):
@@ -160,8 +189,9 @@ def plan(domain: str, hostname: str, dkim_keys: list[DkimKey], ipv4: str | None 
             out.append(PlannedRecord(rec, "dkim"))
         else:
             out.append(PlannedRecord(rec, "spf", return_path=True))
-    for rec in recommended_records(domain, hostname):
-        out.append(PlannedRecord(rec, "mta-sts" if rec.name.startswith("_mta-sts.") else "tls-rpt", required=False))
+    for rec in recommended_records(domain, hostname, mta_sts_mode, mta_sts_max_age):
+        kind = "tls-rpt" if rec.name.startswith("_smtp._tls.") else "mta-sts"
+        out.append(PlannedRecord(rec, kind, required=False))
     return out
 
 

@@ -6,6 +6,14 @@ answer, not the planned one) or `error` (the resolver failed, so nothing is
 known), with the values found. Plain functions taking a domain name, shared by
 both API dialects and the CLI.
 
+MTA-STS (RFC 8461) is checked end to end when the domain's mode is not "off": the _mta-sts TXT record
+with the id of the policy served now, the policy host mta-sts.<domain> resolving to this server, and
+the policy fetched from it as a sender would (HTTPS on port 443 to the address our resolver gives,
+the certificate verified against the system's CAs and `outbound_tls_ca_file`, no redirects) and
+compared with ours, and our MX answering STARTTLS at the hostname's address with a certificate valid for
+the hostname (what an enforcing sender demands). Passing on a domain in "testing" makes it `enforce_ready`; the switch to
+"enforce" stays the operator's (a bad certificate on the MX then delays mail at every sender).
+
 An organisation's domain also has an ownership record, TXT `_mxd-verify.<domain>`
 holding `mxd-verify=<token>` (a token per registration): required until it has
 been found once; mail for the domain is routed here only from then on.
@@ -13,18 +21,28 @@ been found once; mail for the domain is routed here only from then on.
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from dataclasses import dataclass, field
 
-from mxd import dnsrecords, keys
+import httpx
+
+from mxd import dnsrecords, keys, smtpclient
 from mxd.address import normalize_domain
-from mxd.config import Config
+from mxd.config import Config, parse_hostport
+from mxd.delivery.mtasts import verifying_context
 from mxd.errors import MxdError
+from mxd.netcheck import refusal
 from mxd.resolver import DNSError, Resolver
 from mxd.store import directory, events
 from mxd.store.models import Domain
 
 FOUND, MISSING, WRONG, ERROR = "found", "missing", "wrong", "error"
+CERTIFICATE_INVALID = "certificate_invalid"        # the policy host's certificate fails verification
+POLICY_PATH = "/.well-known/mta-sts.txt"
+POLICY_LIMIT = 64 * 1024                           # read no more of a policy than this
+POLICY_TIMEOUT = 10.0                              # seconds for a whole answer (RFC 8461 3.3 suggests at most 60)
+SHOWN = 2048                                       # characters of a wrong policy shown back
 
 
 @dataclass
@@ -50,9 +68,31 @@ class RecordCheck:
 
 
 @dataclass
+class MtaStsCheck:
+    """The domain's MTA-STS as a sender sees it: each step with its status (found | missing | wrong | error |
+    certificate_invalid) and what was seen."""
+    mode: str
+    policy: str = ""                             # the policy text served now ("" when off)
+    steps: list[dict] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.mode != "off" and bool(self.steps) and all(s["status"] == FOUND for s in self.steps)
+
+    def to_json(self, domain: str) -> dict:
+        out: dict = {"mode": self.mode, "ok": self.ok, "enforce_ready": self.ok and self.mode == "testing",
+                     "checks": self.steps}
+        if self.mode != "off":
+            out.update(policy_url=f"https://{dnsrecords.MTA_STS_LABEL}.{domain}{POLICY_PATH}", policy=self.policy,
+                       policy_id=dnsrecords.mta_sts_id(self.policy))
+        return out
+
+
+@dataclass
 class DomainCheck:
     domain: str
     checks: list[RecordCheck]
+    mta_sts: MtaStsCheck | None = None
 
     @property
     def ok(self) -> bool:
@@ -70,7 +110,10 @@ class DomainCheck:
         return any(c.planned.kind == "ownership" and c.status == FOUND for c in self.checks)
 
     def to_json(self) -> dict:
-        return {"domain": self.domain, "dns_ok": self.ok, "records": [c.to_json() for c in self.checks]}
+        out = {"domain": self.domain, "dns_ok": self.ok, "records": [c.to_json() for c in self.checks]}
+        if self.mta_sts is not None:
+            out["mta_sts"] = self.mta_sts.to_json(self.domain)
+        return out
 
 
 def _tags(value: str) -> dict[str, str]:
@@ -104,9 +147,9 @@ def _judge(planned: dnsrecords.PlannedRecord, answers: list[str]) -> tuple[bool,
     if planned.kind == "ownership":                          # the token of this registration, exactly
         relevant = [a for a in answers if a.strip().lower().startswith("mxd-verify=")]
         return any(a.strip() == want for a in relevant), relevant
-    if planned.kind == "mta-sts":                            # RFC 8461 3.1: exactly one, with an id
+    if planned.kind == "mta-sts":                            # RFC 8461 3.1: exactly one, with the id served now
         relevant = [a for a in answers if a.replace(" ", "").lower().startswith("v=stsv1")]
-        return len(relevant) == 1 and bool(_tags(relevant[0]).get("id")), relevant
+        return len(relevant) == 1 and _tags(relevant[0]).get("id") == _tags(want).get("id"), relevant
     if planned.kind == "tls-rpt":                            # RFC 8460 3: exactly one, with rua
         relevant = [a for a in answers if a.replace(" ", "").lower().startswith("v=tlsrptv1")]
         return len(relevant) == 1 and bool(_tags(relevant[0]).get("rua")), relevant
@@ -132,11 +175,148 @@ async def check_record(planned: dnsrecords.PlannedRecord, resolver: Resolver) ->
         elif record.type == "AAAA":
             answers = await resolver.aaaaa(record.name)
             ok = record.value in answers
+        elif record.type == "CNAME":                         # the name must reach the target's addresses
+            answers = await _addresses(resolver, record.name)
+            ok = bool(set(answers) & set(await _addresses(resolver, record.value)))
         else:
             return RecordCheck(planned, ERROR, [], f"records of type {record.type} are not checked")
     except DNSError as exc:
         return RecordCheck(planned, ERROR, [], str(exc))
     return RecordCheck(planned, FOUND if ok else (WRONG if answers else MISSING), answers)
+
+
+async def _addresses(resolver: Resolver, name: str) -> list[str]:
+    return list(await resolver.aa(name)) + list(await resolver.aaaaa(name))
+
+
+def _cause(exc: BaseException) -> BaseException | None:
+    """The certificate verification error under an httpx error, if that is what it was."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _lines(text: str) -> list[str]:
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+async def fetch_policy(cfg: Config, domain: str, resolver: Resolver, want: str) -> dict:
+    """Fetch https://mta-sts.<domain>/.well-known/mta-sts.txt as a sender would (RFC 8461 3.3) from the addresses
+    our resolver gives, and compare it with `want`: one step {"check": "policy", "status", "detail"}."""
+    host = f"{dnsrecords.MTA_STS_LABEL}.{domain}"
+    step = {"check": "policy", "status": MISSING, "detail": ""}
+    try:
+        addresses = await _addresses(resolver, host)
+    except DNSError as exc:
+        return dict(step, status=ERROR, detail=f"{host} does not resolve: {exc}")
+    if not addresses:
+        return dict(step, detail=f"{host} has no address record")
+    addresses, refused = _public(cfg, addresses)    # a check is no way to reach this host's own network
+    if not addresses:
+        return dict(step, status=ERROR, detail=f"{host} resolves only to non-public addresses: "
+                                               f"{', '.join(refused)} (outbound_allow_private is off)")
+    context = verifying_context(cfg.outbound_tls_ca_file)
+    async with httpx.AsyncClient(verify=context, timeout=POLICY_TIMEOUT, follow_redirects=False,
+                                 trust_env=False) as client:
+        for address in addresses[:3]:
+            url = f"https://{f'[{address}]' if ':' in address else address}{POLICY_PATH}"
+            try:
+                async with asyncio.timeout(POLICY_TIMEOUT), \
+                        client.stream("GET", url, headers={"Host": host}, extensions={"sni_hostname": host}) as r:
+                    body = b""
+                    async for chunk in r.aiter_bytes():     # no more than the limit, however it trickles
+                        body += chunk
+                        if len(body) > POLICY_LIMIT:
+                            break
+            except TimeoutError:
+                step = dict(step, status=ERROR, detail=f"https://{host}{POLICY_PATH} ({address}): no complete answer "
+                                                       f"within {POLICY_TIMEOUT:g} s")
+                continue
+            except httpx.HTTPError as exc:
+                bad = _cause(exc)
+                if bad is not None:
+                    return dict(step, status=CERTIFICATE_INVALID,
+                                detail=f"the certificate of {host} ({address}) fails: {bad.verify_message}")
+                step = dict(step, status=ERROR if isinstance(exc, httpx.TimeoutException) else MISSING,
+                            detail=f"https://{host}{POLICY_PATH} ({address}): {exc.__class__.__name__} {exc}".strip())
+                continue                                   # another address may answer
+            if r.status_code != 200:
+                how = " (senders do not follow redirects, RFC 8461 3.3)" if 300 <= r.status_code < 400 else ""
+                return dict(step, detail=f"https://{host}{POLICY_PATH} answered HTTP {r.status_code}{how}")
+            media = r.headers.get("content-type", "").split(";")[0].strip().lower()
+            text = body[:POLICY_LIMIT].decode("utf-8", "replace")
+            shown = text[:SHOWN]
+            if media != "text/plain":
+                return dict(step, status=WRONG, detail=f"served as {media or 'no type'}, not text/plain", found=shown)
+            if _lines(text) != _lines(want):
+                return dict(step, status=WRONG, detail="the policy served is not the one expected", found=shown)
+            return dict(step, status=FOUND, detail=f"served over HTTPS by {address} with a valid certificate")
+    return step
+
+
+def _public(cfg: Config, addresses: list[str]) -> tuple[list[str], list[str]]:
+    """(the addresses a check may connect to, the refused ones with why): all of them with outbound_allow_private."""
+    if cfg.outbound_allow_private:
+        return addresses, []
+    return [a for a in addresses if not refusal(a)], [f"{a} ({refusal(a)})" for a in addresses if refusal(a)]
+
+
+async def check_mx_certificate(cfg: Config, resolver: Resolver) -> dict:
+    """What an MTA-STS sender in enforce mode checks at our MX (RFC 8461 4.2): STARTTLS at the hostname's
+    address, on the MX port, with a certificate valid for the hostname. One step {"check": "mx_certificate"}."""
+    step = {"check": "mx_certificate", "status": MISSING, "detail": ""}
+    if not cfg.mx_listen:
+        return dict(step, status=ERROR, detail="the MX listener is off (mx_listen)")
+    port = parse_hostport(cfg.mx_listen, "mx_listen")[1]
+    try:
+        addresses = await _addresses(resolver, cfg.hostname)
+    except DNSError as exc:
+        return dict(step, status=ERROR, detail=f"{cfg.hostname} does not resolve: {exc}")
+    addresses, refused = _public(cfg, addresses)
+    if refused and not addresses:
+        return dict(step, status=ERROR, detail=f"{cfg.hostname} resolves only to non-public addresses: "
+                                               f"{', '.join(refused)} (outbound_allow_private is off)")
+    if not addresses:
+        return dict(step, detail=f"{cfg.hostname} has no address record")
+    for address in addresses[:3]:
+        try:
+            conn = await smtpclient.Connection.open(
+                cfg.hostname, port, helo_name=cfg.hostname, ip_for_connect=address, tls="required",
+                tls_context=verifying_context(cfg.outbound_tls_ca_file), timeout=POLICY_TIMEOUT)
+        except smtpclient.DeliveryError as exc:
+            if exc.stage == "starttls" and exc.tls_result:
+                return dict(step, status=CERTIFICATE_INVALID,
+                            detail=f"the MX certificate at {address}:{port} fails for {cfg.hostname}: {exc.text}")
+            step = dict(step, status=ERROR, detail=f"{address}:{port}: {exc}")
+            continue
+        version = conn.tls_version
+        await conn.close()
+        return dict(step, status=FOUND,
+                    detail=f"STARTTLS at {address}:{port} ({version}) with a certificate valid for {cfg.hostname}")
+    return step
+
+
+async def check_mta_sts(cfg: Config, domain: str, mode: str, resolver: Resolver,
+                        records: list[RecordCheck]) -> MtaStsCheck:
+    """The MTA-STS steps: the TXT record and the policy host (from the record checks already made), then the
+    policy fetched over HTTPS."""
+    if mode == "off":
+        return MtaStsCheck(mode)
+    policy = dnsrecords.mta_sts_policy(domain, cfg.hostname, mode, cfg.mta_sts_max_age)
+    steps = []
+    for rc in records:
+        if rc.planned.kind == "mta-sts":
+            what = "txt" if rc.record.type == "TXT" else "host"
+            detail = {FOUND: "published", MISSING: "not published",
+                      WRONG: "another id than the policy served now" if what == "txt" else "not this server's address",
+                      ERROR: rc.error or "DNS failure"}[rc.status]
+            steps.append({"check": what, "status": rc.status, "detail": f"{rc.record.name}: {detail}",
+                          "expected": rc.record.value, "found": rc.found})
+    steps += await asyncio.gather(fetch_policy(cfg, domain, resolver, policy), check_mx_certificate(cfg, resolver))
+    return MtaStsCheck(mode, policy, steps)
 
 
 def ownership(domain: Domain) -> dnsrecords.PlannedRecord | None:
@@ -149,33 +329,45 @@ def ownership(domain: Domain) -> dnsrecords.PlannedRecord | None:
     return dnsrecords.PlannedRecord(record, "ownership", required=domain.owner_verified_at is None)
 
 
-def plan(cfg: Config, domain: str, owner: dnsrecords.PlannedRecord | None = None) -> list[dnsrecords.PlannedRecord]:
+def plan(cfg: Config, domain: str, owner: dnsrecords.PlannedRecord | None = None,
+         mta_sts_mode: str = "testing") -> list[dnsrecords.PlannedRecord]:
     """The records to publish for `domain` with this server's hostname and the domain's DKIM keys
     (first the ownership record `owner`, for an organisation's domain)."""
     name = normalize_domain(domain)
-    return ([owner] if owner else []) + dnsrecords.plan(name, cfg.hostname, keys.load_dkim_keys(cfg.dkim_dir, name))
+    return ([owner] if owner else []) + dnsrecords.plan(name, cfg.hostname, keys.load_dkim_keys(cfg.dkim_dir, name),
+                                                        mta_sts_mode=mta_sts_mode,
+                                                        mta_sts_max_age=cfg.mta_sts_max_age)
 
 
-def plan_json(cfg: Config, domain: str, owner: dnsrecords.PlannedRecord | None = None) -> dict:
+def plan_json(cfg: Config, domain: str, owner: dnsrecords.PlannedRecord | None = None,
+              mta_sts_mode: str = "testing") -> dict:
     """The DNS plan as the API shows it: records (required and recommended), the return path, MTA-STS."""
     name = normalize_domain(domain)
-    return {
+    out = {
         "domain": name,
-        "records": [p.to_json() for p in plan(cfg, name, owner)],
+        "records": [p.to_json() for p in plan(cfg, name, owner, mta_sts_mode)],
         "return_path": dnsrecords.return_path(name),
-        "mta_sts": {"policy_url": f"https://mta-sts.{name}/.well-known/mta-sts.txt",
-                    "policy": dnsrecords.mta_sts_policy(name, cfg.hostname),
-                    "note": f"Recommended: serve this policy over HTTPS at mta-sts.{name} (a certificate "
-                            f"valid for that name), then publish the _mta-sts TXT record."},
+        "mta_sts": {"mode": mta_sts_mode},
     }
+    if mta_sts_mode != "off":
+        policy = dnsrecords.mta_sts_policy(name, cfg.hostname, mta_sts_mode, cfg.mta_sts_max_age)
+        out["mta_sts"].update(
+            policy_url=f"https://{dnsrecords.MTA_STS_LABEL}.{name}{POLICY_PATH}", policy=policy,
+            policy_id=dnsrecords.mta_sts_id(policy),
+            note=f"Recommended: mxd serves this policy on its HTTPS listener (https_listen, port 443) for "
+                 f"{dnsrecords.MTA_STS_LABEL}.{name}, with a certificate valid for that name; publish the "
+                 f"_mta-sts TXT record and the {dnsrecords.MTA_STS_LABEL} CNAME, then verify.")
+    return out
 
 
 async def check(cfg: Config, domain: str, resolver: Resolver,
-                owner: dnsrecords.PlannedRecord | None = None) -> DomainCheck:
-    """Query every planned record of `domain` (concurrently) and report each one."""
+                owner: dnsrecords.PlannedRecord | None = None, mta_sts_mode: str = "testing") -> DomainCheck:
+    """Query every planned record of `domain` (concurrently) and report each one, then the MTA-STS policy
+    as senders fetch it."""
     name = normalize_domain(domain)
-    planned = plan(cfg, name, owner)
-    return DomainCheck(name, list(await asyncio.gather(*(check_record(p, resolver) for p in planned))))
+    planned = plan(cfg, name, owner, mta_sts_mode)
+    records = list(await asyncio.gather(*(check_record(p, resolver) for p in planned)))
+    return DomainCheck(name, records, await check_mta_sts(cfg, name, mta_sts_mode, resolver, records))
 
 
 def record_verification(domain: str, dns_ok: bool, definitely_broken: bool,

@@ -7,6 +7,7 @@ need=()
 for pair in postfix:postfix swaks:swaks opendkim-testmsg:opendkim-tools nsd:nsd rspamd:rspamd; do
     command -v "${pair%%:*}" >/dev/null 2>&1 || [ -x "/usr/sbin/${pair%%:*}" ] || need+=("${pair#*:}")
 done
+command -v openssl >/dev/null 2>&1 || need+=(openssl)     # TLS settings tests: openssl s_client
 perl -MNet::SSLeay -e1 >/dev/null 2>&1 || need+=(libnet-ssleay-perl)     # swaks --tls
 for pair in unbound:unbound ldns-signzone:ldnsutils; do command -v "${pair%%:*}" >/dev/null 2>&1 || [ -x "/usr/sbin/${pair%%:*}" ] || need+=("${pair#*:}"); done   # DANE: validating resolver, zone signing
 if [ ${#need[@]} -gt 0 ]; then

@@ -15,7 +15,7 @@ DOMAINS = ["example.test", "right.test", "wrong.test", "missing.test"]
 
 @pytest.fixture
 def setup(tmp_path):
-    dns = DNSServer({})
+    dns = DNSServer({"mx.example.test": {"A": ["127.0.0.1"]}})     # the MTA-STS host's CNAME target
     dns.start()
     proc = MxdProcess(tmp_path / "data", domains=DOMAINS,
                       env={"MXD_DNS_NAMESERVERS": dns.nameserver, "MXD_DNS_TIMEOUT": "2",
@@ -67,7 +67,8 @@ def test_dns_plan_lists_required_and_recommended_records(setup):
     assert required == {("MX", "example.test"), ("TXT", "example.test"), ("TXT", "_dmarc.example.test")} | {
         ("TXT", r["name"]) for r in dkim}
     recommended = _by_key([r for r in plan if not r["required"]])
-    assert set(recommended) == {("TXT", "_mta-sts.example.test"), ("TXT", "_smtp._tls.example.test")}
+    assert set(recommended) == {("TXT", "_mta-sts.example.test"), ("CNAME", "mta-sts.example.test"),
+                                ("TXT", "_smtp._tls.example.test")}
     assert recommended[("TXT", "_mta-sts.example.test")]["value"].startswith("v=STSv1; id=")
     assert recommended[("TXT", "_smtp._tls.example.test")]["value"] == \
         "v=TLSRPTv1; rua=mailto:postmaster@example.test"
@@ -182,7 +183,7 @@ def test_domaincheck_functions_take_a_domain_name():
     from mxd.resolver import StaticResolver
 
     planned = dnsrecords.plan("Example.COM", "mx.example.com", [])
-    zone: dict = {}
+    zone: dict = {"mx.example.com": {"A": ["192.0.2.1"]}}
     for p in planned:
         entry = zone.setdefault(p.record.name, {})
         if p.record.type == "MX":

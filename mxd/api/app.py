@@ -6,7 +6,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import BaseRoute, Route
 
-from mxd.api import mcp, openapi, rest, v1
+from mxd.api import mcp, openapi, rest, v1, wellknown
 from mxd.api.headers import SecurityHeaders
 from mxd.api.http import EXCEPTION_HANDLERS, AuditMiddleware
 from mxd.api.rest import system
@@ -24,7 +24,7 @@ def document_aliases() -> list[BaseRoute]:
 
 def create_app(context: Services) -> Starlette:
     # the /api/v1 mount and the /api documents first: no /api route may take their paths
-    routes = document_aliases() + v1.routes() + rest.routes() + openapi.routes() + mcp.routes()
+    routes = document_aliases() + v1.routes() + rest.routes() + openapi.routes() + mcp.routes() + wellknown.routes()
     app = Starlette(routes=routes, middleware=[Middleware(SecurityHeaders), Middleware(AuditMiddleware)],
                     exception_handlers={**EXCEPTION_HANDLERS, **mcp.EXCEPTION_HANDLERS})
     app.state.ctx = context

@@ -7,6 +7,11 @@ server's file descriptors). Here the whole request head must arrive within `head
 connection (or of the first byte after a kept-alive answer), and while a body is owed, a silence longer
 than `header_timeout` closes the connection. A pause that is mxd's own (reading paused because the
 application has not consumed the body yet) does not count.
+
+Over TLS (the HTTPS listener), closing a connection politely sends close_notify and then waits for the
+peer's (asyncio holds the socket up to 30 s for it); an idle client never answers, which would hold the
+descriptor and a graceful stop for that long. A TLS connection mxd closes is therefore dropped
+`TLS_CLOSE_GRACE` seconds after the close if the peer has not finished it by then.
 """
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 _TIMEOUT_ANSWER = b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+TLS_CLOSE_GRACE = 1.0
 
 
 class GuardedH11Protocol(H11Protocol):
@@ -26,6 +32,7 @@ class GuardedH11Protocol(H11Protocol):
         super().__init__(*args, **kwargs)
         self._deadline: asyncio.TimerHandle | None = None
         self._head_bytes = 0              # bytes of the request head received so far
+        self._lost = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -47,8 +54,26 @@ class GuardedH11Protocol(H11Protocol):
             self._cancel()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
         self._cancel()
         super().connection_lost(exc)
+
+    def shutdown(self) -> None:           # the server stops: idle connections are closed now
+        super().shutdown()
+        self._reap()
+
+    def timeout_keep_alive_handler(self) -> None:
+        super().timeout_keep_alive_handler()
+        self._reap()
+
+    def _reap(self) -> None:
+        """After mxd closed a TLS connection: drop it if the peer has not finished the close in a moment."""
+        if self.transport.is_closing() and self.transport.get_extra_info("sslcontext") is not None:
+            self.loop.call_later(TLS_CLOSE_GRACE, self._drop)
+
+    def _drop(self) -> None:
+        if not self._lost:
+            self.transport.abort()
 
     def _arm(self) -> None:
         self._cancel()
@@ -71,8 +96,10 @@ class GuardedH11Protocol(H11Protocol):
             if self._head_bytes:
                 self.transport.write(_TIMEOUT_ANSWER)
             self.transport.close()
+            self._reap()
         elif state is h11.SEND_BODY:
             self.transport.close()        # the application sees a disconnect
+            self._reap()
 
 
 def protocol(header_timeout: float) -> type[GuardedH11Protocol]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
+from mxd.dnsrecords import MTA_STS_MODES
 from mxd.store import tokens
 from mxd.store.quarantine import REASONS as QUARANTINE_REASONS
 from mxd.store.webhook_rows import EVENT_TYPES
@@ -68,11 +69,14 @@ _SEND_PROPS: dict[str, dict] = {
 _OWNED = dict(BOOL, description="mail for the domain is routed here: the operator's, or an organisation's whose "
                                 "ownership record (TXT _mxd-verify.<domain>) was found")
 _DOMAIN_FIELDS = dict(id=STR, name=STR, org_id=NSTR, ready=BOOL, ready_source=dict(NSTR, description="operator | dns"),
-                      ownership_verified=_OWNED, created_at=NTIME)
+                      ownership_verified=_OWNED, mta_sts_mode={"enum": list(MTA_STS_MODES)},
+                      created_at=NTIME)
 _V1_DOMAIN_FIELDS = dict(id=STR, domain=STR, organization_id=NSTR, status={"enum": ["verified", "pending"]},
                          inbound_status=STR, outbound_status=STR, ready_source=NSTR, ownership_verified=_OWNED,
-                         created_at=NTIME, verified_at=NTIME)
-_CHECK_FIELDS = dict(domain=STR, dns_ok=BOOL, records=arr(ref("DnsCheck")))
+                         mta_sts_mode={"enum": list(MTA_STS_MODES)}, created_at=NTIME, verified_at=NTIME)
+_CHECK_FIELDS = dict(domain=STR, dns_ok=BOOL, records=arr(ref("DnsCheck")),
+                     mta_sts=dict(ANYOBJ, description="the MTA-STS policy as senders fetch it: mode, ok, enforce_ready, "
+                                                      "checks (txt, host, policy) each with status and detail"))
 
 SCHEMAS: dict[str, dict] = {
     "Error": obj(["error"], error=obj(

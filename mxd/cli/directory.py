@@ -25,11 +25,17 @@ def deleted(args: argparse.Namespace, what: str, key: str) -> int:
 
 # ---------------------------------------------------------------- domains
 def _domain_line(d: dict) -> None:
-    fields(d, [k for k in ("id", "name", "ready", "ready_source", "dns_ok", "created_at") if k in d])
+    fields(d, [k for k in ("id", "name", "ready", "ready_source", "mta_sts_mode", "dns_ok", "created_at") if k in d])
     for rec in d.get("records", []):
         need = "" if rec.get("required", True) else " (optional)"
         print(f"  {rec.get('status', ''):<8} {rec.get('type', ''):<5} {rec.get('name', ''):<40} "
               f"{rec.get('kind', '')}{need}  {clip(rec.get('error') or '', 60)}".rstrip())
+    sts = d.get("mta_sts")
+    if sts and sts.get("checks"):
+        ready = "  (ready for enforce: mxd domains mta-sts NAME enforce)" if sts.get("enforce_ready") else ""
+        print(f"  MTA-STS {sts['mode']}: {'ok' if sts.get('ok') else 'not ok'}{ready}")
+        for step in sts["checks"]:
+            print(f"  {step['status']:<8} {step['check']:<6} {clip(step.get('detail') or '', 90)}")
 
 
 def cmd_domains(args: argparse.Namespace, api: Client) -> int:
@@ -50,6 +56,8 @@ def cmd_domains(args: argparse.Namespace, api: Client) -> int:
         return show(args, api.post(f"/api/domains/{name}/verify"), _domain_line)
     if args.action == "ready":
         return show(args, api.put(f"/api/domains/{name}/readiness", {"ready": not args.off}), _domain_line)
+    if args.action == "mta-sts":
+        return show(args, api.json("PATCH", f"/api/domains/{name}", body={"mta_sts_mode": args.mode}), _domain_line)
     plan = api.get(f"/api/domains/{name}/dns-plan")
 
     def render(p: dict) -> None:
@@ -145,7 +153,7 @@ def cmd_tokens(args: argparse.Namespace, api: Client) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     common = api_options()
 
-    p = sub.add_parser("domains", help="mail domains: list, add, status, dns-plan, verify, ready")
+    p = sub.add_parser("domains", help="mail domains: list, add, status, dns-plan, verify, ready, mta-sts")
     acts = p.add_subparsers(dest="action", required=True)
     acts.add_parser("list", parents=[common], help="the served domains")
     for name, text in (("add", "serve a domain (creates its DKIM keys)"), ("delete", "stop serving a domain"),
@@ -155,6 +163,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     q = acts.add_parser("ready", parents=[common], help="mark a domain ready for outbound mail (or not, with --off)")
     q.add_argument("name")
     q.add_argument("--off", action="store_true", help="mark it not ready")
+    q = acts.add_parser("mta-sts", parents=[common], help="the MTA-STS policy the domain serves: off, testing, enforce")
+    q.add_argument("name")
+    q.add_argument("mode", choices=["off", "testing", "enforce"])
     p.set_defaults(api_func=cmd_domains)
 
     p = sub.add_parser("mailboxes", aliases=["mailbox"], help="mailboxes: list, add, show, delete, retention, policy")

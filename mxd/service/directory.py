@@ -8,8 +8,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Callable
 
-from mxd import access, domaincheck, keys
+from mxd import access, dnsrecords, domaincheck, keys
 from mxd.access import Principal
+from mxd.address import AddressError, normalize_domain
 from mxd.config import Config
 from mxd.db import Database
 from mxd.errors import MxdError
@@ -39,7 +40,7 @@ def mailbox_dict(box: Mailbox, cfg: Config | None = None) -> dict:
 def domain_dict(d: Domain) -> dict:
     return {"id": d.id, "name": d.name, "org_id": d.org_id, "ready": d.ready, "ready_source": d.ready_source,
             "ownership_verified": d.org_id is None or d.owner_verified_at is not None,
-            "created_at": iso(d.created_at)}
+            "mta_sts_mode": d.mta_sts_mode, "created_at": iso(d.created_at)}
 
 
 def retention_dict(box: Mailbox, cfg: Config) -> dict:
@@ -109,14 +110,47 @@ async def set_readiness(s: Services, name: str, ready: bool) -> Domain:
     return await change(s, directory.set_readiness, name, ready)
 
 
+async def set_mta_sts_mode(s: Services, principal: Principal, name: str, mode: str) -> Domain:
+    """The MTA-STS policy a domain serves: "off" (none), "testing" (senders report, deliver anyway) or "enforce"
+    (senders deliver only over verified TLS to our MX). Its _mta-sts TXT id changes with it (the DNS plan)."""
+    if mode not in dnsrecords.MTA_STS_MODES:
+        raise MxdError("bad_request", f"mta_sts_mode must be one of {', '.join(dnsrecords.MTA_STS_MODES)}",
+                       fix="Start with \"testing\"; switch to \"enforce\" once verify says enforce_ready.")
+
+    def work() -> Domain:
+        domain = access.domain(principal, name)
+        if domain.mta_sts_mode != mode:
+            domain.mta_sts_mode = mode
+            domain.save()
+        return domain
+    return await s.db.write(work)
+
+
+async def mta_sts_policy(s: Services, host: str) -> str | None:
+    """The MTA-STS policy text served for the request host mta-sts.<domain> (RFC 8461 3.3), or None when the
+    domain is not ours or its MTA-STS is off."""
+    label, _, rest = host.lower().rstrip(".").partition(".")
+    if label != dnsrecords.MTA_STS_LABEL or not rest:
+        return None
+    try:
+        name = normalize_domain(rest)
+    except AddressError:
+        return None
+    row = await s.db.read(lambda: Domain.get_or_none(Domain.name == name))
+    if row is None or row.mta_sts_mode not in ("testing", "enforce"):
+        return None
+    return dnsrecords.mta_sts_policy(name, s.cfg.hostname, row.mta_sts_mode, s.cfg.mta_sts_max_age)
+
+
 def dns_plan(s: Services, domain: Domain) -> dict:
     """The DNS records the domain needs, with the ownership proof of an organisation's domain."""
-    return domaincheck.plan_json(s.cfg, domain.name, domaincheck.ownership(domain))
+    return domaincheck.plan_json(s.cfg, domain.name, domaincheck.ownership(domain), domain.mta_sts_mode)
 
 
 async def check(s: Services, domain: Domain) -> domaincheck.DomainCheck:
-    """The domain's DNS as published now, against its plan."""
-    return await domaincheck.check(s.cfg, domain.name, s.resolver, domaincheck.ownership(domain))
+    """The domain's DNS as published now, against its plan, and its MTA-STS policy as senders fetch it."""
+    return await domaincheck.check(s.cfg, domain.name, s.resolver, domaincheck.ownership(domain),
+                                   domain.mta_sts_mode)
 
 
 def mx_found(result: domaincheck.DomainCheck) -> bool:

@@ -8,6 +8,7 @@ from mxd.access import Principal
 from mxd.api.endpoint import endpoint
 from mxd.api.http import ctx, json_body, note_audit
 from mxd.api.schemas import BOOL, STR, list_of, obj, ref
+from mxd.dnsrecords import MTA_STS_MODES
 from mxd.errors import MxdError
 from mxd.service import directory
 
@@ -37,6 +38,20 @@ async def domains_create(request: Request, principal: Principal) -> Response:
 @endpoint("GET", "/api/domains/{domain}", "getDomain", "One domain", TAG, "read", response=ref("Domain"))
 async def domain_get(request: Request, principal: Principal) -> Response:
     domain = await directory.domain(ctx(request), principal, request.path_params["domain"])
+    return JSONResponse(directory.domain_dict(domain))
+
+
+@endpoint("PATCH", "/api/domains/{domain}", "updateDomain",
+          "Change a domain's settings: the MTA-STS policy it serves (off, testing, enforce)", TAG, "admin",
+          body=obj(["mta_sts_mode"], mta_sts_mode={"enum": list(MTA_STS_MODES)}), example={"mta_sts_mode": "enforce"},
+          response=ref("Domain"))
+async def domain_update(request: Request, principal: Principal) -> Response:
+    body = await json_body(request)
+    mode = body.get("mta_sts_mode")
+    if not isinstance(mode, str):
+        raise MxdError("bad_request", "body must hold {\"mta_sts_mode\": \"off\"|\"testing\"|\"enforce\"}")
+    note_audit(request, mta_sts_mode=mode)
+    domain = await directory.set_mta_sts_mode(ctx(request), principal, request.path_params["domain"], mode)
     return JSONResponse(directory.domain_dict(domain))
 
 

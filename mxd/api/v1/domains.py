@@ -9,6 +9,7 @@ from mxd.api.endpoint import endpoint
 from mxd.api.http import ctx, json_body, note_audit
 from mxd.api.schemas import STR, list_of, obj, ref
 from mxd.api.v1.shapes import domain_dict
+from mxd.dnsrecords import MTA_STS_MODES
 from mxd.errors import MxdError
 from mxd.service import directory
 
@@ -42,6 +43,21 @@ async def domains_create(request: Request, principal: Principal) -> Response:
 async def domain_get(request: Request, principal: Principal) -> Response:
     return JSONResponse(domain_dict(await directory.domain_by_id(ctx(request), principal,
                                                                  request.path_params["domain_id"])))
+
+
+@endpoint("PATCH", "/v1/domains/{domain_id}", "updateDomainV1",
+          "Change a domain's settings: the MTA-STS policy it serves (off, testing, enforce)", TAG, "admin",
+          body=obj(["mta_sts_mode"], mta_sts_mode={"enum": list(MTA_STS_MODES)}), example={"mta_sts_mode": "enforce"},
+          response=ref("V1Domain"))
+async def domain_update(request: Request, principal: Principal) -> Response:
+    body = await json_body(request)
+    mode = body.get("mta_sts_mode")
+    if not isinstance(mode, str):
+        raise MxdError("bad_request", "body must hold {\"mta_sts_mode\": \"off\"|\"testing\"|\"enforce\"}")
+    c = ctx(request)
+    domain = await directory.domain_by_id(c, principal, request.path_params["domain_id"])
+    note_audit(request, mta_sts_mode=mode)
+    return JSONResponse(domain_dict(await directory.set_mta_sts_mode(c, principal, domain.name, mode)))
 
 
 @endpoint("GET", "/v1/domains/{domain_id}/dns", "domainDnsV1", "The DNS records to publish", TAG, "read",

@@ -16,7 +16,7 @@ def domain_dict(d: Domain) -> dict:
     inbound = state if d.org_id is None else ("verified" if owned else "pending")
     return {"id": d.id, "domain": d.name, "organization_id": d.org_id, "status": state,
             "inbound_status": inbound, "outbound_status": state, "ready_source": d.ready_source,
-            "ownership_verified": owned,
+            "ownership_verified": owned, "mta_sts_mode": d.mta_sts_mode,
             "created_at": iso(d.created_at), "verified_at": iso(d.ready_at) if d.ready else None}
 
 
