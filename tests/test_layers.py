@@ -22,7 +22,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
                "mxd.delivery.tlspolicy", "mxd.delivery.mtasts", "mxd.delivery.dane", "mxd.delivery.tlsrpt")),
     ("service", ("mxd.access", "mxd.service")),
     ("workers", ("mxd.pipeline", "mxd.workerpool", "mxd.worker", "mxd.delivery.scheduler", "mxd.webhook_sender",
-                 "mxd.report_reader")),
+                 "mxd.report_reader", "mxd.certs.renewal")),
     ("doors", ("mxd.smtpserver", "mxd.api")),
     ("wiring", ("mxd.daemon", "mxd.cli", "mxd.api.app")),
 ]
