@@ -4,8 +4,8 @@ certificate under an open SMTP session, and failures (Pebble down, validation re
 server) that keep the old certificate, record an event and retry."""
 from __future__ import annotations
 
+import asyncio
 import json
-import shutil
 import smtplib
 import socket
 import ssl
@@ -17,7 +17,7 @@ from typing import Iterator
 import pytest
 from cryptography import x509
 
-from mxd.certs import acme
+from mxd.certs.renewal import CertificateRenewal
 from tests.support.daemon import wait_for
 from tests.support.inprocess import InProcessDaemon
 from tests.support.peers.pebble import HTTP_PORT, TLS_PORT, PebblePeer, pebble  # noqa: F401  (fixture)
@@ -64,43 +64,184 @@ def events(proc: InProcessDaemon, type_: str = "certificate.%") -> list[dict]:
 
 
 def trusting(roots: Path) -> ssl.SSLContext:
-    ctx = ssl.create_default_context(cafile=str(roots))
-    return ctx
+    """Python's default client context (verification and host name checks on), trusting Pebble's root."""
+    return ssl.create_default_context(cafile=str(roots))
 
 
-def leaf(ctx: ssl.SSLContext, port: int, starttls: bool, implicit: bool = False) -> x509.Certificate:
+class _SMTP_SSL(smtplib.SMTP_SSL):
+    def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
+        sock = socket.create_connection((host, port), timeout)
+        return self.context.wrap_socket(sock, server_hostname=HOST)
+
+
+def leaf(ctx: ssl.SSLContext, port: int, implicit: bool = False) -> x509.Certificate:
     """The certificate a listener presents, verified by `ctx` for HOST (raises when it does not verify)."""
     if implicit:
-        with smtplib.SMTP_SSL("127.0.0.1", port, context=_for_host(ctx), timeout=10) as smtp:
+        with _SMTP_SSL("127.0.0.1", port, context=ctx, timeout=10) as smtp:
             der = smtp.sock.getpeercert(binary_form=True)
     else:
         with smtplib.SMTP("127.0.0.1", port, timeout=10) as smtp:
-            smtp._host = HOST
+            smtp._host = HOST                      # the name STARTTLS verifies
             smtp.starttls(context=ctx)
             der = smtp.sock.getpeercert(binary_form=True)
     return x509.load_der_x509_certificate(der)
-
-
-def _for_host(ctx: ssl.SSLContext) -> ssl.SSLContext:
-    return ctx
-
-
-class _HostSMTP_SSL(smtplib.SMTP_SSL):
-    pass
 
 
 def sans(cert: x509.Certificate) -> set[str]:
     return set(cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName))
 
 
-def test_http01_issues_for_the_hostname_and_mta_sts_and_every_listener_presents_it(pebble: PebblePeer, daemon_factory,  # noqa: F811
-                                                                                   tmp_path: Path) -> None:
+def swaks_verifies(port: int, roots: Path, implicit: bool = False) -> subprocess.CompletedProcess:
+    args = ["swaks", "--server", "127.0.0.1", "--port", str(port), "--quit-after", "EHLO", "--tls-verify",
+            "--tls-ca-path", str(roots), "--tls-sni", HOST, "--timeout", "10"]
+    args += ["--tlsc"] if implicit else ["--tls"]
+    return subprocess.run(args, capture_output=True, text=True, timeout=30)
+
+
+def test_http01_issues_for_the_hostname_and_mta_sts_and_every_listener_presents_it(
+        pebble: PebblePeer, daemon_factory, tmp_path: Path) -> None:  # noqa: F811
     proc = daemon_factory(acme_env(pebble))
     roots = pebble.write_roots(tmp_path / "roots.pem")
     ctx = trusting(roots)
-    for port in (proc.mx_port, proc.submission_port):
-        cert = leaf(ctx, port, starttls=True)
-        assert sans(cert) == {HOST, STS}
+    presented = {leaf(ctx, proc.mx_port).serial_number, leaf(ctx, proc.submission_port).serial_number,
+                 leaf(ctx, proc.submissions_port, implicit=True).serial_number}
+    assert len(presented) == 1
+    assert sans(leaf(ctx, proc.mx_port)) == {HOST, STS}
+    for port, implicit in ((proc.mx_port, False), (proc.submission_port, False), (proc.submissions_port, True)):
+        out = swaks_verifies(port, roots, implicit)
+        assert out.returncode == 0, out.stdout + out.stderr
     got = events(proc)
     assert [e["type"] for e in got] == ["certificate.renewed"]
     assert got[0]["names"] == [HOST, STS]
+    rows = proc.sql('SELECT "actor", "action", "result" FROM "audit" WHERE "action" = ?', ("certificate.renew",))
+    assert rows == [("system", "certificate.renew", "ok")]
+    folder = proc.data_dir / "acme"
+    assert folder.stat().st_mode & 0o777 == 0o700
+    for name in ("account.pem", "account.json", "privkey.pem", "fullchain.pem"):
+        assert (folder / name).stat().st_mode & 0o777 == 0o600, name
+    assert json.loads((folder / "account.json").read_text())["uri"].startswith("https://127.0.0.1:")
+
+
+def test_a_self_signed_certificate_does_not_verify_before_issuance(pebble: PebblePeer, tmp_path: Path) -> None:  # noqa: F811
+    """The check above can fail: what mxd serves without ACME is refused by the same client and swaks."""
+    from tests.support.daemon import running_daemon
+    roots = pebble.write_roots(tmp_path / "roots.pem")
+    with running_daemon(tmp_path / "plain", hostname=HOST) as proc:
+        with pytest.raises(ssl.SSLCertVerificationError):
+            leaf(trusting(roots), proc.submission_port)
+        assert swaks_verifies(proc.submission_port, roots).returncode != 0
+
+
+def test_tls_alpn01_issues_through_the_https_context(pebble: PebblePeer, daemon_factory, monkeypatch,  # noqa: F811
+                                                     tmp_path: Path) -> None:
+    """TLS-ALPN-01 is answered by whatever listens with ServerTLS's "https" context on https_listen; until
+    the HTTPS listener serves the API there, the test listens with that context itself."""
+    monkeypatch.setattr(CertificateRenewal, "retry_first", 0.2)
+    proc = daemon_factory(acme_env(pebble, "tls-alpn-01", MXD_ACME_HTTP_LISTEN=""), wait_issued=False)
+    daemon = proc.daemon
+
+    async def listen() -> asyncio.Server:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            writer.close()
+        return await asyncio.start_server(handle, "127.0.0.1", TLS_PORT, ssl=daemon.tls.context("https"))
+    server = proc.run(listen())
+    try:
+        assert wait_for(lambda: daemon.renewal.serving is not None, timeout=60), events(proc)
+    finally:
+        server.close()
+    ctx = trusting(pebble.write_roots(tmp_path / "roots.pem"))
+    assert sans(leaf(ctx, proc.mx_port)) == {HOST, STS}
+    assert events(proc)[-1]["type"] == "certificate.renewed"
+
+
+def test_forced_renewal_swaps_the_certificate_under_an_open_session(pebble: PebblePeer, daemon_factory,  # noqa: F811
+                                                                    tmp_path: Path) -> None:
+    proc = daemon_factory(acme_env(pebble))
+    ctx = trusting(pebble.write_roots(tmp_path / "roots.pem"))
+    first = leaf(ctx, proc.mx_port)
+    with smtplib.SMTP("127.0.0.1", proc.mx_port, timeout=10) as smtp:
+        smtp._host = HOST
+        smtp.starttls(context=ctx)
+        smtp.ehlo("client.example.test")
+        generation = proc.daemon.tls.generation
+        proc.call(proc.daemon.renew_certificate)
+        assert wait_for(lambda: proc.daemon.tls.generation > generation, timeout=60), events(proc)
+        second = leaf(ctx, proc.mx_port)                     # a new handshake gets the new certificate
+        assert second.serial_number != first.serial_number
+        assert sans(second) == {HOST, STS}
+        # the session opened before the swap goes on, on its own certificate
+        assert x509.load_der_x509_certificate(smtp.sock.getpeercert(binary_form=True)).serial_number == first.serial_number
+        assert smtp.noop()[0] == 250
+        smtp.sendmail("someone@client.example.test", ["postmaster@example.test"],
+                      b"From: someone@client.example.test\r\nTo: postmaster@example.test\r\nSubject: still here\r\n\r\nhi\r\n")
+    assert [e["type"] for e in events(proc)] == ["certificate.renewed", "certificate.renewed"]
+
+
+def test_pebble_down_keeps_the_certificate_records_the_failure_and_retries(
+        pebble: PebblePeer, daemon_factory, monkeypatch, tmp_path: Path) -> None:  # noqa: F811
+    monkeypatch.setattr(CertificateRenewal, "retry_first", 0.3)
+    proc = daemon_factory(acme_env(pebble))
+    ctx = trusting(pebble.write_roots(tmp_path / "roots.pem"))
+    first = leaf(ctx, proc.mx_port)
+    pebble.stop()
+    try:
+        proc.call(proc.daemon.renew_certificate)
+        assert wait_for(lambda: len(events(proc, "certificate.renewal_failed")) >= 2, timeout=30), events(proc)
+        failed = events(proc, "certificate.renewal_failed")
+        assert failed[0]["names"] == [HOST, STS] and failed[0]["error"]
+        assert failed[1]["failures"] == 2 and failed[1]["retry_in"] >= failed[0]["retry_in"]
+        assert leaf(ctx, proc.mx_port).serial_number == first.serial_number      # the old one is still served
+    finally:
+        pebble.start()                      # a new CA, which has never seen our account
+    assert wait_for(lambda: len(events(proc, "certificate.renewed")) == 2, timeout=60), events(proc)
+    renewed = leaf(trusting(pebble.write_roots(tmp_path / "roots2.pem")), proc.mx_port)
+    assert renewed.serial_number != first.serial_number
+    assert proc.daemon.renewal.failures == 0
+
+
+def test_a_name_that_fails_validation_ends_in_an_event_and_a_retry(pebble: PebblePeer, daemon_factory, monkeypatch,  # noqa: F811
+                                                                  tmp_path: Path) -> None:
+    monkeypatch.setattr(CertificateRenewal, "retry_first", 0.3)
+    pebble.dns.delete(STS)
+    try:
+        proc = daemon_factory(acme_env(pebble), wait_issued=False)
+        assert wait_for(lambda: len(events(proc, "certificate.renewal_failed")) >= 2, timeout=60), events(proc)
+        error = events(proc, "certificate.renewal_failed")[0]["error"]
+        assert STS in error
+        assert proc.daemon.renewal.serving is None
+        # meanwhile the self-signed certificate is served and the MX works
+        with smtplib.SMTP("127.0.0.1", proc.mx_port, timeout=10) as smtp:
+            assert smtp.noop()[0] == 250
+    finally:
+        pebble.dns.set(STS, "A", ["127.0.0.1"])
+    assert wait_for(lambda: proc.daemon.renewal.serving is not None, timeout=60), events(proc)
+
+
+@pytest.mark.parametrize("path", ["/roots/0", "/nope"])
+def test_a_broken_acme_server_ends_in_events_and_retries_never_a_crash(pebble: PebblePeer, daemon_factory,  # noqa: F811
+                                                                      monkeypatch, path: str) -> None:
+    """Pebble's management port answers PEM text where JSON is expected, and 404 for an unknown path."""
+    monkeypatch.setattr(CertificateRenewal, "retry_first", 0.2)
+    directory = f"https://127.0.0.1:{pebble.management_port}{path}"
+    proc = daemon_factory(acme_env(pebble, MXD_ACME_DIRECTORY=directory), wait_issued=False)
+    assert wait_for(lambda: len(events(proc, "certificate.renewal_failed")) >= 2, timeout=30), events(proc)
+    assert proc.daemon.renewal.serving is None
+    with smtplib.SMTP("127.0.0.1", proc.submission_port, timeout=10) as smtp:
+        assert smtp.ehlo()[0] == 250
+
+
+def test_a_restart_serves_the_kept_certificate_without_a_new_order(pebble: PebblePeer, daemon_factory,  # noqa: F811
+                                                                   tmp_path: Path) -> None:
+    proc = daemon_factory(acme_env(pebble))
+    ctx = trusting(pebble.write_roots(tmp_path / "roots.pem"))
+    first = leaf(ctx, proc.mx_port)
+    proc.stop()
+    again = InProcessDaemon(proc.data_dir, env=acme_env(pebble), hostname=HOST)
+    again.admin_token = proc.admin_token
+    again.start()
+    try:
+        assert leaf(ctx, again.mx_port).serial_number == first.serial_number   # from the first handshake on
+        assert wait_for(lambda: again.daemon.renewal.serving is not None, timeout=30)
+        assert again.daemon.renewal.attempts == 0
+    finally:
+        again.stop()
