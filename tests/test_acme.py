@@ -122,16 +122,6 @@ def test_http01_issues_for_the_hostname_and_mta_sts_and_every_listener_presents_
     assert json.loads((folder / "account.json").read_text())["uri"].startswith("https://127.0.0.1:")
 
 
-def test_a_self_signed_certificate_does_not_verify_before_issuance(pebble: PebblePeer, tmp_path: Path) -> None:  # noqa: F811
-    """The check above can fail: what mxd serves without ACME is refused by the same client and swaks."""
-    from tests.support.daemon import running_daemon
-    roots = pebble.write_roots(tmp_path / "roots.pem")
-    with running_daemon(tmp_path / "plain", hostname=HOST) as proc:
-        with pytest.raises(ssl.SSLCertVerificationError):
-            leaf(trusting(roots), proc.submission_port)
-        assert swaks_verifies(proc.submission_port, roots).returncode != 0
-
-
 def test_tls_alpn01_issues_through_the_https_context(pebble: PebblePeer, daemon_factory, monkeypatch,  # noqa: F811
                                                      tmp_path: Path) -> None:
     """TLS-ALPN-01 is answered by whatever listens with ServerTLS's "https" context on https_listen; until
@@ -219,7 +209,7 @@ def test_a_name_that_fails_validation_ends_in_an_event_and_a_retry(pebble: Pebbl
 
 @pytest.mark.parametrize("path", ["/roots/0", "/nope"])
 def test_a_broken_acme_server_ends_in_events_and_retries_never_a_crash(pebble: PebblePeer, daemon_factory,  # noqa: F811
-                                                                      monkeypatch, path: str) -> None:
+                                                                      monkeypatch, path: str, tmp_path: Path) -> None:
     """Pebble's management port answers PEM text where JSON is expected, and 404 for an unknown path."""
     monkeypatch.setattr(CertificateRenewal, "retry_first", 0.2)
     directory = f"https://127.0.0.1:{pebble.management_port}{path}"
@@ -228,6 +218,11 @@ def test_a_broken_acme_server_ends_in_events_and_retries_never_a_crash(pebble: P
     assert proc.daemon.renewal.serving is None
     with smtplib.SMTP("127.0.0.1", proc.submission_port, timeout=10) as smtp:
         assert smtp.ehlo()[0] == 250
+    # the self-signed certificate served meanwhile: the checks that pass above refuse it
+    roots = pebble.write_roots(tmp_path / "roots.pem")
+    with pytest.raises(ssl.SSLCertVerificationError):
+        leaf(trusting(roots), proc.submission_port)
+    assert swaks_verifies(proc.submission_port, roots).returncode != 0
 
 
 def test_a_restart_serves_the_kept_certificate_without_a_new_order(pebble: PebblePeer, daemon_factory,  # noqa: F811
