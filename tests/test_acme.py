@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Iterator
 
+import httpx
 import pytest
 from cryptography import x509
 
@@ -120,6 +121,22 @@ def test_http01_issues_for_the_hostname_and_mta_sts_and_every_listener_presents_
     for name in ("account.pem", "account.json", "privkey.pem", "fullchain.pem"):
         assert (folder / name).stat().st_mode & 0o777 == 0o600, name
     assert json.loads((folder / "account.json").read_text())["uri"].startswith("https://127.0.0.1:")
+
+
+def test_the_http01_listener_redirects_and_shrugs_off_garbage(pebble: PebblePeer, daemon_factory) -> None:  # noqa: F811
+    daemon_factory(acme_env(pebble), wait_issued=False)
+    for junk in (b"\x16\x03\x01\x02\x00garbage\r\n\r\n", b"GET /" + b"a" * 200_000 + b" HTTP/1.1\r\n\r\n",
+                 b"GET / HTTP/1.1\r\nHost: x\r\n" + b"X-A: b\r\n" * 5000 + b"\r\n"):
+        with socket.create_connection(("127.0.0.1", HTTP_PORT), timeout=10) as sock:
+            try:
+                sock.sendall(junk)
+                answer = sock.recv(64)
+            except ConnectionResetError:
+                answer = b""
+            assert answer == b"" or answer.startswith((b"HTTP/1.1 4", b"HTTP/1.1 301")), answer
+    r = httpx.get(f"http://127.0.0.1:{HTTP_PORT}/api/health?x=1", headers={"Host": STS}, timeout=10)
+    assert (r.status_code, r.headers["location"]) == (301, f"https://{STS}:{TLS_PORT}/api/health?x=1")
+    assert httpx.get(f"http://127.0.0.1:{HTTP_PORT}/.well-known/acme-challenge/nothing", timeout=10).status_code == 404
 
 
 def test_tls_alpn01_issues_through_the_https_context(pebble: PebblePeer, daemon_factory, monkeypatch,  # noqa: F811
