@@ -247,6 +247,25 @@ def test_a_broken_acme_server_ends_in_events_and_retries_never_a_crash(pebble: P
     assert swaks_verifies(proc.submission_port, roots).returncode != 0
 
 
+def test_a_short_lived_certificate_is_renewed_when_a_third_of_its_lifetime_is_left(tmp_path: Path, daemon_factory,
+                                                                                    pebble: PebblePeer) -> None:  # noqa: F811
+    """A second Pebble issuing 12-second certificates: the worker sleeps until 8 s, then renews unasked."""
+    short = PebblePeer(tmp_path / "short", pebble.dns, port=26010, management_port=26011, http_port=26012,
+                       tls_port=26013, validity=12).start()
+    try:
+        proc = daemon_factory(acme_env(pebble, MXD_ACME_DIRECTORY=short.directory, MXD_ACME_CA_FILE=str(short.ca_file),
+                                       MXD_ACME_HTTP_LISTEN="127.0.0.1:26012", MXD_HTTPS_LISTEN="127.0.0.1:26013"))
+        first = proc.daemon.renewal.serving
+        assert first is not None and first.not_after - first.not_before == pytest.approx(12, abs=2)
+        assert wait_for(lambda: len(events(proc, "certificate.renewed")) >= 2, timeout=30), events(proc)
+        second = proc.daemon.renewal.serving
+        assert second.not_before >= first.renew_at - 1           # not before a third of the lifetime was left
+        assert second.not_after > first.not_after
+        assert events(proc, "certificate.renewal_failed") == []
+    finally:
+        short.stop()
+
+
 def test_a_restart_serves_the_kept_certificate_without_a_new_order(pebble: PebblePeer, daemon_factory,  # noqa: F811
                                                                    tmp_path: Path) -> None:
     proc = daemon_factory(acme_env(pebble))

@@ -49,6 +49,7 @@ class PebblePeer:
                  management_port: int = MANAGEMENT_PORT, http_port: int = HTTP_PORT, tls_port: int = TLS_PORT,
                  validity: int = 0) -> None:
         self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
         self.dns = dns
         self.port, self.management_port = port, management_port
         self.http_port, self.tls_port = http_port, tls_port
