@@ -1,7 +1,7 @@
 """A real mxd daemon (mxd.daemon.Daemon: every listener and worker) run in this process, on an event loop
 of its own thread, for tests that must reach into it (force a certificate renewal, read what it serves).
-`mxd init` runs first as a subprocess, exactly as for tests.support.daemon.MxdProcess, whose ports and
-environment it takes (`env` adds to them)."""
+It takes tests.support.daemon.MxdProcess's ports and environment (`env` adds to them); `init` does what
+`mxd init --domain ...` does (the store, the domains with their DKIM keys, the admin token) in process."""
 from __future__ import annotations
 
 import asyncio
@@ -12,6 +12,8 @@ from typing import Any, Callable, Coroutine, TypeVar
 
 from mxd import config as config_mod
 from mxd.daemon import Daemon
+from mxd.service import directory
+from mxd.store import open_store, tokens
 from tests.support.daemon import MxdProcess
 
 T = TypeVar("T")
@@ -23,6 +25,19 @@ class InProcessDaemon(MxdProcess):
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="mxd-inprocess", daemon=True)
         self.daemon: Daemon | None = None
+
+    def init(self) -> dict[str, Any]:
+        cfg = config_mod.load(None, self.env)
+        cfg.data_path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        db = open_store(cfg.effective_store_url)
+        try:
+            for name in self.domains:
+                directory.setup_domain(db, cfg, name)
+            self.admin_token = db.write_sync(tokens.ensure_admin) or self.admin_token
+        finally:
+            db.close()
+        self.init_output = {"admin_token": self.admin_token, "domains": self.domains}
+        return self.init_output
 
     def start(self, timeout: float = 30.0) -> "InProcessDaemon":
         cfg = config_mod.load(None, self.env)
