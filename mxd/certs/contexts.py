@@ -101,7 +101,7 @@ class ServerTLS:
         if base is not None:
             base._msg_callback = self._note_hello if on else None     # type: ignore[attr-defined]
         if not on:
-            self._hellos.clear()
+            self._hellos = weakref.WeakKeyDictionary()  # rebound, not cleared: the loop thread may be writing to it
 
     def hello(self, sslobj: Any) -> clienthello.Hello:
         """What this handshake's ClientHello offered (empty unless watched)."""
