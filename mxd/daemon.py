@@ -242,6 +242,7 @@ async def serve(cfg: Config) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, daemon.request_stop)
     loop.add_signal_handler(signal.SIGHUP, daemon.reload)
+    loop.add_signal_handler(signal.SIGUSR1, daemon.renew_certificate)   # ACME: renew now
     try:
         await daemon.start()
         print(f"mxd: MX on {cfg.mx_listen or 'off'}, submission on {cfg.submission_listen or 'off'} and "

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import smtplib
 import socket
 import ssl
@@ -19,7 +20,7 @@ import pytest
 from cryptography import x509
 
 from mxd.certs.renewal import CertificateRenewal
-from tests.support.daemon import wait_for
+from tests.support.daemon import MxdProcess, wait_for
 from tests.support.inprocess import InProcessDaemon
 from tests.support.peers.pebble import HTTP_PORT, TLS_PORT, PebblePeer, pebble  # noqa: F401  (fixture)
 
@@ -264,6 +265,24 @@ def test_a_short_lived_certificate_is_renewed_when_a_third_of_its_lifetime_is_le
         assert events(proc, "certificate.renewal_failed") == []
     finally:
         short.stop()
+
+
+def test_mxd_serve_renews_on_sigusr1(pebble: PebblePeer, tmp_path: Path) -> None:  # noqa: F811
+    """`mxd serve` as operators run it: ACME from its settings, and SIGUSR1 (systemctl kill -s USR1 mxd)
+    renews at once."""
+    proc = MxdProcess(tmp_path / "data", hostname=HOST, env=acme_env(pebble))
+    proc.init()
+    proc.start()
+    try:
+        assert wait_for(lambda: len(events(proc, "certificate.renewed")) == 1, timeout=60), events(proc)
+        ctx = trusting(pebble.write_roots(tmp_path / "roots.pem"))
+        first = leaf(ctx, proc.submissions_port, implicit=True)
+        proc.proc.send_signal(signal.SIGUSR1)
+        assert wait_for(lambda: len(events(proc, "certificate.renewed")) == 2, timeout=60), events(proc)
+        assert wait_for(lambda: leaf(ctx, proc.submissions_port, implicit=True).serial_number != first.serial_number,
+                        timeout=10)
+    finally:
+        proc.stop()
 
 
 def test_a_restart_serves_the_kept_certificate_without_a_new_order(pebble: PebblePeer, daemon_factory,  # noqa: F811
