@@ -267,6 +267,26 @@ def test_a_short_lived_certificate_is_renewed_when_a_third_of_its_lifetime_is_le
         short.stop()
 
 
+def test_a_domain_turning_mta_sts_on_adds_its_name_at_sighup(pebble: PebblePeer, daemon_factory,  # noqa: F811
+                                                             tmp_path: Path) -> None:
+    proc = daemon_factory(acme_env(pebble))
+    pebble.dns.set("mta-sts.other.test", "A", ["127.0.0.1"])
+    r = proc.api("POST", "/api/domains", json={"domain": "other.test"})
+    assert r.status_code == 201, r.text
+    proc.call(proc.daemon.reload)                          # SIGHUP: the names are read again at once
+    assert wait_for(lambda: len(events(proc, "certificate.renewed")) == 2, timeout=60), events(proc)
+    ctx = trusting(pebble.write_roots(tmp_path / "roots.pem"))
+    assert sans(leaf(ctx, proc.mx_port)) == {HOST, STS, "mta-sts.other.test"}
+    # a domain turning it off needs no new certificate: the one served still covers every name
+    proc.sql("UPDATE \"domain\" SET \"mta_sts_mode\" = 'off' WHERE \"name\" = 'other.test'")
+    renewal = proc.daemon.renewal
+    attempts, passes = renewal.attempts, renewal.passes
+    proc.call(proc.daemon.reload)
+    assert wait_for(lambda: renewal.passes > passes, timeout=10)
+    assert renewal.attempts == attempts
+    assert len(events(proc, "certificate.renewed")) == 2
+
+
 def test_mxd_serve_renews_on_sigusr1(pebble: PebblePeer, tmp_path: Path) -> None:  # noqa: F811
     """`mxd serve` as operators run it: ACME from its settings, and SIGUSR1 (systemctl kill -s USR1 mxd)
     renews at once."""

@@ -49,6 +49,7 @@ class CertificateRenewal(BackgroundWorker):
         self.forced = False            # a renewal was asked for (renew_now) and has not succeeded yet
         self.serving: acme.Certificate | None = None
         self.attempts = 0              # issuance attempts made (for tests and the log)
+        self.passes = 0                # passes done (each reads the names and the certificate on disk)
 
     def renew_now(self) -> None:
         """Renew at once whatever the certificate's age (an operator's or a test's request); retried until it succeeds."""
@@ -56,6 +57,12 @@ class CertificateRenewal(BackgroundWorker):
         self.notify()
 
     async def run_once(self) -> float:
+        try:
+            return await self._pass()
+        finally:
+            self.passes += 1
+
+    async def _pass(self) -> float:
         names = acme.wanted_names(self.cfg.hostname, await self.db.read(sts_domains), bool(self.cfg.https_listen))
         cert = await asyncio.to_thread(acme.current, self.issuer.directory)
         now = time.time()
