@@ -215,3 +215,32 @@ def test_wanted_names() -> None:
     assert acme.wanted_names("MX.Example.TEST.", ["b.test", "a.test"], https=True) == \
         ["mx.example.test", "mta-sts.a.test", "mta-sts.b.test"]
     assert acme.wanted_names("mx.example.test", ["a.test"], https=False) == ["mx.example.test"]
+
+
+# ---------------------------------------------------------------- mxd certs status
+def test_certs_status_reports_the_served_certificate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture) -> None:
+    import json
+
+    from mxd.cli import main
+    monkeypatch.setenv("MXD_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("MXD_HOSTNAME", HOST)
+    monkeypatch.delenv("MXD_CONFIG", raising=False)
+    assert main(["certs", "status", "--json"]) == 1                  # nothing yet
+    assert json.loads(capsys.readouterr().out)["source"] == "none"
+
+    keys.ensure_self_signed_cert(tmp_path / "tls" / "cert.pem", tmp_path / "tls" / "key.pem", HOST)
+    assert main(["certs", "status", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert (report["source"], report["names"]) == ("self-signed", [HOST])
+
+    monkeypatch.setenv("MXD_ACME", "true")
+    monkeypatch.setenv("MXD_ACME_HTTP_LISTEN", "127.0.0.1:1")
+    chain, key = issued([HOST, "mta-sts.example.test"])
+    (tmp_path / "acme").mkdir()
+    (tmp_path / "acme" / acme.CERT).write_bytes(chain)
+    (tmp_path / "acme" / acme.KEY).write_bytes(key)
+    assert main(["certs", "status", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["source"] == "acme" and report["names"] == ["mta-sts.example.test", HOST]
+    assert report["not_before"] < report["renew_at"] < report["not_after"]
