@@ -5,6 +5,7 @@ server) that keep the old certificate, record an event and retry."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import signal
 import smtplib
@@ -17,12 +18,14 @@ from typing import Iterator
 
 import httpx
 import pytest
+import trustme
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
 
 from mxd.certs.renewal import CertificateRenewal
 from tests.support.daemon import MxdProcess, wait_for
 from tests.support.inprocess import InProcessDaemon
-from tests.support.peers.pebble import HTTP_PORT, TLS_PORT, PebblePeer, pebble  # noqa: F401  (fixture)
+from tests.support.peers.pebble import HTTP_PORT, TLS_PORT, PebblePeer, TamperingProxy, pebble  # noqa: F401  (fixture)
 
 HOST = "mx.example.test"
 STS = "mta-sts.example.test"
@@ -303,6 +306,38 @@ def test_mxd_serve_renews_on_sigusr1(pebble: PebblePeer, tmp_path: Path) -> None
                         timeout=10)
     finally:
         proc.stop()
+
+
+def test_a_certificate_for_other_names_is_refused_recorded_and_retried(pebble: PebblePeer, daemon_factory,  # noqa: F811
+                                                                      monkeypatch) -> None:
+    """An ACME server that hands out a certificate for other names (or garbage): never served, an event, a retry."""
+    monkeypatch.setattr(CertificateRenewal, "retry_first", 0.2)
+    def other_names(real: bytes) -> bytes:
+        """The certificate Pebble made for our key, re-made for another name (signed by a CA of its own)."""
+        leaf = x509.load_pem_x509_certificates(real)[0]
+        ca = trustme.CA()
+        now = dt.datetime.now(dt.timezone.utc)
+        cert = (x509.CertificateBuilder().subject_name(x509.Name([])).issuer_name(ca._certificate.subject)
+                .public_key(leaf.public_key()).serial_number(x509.random_serial_number())
+                .not_valid_before(now - dt.timedelta(minutes=1)).not_valid_after(now + dt.timedelta(days=90))
+                .add_extension(x509.SubjectAlternativeName([x509.DNSName("elsewhere.test")]), critical=False)
+                .sign(ca._private_key, hashes.SHA256()))
+        return cert.public_bytes(serialization.Encoding.PEM) + ca.cert_pem.bytes()
+
+    with TamperingProxy(pebble, 26004) as proxy:
+        proxy.tamper = other_names
+        proc = daemon_factory(acme_env(pebble, MXD_ACME_DIRECTORY=proxy.directory), wait_issued=False)
+        assert wait_for(lambda: len(events(proc, "certificate.renewal_failed")) >= 1, timeout=60), events(proc)
+        proxy.tamper = lambda real: b"<html>502 Bad Gateway</html>"
+        assert wait_for(lambda: len(events(proc, "certificate.renewal_failed")) >= 2, timeout=60), events(proc)
+        errors = [e["error"] for e in events(proc, "certificate.renewal_failed")]
+        assert "does not cover mx.example.test, mta-sts.example.test" in errors[0], errors
+        assert "does not parse" in errors[1], errors
+        assert proc.daemon.renewal.serving is None and proxy.downloads >= 2
+        assert not (proc.data_dir / "acme" / "fullchain.pem").exists()
+        proxy.tamper = None                                   # the server mends its ways: the retry gets it
+        assert wait_for(lambda: proc.daemon.renewal.serving is not None, timeout=60), events(proc)
+        assert proc.daemon.renewal.serving.names == {HOST, STS}
 
 
 def test_a_restart_serves_the_kept_certificate_without_a_new_order(pebble: PebblePeer, daemon_factory,  # noqa: F811

@@ -13,15 +13,17 @@ it skips when pebble is not installed, unless the CI environment variable is set
 """
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import shutil
 import ssl
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import httpx
 import pytest
@@ -55,7 +57,7 @@ class PebblePeer:
         self.http_port, self.tls_port = http_port, tls_port
         self.validity = validity               # seconds a certificate is valid; 0: Pebble's default (5 years)
         self.proc: subprocess.Popen | None = None
-        ca = trustme.CA()
+        ca = self.ca = trustme.CA()
         self.ca_file = self.workdir / "pebble-https-ca.pem"
         ca.cert_pem.write_to_path(str(self.ca_file))
         leaf = ca.issue_cert("127.0.0.1", "localhost")
@@ -124,6 +126,60 @@ class PebblePeer:
     def write_roots(self, path: Path) -> Path:
         Path(path).write_text(self.roots_pem())
         return Path(path)
+
+
+class TamperingProxy:
+    """An HTTPS proxy in front of a PebblePeer, for an ACME server that misbehaves: it passes every request
+    through (keeping the Host header, so Pebble's URLs and the JWS `url` checks name the proxy), and while
+    `tamper` is set, answers certificate downloads (/certZ/...) with what it makes of Pebble's PEM."""
+
+    def __init__(self, peer: PebblePeer, port: int) -> None:
+        self.peer, self.port = peer, port
+        self.tamper: Callable[[bytes], bytes] | None = None
+        self.downloads = 0
+        proxy = self
+        upstream = httpx.Client(base_url=f"https://127.0.0.1:{peer.port}", verify=peer._verify(), timeout=30)
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def _forward(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("content-length", "connection")}
+                r = upstream.request(self.command, self.path, headers=headers, content=body)
+                content = r.content
+                if self.path.startswith("/certZ/") and r.status_code == 200:
+                    proxy.downloads += 1
+                    if proxy.tamper is not None:
+                        content = proxy.tamper(content)
+                self.send_response(r.status_code)
+                for k, v in r.headers.items():
+                    if k.lower() not in ("content-length", "transfer-encoding", "connection", "content-encoding"):
+                        self.send_header(k, v)
+                self.send_header("Content-Length", str(len(content)))
+                self.end_headers()
+                self.wfile.write(content)
+
+            do_GET = do_POST = do_HEAD = _forward
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(str(peer.workdir / "pebble-cert.pem"), str(peer.workdir / "pebble-key.pem"))
+        self.server.socket = ctx.wrap_socket(self.server.socket, server_side=True)
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+
+    @property
+    def directory(self) -> str:
+        return f"https://127.0.0.1:{self.port}/dir"
+
+    def __enter__(self) -> "TamperingProxy":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
 
 
 @pytest.fixture(scope="module")
