@@ -4,11 +4,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
-for pair in postfix:postfix swaks:swaks opendkim-testmsg:opendkim-tools nsd:nsd rspamd:rspamd; do
+for pair in postfix:postfix swaks:swaks opendkim-testmsg:opendkim-tools nsd:nsd rspamd:rspamd pebble:pebble; do
     command -v "${pair%%:*}" >/dev/null 2>&1 || [ -x "/usr/sbin/${pair%%:*}" ] || need+=("${pair#*:}")
 done
 perl -MNet::SSLeay -e1 >/dev/null 2>&1 || need+=(libnet-ssleay-perl)     # swaks --tls
-command -v pebble >/dev/null 2>&1 || need+=(pebble)                          # ACME tests (tests/support/peers/pebble.py)
 if [ ${#need[@]} -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     echo 'postfix postfix/main_mailer_type select No configuration' | debconf-set-selections
