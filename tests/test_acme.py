@@ -340,6 +340,31 @@ def test_a_certificate_for_other_names_is_refused_recorded_and_retried(pebble: P
         assert proc.daemon.renewal.serving.names == {HOST, STS}
 
 
+def test_a_silent_acme_server_holds_up_neither_the_listeners_nor_the_exit(pebble: PebblePeer,  # noqa: F811
+                                                                           tmp_path: Path) -> None:
+    """An ACME server that accepts the connection and never answers: the daemon serves meanwhile, and SIGTERM
+    ends it at once rather than after the order's network timeouts."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 26005))
+    silent.listen(16)
+    silent.settimeout(30)
+    proc = MxdProcess(tmp_path / "data", hostname=HOST,
+                      env=acme_env(pebble, MXD_ACME_DIRECTORY="https://127.0.0.1:26005/dir"))
+    try:
+        proc.init()
+        proc.start()
+        held = silent.accept()                       # the order is under way, and stuck (the socket kept open)
+        with smtplib.SMTP("127.0.0.1", proc.mx_port, timeout=10) as smtp:
+            assert smtp.noop()[0] == 250
+        began = time.monotonic()
+        assert proc.stop(timeout=60) == 0
+        assert time.monotonic() - began < 20
+        held[0].close()
+    finally:
+        proc.stop()
+        silent.close()
+
+
 def test_a_restart_serves_the_kept_certificate_without_a_new_order(pebble: PebblePeer, daemon_factory,  # noqa: F811
                                                                    tmp_path: Path) -> None:
     proc = daemon_factory(acme_env(pebble))

@@ -13,7 +13,9 @@ import asyncio
 import datetime as dt
 import logging
 import ssl
+import threading
 import time
+from typing import Any, Callable, TypeVar
 
 from mxd.background import BackgroundWorker
 from mxd.certs import acme
@@ -24,11 +26,39 @@ from mxd.store import audit, events
 from mxd.store.models import Domain
 
 log = logging.getLogger("mxd.acme")
+T = TypeVar("T")
 
 
 def sts_domains() -> list[str]:
     """Runs in a reader: the domains whose MTA-STS policy is served (mode not "off")."""
     return [d.name for d in Domain.select(Domain.name).where(Domain.mta_sts_mode != "off")]
+
+
+def _in_thread(fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+    """fn(*args) on a daemon thread of its own: an order may wait on a silent ACME server for minutes, and
+    that must hold up neither the default executor nor the daemon's exit (asyncio.to_thread would)."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(result: Any, exc: BaseException | None) -> None:
+        if not future.done():
+            if exc is not None:
+                future.set_exception(exc)
+            else:
+                future.set_result(result)
+
+    def run() -> None:
+        result, error = None, None
+        try:
+            result = fn(*args)
+        except BaseException as exc:
+            error = exc
+        try:
+            loop.call_soon_threadsafe(settle, result, error)
+        except RuntimeError:                  # the loop is gone: the daemon stopped meanwhile
+            pass
+    threading.Thread(target=run, name="mxd-acme-order", daemon=True).start()
+    return future
 
 
 def _iso(ts: float) -> str:
@@ -88,7 +118,7 @@ class CertificateRenewal(BackgroundWorker):
     async def _renew(self, names: list[str], old: acme.Certificate | None) -> float:
         self.attempts += 1
         try:
-            cert = await asyncio.to_thread(self.issuer.issue, names)
+            cert = await _in_thread(self.issuer.issue, names)
             self._serve(cert)
         except Exception as exc:
             delay = min(self.retry_first * 2 ** self.failures, self.retry_max)
