@@ -112,11 +112,11 @@ class ServerTLS:
 
     def _note_hello(self, conn: Any, direction: str, version: Any, content_type: Any, msg_type: Any,
                     data: bytes) -> None:
-        if direction == "read" and int(content_type) == 22 and int(msg_type) == clienthello.CLIENT_HELLO:
-            try:
+        try:
+            if direction == "read" and int(content_type) == 22 and int(msg_type) == clienthello.CLIENT_HELLO:
                 self._hellos[conn] = clienthello.parse(data)
-            except TypeError:                   # an object without weak references: nothing to remember
-                pass
+        except Exception:                       # never fail a handshake over what it offered
+            pass
 
     def load(self, cert_path: Path, key_path: Path) -> None:
         """Serve this certificate from the next handshake on; raises (and keeps the old one) when it cannot be used."""
