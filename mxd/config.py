@@ -83,7 +83,8 @@ class Config:
     """Lowest TLS version on submission (587, 465) and HTTPS: "1.2" or "1.3". The MX keeps any version a peer has."""
     acme: bool = False
     """Get and renew the certificate with ACME (Let's Encrypt by default) for the hostname and mta-sts.<domain> of
-    every domain with MTA-STS on. tls_cert and tls_key are then ignored."""
+    every domain with MTA-STS on (when https_listen serves their policies); kept in DATA_DIR/acme/. tls_cert and
+    tls_key (or the self-signed pair) are then served only until the first certificate is issued."""
     acme_directory: str = "https://acme-v02.api.letsencrypt.org/directory"
     """The ACME server's directory URL."""
     acme_email: str = ""

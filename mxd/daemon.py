@@ -17,7 +17,10 @@ from mxd import keys
 from mxd.api import httpconn, mcp
 from mxd.api.app import create_app
 from mxd.api.http import Context
+from mxd.certs import acme
 from mxd.certs.contexts import ServerTLS
+from mxd.certs.http01 import ChallengeApp
+from mxd.certs.renewal import CertificateRenewal
 from mxd.config import Config, parse_hostport
 from mxd.db import Database
 from mxd.defences.gate import Gate
@@ -101,6 +104,9 @@ class Daemon:
         self.mcp: mcp.McpService | None = None
         self.tls: ServerTLS | None = None
         self._tls_watch: asyncio.Task | None = None
+        self.renewal: CertificateRenewal | None = None
+        self.acme_http: _Uvicorn | None = None
+        self._acme_http_task: asyncio.Task | None = None
         self._stop = asyncio.Event()
 
     async def start(self) -> None:
@@ -114,6 +120,8 @@ class Daemon:
             if cfg.submission_listen else None
         subs_sock = bind_socket(cfg.submissions_listen, "submission over TLS", "MXD_SUBMISSIONS_LISTEN") \
             if cfg.submissions_listen else None
+        acme_http_sock = bind_socket(cfg.acme_http_listen, "ACME HTTP-01 challenges", "MXD_ACME_HTTP_LISTEN") \
+            if cfg.acme and cfg.acme_http_listen else None
 
         if not cfg.tls_cert:                       # a self-signed certificate until real files are configured
             keys.ensure_self_signed_cert(cfg.tls_cert_path, cfg.tls_key_path, cfg.hostname)
@@ -122,6 +130,14 @@ class Daemon:
             self.tls.load(cfg.tls_cert_path, cfg.tls_key_path)
         except (OSError, ValueError) as exc:
             raise StartupError(f"cannot load the certificate {cfg.tls_cert_path} with its key {cfg.tls_key_path}: {exc}") from None
+        acme_pending = acme.Challenges()
+        if cfg.acme:                               # the last ACME certificate, if any; else the above until one is issued
+            issued = acme.current(acme.folder(cfg))
+            if issued is not None:
+                with contextlib.suppress(OSError, ValueError):
+                    self.tls.load(issued.path, issued.key_path)
+            if cfg.acme_challenge == "tls-alpn-01":
+                self.tls.challenge = acme.AlpnResponder(self.tls, acme_pending)
 
         self.db = await asyncio.get_running_loop().run_in_executor(None, open_store, cfg.effective_store_url)
         secret = await self.db.write(tokens.ensure_admin)
@@ -171,15 +187,31 @@ class Daemon:
         self._http_task = asyncio.get_running_loop().create_task(self.http.serve(sockets=[http_sock]))
         while not self.http.started and not self._http_task.done():
             await asyncio.sleep(0.01)
-        if cfg.tls_watch_interval > 0:
+        if cfg.acme:
+            self.renewal = CertificateRenewal(cfg, self.db, self.tls, acme.Issuer(cfg, acme_pending, self.tls))
+            self.renewal.start()
+            if acme_http_sock is not None:
+                https_port = parse_hostport(cfg.https_listen, "MXD_HTTPS_LISTEN")[1] if cfg.https_listen else 443
+                self.acme_http = _Uvicorn(http_config(cfg, ChallengeApp(acme_pending, cfg.hostname, https_port)))
+                self._acme_http_task = asyncio.get_running_loop().create_task(
+                    self.acme_http.serve(sockets=[acme_http_sock]))
+        elif cfg.tls_watch_interval > 0:
             self._tls_watch = asyncio.get_running_loop().create_task(self.tls.watch(cfg.tls_watch_interval))
         log.info("mxd started: MX %s, HTTP %s, store %s", cfg.mx_listen or "off", cfg.http_listen,
                  cfg.effective_store_url.split("@")[-1])
 
     def reload(self) -> None:
-        """SIGHUP: load the certificate files again (a renewal by certbot or another tool)."""
-        if self.tls is not None:
+        """SIGHUP: load the certificate files again (a renewal by certbot or another tool); with ACME, look
+        again at the names and the certificate at once (a domain's MTA-STS turned on)."""
+        if self.renewal is not None:
+            self.renewal.notify()
+        elif self.tls is not None:
             self.tls.reload(force=True)
+
+    def renew_certificate(self) -> None:
+        """Renew the ACME certificate now, whatever its age (retried with backoff until it succeeds)."""
+        if self.renewal is not None:
+            self.renewal.renew_now()
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -190,6 +222,11 @@ class Daemon:
     async def stop(self) -> None:
         if self._tls_watch:
             self._tls_watch.cancel()
+        if self.renewal:
+            await self.renewal.stop()
+        if self.acme_http and self._acme_http_task:
+            self.acme_http.should_exit = True
+            await self._acme_http_task
         if self.submission:
             await self.submission.stop()
         if self.mx:
@@ -229,6 +266,7 @@ async def serve(cfg: Config) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, daemon.request_stop)
     loop.add_signal_handler(signal.SIGHUP, daemon.reload)
+    loop.add_signal_handler(signal.SIGUSR1, daemon.renew_certificate)   # ACME: renew now
     try:
         await daemon.start()
         print(f"mxd: MX on {cfg.mx_listen or 'off'}, submission on {cfg.submission_listen or 'off'} and "

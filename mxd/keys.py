@@ -357,6 +357,16 @@ def private_mode(path: Path) -> None:
 
 # ---------------------------------------------------------------- files
 
+def write_new(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Write a private file atomically (fsynced); FileExistsError rather than replace one."""
+    _write_new(Path(path), data, mode)
+
+
+def write_replace(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Replace a private file atomically: a temporary file, fsync, rename, fsync of the directory."""
+    _write_replace(Path(path), data, mode)
+
+
 def _write_tmp(path: Path, data: bytes, mode: int) -> Path:
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)

@@ -4,7 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
-for pair in postfix:postfix swaks:swaks opendkim-testmsg:opendkim-tools nsd:nsd rspamd:rspamd; do
+for pair in postfix:postfix swaks:swaks opendkim-testmsg:opendkim-tools nsd:nsd rspamd:rspamd pebble:pebble; do
     command -v "${pair%%:*}" >/dev/null 2>&1 || [ -x "/usr/sbin/${pair%%:*}" ] || need+=("${pair#*:}")
 done
 command -v openssl >/dev/null 2>&1 || need+=(openssl)     # TLS settings tests: openssl s_client

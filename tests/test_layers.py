@@ -23,7 +23,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
                "mxd.delivery.tlspolicy", "mxd.delivery.mtasts", "mxd.delivery.dane", "mxd.delivery.tlsrpt")),
     ("service", ("mxd.access", "mxd.service")),
     ("workers", ("mxd.pipeline", "mxd.workerpool", "mxd.worker", "mxd.delivery.scheduler", "mxd.webhook_sender",
-                 "mxd.report_reader", "mxd.tls_reporter")),
+                 "mxd.report_reader", "mxd.tls_reporter", "mxd.certs.renewal")),
     ("doors", ("mxd.smtpserver", "mxd.api")),
     ("wiring", ("mxd.daemon", "mxd.cli", "mxd.api.app")),
 ]

@@ -12,9 +12,11 @@ import logging
 import os
 import ssl
 import time
+import weakref
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
+from mxd.certs import clienthello
 from mxd.config import Config
 
 log = logging.getLogger("mxd.tls")
@@ -44,6 +46,8 @@ class ServerTLS:
         self._base: dict[str, ssl.SSLContext] = {}
         self._stamp: tuple | None = None
         self.challenge: ChallengeHook | None = None
+        self._hellos: weakref.WeakKeyDictionary[Any, clienthello.Hello] = weakref.WeakKeyDictionary()
+        self._watching = False
         self.loaded_at = 0.0
         self.generation = 0                   # how many certificates have been loaded
 
@@ -82,7 +86,37 @@ class ServerTLS:
                 if current is not None:
                     sslobj.context = current
             base.sni_callback = swap
+            if kind == "https" and self._watching:
+                base._msg_callback = self._note_hello     # type: ignore[attr-defined]
         return base
+
+    # ------------------------------------------------------------ TLS-ALPN-01 (RFC 8737)
+    def watch_hellos(self, on: bool) -> None:
+        """Read the ClientHello of every new HTTPS handshake (its ALPN list) while `on`: the SNI callback
+        cannot see ALPN, and only a client that offered acme-tls/1 may get a challenge certificate.
+        OpenSSL's message callback (Python's private `_msg_callback`) runs on the ClientHello before the
+        SNI callback; it is set only while a challenge is pending, so handshakes cost nothing otherwise."""
+        self._watching = on
+        base = self._base.get("https")
+        if base is not None:
+            base._msg_callback = self._note_hello if on else None     # type: ignore[attr-defined]
+        if not on:
+            self._hellos = weakref.WeakKeyDictionary()  # rebound, not cleared: the loop thread may be writing to it
+
+    def hello(self, sslobj: Any) -> clienthello.Hello:
+        """What this handshake's ClientHello offered (empty unless watched)."""
+        try:
+            return self._hellos.get(sslobj) or clienthello.Hello()
+        except TypeError:
+            return clienthello.Hello()
+
+    def _note_hello(self, conn: Any, direction: str, version: Any, content_type: Any, msg_type: Any,
+                    data: bytes) -> None:
+        try:
+            if direction == "read" and int(content_type) == 22 and int(msg_type) == clienthello.CLIENT_HELLO:
+                self._hellos[conn] = clienthello.parse(data)
+        except Exception:                       # never fail a handshake over what it offered
+            pass
 
     def load(self, cert_path: Path, key_path: Path) -> None:
         """Serve this certificate from the next handshake on; raises (and keeps the old one) when it cannot be used."""

@@ -13,7 +13,7 @@ from typing import Any
 
 from mxd import config as config_mod
 from mxd import dnsrecords, keys
-from mxd.cli import commands
+from mxd.cli import certs, commands
 from mxd.client import ApiError, Client
 from mxd.errors import MxdError
 from mxd.store import tokens
@@ -153,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=cmd_dkim)
 
     commands.register(sub)
+    certs.register(sub, common)
 
     args = parser.parse_args(argv)
     try:
