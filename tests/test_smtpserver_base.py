@@ -233,6 +233,7 @@ def test_submission_auth_is_checked_on_the_read_pool(monkeypatch):
 
     monkeypatch.setattr(submission, "_sender", sender)
     monkeypatch.setattr(submission, "may_send_as", lambda principal, address: address == "alice@sub.test")
+    monkeypatch.setattr(submission.policy, "sender_rule", lambda address: None)    # no outbound allow-list
     db = _ReadPool()
     cfg = _cfg()
     handler = submission.SubmissionHandler(cfg, db, lambda: None)
