@@ -115,6 +115,14 @@ def test_http01_issues_for_the_hostname_and_mta_sts_and_every_listener_presents_
     for port, implicit in ((proc.mx_port, False), (proc.submission_port, False), (proc.submissions_port, True)):
         out = swaks_verifies(port, roots, implicit)
         assert out.returncode == 0, out.stdout + out.stderr
+    # the HTTPS listener presents it too, and serves the domain's MTA-STS policy under it
+    with socket.create_connection(("127.0.0.1", TLS_PORT), timeout=10) as sock, \
+            ctx.wrap_socket(sock, server_hostname=STS) as tls:
+        assert x509.load_der_x509_certificate(tls.getpeercert(binary_form=True)).serial_number in presented
+    with httpx.Client(verify=ctx, timeout=10) as client:
+        r = client.get(f"https://127.0.0.1:{TLS_PORT}/.well-known/mta-sts.txt", headers={"Host": STS},
+                       extensions={"sni_hostname": STS})
+    assert r.status_code == 200 and r.text.startswith("version: STSv1\r\nmode: testing\r\nmx: mx.example.test\r\n"), r.text
     got = events(proc)
     assert [e["type"] for e in got] == ["certificate.renewed"]
     assert got[0]["names"] == [HOST, STS]
