@@ -21,15 +21,13 @@ been found once; mail for the domain is routed here only from then on.
 from __future__ import annotations
 
 import asyncio
-import ssl
 import time
 from dataclasses import dataclass, field
-
-import httpx
 
 from mxd import dnsrecords, keys, smtpclient
 from mxd.address import normalize_domain
 from mxd.config import Config, parse_hostport
+from mxd.delivery import mtasts
 from mxd.delivery.mtasts import verifying_context
 from mxd.errors import MxdError
 from mxd.netcheck import refusal
@@ -40,7 +38,6 @@ from mxd.store.models import Domain
 FOUND, MISSING, WRONG, ERROR = "found", "missing", "wrong", "error"
 CERTIFICATE_INVALID = "certificate_invalid"        # the policy host's certificate fails verification
 POLICY_PATH = "/.well-known/mta-sts.txt"
-POLICY_LIMIT = 64 * 1024                           # read no more of a policy than this
 POLICY_TIMEOUT = 10.0                              # seconds for a whole answer (RFC 8461 3.3 suggests at most 60)
 SHOWN = 2048                                       # characters of a wrong policy shown back
 
@@ -189,23 +186,14 @@ async def _addresses(resolver: Resolver, name: str) -> list[str]:
     return list(await resolver.aa(name)) + list(await resolver.aaaaa(name))
 
 
-def _cause(exc: BaseException) -> BaseException | None:
-    """The certificate verification error under an httpx error, if that is what it was."""
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, ssl.SSLCertVerificationError):
-            return seen
-        seen = seen.__cause__ or seen.__context__
-    return None
-
-
 def _lines(text: str) -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
 async def fetch_policy(cfg: Config, domain: str, resolver: Resolver, want: str) -> dict:
-    """Fetch https://mta-sts.<domain>/.well-known/mta-sts.txt as a sender would (RFC 8461 3.3) from the addresses
-    our resolver gives, and compare it with `want`: one step {"check": "policy", "status", "detail"}."""
+    """Fetch https://mta-sts.<domain>/.well-known/mta-sts.txt as a sender does (mxd.delivery.mtasts.fetch_policy,
+    RFC 8461 3.3) from the addresses our resolver gives, and compare it with `want`: one step
+    {"check": "policy", "status", "detail"}."""
     host = f"{dnsrecords.MTA_STS_LABEL}.{domain}"
     step = {"check": "policy", "status": MISSING, "detail": ""}
     try:
@@ -219,41 +207,24 @@ async def fetch_policy(cfg: Config, domain: str, resolver: Resolver, want: str) 
         return dict(step, status=ERROR, detail=f"{host} resolves only to non-public addresses: "
                                                f"{', '.join(refused)} (outbound_allow_private is off)")
     context = verifying_context(cfg.outbound_tls_ca_file)
-    async with httpx.AsyncClient(verify=context, timeout=POLICY_TIMEOUT, follow_redirects=False,
-                                 trust_env=False) as client:
-        for address in addresses[:3]:
-            url = f"https://{f'[{address}]' if ':' in address else address}{POLICY_PATH}"
-            try:
-                async with asyncio.timeout(POLICY_TIMEOUT), \
-                        client.stream("GET", url, headers={"Host": host}, extensions={"sni_hostname": host}) as r:
-                    body = b""
-                    async for chunk in r.aiter_bytes():     # no more than the limit, however it trickles
-                        body += chunk
-                        if len(body) > POLICY_LIMIT:
-                            break
-            except TimeoutError:
-                step = dict(step, status=ERROR, detail=f"https://{host}{POLICY_PATH} ({address}): no complete answer "
-                                                       f"within {POLICY_TIMEOUT:g} s")
-                continue
-            except httpx.HTTPError as exc:
-                bad = _cause(exc)
-                if bad is not None:
-                    return dict(step, status=CERTIFICATE_INVALID,
-                                detail=f"the certificate of {host} ({address}) fails: {bad.verify_message}")
-                step = dict(step, status=ERROR if isinstance(exc, httpx.TimeoutException) else MISSING,
-                            detail=f"https://{host}{POLICY_PATH} ({address}): {exc.__class__.__name__} {exc}".strip())
-                continue                                   # another address may answer
-            if r.status_code != 200:
-                how = " (senders do not follow redirects, RFC 8461 3.3)" if 300 <= r.status_code < 400 else ""
-                return dict(step, detail=f"https://{host}{POLICY_PATH} answered HTTP {r.status_code}{how}")
-            media = r.headers.get("content-type", "").split(";")[0].strip().lower()
-            text = body[:POLICY_LIMIT].decode("utf-8", "replace")
-            shown = text[:SHOWN]
-            if media != "text/plain":
-                return dict(step, status=WRONG, detail=f"served as {media or 'no type'}, not text/plain", found=shown)
-            if _lines(text) != _lines(want):
-                return dict(step, status=WRONG, detail="the policy served is not the one expected", found=shown)
-            return dict(step, status=FOUND, detail=f"served over HTTPS by {address} with a valid certificate")
+    for address in addresses[:3]:
+        try:
+            async with asyncio.timeout(POLICY_TIMEOUT):
+                text = await mtasts.fetch_policy(host, address, context)
+        except TimeoutError:
+            step = dict(step, status=ERROR, detail=f"https://{host}{POLICY_PATH} ({address}): no complete answer "
+                                                   f"within {POLICY_TIMEOUT:g} s")
+            continue
+        except mtasts.FetchError as exc:
+            if exc.result_type == mtasts.WEBPKI_INVALID:
+                return dict(step, status=CERTIFICATE_INVALID, detail=f"({address}) {exc.text}")
+            if exc.result_type == mtasts.POLICY_INVALID:
+                return dict(step, status=WRONG, detail=f"({address}) {exc.text}")
+            step = dict(step, status=MISSING, detail=f"({address}) {exc.text}")
+            continue                                   # another address may answer
+        if _lines(text) != _lines(want):
+            return dict(step, status=WRONG, detail="the policy served is not the one expected", found=text[:SHOWN])
+        return dict(step, status=FOUND, detail=f"served over HTTPS by {address} with a valid certificate")
     return step
 
 
