@@ -110,10 +110,10 @@ async def set_readiness(s: Services, name: str, ready: bool) -> Domain:
     return await change(s, directory.set_readiness, name, ready)
 
 
-async def set_mta_sts_mode(s: Services, principal: Principal, name: str, mode: str) -> Domain:
+async def set_mta_sts_mode(s: Services, principal: Principal, name: str, mode: object) -> Domain:
     """The MTA-STS policy a domain serves: "off" (none), "testing" (senders report, deliver anyway) or "enforce"
     (senders deliver only over verified TLS to our MX). Its _mta-sts TXT id changes with it (the DNS plan)."""
-    if mode not in dnsrecords.MTA_STS_MODES:
+    if not isinstance(mode, str) or mode not in dnsrecords.MTA_STS_MODES:
         raise MxdError("bad_request", f"mta_sts_mode must be one of {', '.join(dnsrecords.MTA_STS_MODES)}",
                        fix="Start with \"testing\"; switch to \"enforce\" once verify says enforce_ready.")
 

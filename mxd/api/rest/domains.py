@@ -47,9 +47,7 @@ async def domain_get(request: Request, principal: Principal) -> Response:
           response=ref("Domain"))
 async def domain_update(request: Request, principal: Principal) -> Response:
     body = await json_body(request)
-    mode = body.get("mta_sts_mode")
-    if not isinstance(mode, str):
-        raise MxdError("bad_request", "body must hold {\"mta_sts_mode\": \"off\"|\"testing\"|\"enforce\"}")
+    mode = body.get("mta_sts_mode")            # checked by the service, with the other rules of the mode
     note_audit(request, mta_sts_mode=mode)
     domain = await directory.set_mta_sts_mode(ctx(request), principal, request.path_params["domain"], mode)
     return JSONResponse(directory.domain_dict(domain))
