@@ -51,7 +51,7 @@ def test_mounted_operations_are_documented_once_under_v1():
     walked = openapi.app_routes(routes)
     documented = openapi.documented_routes(routes)
     v1 = {k for k in openapi.BY_KEY if k[1].startswith("/v1/")}
-    assert len(v1) == 27 and v1 <= documented
+    assert len(v1) == 28 and v1 <= documented
     assert {(m, "/api" + p) for m, p in v1} <= walked
     assert not any(p.startswith("/api/v1/") for _, p in documented)
     assert ("GET", "/api/llms.txt") not in walked          # the /api copies of the documents are not listed
