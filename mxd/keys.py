@@ -22,7 +22,6 @@ import json
 import os
 import re
 import secrets
-import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -270,15 +269,6 @@ def ensure_self_signed_cert(cert_path: Path, key_path: Path, hostname: str) -> b
     _write_new(key_path, key_pem)
     _write_new(cert_path, cert_pem, mode=0o644)
     return True
-
-
-def load_ssl_context(cert_path: Path, key_path: Path) -> ssl.SSLContext:
-    """A server-side context for STARTTLS and implicit TLS, TLS 1.2 or later (RFC 8996)."""
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION | ssl.OP_CIPHER_SERVER_PREFERENCE
-    ctx.load_cert_chain(str(cert_path), str(key_path))
-    return ctx
 
 
 def _self_signed(hostname: str) -> tuple[bytes, bytes]:

@@ -15,6 +15,8 @@ import pytest
 from cryptography import x509
 
 from mxd import keys
+from mxd.certs.contexts import ServerTLS
+from mxd.config import Config
 from mxd.dnsrecords import DnsRecord, required_records, reverse_records
 from mxd.keys import (
     DkimKey,
@@ -23,7 +25,6 @@ from mxd.keys import (
     ensure_self_signed_cert,
     generate_dkim_keys,
     load_dkim_keys,
-    load_ssl_context,
 )
 
 NOV = dt.datetime(2025, 11, 22, 10, 30, tzinfo=dt.timezone.utc)
@@ -229,7 +230,7 @@ def test_cert_refuses_half_state(tmp_path: Path) -> None:
 def test_tls_handshake_on_loopback(tmp_path: Path) -> None:
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     ensure_self_signed_cert(cert, key, HOST)
-    server_ctx = load_ssl_context(cert, key)
+    server_ctx = ServerTLS(Config()).build("submission", cert, key)
     assert server_ctx.minimum_version == ssl.TLSVersion.TLSv1_2
 
     listener = socket.create_server(("127.0.0.1", 0))
@@ -260,7 +261,7 @@ def test_tls_wrong_hostname_is_refused(tmp_path: Path) -> None:
     ensure_self_signed_cert(cert, key, HOST)
     client_ctx = ssl.create_default_context(cafile=str(cert))
     a, b = socket.socketpair()
-    server_ctx = load_ssl_context(cert, key)
+    server_ctx = ServerTLS(Config()).build("submission", cert, key)
 
     def serve() -> None:
         try:

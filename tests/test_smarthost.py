@@ -8,6 +8,8 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
 from mxd import keys
+from mxd.certs.contexts import ServerTLS
+from mxd.config import Config
 from tests.support.daemon import MxdProcess, free_port
 
 
@@ -32,7 +34,7 @@ def test_mail_goes_through_the_smart_host_with_tls_and_auth(tmp_path: Path):
     relay = Relay()
     port = free_port("127.0.0.4")
     controller = Controller(relay, hostname="127.0.0.4", port=port, authenticator=_auth, auth_require_tls=True,
-                            tls_context=keys.load_ssl_context(tmp_path / "cert.pem", tmp_path / "key.pem"),
+                            tls_context=ServerTLS(Config()).build("submission", tmp_path / "cert.pem", tmp_path / "key.pem"),
                             require_starttls=True)
     controller.start()
     proc = MxdProcess(tmp_path / "data", env={
